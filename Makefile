@@ -1,0 +1,35 @@
+# Two commands set up a fresh machine: `make demo` and `make test`.
+# Both install what they need first, idempotently (needs root).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup host demo test bench clean
+
+setup: host $(STAMP)
+
+host:
+	@bash scripts/setup-host.sh
+
+# BCC's Python module comes from Debian; link just that package into the
+# virtualenv rather than exposing all of Debian's dist-packages.
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	ln -sfn /usr/lib/python3/dist-packages/bcc "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/bastion doctor
+	$(VENV)/bin/bastion trace -- sh -c 'cat /etc/hostname; ls /tmp >/dev/null; exit 3' || true
+
+test: setup
+	$(VENV)/bin/pytest
+
+bench: setup
+	$(PY) bench/sensor_overhead.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,67 @@
+"""The `bastion` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bastion import logs
+
+
+def _doctor(args: argparse.Namespace, console: Console) -> int:
+    from bastion.doctor import healthy, run_checks
+
+    results = run_checks()
+    if args.json:
+        print(json.dumps([r.model_dump() for r in results], indent=2))
+    else:
+        table = Table(title="bastion doctor")
+        for col in ("capability", "status", "detail", "fix"):
+            table.add_column(col)
+        for r in results:
+            status = "[green]ok[/]" if r.ok else ("[bold red]FAIL[/]" if r.required else "[yellow]missing[/]")
+            table.add_row(r.name, status, r.detail, r.fix)
+        console.print(table)
+    return 0 if healthy(results) else 1
+
+
+def _trace(args: argparse.Namespace, console: Console) -> int:
+    from bastion.trace import run_trace
+
+    if not args.cmd:
+        raise SystemExit("bastion trace: give a command after --, e.g. `bastion trace -- ls /`")
+    return run_trace(args.cmd, args.jsonl, console, ngram_n=args.ngram)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bastion", description="SLM agents in eBPF-monitored sandboxes")
+    parser.add_argument("--log-level", default="warning", help="structured log level (default: warning)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("doctor", help="check the kernel capabilities Bastion uses")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.set_defaults(func=_doctor)
+
+    p = sub.add_parser("trace", help="run a command in a watched cgroup and print its events")
+    p.add_argument("--jsonl", type=Path, help="also record the events to this JSONL file")
+    p.add_argument("--ngram", type=int, default=6, help="syscall n-gram length (default 6)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    p.set_defaults(func=_trace)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "cmd", None) and args.cmd[0] == "--":
+        args.cmd = args.cmd[1:]
+    logs.setup(args.log_level)
+    return int(args.func(args, Console()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""`bastion doctor`: check each kernel capability Bastion uses by using it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from ebpf import probe
+from sandbox import landlock
+from sandbox.cgroup import Cgroup, cgroup2_mount
+from sandbox.seccomp import Filter, set_no_new_privs
+
+
+class Check(BaseModel):
+    name: str
+    required: bool
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+SETUP = "run `make setup` as root"
+
+
+def _root() -> str:
+    if os.geteuid() != 0:
+        raise RuntimeError(f"running as uid {os.geteuid()}")
+    return "uid 0"
+
+
+def _cgroup2() -> str:
+    mount = cgroup2_mount()
+    cg = Cgroup.create(f"doctor-{uuid.uuid4().hex[:8]}")
+    try:
+        cg.freeze(True)
+        cg.freeze(False)
+        cg.kill()
+    finally:
+        cg.remove()
+    return f"{mount}; created, froze, thawed, killed and removed a leaf"
+
+
+def _tracefs() -> str:
+    events = Path("/sys/kernel/tracing/events/syscalls")
+    if not events.is_dir():
+        raise RuntimeError("/sys/kernel/tracing has no syscall events (tracefs not mounted)")
+    return "/sys/kernel/tracing"
+
+
+def _headers() -> str:
+    build = Path(f"/lib/modules/{platform.release()}")
+    for link, probe_file in (("build", "include/generated"), ("source", "include/linux/kconfig.h")):
+        if not (build / link / probe_file).exists():
+            raise RuntimeError(f"{build / link / probe_file} is missing")
+    return str((build / "build").resolve())
+
+
+def _bcc() -> str:
+    import bcc
+
+    return f"bcc {getattr(bcc, '__version__', '?')} from {Path(bcc.__file__).parent}"
+
+
+def _cgroup_connect() -> str:
+    cg = Cgroup.create(f"doctor-{uuid.uuid4().hex[:8]}")
+    fd = cg.open_fd()
+    try:
+        return probe.attach_cgroup_connect(fd)
+    finally:
+        os.close(fd)
+        cg.remove()
+
+
+def _btf() -> str:
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        raise RuntimeError("/sys/kernel/btf/vmlinux is missing")
+    return "/sys/kernel/btf/vmlinux"
+
+
+def _landlock() -> str:
+    version = landlock.abi()
+    if version < 1:
+        raise RuntimeError("Landlock is not enabled (add landlock to the lsm= boot parameter)")
+    return f"ABI {version}"
+
+
+def _seccomp() -> str:
+    """Fork a child that denies itself getcwd() and checks it gets EPERM."""
+    flt = Filter(["getcwd"])
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        code = 1
+        try:
+            set_no_new_privs()
+            flt.load()
+            os.getcwd()
+        except PermissionError:
+            code = 0
+        finally:
+            os._exit(code)
+    flt.release()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError("a filter was loaded but getcwd() was not denied")
+    return "filter loaded in a child; denied syscall returned EPERM"
+
+
+CHECKS: list[tuple[str, bool, Callable[[], str], str]] = [
+    ("root", True, _root, "run Bastion as root (it loads BPF programs and manages cgroups)"),
+    ("cgroup v2", True, _cgroup2, "mount cgroup2 (e.g. `mount -t cgroup2 none /sys/fs/cgroup`)"),
+    ("tracefs", True, _tracefs, "mount -t tracefs tracefs /sys/kernel/tracing"),
+    ("kernel headers", True, _headers, SETUP + " (installs linux-headers-amd64 and links it)"),
+    ("bcc", True, _bcc, SETUP + " (installs python3-bpfcc and links it into .venv)"),
+    ("tracepoint programs", True, probe.load_tracepoints, "needs CONFIG_BPF_EVENTS and CAP_BPF"),
+    ("cgroup sock_addr programs", True, _cgroup_connect, "needs CONFIG_CGROUP_BPF"),
+    ("BTF", False, _btf, "kernel built without CONFIG_DEBUG_INFO_BTF: not needed by BCC"),
+    ("landlock", True, _landlock, "boot with lsm=...,landlock"),
+    ("seccomp", True, _seccomp, "apt-get install libseccomp2; kernel needs CONFIG_SECCOMP_FILTER"),
+]
+
+
+def run_checks() -> list[Check]:
+    results = []
+    for name, required, fn, fix in CHECKS:
+        try:
+            results.append(Check(name=name, required=required, ok=True, detail=fn()))
+        except Exception as exc:  # each failure becomes a row, not a crash
+            results.append(Check(name=name, required=required, ok=False, detail=str(exc).splitlines()[0], fix=fix))
+    return results
+
+
+def healthy(results: list[Check]) -> bool:
+    return all(c.ok for c in results if c.required)
+

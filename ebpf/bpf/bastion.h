@@ -1,0 +1,135 @@
+/* Event structs shared by every Bastion BPF program and by ebpf/events.py.
+ *
+ * Each event starts with struct ev_hdr; `type` says which struct follows.
+ * Keep the layouts in step with the ctypes mirror in ebpf/events.py: the
+ * test suite compares sizeof() of each struct against it.
+ */
+#ifndef BASTION_H
+#define BASTION_H
+
+#define TASK_COMM_LEN 16
+#define PATH_LEN 256
+#define ARGV_N 4
+#define ARG_LEN 64
+#define UNIX_PATH_LEN 64
+#define NGRAM_MAX 8
+
+enum ev_type {
+    EV_EXEC = 1,
+    EV_FORK = 2,
+    EV_EXIT = 3,
+    EV_OPEN = 4,
+    EV_CONNECT = 5,
+    EV_SENDTO = 6,
+    EV_BIND = 7,
+    EV_LISTEN = 8,
+    EV_ACCEPT = 9,
+    EV_NGRAM = 10,
+    EV_DENY = 11,
+};
+
+struct ev_hdr {
+    u64 ts_ns;            /* bpf_ktime_get_ns() */
+    u64 cgroup_id;
+    u32 pid;              /* thread group id */
+    u32 tid;
+    u16 type;             /* enum ev_type */
+    u16 _pad;
+    s32 ret;              /* syscall result, where there is one */
+    char comm[TASK_COMM_LEN];
+};
+
+struct ev_exec {
+    struct ev_hdr h;
+    char filename[PATH_LEN];
+    char argv[ARGV_N][ARG_LEN];
+};
+
+struct ev_fork {
+    struct ev_hdr h;
+    u32 child_pid;
+    u32 _pad;
+};
+
+struct ev_exit {
+    struct ev_hdr h;
+    s32 code;             /* exit_group() argument, -1 if none was seen */
+    s32 signal;           /* fatal default-action signal delivered, 0 if none */
+};
+
+struct ev_open {
+    struct ev_hdr h;
+    s32 flags;
+    u32 _pad;
+    char path[PATH_LEN];
+};
+
+/* connect, sendto/sendmsg with a destination, bind, listen, accept, deny */
+struct ev_net {
+    struct ev_hdr h;
+    u16 family;
+    u16 port;             /* host byte order */
+    u32 arg;              /* listen backlog; for EV_DENY the denied hook */
+    u8 addr[16];          /* IPv4 in the first 4 bytes, or IPv6 */
+    char unix_path[UNIX_PATH_LEN];
+};
+
+/* A syscall n-gram: syscall numbers, oldest first; unused slots 0. */
+struct ngram {
+    u16 seq[NGRAM_MAX];
+};
+
+struct ev_ngram {
+    struct ev_hdr h;
+    struct ngram gram;
+};
+
+/* Values of the `watched` map. */
+#define WATCH_DETECT_NOVEL 1   /* send n-grams missing from `known` as events */
+#define WATCH_QUARANTINE 2     /* egress programs deny everything */
+
+struct watch_info {
+    u32 tag;
+    u32 flags;
+};
+
+/* Per-cgroup counters, one copy per CPU, summed by user space. */
+struct cg_stats {
+    u64 syscalls;
+    u64 events;
+    u64 lost;
+    u64 ngram_overflow;
+};
+
+struct ngram_key {
+    u64 cgroup_id;
+    struct ngram gram;
+};
+
+/* Egress allowlist: an LPM trie over (cgroup id, address). IPv4 addresses
+ * are stored IPv4-mapped (::ffff:a.b.c.d) so both families share one trie;
+ * prefixlen counts the 64 cgroup bits too. */
+struct egress_key {
+    u32 prefixlen;
+    u8 cgroup[8];
+    u8 addr[16];
+};
+
+#define EGRESS_PORTS 8
+#define PROTO_TCP 1
+#define PROTO_UDP 2
+
+struct egress_rule {
+    u16 ports[EGRESS_PORTS];  /* host byte order; nports == 0 means any port */
+    u8 nports;
+    u8 protos;                /* PROTO_TCP | PROTO_UDP */
+    u8 _pad[6];
+};
+
+/* Deny hooks, in ev_net.arg of EV_DENY. */
+#define DENY_CONNECT4 1
+#define DENY_CONNECT6 2
+#define DENY_SENDMSG4 3
+#define DENY_SENDMSG6 4
+
+#endif

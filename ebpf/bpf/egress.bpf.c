@@ -1,0 +1,90 @@
+/* Egress decided in the kernel: cgroup connect and sendmsg hooks allow a
+ * destination only if the sandbox's allowlist has it and the sandbox is not
+ * quarantined. Anything else fails with EPERM and is reported as EV_DENY.
+ * Attached per sandbox cgroup by the sandbox, never auto-attached. */
+#include "maps.bpf.h"
+
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+
+BPF_LPM_TRIE(egress_rules, struct egress_key, struct egress_rule, 16384);
+
+static __always_inline int port_allowed(struct egress_rule *r, u16 port)
+{
+    if (r->nports == 0)
+        return 1;
+#pragma unroll
+    for (int i = 0; i < EGRESS_PORTS; i++)
+        if (i < r->nports && r->ports[i] == port)
+            return 1;
+    return 0;
+}
+
+static __always_inline int decide(struct bpf_sock_addr *ctx, struct egress_key *k, u16 port, u32 hook)
+{
+    u64 cg;
+    struct watch_info *w = watched_cgroup(&cg);
+    /* A sandbox cgroup that is not watched must not talk: fail closed. */
+    if (w && !(w->flags & WATCH_QUARANTINE)) {
+        k->prefixlen = 64 + 128;
+        __builtin_memcpy(k->cgroup, &cg, sizeof(cg));
+        struct egress_rule *r = egress_rules.lookup(k);
+        u8 proto = ctx->protocol == IPPROTO_TCP_ ? PROTO_TCP
+                 : ctx->protocol == IPPROTO_UDP_ ? PROTO_UDP : 0;
+        if (r && (r->protos & proto) && port_allowed(r, port))
+            return 1;
+    }
+    struct ev_net e = {};
+    fill_hdr(&e.h, EV_DENY, cg);
+    e.h.ret = -1;  /* EPERM */
+    e.family = hook == DENY_CONNECT6 || hook == DENY_SENDMSG6 ? 10 : 2;
+    e.port = port;
+    e.arg = hook;
+    __builtin_memcpy(e.addr, k->addr, sizeof(e.addr));
+    if (e.family == 2)  /* report IPv4 in the first four bytes, as other events do */
+        __builtin_memcpy(e.addr, &k->addr[12], 4);
+    emit(&e, sizeof(e), cg);
+    return 0;
+}
+
+static __always_inline int decide4(struct bpf_sock_addr *ctx, u32 hook)
+{
+    struct egress_key k = {};
+    u32 ip = ctx->user_ip4;
+    k.addr[10] = 0xff;
+    k.addr[11] = 0xff;
+    __builtin_memcpy(&k.addr[12], &ip, 4);
+    return decide(ctx, &k, __builtin_bswap16((u16)ctx->user_port), hook);
+}
+
+static __always_inline int decide6(struct bpf_sock_addr *ctx, u32 hook)
+{
+    struct egress_key k = {};
+    u32 ip[4];
+    ip[0] = ctx->user_ip6[0];
+    ip[1] = ctx->user_ip6[1];
+    ip[2] = ctx->user_ip6[2];
+    ip[3] = ctx->user_ip6[3];
+    __builtin_memcpy(k.addr, ip, 16);
+    return decide(ctx, &k, __builtin_bswap16((u16)ctx->user_port), hook);
+}
+
+int egress_connect4(struct bpf_sock_addr *ctx)
+{
+    return decide4(ctx, DENY_CONNECT4);
+}
+
+int egress_connect6(struct bpf_sock_addr *ctx)
+{
+    return decide6(ctx, DENY_CONNECT6);
+}
+
+int egress_sendmsg4(struct bpf_sock_addr *ctx)
+{
+    return decide4(ctx, DENY_SENDMSG4);
+}
+
+int egress_sendmsg6(struct bpf_sock_addr *ctx)
+{
+    return decide6(ctx, DENY_SENDMSG6);
+}

@@ -1,0 +1,89 @@
+/* Maps and helpers shared by the sensor's programs. The sensor compiles all
+ * of its .bpf.c files as one module, so these maps exist once. */
+#ifndef BASTION_MAPS_BPF_H
+#define BASTION_MAPS_BPF_H
+
+#include "bastion.h"
+
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 256
+#endif
+
+BPF_HASH(watched, u64, struct watch_info, 4096);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_HASH(stats, u64, struct cg_stats, 4096);
+
+union event_buf {
+    struct ev_hdr h;
+    struct ev_exec exec;
+    struct ev_open open;
+    struct ev_net net;
+};
+
+/* Events that need the syscall's result are built at sys_enter in a per-CPU
+ * scratch slot (too big for the BPF stack), parked per thread, and sent at
+ * sys_exit. LRU so a thread killed inside a syscall cannot leak an entry. */
+BPF_PERCPU_ARRAY(scratch, union event_buf, 1);
+BPF_TABLE("lru_hash", u32, union event_buf, pending, 8192);
+
+/* The cgroup of the current task if it is watched, else NULL. */
+static __always_inline struct watch_info *watched_cgroup(u64 *cg)
+{
+    *cg = bpf_get_current_cgroup_id();
+    return watched.lookup(cg);
+}
+
+static __always_inline void fill_hdr(struct ev_hdr *h, u16 type, u64 cg)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    h->ts_ns = bpf_ktime_get_ns();
+    h->cgroup_id = cg;
+    h->pid = id >> 32;
+    h->tid = (u32)id;
+    h->type = type;
+    h->ret = 0;
+    bpf_get_current_comm(&h->comm, sizeof(h->comm));
+}
+
+/* Send one event and count it as sent or lost for its cgroup. */
+static __always_inline void emit(void *data, u32 size, u64 cg)
+{
+    struct cg_stats *st = stats.lookup(&cg);
+    if (events.ringbuf_output(data, size, 0) == 0) {
+        if (st)
+            st->events++;
+    } else if (st) {
+        st->lost++;
+    }
+}
+
+static __always_inline union event_buf *begin(u16 type, u64 cg)
+{
+    u32 zero = 0;
+    union event_buf *e = scratch.lookup(&zero);
+    if (e)
+        fill_hdr(&e->h, type, cg);
+    return e;
+}
+
+static __always_inline void park(union event_buf *e)
+{
+    u32 tid = e->h.tid;
+    pending.update(&tid, e);
+}
+
+/* At sys_exit: send the parked event of this thread with the result. */
+static __always_inline void finish(u16 type, long ret, u32 size)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    union event_buf *e = pending.lookup(&tid);
+    if (!e)
+        return;
+    if (e->h.type == type) {
+        e->h.ret = ret;
+        emit(e, size, e->h.cgroup_id);
+    }
+    pending.delete(&tid);
+}
+
+#endif

@@ -1,0 +1,173 @@
+/* Network: connect, UDP destinations of sendto/sendmsg, bind, listen, accept. */
+#include "maps.bpf.h"
+
+#define AF_UNIX_ 1
+#define AF_INET_ 2
+#define AF_INET6_ 10
+
+/* Copy family, port and address of a user-space sockaddr into the event. */
+static __always_inline void read_sockaddr(struct ev_net *n, const void *uaddr)
+{
+    u16 family = 0;
+    n->family = 0;
+    n->port = 0;
+    n->unix_path[0] = 0;
+    __builtin_memset(n->addr, 0, sizeof(n->addr));
+    if (!uaddr || bpf_probe_read_user(&family, sizeof(family), uaddr))
+        return;
+    n->family = family;
+    if (family == AF_INET_ || family == AF_INET6_) {
+        u16 port = 0;
+        bpf_probe_read_user(&port, sizeof(port), uaddr + 2);
+        n->port = __builtin_bswap16(port);
+        if (family == AF_INET_)
+            bpf_probe_read_user(n->addr, 4, uaddr + 4);
+        else
+            bpf_probe_read_user(n->addr, 16, uaddr + 8);
+    } else if (family == AF_UNIX_) {
+        bpf_probe_read_user_str(n->unix_path, sizeof(n->unix_path), uaddr + 2);
+    }
+}
+
+/* Park a network event; the address is read now, or at exit for accept. */
+static __always_inline void net_enter(u16 type, const void *uaddr, u32 arg)
+{
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return;
+    union event_buf *e = begin(type, cg);
+    if (!e)
+        return;
+    read_sockaddr(&e->net, uaddr);
+    e->net.arg = arg;
+    park(e);
+}
+
+static __always_inline void net_exit(u16 type, long ret)
+{
+    u64 cg;
+    if (watched_cgroup(&cg))
+        finish(type, ret, sizeof(struct ev_net));
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_connect)
+{
+    net_enter(EV_CONNECT, args->uservaddr, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_connect)
+{
+    net_exit(EV_CONNECT, args->ret);
+    return 0;
+}
+
+/* Only sends that name a destination: a connected socket's were seen at connect. */
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
+{
+    if (args->addr)
+        net_enter(EV_SENDTO, args->addr, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto)
+{
+    net_exit(EV_SENDTO, args->ret);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
+{
+    void *name = 0;
+    bpf_probe_read_user(&name, sizeof(name), args->msg);  /* msg_name comes first */
+    if (name)
+        net_enter(EV_SENDTO, name, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg)
+{
+    net_exit(EV_SENDTO, args->ret);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_bind)
+{
+    net_enter(EV_BIND, args->umyaddr, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_bind)
+{
+    net_exit(EV_BIND, args->ret);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_listen)
+{
+    net_enter(EV_LISTEN, 0, args->backlog);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_listen)
+{
+    net_exit(EV_LISTEN, args->ret);
+    return 0;
+}
+
+/* The peer address exists only once accept returns: park the user pointer. */
+BPF_TABLE("lru_hash", u32, u64, accept_addr, 4096);
+
+static __always_inline void accept_enter(const void *upeer)
+{
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return;
+    union event_buf *e = begin(EV_ACCEPT, cg);
+    if (!e)
+        return;
+    read_sockaddr(&e->net, 0);
+    e->net.arg = 0;
+    park(e);
+    u32 tid = e->h.tid;
+    u64 ptr = (u64)upeer;
+    accept_addr.update(&tid, &ptr);
+}
+
+static __always_inline void accept_exit(long ret)
+{
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 *ptr = accept_addr.lookup(&tid);
+    union event_buf *e = pending.lookup(&tid);
+    if (ptr && e && e->h.type == EV_ACCEPT && ret >= 0)
+        read_sockaddr(&e->net, (const void *)*ptr);
+    accept_addr.delete(&tid);
+    finish(EV_ACCEPT, ret, sizeof(struct ev_net));
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept)
+{
+    accept_enter(args->upeer_sockaddr);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept)
+{
+    accept_exit(args->ret);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4)
+{
+    accept_enter(args->upeer_sockaddr);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
+{
+    accept_exit(args->ret);
+    return 0;
+}

@@ -1,0 +1,116 @@
+/* Process lifecycle: exec (with result), fork/clone, exit (code or signal). */
+#include "maps.bpf.h"
+
+/* exit_group() code and fatal signal of a dying process, keyed by pid. */
+struct exit_note {
+    s32 code;
+    s32 signal;
+};
+BPF_TABLE("lru_hash", u32, struct exit_note, exit_notes, 4096);
+
+static __always_inline void exec_enter(const char *filename, const char *const *argv)
+{
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return;
+    union event_buf *e = begin(EV_EXEC, cg);
+    if (!e)
+        return;
+    bpf_probe_read_user_str(e->exec.filename, sizeof(e->exec.filename), filename);
+#pragma unroll
+    for (int i = 0; i < ARGV_N; i++) {
+        const char *arg = 0;
+        e->exec.argv[i][0] = 0;
+        if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) || !arg)
+            break;
+        bpf_probe_read_user_str(e->exec.argv[i], ARG_LEN, arg);
+    }
+    park(e);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve)
+{
+    exec_enter(args->filename, args->argv);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
+{
+    exec_enter(args->filename, args->argv);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_execve)
+{
+    u64 cg;
+    if (watched_cgroup(&cg))
+        finish(EV_EXEC, args->ret, sizeof(struct ev_exec));
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
+{
+    u64 cg;
+    if (watched_cgroup(&cg))
+        finish(EV_EXEC, args->ret, sizeof(struct ev_exec));
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return 0;
+    struct ev_fork e = {};
+    fill_hdr(&e.h, EV_FORK, cg);
+    e.child_pid = args->child_pid;
+    emit(&e, sizeof(e), cg);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
+{
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return 0;
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct exit_note n = {.code = args->error_code, .signal = 0};
+    exit_notes.update(&pid, &n);
+    return 0;
+}
+
+/* A signal whose default action is to terminate, delivered with no handler. */
+TRACEPOINT_PROBE(signal, signal_deliver)
+{
+    u64 cg;
+    if (!watched_cgroup(&cg) || args->sa_handler != 0)
+        return 0;
+    int sig = args->sig;
+    /* SIGCHLD, SIGCONT, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU, SIGURG, SIGWINCH do not kill. */
+    if (sig == 17 || sig == 18 || sig == 19 || sig == 20 || sig == 21 || sig == 22 ||
+        sig == 23 || sig == 28)
+        return 0;
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct exit_note n = {.code = -1, .signal = sig};
+    exit_notes.update(&pid, &n);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    pending.delete(&tid);
+    if (!args->group_dead)
+        return 0;
+    struct ev_exit e = {};
+    fill_hdr(&e.h, EV_EXIT, cg);
+    struct exit_note *n = exit_notes.lookup(&e.h.pid);
+    e.code = n ? n->code : -1;
+    e.signal = n ? n->signal : 0;
+    exit_notes.delete(&e.h.pid);
+    emit(&e, sizeof(e), cg);
+    return 0;
+}

@@ -1,0 +1,70 @@
+/* Syscall sequences: per-thread sliding n-grams counted per watched cgroup.
+ * Runs on every syscall, so an unwatched task costs one cgroup-id read and
+ * one hash lookup. */
+#include "maps.bpf.h"
+
+#ifndef NGRAM_N
+#define NGRAM_N 6
+#endif
+
+struct seq_state {
+    u16 win[NGRAM_MAX];
+    u32 len;
+};
+
+BPF_TABLE("lru_hash", u32, struct seq_state, windows, 16384);
+BPF_HASH(ngram_counts, struct ngram_key, u64, 65536);
+/* N-grams of the loaded profile; watched cgroups with WATCH_DETECT_NOVEL
+ * send only n-grams missing from it. */
+BPF_HASH(known, struct ngram, u8, 65536);
+
+RAW_TRACEPOINT_PROBE(sys_enter)
+{
+    u64 cg;
+    struct watch_info *w = watched_cgroup(&cg);
+    if (!w)
+        return 0;
+    struct cg_stats *st = stats.lookup(&cg);
+    if (st)
+        st->syscalls++;
+
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct seq_state *s = windows.lookup(&tid);
+    if (!s) {
+        struct seq_state fresh = {};
+        windows.update(&tid, &fresh);
+        s = windows.lookup(&tid);
+        if (!s)
+            return 0;
+    }
+#pragma unroll
+    for (int i = 0; i < NGRAM_N - 1; i++)
+        s->win[i] = s->win[i + 1];
+    s->win[NGRAM_N - 1] = (u16)ctx->args[1];
+    if (s->len < NGRAM_N) {
+        s->len++;
+        if (s->len < NGRAM_N)
+            return 0;
+    }
+
+    struct ngram_key k = {.cgroup_id = cg};
+#pragma unroll
+    for (int i = 0; i < NGRAM_N; i++)
+        k.gram.seq[i] = s->win[i];
+    u64 *count = ngram_counts.lookup(&k);
+    if (count) {
+        __sync_fetch_and_add(count, 1);
+    } else {
+        u64 one = 1;
+        if (ngram_counts.update(&k, &one) && st)
+            st->ngram_overflow++;
+    }
+
+    if ((w->flags & WATCH_DETECT_NOVEL) && !known.lookup(&k.gram)) {
+        struct ev_ngram e = {};
+        fill_hdr(&e.h, EV_NGRAM, cg);
+        e.gram = k.gram;
+        emit(&e, sizeof(e), cg);
+    }
+    return 0;
+}

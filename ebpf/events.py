@@ -1,0 +1,243 @@
+"""Sensor events: the ctypes mirror of bpf/bastion.h, the hot-path dataclass,
+and the pydantic model of their JSONL/wire form."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import enum
+import ipaddress
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+TASK_COMM_LEN = 16
+PATH_LEN = 256
+ARGV_N = 4
+ARG_LEN = 64
+UNIX_PATH_LEN = 64
+NGRAM_MAX = 8
+
+AF_UNIX = 1
+AF_INET = 2
+AF_INET6 = 10
+
+
+class EventKind(enum.StrEnum):
+    EXEC = "exec"
+    FORK = "fork"
+    EXIT = "exit"
+    OPEN = "open"
+    CONNECT = "connect"
+    SENDTO = "sendto"
+    BIND = "bind"
+    LISTEN = "listen"
+    ACCEPT = "accept"
+    NGRAM = "ngram"
+    DENY = "deny"
+
+
+# enum ev_type in bastion.h
+_KIND_BY_TYPE = {i + 1: kind for i, kind in enumerate(EventKind)}
+DENY_HOOKS = {1: "connect4", 2: "connect6", 3: "sendmsg4", 4: "sendmsg6"}
+
+
+class EvHdr(ct.Structure):
+    _fields_ = [
+        ("ts_ns", ct.c_uint64),
+        ("cgroup_id", ct.c_uint64),
+        ("pid", ct.c_uint32),
+        ("tid", ct.c_uint32),
+        ("type", ct.c_uint16),
+        ("_pad", ct.c_uint16),
+        ("ret", ct.c_int32),
+        ("comm", ct.c_char * TASK_COMM_LEN),
+    ]
+
+
+class EvExec(ct.Structure):
+    _fields_ = [("h", EvHdr), ("filename", ct.c_char * PATH_LEN), ("argv", (ct.c_char * ARG_LEN) * ARGV_N)]
+
+
+class EvFork(ct.Structure):
+    _fields_ = [("h", EvHdr), ("child_pid", ct.c_uint32), ("_pad", ct.c_uint32)]
+
+
+class EvExit(ct.Structure):
+    _fields_ = [("h", EvHdr), ("code", ct.c_int32), ("signal", ct.c_int32)]
+
+
+class EvOpen(ct.Structure):
+    _fields_ = [("h", EvHdr), ("flags", ct.c_int32), ("_pad", ct.c_uint32), ("path", ct.c_char * PATH_LEN)]
+
+
+class EvNet(ct.Structure):
+    _fields_ = [
+        ("h", EvHdr),
+        ("family", ct.c_uint16),
+        ("port", ct.c_uint16),
+        ("arg", ct.c_uint32),
+        ("addr", ct.c_uint8 * 16),
+        ("unix_path", ct.c_char * UNIX_PATH_LEN),
+    ]
+
+
+class Ngram(ct.Structure):
+    _fields_ = [("seq", ct.c_uint16 * NGRAM_MAX)]
+
+
+class EvNgram(ct.Structure):
+    _fields_ = [("h", EvHdr), ("gram", Ngram)]
+
+
+class WatchInfo(ct.Structure):
+    _fields_ = [("tag", ct.c_uint32), ("flags", ct.c_uint32)]
+
+
+class CgStats(ct.Structure):
+    _fields_ = [
+        ("syscalls", ct.c_uint64),
+        ("events", ct.c_uint64),
+        ("lost", ct.c_uint64),
+        ("ngram_overflow", ct.c_uint64),
+    ]
+
+
+# The C struct behind each kind, for decoding and for the layout test.
+STRUCTS: dict[EventKind, type[ct.Structure]] = {
+    EventKind.EXEC: EvExec,
+    EventKind.FORK: EvFork,
+    EventKind.EXIT: EvExit,
+    EventKind.OPEN: EvOpen,
+    EventKind.CONNECT: EvNet,
+    EventKind.SENDTO: EvNet,
+    EventKind.BIND: EvNet,
+    EventKind.LISTEN: EvNet,
+    EventKind.ACCEPT: EvNet,
+    EventKind.NGRAM: EvNgram,
+    EventKind.DENY: EvNet,
+}
+
+
+@dataclass(slots=True)
+class Event:
+    """One sensor event. Fields that a kind does not use keep their defaults."""
+
+    kind: EventKind
+    ts_ns: int
+    cgroup_id: int
+    pid: int
+    tid: int
+    comm: str
+    ret: int = 0
+    tag: str = ""
+    path: str = ""  # exec filename, opened path, unix socket path
+    argv: tuple[str, ...] = ()
+    flags: int = 0  # open flags
+    family: int = 0
+    addr: str = ""  # IP address as text
+    port: int = 0
+    arg: int = 0  # listen backlog
+    hook: str = ""  # deny: the egress hook that denied
+    child_pid: int = 0
+    exit_code: int = -1
+    signal: int = 0
+    ngram: tuple[int, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: every non-default field."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _ALWAYS or value != f.default:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+_ALWAYS = {"kind", "ts_ns", "cgroup_id", "pid", "tid", "comm", "ret"}
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _ip(family: int, raw: Any) -> str:
+    if family == AF_INET:
+        return str(ipaddress.IPv4Address(bytes(raw[:4])))
+    if family == AF_INET6:
+        return str(ipaddress.IPv6Address(bytes(raw[:16])))
+    return ""
+
+
+def decode(data: int, size: int, ngram_n: int, tags: dict[int, str]) -> Event:
+    """Decode one ring-buffer record (a pointer and its size) into an Event."""
+    hdr = ct.cast(data, ct.POINTER(EvHdr)).contents
+    kind = _KIND_BY_TYPE.get(hdr.type)
+    if kind is None or size < ct.sizeof(STRUCTS[kind]):
+        raise ValueError(f"sensor sent an unknown or short record (type {hdr.type}, {size} bytes)")
+    raw = ct.cast(data, ct.POINTER(STRUCTS[kind])).contents
+    ev = Event(
+        kind=kind,
+        ts_ns=hdr.ts_ns,
+        cgroup_id=hdr.cgroup_id,
+        pid=hdr.pid,
+        tid=hdr.tid,
+        comm=_text(hdr.comm),
+        ret=hdr.ret,
+        tag=tags.get(hdr.cgroup_id, ""),
+    )
+    if isinstance(raw, EvExec):
+        ev.path = _text(raw.filename)
+        ev.argv = tuple(a for a in (_text(bytes(x)) for x in raw.argv) if a)
+    elif isinstance(raw, EvOpen):
+        ev.path, ev.flags = _text(raw.path), raw.flags
+    elif isinstance(raw, EvNet):
+        ev.family, ev.port = raw.family, raw.port
+        ev.addr = _ip(raw.family, raw.addr)
+        if raw.family == AF_UNIX:
+            ev.path = _text(raw.unix_path)
+        if kind is EventKind.DENY:
+            ev.hook = DENY_HOOKS.get(raw.arg, str(raw.arg))
+        else:
+            ev.arg = raw.arg
+    elif isinstance(raw, EvFork):
+        ev.child_pid = raw.child_pid
+    elif isinstance(raw, EvExit):
+        ev.exit_code, ev.signal = raw.code, raw.signal
+    elif isinstance(raw, EvNgram):
+        ev.ngram = tuple(raw.gram.seq[:ngram_n])
+    return ev
+
+
+class EventRecord(BaseModel):
+    """The JSONL and wire form of an Event, validated at the boundary."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: EventKind
+    ts_ns: int
+    cgroup_id: int
+    pid: int
+    tid: int
+    comm: str
+    ret: int = 0
+    tag: str = ""
+    path: str = ""
+    argv: tuple[str, ...] = ()
+    flags: int = 0
+    family: int = 0
+    addr: str = ""
+    port: int = 0
+    arg: int = 0
+    hook: str = ""
+    child_pid: int = 0
+    exit_code: int = -1
+    signal: int = 0
+    ngram: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, ev: Event) -> EventRecord:
+        return cls.model_validate(ev.to_dict())
+
+    def to_event(self) -> Event:
+        return Event(**self.model_dump())

@@ -1,0 +1,62 @@
+"""Record sensor events to JSONL and replay them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+from pydantic import ValidationError
+
+from ebpf.events import Event, EventRecord
+
+
+class EventFileError(ValueError):
+    """A malformed events file; the message names the file and line."""
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "record"
+    return f"field {where!r}: {err['msg']}"
+
+
+class JsonlWriter:
+    """Writes events as JSON lines, one event per line, to a new file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._fh: IO[str] = self.path.open("w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, events: Iterable[Event]) -> None:
+        for ev in events:
+            self._fh.write(json.dumps(ev.to_dict(), separators=(",", ":")) + "\n")
+            self.count += 1
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_jsonl(path: Path | str) -> Iterator[Event]:
+    """Replay events from a JSONL file, validating every line."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = EventRecord.model_validate_json(line)
+            except ValidationError as exc:
+                kind = exc.errors()[0]["type"]
+                detail = "not valid JSON" if kind == "json_invalid" else _first_error(exc)
+                raise EventFileError(f"{path}:{lineno}: {detail}") from None
+            yield record.to_event()

@@ -1,0 +1,199 @@
+"""The sensor: compiles Bastion's BPF programs once, attaches them, and turns
+the ring buffer into batches of Events for the cgroups it is told to watch."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ebpf.events import CgStats, Event, Ngram, WatchInfo, decode
+
+BPF_DIR = Path(__file__).parent / "bpf"
+# One module: the programs share the watched map, the ring buffer and stats.
+SOURCES = ("proc.bpf.c", "file.bpf.c", "net.bpf.c", "seq.bpf.c", "egress.bpf.c")
+_MAPS_INCLUDE = '#include "maps.bpf.h"'
+
+WATCH_DETECT_NOVEL = 1
+WATCH_QUARANTINE = 2
+
+
+class SensorError(RuntimeError):
+    """The sensor could not be built, loaded or queried."""
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupStats:
+    syscalls: int = 0
+    events: int = 0
+    lost: int = 0
+    ngram_overflow: int = 0
+
+
+def module_text() -> str:
+    """The sensor's C source as one text.
+
+    BCC rewrites map calls only in its main text, not in #included files, so
+    maps.bpf.h (maps and the helpers that use them) is inlined once, first.
+    bastion.h, which holds only structs, stays a real include."""
+    parts = [(BPF_DIR / "maps.bpf.h").read_text()]
+    parts += [(BPF_DIR / name).read_text().replace(_MAPS_INCLUDE, "") for name in SOURCES]
+    return "\n".join(parts)
+
+
+class Sensor:
+    """Kernel event source for watched cgroups.
+
+    Use one per process: `start()` compiles and attaches everything (about two
+    seconds), after which watching a cgroup is a map update."""
+
+    def __init__(self, ngram_n: int = 6, ringbuf_pages: int = 256) -> None:
+        if not 2 <= ngram_n <= 8:
+            raise ValueError(f"ngram_n must be between 2 and 8, not {ngram_n}")
+        if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
+            raise ValueError(f"ringbuf_pages must be a power of two, not {ringbuf_pages}")
+        self.ngram_n = ngram_n
+        self.ringbuf_pages = ringbuf_pages
+        self._bpf: Any = None
+        self._tags: dict[int, str] = {}
+        self._tag_ids: dict[str, int] = {}
+        self._batch: list[Event] = []
+        self._decode_errors = 0
+
+    # lifecycle -----------------------------------------------------------
+    def start(self) -> Sensor:
+        if self._bpf is not None:
+            return self
+        try:
+            from bcc import BPF  # Debian's python3-bpfcc; see the Makefile
+        except ImportError as exc:
+            raise SensorError("BCC is not importable: run `make setup` (installs python3-bpfcc)") from exc
+        cflags = [f"-I{BPF_DIR}", f"-DNGRAM_N={self.ngram_n}", f"-DRINGBUF_PAGES={self.ringbuf_pages}"]
+        try:
+            self._bpf = BPF(text=module_text(), cflags=cflags)
+        except Exception as exc:
+            raise SensorError(f"loading the BPF programs failed: {exc} (run `bastion doctor`)") from exc
+        self._bpf["events"].open_ring_buffer(self._on_event)
+        return self
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> Sensor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def bpf(self) -> Any:
+        if self._bpf is None:
+            raise SensorError("the sensor is not started")
+        return self._bpf
+
+    # watching ------------------------------------------------------------
+    def watch(self, cgroup_id: int, tag: str, detect_novel: bool = False) -> None:
+        """Start watching a cgroup: from now on its tasks' syscalls are seen."""
+        tag_id = self._tag_ids.setdefault(tag, len(self._tag_ids) + 1)
+        self._tags[cgroup_id] = tag
+        stats = self.bpf["stats"]
+        stats[stats.Key(cgroup_id)] = stats.Leaf()
+        flags = WATCH_DETECT_NOVEL if detect_novel else 0
+        self.bpf["watched"][ct.c_uint64(cgroup_id)] = WatchInfo(tag_id, flags)
+
+    def is_watched(self, cgroup_id: int) -> bool:
+        return ct.c_uint64(cgroup_id) in self.bpf["watched"]
+
+    def set_flag(self, cgroup_id: int, flag: int, on: bool) -> None:
+        watched = self.bpf["watched"]
+        key = ct.c_uint64(cgroup_id)
+        try:
+            info = watched[key]
+        except KeyError:
+            raise SensorError(f"cgroup {cgroup_id} is not watched") from None
+        info.flags = (info.flags | flag) if on else (info.flags & ~flag)
+        watched[key] = info
+
+    def unwatch(self, cgroup_id: int) -> CgroupStats:
+        """Stop watching a cgroup; returns its final stats and frees its maps."""
+        final = self.stats(cgroup_id)
+        key = ct.c_uint64(cgroup_id)
+        for name in ("watched", "stats"):
+            table = self.bpf[name]
+            if key in table:
+                del table[key]
+        counts = self.bpf["ngram_counts"]
+        stale = [k for k, _ in counts.items_lookup_batch() if k.cgroup_id == cgroup_id]
+        for k in stale:
+            del counts[k]
+        return final
+
+    # reading -------------------------------------------------------------
+    def _on_event(self, _ctx: Any, data: int, size: int) -> None:
+        try:
+            self._batch.append(decode(data, size, self.ngram_n, self._tags))
+        except ValueError:
+            self._decode_errors += 1
+
+    def poll(self, timeout_ms: int = 100) -> list[Event]:
+        """Wait up to timeout_ms for events and return everything pending."""
+        self.bpf.ring_buffer_poll(timeout_ms)
+        batch, self._batch = self._batch, []
+        return batch
+
+    def drain(self) -> list[Event]:
+        """Everything already in the ring buffer, without waiting."""
+        self.bpf.ring_buffer_consume()
+        batch, self._batch = self._batch, []
+        return batch
+
+    def batches(self, timeout_ms: int = 100) -> Iterator[list[Event]]:
+        """Non-empty batches, forever; stop iterating to stop."""
+        while True:
+            batch = self.poll(timeout_ms)
+            if batch:
+                yield batch
+
+    def stats(self, cgroup_id: int) -> CgroupStats:
+        table = self.bpf["stats"]
+        try:
+            per_cpu: Iterable[CgStats] = table[table.Key(cgroup_id)]
+        except KeyError:
+            return CgroupStats()
+        sums = [sum(getattr(s, f) for s in per_cpu) for f, _ in CgStats._fields_]
+        return CgroupStats(*sums)
+
+    @property
+    def decode_errors(self) -> int:
+        return self._decode_errors
+
+    # syscall n-grams -----------------------------------------------------
+    def ngram_counts(self, cgroup_id: int) -> dict[tuple[int, ...], int]:
+        """How often each n-gram occurred in a watched cgroup (training mode)."""
+        n = self.ngram_n
+        return {
+            tuple(k.gram.seq[:n]): int(v)
+            for k, v in self.bpf["ngram_counts"].items_lookup_batch()
+            if k.cgroup_id == cgroup_id
+        }
+
+    def load_known(self, grams: Iterable[tuple[int, ...]]) -> int:
+        """Replace the `known` n-gram set; returns how many were loaded."""
+        known = self.bpf["known"]
+        known.clear()
+        keys = [Ngram((ct.c_uint16 * 8)(*g)) for g in grams if len(g) == self.ngram_n]
+        if keys:
+            key_arr = (known.Key * len(keys))(*keys)
+            val_arr = (known.Leaf * len(keys))(*([1] * len(keys)))
+            known.items_update_batch(key_arr, val_arr)
+        return len(keys)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise SensorError("the sensor needs root (CAP_BPF and CAP_PERFMON)")

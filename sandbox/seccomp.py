@@ -1,0 +1,82 @@
+"""A seccomp filter that makes chosen syscalls fail with EPERM (libseccomp)."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ctypes.util
+import errno
+from collections.abc import Iterable
+
+SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_ACT_ERRNO_BASE = 0x00050000
+
+# Syscalls no sandboxed tool needs and every escape or kernel attack wants.
+DEFAULT_DENY = (
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "ptrace", "process_vm_readv", "process_vm_writev",
+    "bpf", "perf_event_open", "userfaultfd",
+    "mount", "umount2", "pivot_root", "move_mount", "open_tree", "fsopen", "fsmount", "fsconfig",
+    "kexec_load", "kexec_file_load", "reboot",
+    "init_module", "finit_module", "delete_module",
+    "keyctl", "add_key", "request_key",
+    "unshare", "setns", "swapon", "swapoff", "acct", "quotactl", "lookup_dcookie",
+)
+
+
+class SeccompError(RuntimeError):
+    pass
+
+
+def _lib() -> ct.CDLL:
+    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    try:
+        lib = ct.CDLL(name, use_errno=True)
+    except OSError as exc:
+        raise SeccompError("libseccomp is missing: apt-get install libseccomp2") from exc
+    lib.seccomp_init.restype = ct.c_void_p
+    lib.seccomp_init.argtypes = [ct.c_uint32]
+    lib.seccomp_rule_add.argtypes = [ct.c_void_p, ct.c_uint32, ct.c_int, ct.c_uint]
+    lib.seccomp_syscall_resolve_name.argtypes = [ct.c_char_p]
+    lib.seccomp_load.argtypes = [ct.c_void_p]
+    lib.seccomp_release.argtypes = [ct.c_void_p]
+    return lib
+
+
+def set_no_new_privs() -> None:
+    """PR_SET_NO_NEW_PRIVS: required to load a filter without CAP_SYS_ADMIN,
+    and it keeps setuid binaries from regaining privileges."""
+    if ct.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0) != 0:
+        raise SeccompError(f"PR_SET_NO_NEW_PRIVS failed: errno {ct.get_errno()}")
+
+
+def resolve(name: str) -> int:
+    """The syscall number of a name on this architecture; SeccompError if unknown."""
+    nr = _lib().seccomp_syscall_resolve_name(name.encode())
+    if nr < 0:
+        raise SeccompError(f"unknown syscall {name!r}")
+    return int(nr)
+
+
+class Filter:
+    """A filter built in the parent (so errors surface there) and loaded in
+    the child between fork and exec, after no_new_privs."""
+
+    def __init__(self, deny: Iterable[str]) -> None:
+        self._lib = _lib()
+        self._ctx = self._lib.seccomp_init(SCMP_ACT_ALLOW)
+        if not self._ctx:
+            raise SeccompError("seccomp_init failed")
+        for name in dict.fromkeys(deny):
+            rc = self._lib.seccomp_rule_add(self._ctx, SCMP_ACT_ERRNO_BASE | errno.EPERM, resolve(name), 0)
+            if rc < 0:
+                raise SeccompError(f"seccomp rule for {name!r} failed: {-rc}")
+
+    def load(self) -> None:
+        rc = self._lib.seccomp_load(self._ctx)
+        if rc < 0:
+            raise SeccompError(f"seccomp_load failed: {ct.get_errno() or -rc}")
+
+    def release(self) -> None:
+        if self._ctx:
+            self._lib.seccomp_release(self._ctx)
+            self._ctx = None
