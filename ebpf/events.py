@@ -169,13 +169,15 @@ def _ip(family: int, raw: Any) -> str:
     return ""
 
 
-def decode(data: int, size: int, ngram_n: int, tags: dict[int, str]) -> Event:
-    """Decode one ring-buffer record (a pointer and its size) into an Event."""
-    hdr = ct.cast(data, ct.POINTER(EvHdr)).contents
+def decode(record: bytes, ngram_n: int, tags: dict[int, str]) -> Event:
+    """Decode one ring-buffer record into an Event."""
+    if len(record) < ct.sizeof(EvHdr):
+        raise ValueError(f"sensor sent a short record ({len(record)} bytes)")
+    hdr = EvHdr.from_buffer_copy(record)
     kind = _KIND_BY_TYPE.get(hdr.type)
-    if kind is None or size < ct.sizeof(STRUCTS[kind]):
-        raise ValueError(f"sensor sent an unknown or short record (type {hdr.type}, {size} bytes)")
-    raw = ct.cast(data, ct.POINTER(STRUCTS[kind])).contents
+    if kind is None or len(record) < ct.sizeof(STRUCTS[kind]):
+        raise ValueError(f"sensor sent an unknown or short record (type {hdr.type}, {len(record)} bytes)")
+    raw = STRUCTS[kind].from_buffer_copy(record)
     ev = Event(
         kind=kind,
         ts_ns=hdr.ts_ns,

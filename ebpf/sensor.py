@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ebpf.events import CgStats, Event, Ngram, WatchInfo, decode
+from ebpf.events import CgStats, Event, WatchInfo, decode
 
 BPF_DIR = Path(__file__).parent / "bpf"
 # One module: the programs share the watched map, the ring buffer and stats.
@@ -60,7 +60,7 @@ class Sensor:
         self._bpf: Any = None
         self._tags: dict[int, str] = {}
         self._tag_ids: dict[str, int] = {}
-        self._batch: list[Event] = []
+        self._raw: list[bytes] = []
         self._decode_errors = 0
 
     # lifecycle -----------------------------------------------------------
@@ -71,7 +71,13 @@ class Sensor:
             from bcc import BPF  # Debian's python3-bpfcc; see the Makefile
         except ImportError as exc:
             raise SensorError("BCC is not importable: run `make setup` (installs python3-bpfcc)") from exc
-        cflags = [f"-I{BPF_DIR}", f"-DNGRAM_N={self.ngram_n}", f"-DRINGBUF_PAGES={self.ringbuf_pages}"]
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+        cflags = [
+            f"-I{BPF_DIR}",
+            f"-DNGRAM_N={self.ngram_n}",
+            f"-DRINGBUF_PAGES={self.ringbuf_pages}",
+            f"-DPID_MAX={pid_max}",
+        ]
         try:
             self._bpf = BPF(text=module_text(), cflags=cflags)
         except Exception as exc:
@@ -135,22 +141,28 @@ class Sensor:
 
     # reading -------------------------------------------------------------
     def _on_event(self, _ctx: Any, data: int, size: int) -> None:
-        try:
-            self._batch.append(decode(data, size, self.ngram_n, self._tags))
-        except ValueError:
-            self._decode_errors += 1
+        # Copy only: the faster records leave the ring buffer, the fewer are lost.
+        self._raw.append(ct.string_at(data, size))
+
+    def _decode_pending(self) -> list[Event]:
+        raw, self._raw = self._raw, []
+        batch = []
+        for record in raw:
+            try:
+                batch.append(decode(record, self.ngram_n, self._tags))
+            except ValueError:
+                self._decode_errors += 1
+        return batch
 
     def poll(self, timeout_ms: int = 100) -> list[Event]:
         """Wait up to timeout_ms for events and return everything pending."""
         self.bpf.ring_buffer_poll(timeout_ms)
-        batch, self._batch = self._batch, []
-        return batch
+        return self._decode_pending()
 
     def drain(self) -> list[Event]:
         """Everything already in the ring buffer, without waiting."""
         self.bpf.ring_buffer_consume()
-        batch, self._batch = self._batch, []
-        return batch
+        return self._decode_pending()
 
     def batches(self, timeout_ms: int = 100) -> Iterator[list[Event]]:
         """Non-empty batches, forever; stop iterating to stop."""
@@ -186,12 +198,14 @@ class Sensor:
         """Replace the `known` n-gram set; returns how many were loaded."""
         known = self.bpf["known"]
         known.clear()
-        keys = [Ngram((ct.c_uint16 * 8)(*g)) for g in grams if len(g) == self.ngram_n]
-        if keys:
-            key_arr = (known.Key * len(keys))(*keys)
-            val_arr = (known.Leaf * len(keys))(*([1] * len(keys)))
+        wanted = [g for g in grams if len(g) == self.ngram_n]
+        if wanted:
+            key_arr = (known.Key * len(wanted))()
+            for key, gram in zip(key_arr, wanted):
+                key.seq[: len(gram)] = gram
+            val_arr = (known.Leaf * len(wanted))(*([1] * len(wanted)))
             known.items_update_batch(key_arr, val_arr)
-        return len(keys)
+        return len(wanted)
 
 
 def require_root() -> None:

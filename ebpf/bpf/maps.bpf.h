@@ -9,7 +9,16 @@
 #define RINGBUF_PAGES 256
 #endif
 
+#ifndef PID_MAX
+#define PID_MAX 4194304
+#endif
+
 BPF_HASH(watched, u64, struct watch_info, 4096);
+/* Per-process hint for the every-syscall program: 1 if the process was in a
+ * watched cgroup at its last fork or exec. An array lookup is inlined by the
+ * JIT, so unwatched processes skip the cgroup hash lookup. The event
+ * programs do not use it: they check the cgroup itself every time. */
+BPF_ARRAY(watched_pids, u8, PID_MAX);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_HASH(stats, u64, struct cg_stats, 4096);
 
@@ -25,6 +34,24 @@ union event_buf {
  * sys_exit. LRU so a thread killed inside a syscall cannot leak an entry. */
 BPF_PERCPU_ARRAY(scratch, union event_buf, 1);
 BPF_TABLE("lru_hash", u32, union event_buf, pending, 8192);
+
+#ifndef NGRAM_N
+#define NGRAM_N 6
+#endif
+
+/* Sliding syscall window of each watched thread, deleted at thread exit. */
+struct seq_state {
+    u16 win[NGRAM_MAX];
+    u32 len;
+};
+BPF_HASH(windows, u32, struct seq_state, 16384);
+
+static __always_inline void mark_pid(u32 pid, u8 on)
+{
+    u8 *slot = watched_pids.lookup(&pid);
+    if (slot)
+        *slot = on;
+}
 
 /* The cgroup of the current task if it is watched, else NULL. */
 static __always_inline struct watch_info *watched_cgroup(u64 *cg)

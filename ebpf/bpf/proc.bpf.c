@@ -16,6 +16,7 @@ static __always_inline void exec_enter(const char *filename, const char *const *
     union event_buf *e = begin(EV_EXEC, cg);
     if (!e)
         return;
+    mark_pid(e->h.pid, 1);
     bpf_probe_read_user_str(e->exec.filename, sizeof(e->exec.filename), filename);
 #pragma unroll
     for (int i = 0; i < ARGV_N; i++) {
@@ -64,6 +65,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     struct ev_fork e = {};
     fill_hdr(&e.h, EV_FORK, cg);
     e.child_pid = args->child_pid;
+    mark_pid(e.child_pid, 1);
     emit(&e, sizeof(e), cg);
     return 0;
 }
@@ -103,6 +105,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         return 0;
     u32 tid = (u32)bpf_get_current_pid_tgid();
     pending.delete(&tid);
+    windows.delete(&tid);
     if (!args->group_dead)
         return 0;
     struct ev_exit e = {};
@@ -111,6 +114,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     e.code = n ? n->code : -1;
     e.signal = n ? n->signal : 0;
     exit_notes.delete(&e.h.pid);
+    mark_pid(e.h.pid, 0);
     emit(&e, sizeof(e), cg);
     return 0;
 }

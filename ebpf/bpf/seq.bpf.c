@@ -1,18 +1,8 @@
 /* Syscall sequences: per-thread sliding n-grams counted per watched cgroup.
- * Runs on every syscall, so an unwatched task costs one cgroup-id read and
- * one hash lookup. */
+ * Runs on every syscall of every task, so an unwatched task must cost as
+ * little as possible: one inlined array lookup. */
 #include "maps.bpf.h"
 
-#ifndef NGRAM_N
-#define NGRAM_N 6
-#endif
-
-struct seq_state {
-    u16 win[NGRAM_MAX];
-    u32 len;
-};
-
-BPF_TABLE("lru_hash", u32, struct seq_state, windows, 16384);
 BPF_HASH(ngram_counts, struct ngram_key, u64, 65536);
 /* N-grams of the loaded profile; watched cgroups with WATCH_DETECT_NOVEL
  * send only n-grams missing from it. */
@@ -20,6 +10,10 @@ BPF_HASH(known, struct ngram, u8, 65536);
 
 RAW_TRACEPOINT_PROBE(sys_enter)
 {
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    u8 *hint = watched_pids.lookup(&pid);
+    if (!hint || !*hint)
+        return 0;
     u64 cg;
     struct watch_info *w = watched_cgroup(&cg);
     if (!w)

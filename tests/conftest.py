@@ -1,0 +1,52 @@
+"""Shared fixtures. Tests that need root or BPF skip with the reason when
+the machine cannot give them; on Bastion's machines none of them skip."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import workloads
+
+
+def _kernel_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to load BPF programs and manage cgroups"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "BCC is not importable (run `make setup`)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def kernel() -> None:
+    reason = _kernel_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def sensor(kernel: None) -> Iterator["Sensor"]:  # noqa: F821
+    from ebpf.sensor import Sensor
+
+    with Sensor(ngram_n=6) as s:
+        yield s
+
+
+@pytest.fixture
+def cgroup(kernel: None) -> Iterator["Cgroup"]:  # noqa: F821
+    from sandbox.cgroup import Cgroup
+
+    cg = Cgroup.create(f"test-{uuid.uuid4().hex[:10]}")
+    yield cg
+    cg.remove()
+
+
+@pytest.fixture(scope="session")
+def workload(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return workloads.build(tmp_path_factory.mktemp("workload"))

@@ -1,0 +1,164 @@
+"""The sensor against the real kernel: what a watched process does arrives as
+events with the right fields; unwatched processes send nothing."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ebpf.events import ARG_LEN, Event, EventKind
+from ebpf.sensor import Sensor
+from sandbox.cgroup import Cgroup
+from tests.workloads import SEQ_SYSCALLS
+
+pytestmark = pytest.mark.usefixtures("kernel")
+
+
+def run_in(cg: Cgroup | None, argv: list[str]) -> tuple[int, int]:
+    """Fork, move the child into cg (if any), exec argv; returns (pid, status)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if cg is not None:
+                cg.enter()
+            os.execv(argv[0], argv)
+        finally:
+            os._exit(127)
+    _, status = os.waitpid(pid, 0)
+    return pid, status
+
+
+def collect(sensor: Sensor, until_exit_of: int, timeout: float = 5.0) -> list[Event]:
+    """Events until the exit event of a pid arrives."""
+    got: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got += sensor.poll(50)
+        if any(e.kind is EventKind.EXIT and e.pid == until_exit_of for e in got):
+            return got
+    raise AssertionError(f"no exit event for pid {until_exit_of} within {timeout}s; got {got}")
+
+
+def test_watched_child_yields_exactly_its_events(sensor: Sensor, cgroup: Cgroup, workload: Path, tmp_path: Path) -> None:
+    target = tmp_path / "data.txt"
+    target.write_text("hello")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        sensor.watch(cgroup.id, "basic")
+        pid, status = run_in(cgroup, [str(workload), "basic", str(target), str(port)])
+        events = collect(sensor, pid)
+    sensor.unwatch(cgroup.id)
+
+    assert os.waitstatus_to_exitcode(status) == 7
+    assert [e.kind for e in events] == [EventKind.EXEC, EventKind.OPEN, EventKind.CONNECT, EventKind.EXIT]
+    exec_, open_, connect, exit_ = events
+    assert all(e.pid == pid and e.cgroup_id == cgroup.id and e.tag == "basic" for e in events)
+    argv = (str(workload), "basic", str(target), str(port))
+    assert exec_.path == str(workload)
+    assert exec_.argv == tuple(a[: ARG_LEN - 1] for a in argv)  # each argv entry is cut at ARG_LEN
+    assert exec_.ret == 0
+    assert open_.path == str(target) and open_.flags == os.O_RDONLY and open_.ret >= 3
+    assert (connect.family, connect.addr, connect.port, connect.ret) == (socket.AF_INET, "127.0.0.1", port, 0)
+    assert (exit_.exit_code, exit_.signal) == (7, 0)
+    assert exec_.ts_ns <= open_.ts_ns <= connect.ts_ns <= exit_.ts_ns
+
+
+def test_unwatched_process_yields_nothing(sensor: Sensor, cgroup: Cgroup, workload: Path, tmp_path: Path) -> None:
+    target = tmp_path / "data.txt"
+    target.write_text("x")
+    sensor.drain()
+    pid, _ = run_in(cgroup, [str(workload), "flood", str(target), "50"])  # cgroup exists but is not watched
+    time.sleep(0.1)
+    assert [e for e in sensor.drain() if e.pid == pid or e.cgroup_id == cgroup.id] == []
+    assert sensor.stats(cgroup.id).syscalls == 0
+
+
+def test_failed_exec_and_kill_signal_are_reported(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:
+    sensor.watch(cgroup.id, "sig")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            cgroup.enter()
+            try:
+                os.execv("/nonexistent/tool", ["tool"])
+            except OSError:
+                pass
+            os.execv(str(workload), [str(workload), "seq", "100000000"])
+        finally:
+            os._exit(127)
+    time.sleep(0.2)
+    cgroup.kill()
+    os.waitpid(pid, 0)
+    events = collect(sensor, pid)
+    sensor.unwatch(cgroup.id)
+    execs = [e for e in events if e.kind is EventKind.EXEC]
+    assert [(e.path, e.ret) for e in execs] == [("/nonexistent/tool", -2), (str(workload), 0)]
+    exit_ = next(e for e in events if e.kind is EventKind.EXIT)
+    assert exit_.signal == 9
+
+
+def expected_loop_ngrams(rounds: int, n: int) -> Counter[tuple[int, ...]]:
+    """Counts of the n-grams that lie wholly inside the workload's loop."""
+    loop = list(SEQ_SYSCALLS) * rounds
+    return Counter(tuple(loop[i : i + n]) for i in range(len(loop) - n + 1))
+
+
+def test_ngram_counts_match_a_known_sequence(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:
+    rounds = 1000
+    sensor.watch(cgroup.id, "seq")
+    pid, _ = run_in(cgroup, [str(workload), "seq", str(rounds)])
+    collect(sensor, pid)
+    counts = sensor.ngram_counts(cgroup.id)
+    stats = sensor.unwatch(cgroup.id)
+
+    expected = expected_loop_ngrams(rounds, sensor.ngram_n)
+    assert len(expected) == 4
+    assert {g: counts.get(g, 0) for g in expected} == dict(expected)
+    assert sum(counts.values()) == stats.syscalls - (sensor.ngram_n - 1)  # one thread: every full window counted
+    assert stats.syscalls >= 4 * rounds
+
+
+def test_known_ngrams_are_suppressed(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:
+    loop_grams = set(expected_loop_ngrams(10, sensor.ngram_n))
+    try:
+        sensor.load_known(loop_grams)
+        sensor.watch(cgroup.id, "novel", detect_novel=True)
+        pid, _ = run_in(cgroup, [str(workload), "seq", "500"])
+        sent = {e.ngram for e in collect(sensor, pid) if e.kind is EventKind.NGRAM}
+        sensor.unwatch(cgroup.id)
+    finally:
+        sensor.load_known([])
+    assert sent, "the start-up n-grams of the workload are novel and must be sent"
+    assert not sent & loop_grams
+
+
+def test_without_known_set_novel_mode_sends_loop_ngrams(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:
+    sensor.load_known([])
+    sensor.watch(cgroup.id, "novel", detect_novel=True)
+    pid, _ = run_in(cgroup, [str(workload), "seq", "50"])
+    sent = Counter(e.ngram for e in collect(sensor, pid) if e.kind is EventKind.NGRAM)
+    sensor.unwatch(cgroup.id)
+    expected = expected_loop_ngrams(50, sensor.ngram_n)
+    assert {g: sent[g] for g in expected} == dict(expected)
+
+
+def test_lost_events_are_counted_when_the_buffer_is_tiny(cgroup: Cgroup, workload: Path, tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.write_text("x")
+    opens = 2000
+    with Sensor(ringbuf_pages=1) as tiny:
+        tiny.watch(cgroup.id, "flood")
+        pid, _ = run_in(cgroup, [str(workload), "flood", str(target), str(opens)])  # nobody reads meanwhile
+        received = tiny.drain()
+        stats = tiny.unwatch(cgroup.id)
+    mine = [e for e in received if e.pid == pid]
+    assert stats.lost > 0
+    assert stats.events == len(mine)
+    assert stats.events + stats.lost == opens + 2  # the opens, the exec and the exit
