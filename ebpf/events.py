@@ -35,6 +35,7 @@ class EventKind(enum.StrEnum):
     ACCEPT = "accept"
     NGRAM = "ngram"
     DENY = "deny"
+    SYSCALL = "syscall"
 
 
 # enum ev_type in bastion.h
@@ -82,6 +83,10 @@ class EvNet(ct.Structure):
     ]
 
 
+class EvSyscall(ct.Structure):
+    _fields_ = [("h", EvHdr), ("nr", ct.c_uint32), ("at_entry", ct.c_uint32)]
+
+
 class Ngram(ct.Structure):
     _fields_ = [("seq", ct.c_uint16 * NGRAM_MAX)]
 
@@ -90,8 +95,11 @@ class EvNgram(ct.Structure):
     _fields_ = [("h", EvHdr), ("gram", Ngram)]
 
 
+SENSITIVE_WORDS = 8
+
+
 class WatchInfo(ct.Structure):
-    _fields_ = [("tag", ct.c_uint32), ("flags", ct.c_uint32)]
+    _fields_ = [("tag", ct.c_uint32), ("flags", ct.c_uint32), ("sensitive", ct.c_uint64 * SENSITIVE_WORDS)]
 
 
 class CgStats(ct.Structure):
@@ -116,6 +124,7 @@ STRUCTS: dict[EventKind, type[ct.Structure]] = {
     EventKind.ACCEPT: EvNet,
     EventKind.NGRAM: EvNgram,
     EventKind.DENY: EvNet,
+    EventKind.SYSCALL: EvSyscall,
 }
 
 
@@ -137,11 +146,12 @@ class Event:
     family: int = 0
     addr: str = ""  # IP address as text
     port: int = 0
-    arg: int = 0  # listen backlog
+    arg: int = 0  # listen backlog; for syscall events 1 if an attempt seen at entry
     hook: str = ""  # deny: the egress hook that denied
     child_pid: int = 0
     exit_code: int = -1
     signal: int = 0
+    syscall: int = 0  # the sensitive syscall's number
     ngram: tuple[int, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,6 +216,8 @@ def decode(record: bytes, ngram_n: int, tags: dict[int, str]) -> Event:
         ev.child_pid = raw.child_pid
     elif isinstance(raw, EvExit):
         ev.exit_code, ev.signal = raw.code, raw.signal
+    elif isinstance(raw, EvSyscall):
+        ev.syscall, ev.arg = raw.nr, raw.at_entry
     elif isinstance(raw, EvNgram):
         ev.ngram = tuple(raw.gram.seq[:ngram_n])
     return ev
@@ -235,6 +247,7 @@ class EventRecord(BaseModel):
     child_pid: int = 0
     exit_code: int = -1
     signal: int = 0
+    syscall: int = 0
     ngram: tuple[int, ...] = ()
 
     @classmethod

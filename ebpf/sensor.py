@@ -4,6 +4,7 @@ the ring buffer into batches of Events for the cgroups it is told to watch."""
 from __future__ import annotations
 
 import ctypes as ct
+import ipaddress
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -14,11 +15,31 @@ from ebpf.events import CgStats, Event, WatchInfo, decode
 
 BPF_DIR = Path(__file__).parent / "bpf"
 # One module: the programs share the watched map, the ring buffer and stats.
-SOURCES = ("proc.bpf.c", "file.bpf.c", "net.bpf.c", "seq.bpf.c", "egress.bpf.c")
+SOURCES = ("proc.bpf.c", "file.bpf.c", "net.bpf.c", "sensitive.bpf.c", "seq.bpf.c", "egress.bpf.c")
 _MAPS_INCLUDE = '#include "maps.bpf.h"'
 
 WATCH_DETECT_NOVEL = 1
 WATCH_QUARANTINE = 2
+
+# cgroup sock_addr programs of egress.bpf.c and their attach types.
+EGRESS_PROGRAMS = {
+    "egress_connect4": 10,  # BPF_CGROUP_INET4_CONNECT
+    "egress_connect6": 11,
+    "egress_sendmsg4": 14,  # BPF_CGROUP_UDP4_SENDMSG
+    "egress_sendmsg6": 15,
+}
+PROTO_TCP = 1
+PROTO_UDP = 2
+
+
+@dataclass(frozen=True, slots=True)
+class EgressRule:
+    """One allowlist entry as the kernel holds it: a network, the ports
+    allowed there (empty: any) and the protocols (PROTO_TCP | PROTO_UDP)."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    ports: tuple[int, ...]
+    protos: int
 
 
 class SensorError(RuntimeError):
@@ -103,14 +124,20 @@ class Sensor:
         return self._bpf
 
     # watching ------------------------------------------------------------
-    def watch(self, cgroup_id: int, tag: str, detect_novel: bool = False) -> None:
-        """Start watching a cgroup: from now on its tasks' syscalls are seen."""
+    def watch(self, cgroup_id: int, tag: str, detect_novel: bool = False,
+              sensitive: Iterable[int] = ()) -> None:
+        """Start watching a cgroup: from now on its tasks' syscalls are seen.
+        Attempts of the `sensitive` syscall numbers are reported as events."""
         tag_id = self._tag_ids.setdefault(tag, len(self._tag_ids) + 1)
         self._tags[cgroup_id] = tag
         stats = self.bpf["stats"]
         stats[stats.Key(cgroup_id)] = stats.Leaf()
-        flags = WATCH_DETECT_NOVEL if detect_novel else 0
-        self.bpf["watched"][ct.c_uint64(cgroup_id)] = WatchInfo(tag_id, flags)
+        info = WatchInfo(tag_id, WATCH_DETECT_NOVEL if detect_novel else 0)
+        for nr in sensitive:
+            if not 0 <= nr < 64 * len(info.sensitive):
+                raise SensorError(f"syscall number {nr} is outside the sensitive bitmap")
+            info.sensitive[nr // 64] |= 1 << (nr % 64)
+        self.bpf["watched"][ct.c_uint64(cgroup_id)] = info
 
     def is_watched(self, cgroup_id: int) -> bool:
         return ct.c_uint64(cgroup_id) in self.bpf["watched"]
@@ -137,6 +164,7 @@ class Sensor:
         stale = [k for k, _ in counts.items_lookup_batch() if k.cgroup_id == cgroup_id]
         for k in stale:
             del counts[k]
+        self.clear_egress(cgroup_id)
         return final
 
     # reading -------------------------------------------------------------
@@ -183,6 +211,62 @@ class Sensor:
     @property
     def decode_errors(self) -> int:
         return self._decode_errors
+
+    # egress --------------------------------------------------------------
+    def _egress_programs(self) -> list[tuple[Any, int]]:
+        from bcc import BPF
+
+        return [
+            (self.bpf.load_func(name, BPF.CGROUP_SOCK_ADDR, attach_type=attach), attach)
+            for name, attach in EGRESS_PROGRAMS.items()
+        ]
+
+    def attach_egress(self, cgroup_fd: int) -> None:
+        """Decide the cgroup's connects and UDP sends in the kernel from now on."""
+        from bcc import BPF
+
+        for fn, attach in self._egress_programs():
+            BPF.attach_func(fn, cgroup_fd, attach)
+
+    def detach_egress(self, cgroup_fd: int) -> None:
+        from bcc import BPF
+
+        for fn, attach in self._egress_programs():
+            BPF.detach_func(fn, cgroup_fd, attach)
+
+    def set_egress(self, cgroup_id: int, rules: Iterable[EgressRule]) -> None:
+        """Replace the cgroup's allowlist. Longest prefix wins in the trie, so
+        callers merge the ports of covering networks into each rule."""
+        self.clear_egress(cgroup_id)
+        table = self.bpf["egress_rules"]
+        for rule in rules:
+            if len(rule.ports) > 8:
+                raise SensorError(f"egress rule {rule.network}: at most 8 ports, got {len(rule.ports)}")
+            key = table.Key()
+            net = rule.network
+            addr = net.network_address
+            if isinstance(addr, ipaddress.IPv4Address):
+                addr = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + addr.packed)
+                key.prefixlen = 64 + 96 + net.prefixlen
+            else:
+                key.prefixlen = 64 + net.prefixlen
+            key.cgroup[:] = list(cgroup_id.to_bytes(8, "little"))
+            key.addr[:] = list(addr.packed)
+            leaf = table.Leaf()
+            leaf.ports[: len(rule.ports)] = list(rule.ports)
+            leaf.nports = len(rule.ports)
+            leaf.protos = rule.protos
+            table[key] = leaf
+
+    def clear_egress(self, cgroup_id: int) -> None:
+        table = self.bpf["egress_rules"]
+        mine = cgroup_id.to_bytes(8, "little")
+        for key in [k for k in table.keys() if bytes(k.cgroup) == mine]:
+            del table[key]
+
+    def quarantine(self, cgroup_id: int, on: bool = True) -> None:
+        """Deny all egress of the cgroup from this instant (or lift that)."""
+        self.set_flag(cgroup_id, WATCH_QUARANTINE, on)
 
     # syscall n-grams -----------------------------------------------------
     def ngram_counts(self, cgroup_id: int) -> dict[tuple[int, ...], int]:

@@ -9,6 +9,10 @@ from collections.abc import Iterable
 
 SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_ACT_ERRNO_BASE = 0x00050000
+SCMP_CMP_EQ = 4
+SCMP_CMP_MASKED_EQ = 7
+CLONE_NEWUSER = 0x10000000
+AF_PACKET = 17
 
 # Syscalls no sandboxed tool needs and every escape or kernel attack wants.
 DEFAULT_DENY = (
@@ -27,6 +31,20 @@ class SeccompError(RuntimeError):
     pass
 
 
+class _ArgCmp(ct.Structure):
+    _fields_ = [("arg", ct.c_uint), ("op", ct.c_int), ("datum_a", ct.c_uint64), ("datum_b", ct.c_uint64)]
+
+
+# Denials that depend on arguments: (syscall, errno, argument comparisons).
+# clone3 passes its flags in memory a filter cannot read, so it answers
+# ENOSYS and libc falls back to clone, whose flags can be checked.
+ARG_RULES: tuple[tuple[str, int, tuple[tuple[int, int, int, int], ...]], ...] = (
+    ("clone3", errno.ENOSYS, ()),
+    ("clone", errno.EPERM, ((0, SCMP_CMP_MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER),)),
+    ("socket", errno.EPERM, ((0, SCMP_CMP_EQ, AF_PACKET, 0),)),
+)
+
+
 def _lib() -> ct.CDLL:
     name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
     try:
@@ -35,8 +53,10 @@ def _lib() -> ct.CDLL:
         raise SeccompError("libseccomp is missing: apt-get install libseccomp2") from exc
     lib.seccomp_init.restype = ct.c_void_p
     lib.seccomp_init.argtypes = [ct.c_uint32]
-    lib.seccomp_rule_add.argtypes = [ct.c_void_p, ct.c_uint32, ct.c_int, ct.c_uint]
+    lib.seccomp_rule_add_array.argtypes = [ct.c_void_p, ct.c_uint32, ct.c_int, ct.c_uint, ct.c_void_p]
     lib.seccomp_syscall_resolve_name.argtypes = [ct.c_char_p]
+    lib.seccomp_syscall_resolve_num_arch.argtypes = [ct.c_uint32, ct.c_int]
+    lib.seccomp_syscall_resolve_num_arch.restype = ct.c_void_p
     lib.seccomp_load.argtypes = [ct.c_void_p]
     lib.seccomp_release.argtypes = [ct.c_void_p]
     return lib
@@ -57,6 +77,17 @@ def resolve(name: str) -> int:
     return int(nr)
 
 
+def name_of(nr: int) -> str:
+    """The name of a syscall number on this architecture."""
+    lib = _lib()
+    ptr = lib.seccomp_syscall_resolve_num_arch(0, nr)
+    if not ptr:
+        return f"syscall {nr}"
+    name = ct.string_at(ptr).decode()
+    ct.CDLL(None).free(ct.c_void_p(ptr))
+    return name
+
+
 class Filter:
     """A filter built in the parent (so errors surface there) and loaded in
     the child between fork and exec, after no_new_privs."""
@@ -67,9 +98,15 @@ class Filter:
         if not self._ctx:
             raise SeccompError("seccomp_init failed")
         for name in dict.fromkeys(deny):
-            rc = self._lib.seccomp_rule_add(self._ctx, SCMP_ACT_ERRNO_BASE | errno.EPERM, resolve(name), 0)
-            if rc < 0:
-                raise SeccompError(f"seccomp rule for {name!r} failed: {-rc}")
+            self._rule(name, errno.EPERM, ())
+        for name, err, cmps in ARG_RULES:
+            self._rule(name, err, cmps)
+
+    def _rule(self, name: str, err: int, cmps: tuple[tuple[int, int, int, int], ...]) -> None:
+        arr = (_ArgCmp * max(len(cmps), 1))(*[_ArgCmp(*c) for c in cmps])
+        rc = self._lib.seccomp_rule_add_array(self._ctx, SCMP_ACT_ERRNO_BASE | err, resolve(name), len(cmps), arr)
+        if rc < 0:
+            raise SeccompError(f"seccomp rule for {name!r} failed: {-rc}")
 
     def load(self) -> None:
         rc = self._lib.seccomp_load(self._ctx)

@@ -22,6 +22,7 @@ C_STRUCTS = {
     "ev_open": events.EvOpen,
     "ev_net": events.EvNet,
     "ev_ngram": events.EvNgram,
+    "ev_syscall": events.EvSyscall,
     "watch_info": events.WatchInfo,
     "cg_stats": events.CgStats,
 }

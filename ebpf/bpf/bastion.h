@@ -26,6 +26,7 @@ enum ev_type {
     EV_ACCEPT = 9,
     EV_NGRAM = 10,
     EV_DENY = 11,
+    EV_SYSCALL = 12,
 };
 
 struct ev_hdr {
@@ -74,6 +75,14 @@ struct ev_net {
     char unix_path[UNIX_PATH_LEN];
 };
 
+/* A sensitive syscall: either attempted (reported at entry, before seccomp
+ * refuses it; h.ret is 0) or refused (reported at exit with h.ret). */
+struct ev_syscall {
+    struct ev_hdr h;
+    u32 nr;
+    u32 at_entry;
+};
+
 /* A syscall n-gram: syscall numbers, oldest first; unused slots 0. */
 struct ngram {
     u16 seq[NGRAM_MAX];
@@ -88,9 +97,12 @@ struct ev_ngram {
 #define WATCH_DETECT_NOVEL 1   /* send n-grams missing from `known` as events */
 #define WATCH_QUARANTINE 2     /* egress programs deny everything */
 
+#define SENSITIVE_WORDS 8      /* bitmap of syscall numbers 0..511 */
+
 struct watch_info {
     u32 tag;
     u32 flags;
+    u64 sensitive[SENSITIVE_WORDS];  /* syscalls whose attempt is reported */
 };
 
 /* Per-cgroup counters, one copy per CPU, summed by user space. */

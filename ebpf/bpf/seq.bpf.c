@@ -21,6 +21,14 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     struct cg_stats *st = stats.lookup(&cg);
     if (st)
         st->syscalls++;
+    u32 nr = (u32)ctx->args[1];
+    if (nr < SENSITIVE_WORDS * 64 && (w->sensitive[(nr >> 6) & (SENSITIVE_WORDS - 1)] >> (nr & 63)) & 1) {
+        struct ev_syscall e = {};
+        fill_hdr(&e.h, EV_SYSCALL, cg);
+        e.nr = nr;
+        e.at_entry = 1;
+        emit(&e, sizeof(e), cg);
+    }
 
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct seq_state *s = windows.lookup(&tid);
@@ -34,7 +42,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 #pragma unroll
     for (int i = 0; i < NGRAM_N - 1; i++)
         s->win[i] = s->win[i + 1];
-    s->win[NGRAM_N - 1] = (u16)ctx->args[1];
+    s->win[NGRAM_N - 1] = (u16)nr;
     if (s->len < NGRAM_N) {
         s->len++;
         if (s->len < NGRAM_N)

@@ -1,0 +1,91 @@
+"""The child side of starting a sandbox: what runs between fork and exec.
+
+`Launch.preexec` is subprocess's preexec_fn. It unshares namespaces and
+forks once more, so that the tool runs as pid 1 of a new pid namespace while
+the first child stays behind, outside the sandbox, as its reaper. The tool's
+process mounts a private /proc, and only then enters the sandbox's cgroups:
+from there on the sensor watches it, and Bastion's own setup (unshare,
+mount) is not mistaken for the tool's. It drops to the policy's user, loses
+every capability, sets no_new_privs, and applies Landlock and seccomp last,
+so nothing after them needs a right they remove."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import resource
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox.landlock import READ, allow_path, restrict_self
+from sandbox.seccomp import Filter, set_no_new_privs
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
+PR_SET_PDEATHSIG = 1
+
+_libc = ct.CDLL(None, use_errno=True)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ct.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _die_with_parent() -> None:
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
+
+
+@dataclass
+class Launch:
+    procs_files: list[Path]
+    isolate_network: bool
+    workdir: Path
+    uid: int
+    gid: int
+    rlimits: list[tuple[int, int]]
+    landlock_fd: int
+    seccomp: Filter
+    hostname: bytes = b"bastion"
+
+    def preexec(self) -> None:
+        _die_with_parent()
+        flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+        _check(_libc.unshare(flags | (CLONE_NEWNET if self.isolate_network else 0)), "unshare")
+        pid = os.fork()
+        if pid:
+            self._reap(pid)
+        self._confine()
+
+    @staticmethod
+    def _reap(pid: int) -> None:
+        """The first child: close everything (so the supervisor sees EOF and
+        subprocess its exec report) and exit with the tool's status."""
+        os.closerange(0, 65536)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        os._exit(code if code >= 0 else 128 - code)
+
+    def _confine(self) -> None:
+        _die_with_parent()
+        _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
+        _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mounting /proc")
+        _check(_libc.sethostname(self.hostname, len(self.hostname)), "sethostname")
+        for procs in self.procs_files:
+            procs.write_text("0")
+        os.chdir(self.workdir)
+        for res, value in self.rlimits:
+            resource.setrlimit(res, (value, value))
+        os.setgroups([])
+        os.setgid(self.gid)
+        os.setuid(self.uid)  # from root to another uid: all capabilities go
+        set_no_new_privs()
+        allow_path(self.landlock_fd, Path("/proc"), READ)  # this namespace's /proc
+        restrict_self(self.landlock_fd)
+        self.seccomp.load()

@@ -1,0 +1,389 @@
+"""Sandbox lifecycle: create, watch, start, enforce, wait, clean up.
+
+One manager per process holds the sensor and a pump thread that routes its
+events to the sandboxes they belong to. Fail closed: a sandbox starts only
+once its cgroup is watched and its egress programs are attached; lost events
+trigger the policy's action; if the pump dies, every sandbox is killed; if
+the supervising process dies, PR_SET_PDEATHSIG kills its sandboxes, and the
+next manager kills any orphaned Bastion cgroup it finds."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from ebpf.events import Event, EventKind
+from ebpf.sensor import Sensor
+from sandbox import landlock
+from sandbox.cgroup import Cgroup, CgroupError, bastion_root
+from sandbox.egress import compile_rules, tcp_ports
+from sandbox.launch import Launch
+from sandbox.limits import Controllers, v1_mount
+from sandbox.policy import Action, Policy
+from sandbox.result import Denial, SandboxResult
+from sandbox.seccomp import Filter, name_of, resolve
+
+log = logging.getLogger("bastion.sandbox")
+
+PREFIX = "sbx"
+EACCES, EPERM = 13, 1
+_SEVERITY = {Action.DENY: 0, Action.QUARANTINE: 1, Action.FREEZE: 2, Action.KILL: 3}
+
+Listener = Callable[["Sandbox", list[Event]], None]
+
+
+class SandboxError(RuntimeError):
+    pass
+
+
+class _Capture:
+    """Reads a pipe to EOF, keeping at most `cap` bytes."""
+
+    def __init__(self, pipe: IO[bytes], cap: int) -> None:
+        self.data = bytearray()
+        self.truncated = False
+        self._thread = threading.Thread(target=self._read, args=(pipe, cap), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe: IO[bytes], cap: int) -> None:
+        with pipe:
+            while chunk := pipe.read(65536):
+                room = cap - len(self.data)
+                if len(chunk) > room:
+                    self.truncated = True
+                self.data += chunk[: max(room, 0)]
+
+    def text(self) -> str:
+        self._thread.join(timeout=5)
+        return self.data.decode("utf-8", "replace")
+
+
+@dataclass
+class Sandbox:
+    name: str
+    cgroup: Cgroup
+    controllers: Controllers
+    policy: Policy
+    workdir: Path
+    owns_workdir: bool
+    command: list[str]
+    labels: dict[str, str]
+    started: float = field(default_factory=time.monotonic)
+    proc: subprocess.Popen[bytes] | None = None
+    stdout: _Capture | None = None
+    stderr: _Capture | None = None
+    received: int = 0
+    lost_seen: int = 0
+    denials: list[Denial] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    stopped_by: str | None = None
+    strongest: Action | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def id(self) -> int:
+        return self.cgroup.id
+
+
+def _denial(ev: Event) -> tuple[Denial, bool] | None:
+    """The denial an event records, if any, and whether it is a violation."""
+    match ev.kind:
+        case EventKind.DENY:
+            return Denial(kind="egress", detail=f"{ev.addr}:{ev.port} via {ev.hook}", ts_ns=ev.ts_ns, pid=ev.pid), True
+        case EventKind.SYSCALL if ev.arg:  # an attempt of a syscall the policy denies
+            return Denial(kind="syscall", detail=f"{name_of(ev.syscall)} attempted", ts_ns=ev.ts_ns, pid=ev.pid), True
+        case EventKind.SYSCALL:
+            return Denial(kind="syscall", detail=f"{name_of(ev.syscall)} = {ev.ret}", ts_ns=ev.ts_ns, pid=ev.pid), False
+        case EventKind.CONNECT | EventKind.SENDTO if ev.ret == -EACCES:  # Landlock's TCP wall refused first
+            return Denial(kind="egress", detail=f"{ev.addr}:{ev.port} via landlock", ts_ns=ev.ts_ns, pid=ev.pid), True
+        case EventKind.OPEN | EventKind.EXEC if ev.ret in (-EACCES, -EPERM):
+            return Denial(kind=ev.kind.value, detail=f"{ev.path} = {ev.ret}", ts_ns=ev.ts_ns, pid=ev.pid), False
+    return None
+
+
+class SandboxManager:
+    """Runs commands in sandboxes watched by one sensor."""
+
+    def __init__(self, sensor: Sensor, workdirs: Path | None = None, listeners: Sequence[Listener] = ()) -> None:
+        self.sensor = sensor
+        self.workdirs = workdirs or Path(tempfile.gettempdir()) / "bastion-sandboxes"
+        self.workdirs.mkdir(parents=True, exist_ok=True)
+        self.listeners = list(listeners)
+        self._active: dict[int, Sandbox] = {}
+        self._stop = threading.Event()
+        self.pump_error: BaseException | None = None
+        kill_orphans()
+        self._pump = threading.Thread(target=self._run_pump, name="sandbox-pump", daemon=True)
+        self._pump.start()
+
+    # starting ------------------------------------------------------------
+    def start(self, command: Sequence[str], policy: Policy, labels: dict[str, str] | None = None) -> Sandbox:
+        if self.pump_error is not None:
+            raise SandboxError(f"the event pump has died ({self.pump_error}); no sandbox can be watched")
+        name = f"{PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        cg = Cgroup.create(name)
+        sb: Sandbox | None = None
+        ruleset = flt = None
+        try:
+            controllers = Controllers.create(cg, policy.limits)
+            workdir, owns = self._workdir(name, policy)
+            isolated = policy.network == "none"
+            ruleset = landlock.Ruleset([] if isolated else tcp_ports(policy.network))  # type: ignore[arg-type]
+            self._allow_paths(ruleset, policy, workdir)
+            flt = Filter(policy.denied_syscalls)
+            sb = Sandbox(name, cg, controllers, policy, workdir, owns, list(command), dict(labels or {}))
+            self._active[cg.id] = sb
+            self.sensor.watch(cg.id, name, sensitive=[resolve(n) for n in policy.denied_syscalls])
+            fd = cg.open_fd()
+            try:
+                self.sensor.attach_egress(fd)
+            finally:
+                os.close(fd)
+            self.sensor.set_egress(cg.id, [] if isolated else compile_rules(policy.network))  # type: ignore[arg-type]
+            if not self.sensor.is_watched(cg.id):
+                raise SandboxError(f"the sensor does not confirm that {name} is watched")
+            launch = Launch(
+                procs_files=controllers.procs_files,
+                isolate_network=isolated,
+                workdir=workdir,
+                uid=policy.user.uid,
+                gid=policy.user.gid,
+                rlimits=controllers.rlimits(policy.limits),
+                landlock_fd=ruleset.fd,
+                seccomp=flt,
+            )
+            sb.started = time.monotonic()
+            sb.proc = subprocess.Popen(
+                list(command),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=policy.environment(dict(os.environ)),
+                preexec_fn=launch.preexec,
+                pass_fds=(ruleset.fd,),
+            )
+            assert sb.proc.stdout is not None and sb.proc.stderr is not None
+            sb.stdout = _Capture(sb.proc.stdout, policy.limits.output_bytes)
+            sb.stderr = _Capture(sb.proc.stderr, policy.limits.output_bytes)
+            log.info("sandbox started", extra={"fields": {"sandbox": name, "command": list(command), **(labels or {})}})
+            return sb
+        except BaseException:
+            if sb is not None:
+                self._cleanup(sb)
+            else:
+                cg.remove()
+            raise
+        finally:
+            if ruleset is not None:
+                ruleset.close()
+            if flt is not None:
+                flt.release()
+
+    def _workdir(self, name: str, policy: Policy) -> tuple[Path, bool]:
+        if policy.filesystem.workdir is not None:
+            return policy.filesystem.workdir, False
+        workdir = self.workdirs / name
+        workdir.mkdir(mode=0o700)
+        os.chown(workdir, policy.user.uid, policy.user.gid)
+        return workdir, True
+
+    @staticmethod
+    def _allow_paths(ruleset: landlock.Ruleset, policy: Policy, workdir: Path) -> None:
+        denied = list(policy.filesystem.denied)
+        for path in policy.filesystem.read_only:
+            for allowed in landlock.expand_denied(path, denied):
+                ruleset.allow(allowed, landlock.READ_EXEC)
+        ruleset.allow(workdir, landlock.READ_WRITE)
+        ruleset.allow(Path("/dev/null"), landlock.READ | landlock.WRITE_FILE)
+
+    # waiting -------------------------------------------------------------
+    def wait(self, sb: Sandbox, timeout: float | None = None) -> SandboxResult:
+        """Wait for the command (killing it at the wall timeout), then clean up."""
+        assert sb.proc is not None
+        limit = timeout if timeout is not None else sb.policy.limits.wall_timeout_s
+        try:
+            sb.proc.wait(timeout=max(limit - (time.monotonic() - sb.started), 0))
+        except subprocess.TimeoutExpired:
+            self.enforce(sb, Action.KILL, f"wall timeout of {limit:g}s")
+            sb.proc.wait()
+        duration = time.monotonic() - sb.started
+        self._settle(sb)
+        return self._finish(sb, duration)
+
+    def run(self, command: Sequence[str], policy: Policy, timeout: float | None = None,
+            labels: dict[str, str] | None = None) -> SandboxResult:
+        return self.wait(self.start(command, policy, labels), timeout)
+
+    def _settle(self, sb: Sandbox, timeout: float = 2.0) -> None:
+        """Wait until the pump has routed every event the kernel sent for sb."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stats = self.sensor.stats(sb.id)
+            if sb.received >= stats.events:
+                return
+            time.sleep(0.002)
+        log.warning("events still in flight at cleanup", extra={"fields": {"sandbox": sb.name}})
+
+    def _finish(self, sb: Sandbox, duration: float) -> SandboxResult:
+        assert sb.proc is not None and sb.stdout is not None and sb.stderr is not None
+        refused = sb.controllers.pids_refused()
+        if refused:
+            sb.denials.append(Denial(kind="pids", detail=f"the pids limit refused {refused} forks"))
+        cpu = _cpu_seconds(sb.cgroup)
+        peak = sb.controllers.memory_peak()
+        stats = self._cleanup(sb)
+        rc = sb.proc.returncode
+        verdict = sb.strongest.value if sb.strongest else ("deny" if sb.denials else "allow")
+        return SandboxResult(
+            sandbox=sb.name,
+            command=sb.command,
+            labels=sb.labels,
+            exit_code=rc if rc < 128 else None,
+            signal=rc - 128 if rc >= 128 else None,
+            stopped_by=sb.stopped_by,
+            verdict=verdict,
+            stdout=sb.stdout.text(),
+            stderr=sb.stderr.text(),
+            stdout_truncated=sb.stdout.truncated,
+            stderr_truncated=sb.stderr.truncated,
+            duration_s=duration,
+            cpu_s=cpu,
+            memory_peak_bytes=peak,
+            syscalls=stats.syscalls,
+            events_seen=sb.received,
+            events_lost=stats.lost,
+            denials=sb.denials,
+            actions=sb.actions,
+        )
+
+    def _cleanup(self, sb: Sandbox):  # type: ignore[no-untyped-def]
+        try:
+            sb.cgroup.kill()
+            if sb.proc is not None and sb.proc.poll() is None:
+                sb.proc.wait(timeout=5)
+        finally:
+            self._active.pop(sb.id, None)
+            stats = self.sensor.unwatch(sb.id)
+            sb.cgroup.remove()
+            sb.controllers.remove()
+            if sb.owns_workdir:
+                shutil.rmtree(sb.workdir, ignore_errors=True)
+        return stats
+
+    # enforcing -----------------------------------------------------------
+    def enforce(self, sb: Sandbox, action: Action, reason: str) -> None:
+        """Apply an action to a running sandbox; the Enforcer of the guard."""
+        with sb.lock:
+            if action is Action.QUARANTINE:
+                self.sensor.quarantine(sb.id)
+            elif action is Action.FREEZE:
+                sb.cgroup.freeze()
+            elif action is Action.KILL:
+                sb.cgroup.kill()
+                sb.stopped_by = sb.stopped_by or reason
+            sb.actions.append(f"{action.value}: {reason}")
+            if sb.strongest is None or _SEVERITY[action] > _SEVERITY[sb.strongest]:
+                sb.strongest = action
+        log.warning("sandbox action", extra={"fields": {"sandbox": sb.name, "action": action.value, "reason": reason}})
+
+    def thaw(self, sb: Sandbox) -> None:
+        sb.cgroup.freeze(False)
+
+    def sandboxes(self) -> list[Sandbox]:
+        return list(self._active.values())
+
+    # the pump ------------------------------------------------------------
+    def _run_pump(self) -> None:
+        try:
+            next_check = 0.0
+            while not self._stop.is_set():
+                self._route(self.sensor.poll(20))
+                if time.monotonic() >= next_check:
+                    self._check_losses()
+                    next_check = time.monotonic() + 0.05
+        except BaseException as exc:  # fail closed: nothing may run unwatched
+            self.pump_error = exc
+            log.error("event pump died; killing every sandbox", exc_info=exc)
+            for sb in list(self._active.values()):
+                self.enforce(sb, Action.KILL, f"sensor pump died: {exc}")
+
+    def _route(self, batch: list[Event]) -> None:
+        by_sandbox: dict[int, list[Event]] = {}
+        for ev in batch:
+            by_sandbox.setdefault(ev.cgroup_id, []).append(ev)
+        for cg_id, events in by_sandbox.items():
+            sb = self._active.get(cg_id)
+            if sb is None:
+                continue
+            for ev in events:
+                found = _denial(ev)
+                if found is None:
+                    continue
+                denial, violation = found
+                sb.denials.append(denial)
+                if violation:
+                    self.enforce(sb, sb.policy.on_violation, f"{denial.kind} violation: {denial.detail}")
+            for listener in self.listeners:
+                listener(sb, events)
+            sb.received += len(events)
+
+    def _check_losses(self) -> None:
+        for sb in list(self._active.values()):
+            lost = self.sensor.stats(sb.id).lost
+            if lost > sb.lost_seen:
+                sb.lost_seen = lost
+                self.enforce(sb, sb.policy.on_event_loss, f"{lost} events lost: the sandbox was not fully watched")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._pump.join(timeout=2)
+        for sb in list(self._active.values()):
+            self.enforce(sb, Action.KILL, "manager closing")
+            self._cleanup(sb)
+
+
+def _cpu_seconds(cg: Cgroup) -> float:
+    try:
+        for line in (cg.path / "cpu.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) / 1e6
+    except OSError:
+        pass
+    return 0.0
+
+
+def kill_orphans() -> list[str]:
+    """Kill and remove sandbox cgroups whose supervising process is gone."""
+    killed = []
+    for path in bastion_root().glob(f"{PREFIX}-*"):
+        try:
+            owner = int(path.name.split("-")[1])
+            os.kill(owner, 0)
+            continue  # its supervisor is alive
+        except ProcessLookupError:
+            pass
+        except (ValueError, IndexError):
+            continue
+        try:
+            Cgroup(path).remove()
+            for controller in ("memory", "pids"):
+                mount = v1_mount(controller)
+                leaf = mount / "bastion" / path.name if mount else None
+                if leaf is not None and leaf.exists():
+                    leaf.rmdir()
+            killed.append(path.name)
+            log.warning("killed orphaned sandbox", extra={"fields": {"sandbox": path.name}})
+        except (CgroupError, OSError) as exc:
+            log.error("cannot remove orphaned sandbox", extra={"fields": {"sandbox": path.name, "error": str(exc)}})
+    return killed

@@ -1,0 +1,48 @@
+"""What a sandbox run produced: the boundary model printed by
+`bastion sandbox run --json` and returned to agents."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+STOPPED_EXIT = 126  # exit status when Bastion stopped the command
+
+
+class Denial(BaseModel):
+    """Something the sandbox refused, with the evidence the kernel gave."""
+
+    kind: str = Field(description="egress, syscall, open, exec or pids")
+    detail: str
+    ts_ns: int = 0
+    pid: int = 0
+
+
+class SandboxResult(BaseModel):
+    sandbox: str
+    command: list[str]
+    labels: dict[str, str] = Field(default_factory=dict)
+    exit_code: int | None = None
+    signal: int | None = None
+    stopped_by: str | None = Field(None, description="why Bastion stopped it: timeout, violation, event loss, ...")
+    verdict: str = "allow"
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    duration_s: float = 0.0
+    cpu_s: float = 0.0
+    max_rss_kb: int = 0
+    memory_peak_bytes: int = 0
+    syscalls: int = 0
+    events_seen: int = 0
+    events_lost: int = 0
+    denials: list[Denial] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        if self.stopped_by is not None:
+            return STOPPED_EXIT
+        if self.signal:
+            return 128 + self.signal
+        return self.exit_code or 0
