@@ -38,6 +38,20 @@ def _trace(args: argparse.Namespace, console: Console) -> int:
     return run_trace(args.cmd, args.jsonl, console, ngram_n=args.ngram)
 
 
+def _sandbox_run(args: argparse.Namespace, console: Console) -> int:
+    from bastion.sandbox_cmd import print_result, run_sandboxed
+    from sandbox.policy import PolicyError
+
+    if not args.cmd:
+        raise SystemExit("bastion sandbox run: give a command after --, e.g. `bastion sandbox run -- ls /`")
+    try:
+        result = run_sandboxed(args.cmd, args.policy, args.timeout)
+    except PolicyError as exc:
+        raise SystemExit(f"bastion: {exc}") from None
+    print_result(result, args.json)
+    return result.exit_status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bastion", description="SLM agents in eBPF-monitored sandboxes")
     parser.add_argument("--log-level", default="warning", help="structured log level (default: warning)")
@@ -52,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ngram", type=int, default=6, help="syscall n-gram length (default 6)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(func=_trace)
+
+    sandbox = sub.add_parser("sandbox", help="run commands in sandboxes").add_subparsers(dest="action", required=True)
+    p = sandbox.add_parser("run", help="run a command in a sandbox; exit status 126 when Bastion stopped it")
+    p.add_argument("--policy", type=Path, help="policy YAML (default: the built-in default policy)")
+    p.add_argument("--timeout", type=float, help="wall timeout in seconds (default: the policy's)")
+    p.add_argument("--json", action="store_true", help="print the result, verdict and denials as JSON")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    p.set_defaults(func=_sandbox_run)
     return parser
 
 

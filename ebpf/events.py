@@ -84,7 +84,7 @@ class EvNet(ct.Structure):
 
 
 class EvSyscall(ct.Structure):
-    _fields_ = [("h", EvHdr), ("nr", ct.c_uint32), ("at_entry", ct.c_uint32)]
+    _fields_ = [("h", EvHdr), ("nr", ct.c_uint32), ("trapped", ct.c_uint32)]
 
 
 class Ngram(ct.Structure):
@@ -146,7 +146,7 @@ class Event:
     family: int = 0
     addr: str = ""  # IP address as text
     port: int = 0
-    arg: int = 0  # listen backlog; for syscall events 1 if an attempt seen at entry
+    arg: int = 0  # listen backlog; for syscall events 1 if seccomp trapped it
     hook: str = ""  # deny: the egress hook that denied
     child_pid: int = 0
     exit_code: int = -1
@@ -217,7 +217,7 @@ def decode(record: bytes, ngram_n: int, tags: dict[int, str]) -> Event:
     elif isinstance(raw, EvExit):
         ev.exit_code, ev.signal = raw.code, raw.signal
     elif isinstance(raw, EvSyscall):
-        ev.syscall, ev.arg = raw.nr, raw.at_entry
+        ev.syscall, ev.arg = raw.nr, raw.trapped
     elif isinstance(raw, EvNgram):
         ev.ngram = tuple(raw.gram.seq[:ngram_n])
     return ev

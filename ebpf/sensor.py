@@ -30,6 +30,8 @@ EGRESS_PROGRAMS = {
 }
 PROTO_TCP = 1
 PROTO_UDP = 2
+TRACEFS_SYSCALLS = Path("/sys/kernel/tracing/events/syscalls")
+_TRACEPOINT_NAMES = {"umount2": "umount"}  # where the kernel's name differs
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,7 @@ class Sensor:
         self._tag_ids: dict[str, int] = {}
         self._raw: list[bytes] = []
         self._decode_errors = 0
+        self._attempts: set[str] = set()
 
     # lifecycle -----------------------------------------------------------
     def start(self) -> Sensor:
@@ -110,6 +113,7 @@ class Sensor:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+            self._attempts.clear()
 
     def __enter__(self) -> Sensor:
         return self.start()
@@ -211,6 +215,23 @@ class Sensor:
     @property
     def decode_errors(self) -> int:
         return self._decode_errors
+
+    # sensitive syscalls --------------------------------------------------
+    def report_attempts(self, names: Iterable[str]) -> list[str]:
+        """Report attempts of these syscalls (for cgroups whose bitmap has
+        them) from their sys_exit tracepoints. Returns the names this kernel
+        has no tracepoint for: the caller must trap those instead."""
+        missing = []
+        for name in names:
+            tp = _TRACEPOINT_NAMES.get(name, name)
+            if tp in self._attempts:
+                continue
+            if not (TRACEFS_SYSCALLS / f"sys_exit_{tp}").is_dir():
+                missing.append(name)
+                continue
+            self.bpf.attach_tracepoint(tp=f"syscalls:sys_exit_{tp}", fn_name="sensitive_exit")
+            self._attempts.add(tp)
+        return missing
 
     # egress --------------------------------------------------------------
     def _egress_programs(self) -> list[tuple[Any, int]]:

@@ -78,6 +78,7 @@ class Sandbox:
     owns_workdir: bool
     command: list[str]
     labels: dict[str, str]
+    trapped: list[str]  # denied syscalls this kernel lacks: seccomp traps them
     started: float = field(default_factory=time.monotonic)
     proc: subprocess.Popen[bytes] | None = None
     stdout: _Capture | None = None
@@ -95,15 +96,18 @@ class Sandbox:
         return self.cgroup.id
 
 
-def _denial(ev: Event) -> tuple[Denial, bool] | None:
+def _denial(ev: Event, sb: Sandbox) -> tuple[Denial, bool] | None:
     """The denial an event records, if any, and whether it is a violation."""
     match ev.kind:
         case EventKind.DENY:
             return Denial(kind="egress", detail=f"{ev.addr}:{ev.port} via {ev.hook}", ts_ns=ev.ts_ns, pid=ev.pid), True
-        case EventKind.SYSCALL if ev.arg:  # an attempt of a syscall the policy denies
-            return Denial(kind="syscall", detail=f"{name_of(ev.syscall)} attempted", ts_ns=ev.ts_ns, pid=ev.pid), True
+        case EventKind.SYSCALL if ev.arg:
+            detail = f"a denied syscall this kernel lacks, trapped (one of {', '.join(sb.trapped)})"
+            return Denial(kind="syscall", detail=detail, ts_ns=ev.ts_ns, pid=ev.pid), True
         case EventKind.SYSCALL:
-            return Denial(kind="syscall", detail=f"{name_of(ev.syscall)} = {ev.ret}", ts_ns=ev.ts_ns, pid=ev.pid), False
+            name = name_of(ev.syscall)
+            detail = f"{name} = {ev.ret}"
+            return Denial(kind="syscall", detail=detail, ts_ns=ev.ts_ns, pid=ev.pid), name in sb.policy.denied_syscalls
         case EventKind.CONNECT | EventKind.SENDTO if ev.ret == -EACCES:  # Landlock's TCP wall refused first
             return Denial(kind="egress", detail=f"{ev.addr}:{ev.port} via landlock", ts_ns=ev.ts_ns, pid=ev.pid), True
         case EventKind.OPEN | EventKind.EXEC if ev.ret in (-EACCES, -EPERM):
@@ -140,8 +144,9 @@ class SandboxManager:
             isolated = policy.network == "none"
             ruleset = landlock.Ruleset([] if isolated else tcp_ports(policy.network))  # type: ignore[arg-type]
             self._allow_paths(ruleset, policy, workdir)
-            flt = Filter(policy.denied_syscalls)
-            sb = Sandbox(name, cg, controllers, policy, workdir, owns, list(command), dict(labels or {}))
+            trapped = self.sensor.report_attempts(policy.denied_syscalls)
+            flt = Filter(policy.denied_syscalls, trap=trapped)
+            sb = Sandbox(name, cg, controllers, policy, workdir, owns, list(command), dict(labels or {}), trapped)
             self._active[cg.id] = sb
             self.sensor.watch(cg.id, name, sensitive=[resolve(n) for n in policy.denied_syscalls])
             fd = cg.open_fd()
@@ -326,7 +331,7 @@ class SandboxManager:
             if sb is None:
                 continue
             for ev in events:
-                found = _denial(ev)
+                found = _denial(ev, sb)
                 if found is None:
                     continue
                 denial, violation = found

@@ -125,6 +125,13 @@ class Policy(_Strict):
     on_violation: Action = Action.KILL
     on_event_loss: Action = Action.KILL
 
+    @field_validator("network", mode="before")
+    @classmethod
+    def _network_form(cls, value: object) -> object:
+        if isinstance(value, str) and value != "none":
+            raise ValueError(f"must be 'none' or a mapping with allow and dns_resolvers, not {value!r}")
+        return value
+
     @field_validator("deny_syscalls")
     @classmethod
     def _known_syscalls(cls, names: list[str]) -> list[str]:
@@ -152,9 +159,12 @@ class Policy(_Strict):
 
 
 def _field_error(source: str, exc: ValidationError) -> PolicyError:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    return PolicyError(f"{source}: field {where}: {err['msg']}")
+    err = max(exc.errors(), key=lambda e: len(e["loc"]))  # the most specific place
+    # drop pydantic's union tags (literal['none'], Network) from the path
+    parts = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p))]
+    where = ".".join(parts) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    return PolicyError(f"{source}: field {where}: {msg}")
 
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:

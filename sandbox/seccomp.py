@@ -8,6 +8,7 @@ import errno
 from collections.abc import Iterable
 
 SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_ACT_TRAP = 0x00030000
 SCMP_ACT_ERRNO_BASE = 0x00050000
 SCMP_CMP_EQ = 4
 SCMP_CMP_MASKED_EQ = 7
@@ -24,6 +25,8 @@ DEFAULT_DENY = (
     "init_module", "finit_module", "delete_module",
     "keyctl", "add_key", "request_key",
     "unshare", "setns", "swapon", "swapoff", "acct", "quotactl", "lookup_dcookie",
+    # fileless execution: Landlock cannot govern anonymous memory files
+    "memfd_create", "memfd_secret",
 )
 
 
@@ -92,19 +95,27 @@ class Filter:
     """A filter built in the parent (so errors surface there) and loaded in
     the child between fork and exec, after no_new_privs."""
 
-    def __init__(self, deny: Iterable[str]) -> None:
+    def __init__(self, deny: Iterable[str], trap: Iterable[str] = ()) -> None:
+        """deny: fail with EPERM. trap: send SIGSYS instead, for denied
+        syscalls the sensor cannot see fail (see Sensor.report_attempts)."""
         self._lib = _lib()
         self._ctx = self._lib.seccomp_init(SCMP_ACT_ALLOW)
         if not self._ctx:
             raise SeccompError("seccomp_init failed")
+        trapped = set(trap)
         for name in dict.fromkeys(deny):
-            self._rule(name, errno.EPERM, ())
+            if name not in trapped:
+                self._rule(name, errno.EPERM, ())
+        for name in trapped:
+            self._rule(name, None, ())
         for name, err, cmps in ARG_RULES:
             self._rule(name, err, cmps)
 
-    def _rule(self, name: str, err: int, cmps: tuple[tuple[int, int, int, int], ...]) -> None:
+    def _rule(self, name: str, err: int | None, cmps: tuple[tuple[int, int, int, int], ...]) -> None:
+        """Fail `name` with errno err where cmps match, or trap it (err None)."""
+        action = SCMP_ACT_TRAP if err is None else SCMP_ACT_ERRNO_BASE | err
         arr = (_ArgCmp * max(len(cmps), 1))(*[_ArgCmp(*c) for c in cmps])
-        rc = self._lib.seccomp_rule_add_array(self._ctx, SCMP_ACT_ERRNO_BASE | err, resolve(name), len(cmps), arr)
+        rc = self._lib.seccomp_rule_add_array(self._ctx, action, resolve(name), len(cmps), arr)
         if rc < 0:
             raise SeccompError(f"seccomp rule for {name!r} failed: {-rc}")
 

@@ -33,7 +33,7 @@ def test_ctypes_mirror_matches_the_c_header(tmp_path: Path) -> None:
     src = tmp_path / "sizes.c"
     src.write_text(
         "#include <stdio.h>\n#include <stdint.h>\n"
-        "typedef uint8_t u8; typedef uint16_t u16; typedef uint32_t u32; typedef int32_t s32; typedef uint64_t u64;\n"
+        "typedef uint8_t u8; typedef uint16_t u16; typedef uint32_t u32; typedef int32_t s32; typedef uint64_t u64; typedef int64_t s64;\n"
         f'#include "bastion.h"\nint main(void) {{ {prints} return 0; }}\n'
     )
     subprocess.run(["gcc", f"-I{BPF_DIR}", "-o", str(tmp_path / "sizes"), str(src)], check=True)

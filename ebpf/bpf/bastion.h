@@ -75,12 +75,20 @@ struct ev_net {
     char unix_path[UNIX_PATH_LEN];
 };
 
-/* A sensitive syscall: either attempted (reported at entry, before seccomp
- * refuses it; h.ret is 0) or refused (reported at exit with h.ret). */
+/* A sensitive syscall was attempted; h.ret holds its result. `trapped` is 1
+ * when seccomp trapped it (SIGSYS) instead of failing it. */
 struct ev_syscall {
     struct ev_hdr h;
     u32 nr;
-    u32 at_entry;
+    u32 trapped;
+};
+
+/* The arguments of every syscalls:sys_exit_* tracepoint (its format file). */
+struct sys_exit_args {
+    u64 common;
+    s32 nr;
+    u32 _pad;
+    s64 ret;
 };
 
 /* A syscall n-gram: syscall numbers, oldest first; unused slots 0. */
@@ -102,7 +110,7 @@ struct ev_ngram {
 struct watch_info {
     u32 tag;
     u32 flags;
-    u64 sensitive[SENSITIVE_WORDS];  /* syscalls whose attempt is reported */
+    u64 sensitive[SENSITIVE_WORDS];  /* syscalls whose attempts are reported */
 };
 
 /* Per-cgroup counters, one copy per CPU, summed by user space. */

@@ -22,13 +22,6 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     if (st)
         st->syscalls++;
     u32 nr = (u32)ctx->args[1];
-    if (nr < SENSITIVE_WORDS * 64 && (w->sensitive[(nr >> 6) & (SENSITIVE_WORDS - 1)] >> (nr & 63)) & 1) {
-        struct ev_syscall e = {};
-        fill_hdr(&e.h, EV_SYSCALL, cg);
-        e.nr = nr;
-        e.at_entry = 1;
-        emit(&e, sizeof(e), cg);
-    }
 
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct seq_state *s = windows.lookup(&tid);

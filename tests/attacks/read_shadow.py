@@ -1,0 +1,2 @@
+# Read the password hashes.
+print(open("/etc/shadow").read())
