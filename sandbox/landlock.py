@@ -7,6 +7,7 @@ only `restrict_self` runs in the child between fork and exec."""
 from __future__ import annotations
 
 import ctypes as ct
+import functools
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -80,10 +81,13 @@ def _is_within(path: Path, parent: Path) -> bool:
     return path == parent or parent in path.parents
 
 
-def expand_denied(allowed: Path, denied: list[Path]) -> list[Path]:
+@functools.lru_cache(maxsize=256)
+def expand_denied(allowed: Path, denied: tuple[Path, ...]) -> list[Path]:
     """Landlock can only allow. To deny a path inside an allowed directory,
-    allow the directory's other entries instead, recursively."""
-    inside = [d for d in denied if _is_within(d, allowed)]
+    allow the directory's other entries instead, recursively. Cached: the
+    listing is taken once per process, so entries created later in such a
+    directory stay unreadable to sandboxes until restart (fail closed)."""
+    inside = tuple(d for d in denied if _is_within(d, allowed))
     if not inside:
         return [allowed]
     if allowed in inside or not allowed.is_dir():

@@ -73,7 +73,6 @@ class Launch:
         os._exit(code if code >= 0 else 128 - code)
 
     def _confine(self) -> None:
-        _die_with_parent()
         _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
         _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mounting /proc")
         _check(_libc.sethostname(self.hostname, len(self.hostname)), "sethostname")
@@ -85,6 +84,7 @@ class Launch:
         os.setgroups([])
         os.setgid(self.gid)
         os.setuid(self.uid)  # from root to another uid: all capabilities go
+        _die_with_parent()  # after setuid, which clears the parent-death signal
         set_no_new_privs()
         allow_path(self.landlock_fd, Path("/proc"), READ)  # this namespace's /proc
         restrict_self(self.landlock_fd)

@@ -204,7 +204,7 @@ class SandboxManager:
 
     @staticmethod
     def _allow_paths(ruleset: landlock.Ruleset, policy: Policy, workdir: Path) -> None:
-        denied = list(policy.filesystem.denied)
+        denied = tuple(policy.filesystem.denied)
         for path in policy.filesystem.read_only:
             for allowed in landlock.expand_denied(path, denied):
                 ruleset.allow(allowed, landlock.READ_EXEC)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes as ct
 import ctypes.util
 import errno
+import functools
 from collections.abc import Iterable
 
 SCMP_ACT_ALLOW = 0x7FFF0000
@@ -48,6 +49,7 @@ ARG_RULES: tuple[tuple[str, int, tuple[tuple[int, int, int, int], ...]], ...] = 
 )
 
 
+@functools.cache
 def _lib() -> ct.CDLL:
     name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
     try:
@@ -72,6 +74,7 @@ def set_no_new_privs() -> None:
         raise SeccompError(f"PR_SET_NO_NEW_PRIVS failed: errno {ct.get_errno()}")
 
 
+@functools.cache
 def resolve(name: str) -> int:
     """The syscall number of a name on this architecture; SeccompError if unknown."""
     nr = _lib().seccomp_syscall_resolve_name(name.encode())

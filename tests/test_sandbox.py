@@ -1,0 +1,187 @@
+"""Sandbox lifecycle and policy: isolation facts, enforcement actions on a
+running sandbox, fail-closed behaviour, and clear policy errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ebpf.sensor import Sensor
+from sandbox.cgroup import Cgroup, bastion_root
+from sandbox.manager import SandboxManager, kill_orphans
+from sandbox.policy import Action, PolicyError, parse_policy
+from sandbox.result import STOPPED_EXIT
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def manager(sensor: Sensor) -> Iterator[SandboxManager]:
+    m = SandboxManager(sensor)
+    yield m
+    m.close()
+
+
+def test_isolation_facts(manager: SandboxManager) -> None:
+    script = (
+        "import os, socket; print(os.getuid(), os.getgid(), os.getpid(), socket.gethostname());"
+        "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0]);"
+        "print(open('/proc/self/status').read().split('NoNewPrivs:')[1].split()[0]);"
+        "print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0]);"
+        "print(sorted(line.split(':')[0].strip() for line in open('/proc/self/net/dev').readlines()[2:]))"
+    )
+    result = manager.run(["/usr/bin/python3", "-c", script], parse_policy(""))
+    assert result.exit_status == 0, result.stderr
+    ids, caps, nnp, seccomp, nets = result.stdout.splitlines()
+    assert ids == "65534 65534 1 bastion"  # nobody, pid 1 of its own namespace, own hostname
+    assert (caps, nnp, seccomp) == ("0000000000000000", "1", "2")
+    assert nets == "['lo']"  # network: none is an empty network namespace
+
+
+def test_output_is_capped_and_flagged(manager: SandboxManager) -> None:
+    result = manager.run(["/bin/sh", "-c", "yes | head -c 100000"], parse_policy("limits: {output_bytes: 4096}"))
+    assert len(result.stdout) == 4096 and result.stdout_truncated and not result.stderr_truncated
+
+
+def test_quarantine_blocks_egress_from_that_instant(manager: SandboxManager) -> None:
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        policy = parse_policy(f"network: {{allow: [{{host: 127.0.0.1, ports: [{port}]}}]}}\non_violation: deny")
+        script = (
+            "import socket, sys, time\n"
+            f"print(socket.create_connection(('127.0.0.1', {port})).fileno() > 0, flush=True)\n"
+            "time.sleep(1)\n"
+            f"try:\n    socket.create_connection(('127.0.0.1', {port}))\nexcept OSError as e:\n    print(e.errno)\n"
+        )
+        sb = manager.start(["/usr/bin/python3", "-c", script], policy)
+        time.sleep(0.5)
+        manager.enforce(sb, Action.QUARANTINE, "test")
+        result = manager.wait(sb)
+    assert result.stdout.split() == ["True", "1"]  # first connect allowed, second EPERM
+    assert [d.kind for d in result.denials] == ["egress"]
+    assert result.verdict == "quarantine"
+
+
+def test_freeze_and_thaw(manager: SandboxManager) -> None:
+    sb = manager.start(["/bin/sh", "-c", "i=0; while [ $i -lt 30 ]; do i=$((i+1)); sleep 0.05; done; echo done"],
+                       parse_policy("on_violation: deny"))
+    manager.enforce(sb, Action.FREEZE, "test")
+    assert sb.cgroup.events()["frozen"] == 1
+    time.sleep(2)
+    assert sb.proc is not None and sb.proc.poll() is None  # frozen: it cannot finish
+    manager.thaw(sb)
+    result = manager.wait(sb)
+    assert result.stdout.strip() == "done" and result.exit_status == 0
+    assert result.actions == ["freeze: test"]
+
+
+def test_lost_events_trigger_the_policy_action(kernel: None) -> None:
+    with Sensor(ringbuf_pages=1) as tiny:
+        manager = SandboxManager(tiny)
+        manager._stop.set()  # a stalled reader: nothing drains the ring buffer
+        manager._pump.join()
+        try:
+            sb = manager.start(["/bin/sh", "-c", "for i in $(seq 300); do cat /etc/hostname; done"], parse_policy(""))
+            time.sleep(1.5)
+            manager._check_losses()
+            result = manager.wait(sb)
+        finally:
+            manager.close()
+    assert result.events_lost > 0
+    assert result.stopped_by is not None and "events lost" in result.stopped_by
+    assert result.exit_status == STOPPED_EXIT
+
+
+def test_orphaned_sandboxes_are_killed_at_the_next_start(kernel: None) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = Cgroup.create(f"sbx-{dead.pid}-{uuid.uuid4().hex[:8]}")
+    sleeper = subprocess.Popen(["sleep", "60"], preexec_fn=orphan.enter)
+    assert orphan.name in kill_orphans()
+    assert sleeper.wait(timeout=5) == -signal.SIGKILL
+    assert not orphan.path.exists()
+
+
+def test_sandboxes_die_with_their_supervisor(kernel: None, tmp_path: Path) -> None:
+    """SIGKILL the supervising process: its sandbox must not outlive it."""
+    script = (
+        "import sys, time\n"
+        "from ebpf.sensor import Sensor\nfrom sandbox.manager import SandboxManager\nfrom sandbox.policy import Policy\n"
+        "s = Sensor().start(); m = SandboxManager(s)\n"
+        "sb = m.start(['/bin/sleep', '60'], Policy())\n"
+        "print(sb.name, flush=True); time.sleep(60)\n"
+    )
+    sup = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert sup.stdout is not None
+    name = sup.stdout.readline().strip()
+    leaf = bastion_root() / name
+    assert Cgroup(leaf).pids(), "the sandbox should be running"
+    sup.kill()
+    sup.wait()
+    deadline = time.monotonic() + 5
+    while Cgroup(leaf).pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert Cgroup(leaf).pids() == []
+    kill_orphans()
+    assert not leaf.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("network: everywhere", "field network: must be 'none'"),
+        ("network: {allow: [{host: 127.0.0.1, ports: [70000]}]}", "field network.allow.0.ports: port 70000"),
+        ("limits: {pids: 0}", "field limits.pids"),
+        ("user: {uid: 0}", "field user.uid"),
+        ("deny_syscalls: [teleport]", "field deny_syscalls: unknown syscall 'teleport'"),
+        ("filesystem: {read_only: [etc]}", "field filesystem.read_only: etc is not an absolute path"),
+        ("on_violation: shrug", "field on_violation"),
+        ("surprise: 1", "field surprise: Extra inputs are not permitted"),
+        ("limits: [1", "not valid YAML"),
+        ("- a list", "a policy is a mapping"),
+    ],
+)
+def test_bad_policy_names_the_field(text: str, message: str) -> None:
+    with pytest.raises(PolicyError, match="^policy.yaml: .*" + message.replace("[", r"\[").replace("(", r"\(")):
+        parse_policy(text, "policy.yaml")
+
+
+def test_cli_runs_a_command_and_reports_json(kernel: None, tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("on_violation: kill\n")
+    bastion = Path(sys.executable).parent / "bastion"
+    out = subprocess.run([str(bastion), "sandbox", "run", "--policy", str(policy), "--json", "--",
+                          "/bin/sh", "-c", "echo hello; exit 3"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3
+    first, report = out.stdout.splitlines()
+    assert first == "hello"
+    data = json.loads(report)
+    assert data["exit_code"] == 3 and data["verdict"] == "allow" and data["denials"] == []
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("limits: {pids: -1}\n")
+    out = subprocess.run([str(bastion), "sandbox", "run", "--policy", str(bad), "--", "true"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and f"{bad}: field limits.pids" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cli_exit_status_is_126_when_bastion_stops_the_command(kernel: None) -> None:
+    bastion = Path(sys.executable).parent / "bastion"
+    out = subprocess.run([str(bastion), "sandbox", "run", "--timeout", "0.5", "--", "/bin/sleep", "5"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == STOPPED_EXIT
+    assert os.path.exists(bastion)
