@@ -9,7 +9,7 @@ import ipaddress
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict, TypeAdapter
 
 TASK_COMM_LEN = 16
 PATH_LEN = 256
@@ -223,36 +223,7 @@ def decode(record: bytes, ngram_n: int, tags: dict[int, str]) -> Event:
     return ev
 
 
-class EventRecord(BaseModel):
-    """The JSONL and wire form of an Event, validated at the boundary."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: EventKind
-    ts_ns: int
-    cgroup_id: int
-    pid: int
-    tid: int
-    comm: str
-    ret: int = 0
-    tag: str = ""
-    path: str = ""
-    argv: tuple[str, ...] = ()
-    flags: int = 0
-    family: int = 0
-    addr: str = ""
-    port: int = 0
-    arg: int = 0
-    hook: str = ""
-    child_pid: int = 0
-    exit_code: int = -1
-    signal: int = 0
-    syscall: int = 0
-    ngram: tuple[int, ...] = ()
-
-    @classmethod
-    def of(cls, ev: Event) -> EventRecord:
-        return cls.model_validate(ev.to_dict())
-
-    def to_event(self) -> Event:
-        return Event(**self.model_dump())
+# The JSONL and wire form: pydantic validates the dataclass itself, with
+# unknown fields refused, so the field list exists once.
+Event.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+EVENT_WIRE: TypeAdapter[Event] = TypeAdapter(Event)

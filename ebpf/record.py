@@ -9,7 +9,7 @@ from typing import IO
 
 from pydantic import ValidationError
 
-from ebpf.events import Event, EventRecord
+from ebpf.events import EVENT_WIRE, Event
 
 
 class EventFileError(ValueError):
@@ -54,9 +54,9 @@ def read_jsonl(path: Path | str) -> Iterator[Event]:
             if not line.strip():
                 continue
             try:
-                record = EventRecord.model_validate_json(line)
+                event = EVENT_WIRE.validate_json(line)
             except ValidationError as exc:
                 kind = exc.errors()[0]["type"]
                 detail = "not valid JSON" if kind == "json_invalid" else _first_error(exc)
                 raise EventFileError(f"{path}:{lineno}: {detail}") from None
-            yield record.to_event()
+            yield event

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ebpf import events
-from ebpf.events import Event, EventKind, EventRecord
+from ebpf.events import EVENT_WIRE, Event, EventKind
 from ebpf.record import EventFileError, JsonlWriter, read_jsonl
 from ebpf.sensor import BPF_DIR
 
@@ -60,7 +60,7 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
 
 def test_wire_model_rejects_unknown_fields() -> None:
     with pytest.raises(ValueError, match="surprise"):
-        EventRecord.model_validate({**_sample()[0].to_dict(), "surprise": 1})
+        EVENT_WIRE.validate_python({**_sample()[0].to_dict(), "surprise": 1})
 
 
 @pytest.mark.parametrize(
