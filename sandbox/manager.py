@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from ebpf.events import Event, EventKind
-from ebpf.sensor import Sensor
+from ebpf.sensor import CgroupStats, Sensor
 from sandbox import landlock
 from sandbox.cgroup import Cgroup, CgroupError, bastion_root
 from sandbox.egress import compile_rules, tcp_ports
@@ -271,7 +271,7 @@ class SandboxManager:
             actions=sb.actions,
         )
 
-    def _cleanup(self, sb: Sandbox):  # type: ignore[no-untyped-def]
+    def _cleanup(self, sb: Sandbox) -> CgroupStats:
         try:
             sb.cgroup.kill()
             if sb.proc is not None and sb.proc.poll() is None:

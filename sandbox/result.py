@@ -31,7 +31,6 @@ class SandboxResult(BaseModel):
     stderr_truncated: bool = False
     duration_s: float = 0.0
     cpu_s: float = 0.0
-    max_rss_kb: int = 0
     memory_peak_bytes: int = 0
     syscalls: int = 0
     events_seen: int = 0
