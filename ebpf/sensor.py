@@ -243,17 +243,12 @@ class Sensor:
         ]
 
     def attach_egress(self, cgroup_fd: int) -> None:
-        """Decide the cgroup's connects and UDP sends in the kernel from now on."""
+        """Decide the cgroup's connects and UDP sends in the kernel from now on.
+        Removing the cgroup releases the attachment."""
         from bcc import BPF
 
         for fn, attach in self._egress_programs():
             BPF.attach_func(fn, cgroup_fd, attach)
-
-    def detach_egress(self, cgroup_fd: int) -> None:
-        from bcc import BPF
-
-        for fn, attach in self._egress_programs():
-            BPF.detach_func(fn, cgroup_fd, attach)
 
     def set_egress(self, cgroup_id: int, rules: Iterable[EgressRule]) -> None:
         """Replace the cgroup's allowlist. Longest prefix wins in the trie, so

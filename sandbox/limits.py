@@ -23,6 +23,13 @@ def v1_mount(controller: str, mounts: str = "/proc/mounts") -> Path | None:
     return None
 
 
+def v1_leaf(controller: str, name: str) -> Path | None:
+    """Where a sandbox's leaf in a v1 controller hierarchy lives, if the
+    controller is mounted as v1."""
+    mount = v1_mount(controller)
+    return mount / BASTION_DIR / name if mount else None
+
+
 def _v2_has(cg: Cgroup, controller: str) -> bool:
     """Enable a v2 controller for Bastion's leaves if the hierarchy has it."""
     parent = cg.path.parent
@@ -49,10 +56,9 @@ class Controllers:
             if _v2_has(cg, controller):
                 limit_file = cg.path / f"{controller}.max"
             else:
-                mount = v1_mount(controller)
-                if mount is None:
+                leaf = v1_leaf(controller, cg.name)
+                if leaf is None:
                     continue
-                leaf = mount / BASTION_DIR / cg.name
                 leaf.mkdir(parents=True, exist_ok=True)
                 ctl.v1_dirs.append(leaf)
                 limit_file = leaf / ("memory.limit_in_bytes" if controller == "memory" else "pids.max")

@@ -28,7 +28,7 @@ from sandbox import landlock
 from sandbox.cgroup import Cgroup, CgroupError, bastion_root
 from sandbox.egress import compile_rules, tcp_ports
 from sandbox.launch import Launch
-from sandbox.limits import Controllers, v1_mount
+from sandbox.limits import Controllers, v1_leaf
 from sandbox.policy import Action, Policy
 from sandbox.result import Denial, SandboxResult
 from sandbox.seccomp import Filter, name_of, resolve
@@ -100,19 +100,20 @@ def _denial(ev: Event, sb: Sandbox) -> tuple[Denial, bool] | None:
     """The denial an event records, if any, and whether it is a violation."""
     match ev.kind:
         case EventKind.DENY:
-            return Denial(kind="egress", detail=f"{ev.addr}:{ev.port} via {ev.hook}", ts_ns=ev.ts_ns, pid=ev.pid), True
+            kind, detail, violation = "egress", f"{ev.addr}:{ev.port} via {ev.hook}", True
         case EventKind.SYSCALL if ev.arg:
+            kind, violation = "syscall", True
             detail = f"a denied syscall this kernel lacks, trapped (one of {', '.join(sb.trapped)})"
-            return Denial(kind="syscall", detail=detail, ts_ns=ev.ts_ns, pid=ev.pid), True
         case EventKind.SYSCALL:
             name = name_of(ev.syscall)
-            detail = f"{name} = {ev.ret}"
-            return Denial(kind="syscall", detail=detail, ts_ns=ev.ts_ns, pid=ev.pid), name in sb.policy.denied_syscalls
+            kind, detail, violation = "syscall", f"{name} = {ev.ret}", name in sb.policy.denied_syscalls
         case EventKind.CONNECT | EventKind.SENDTO if ev.ret == -EACCES:  # Landlock's TCP wall refused first
-            return Denial(kind="egress", detail=f"{ev.addr}:{ev.port} via landlock", ts_ns=ev.ts_ns, pid=ev.pid), True
+            kind, detail, violation = "egress", f"{ev.addr}:{ev.port} via landlock", True
         case EventKind.OPEN | EventKind.EXEC if ev.ret in (-EACCES, -EPERM):
-            return Denial(kind=ev.kind.value, detail=f"{ev.path} = {ev.ret}", ts_ns=ev.ts_ns, pid=ev.pid), False
-    return None
+            kind, detail, violation = ev.kind.value, f"{ev.path} = {ev.ret}", False
+        case _:
+            return None
+    return Denial(kind=kind, detail=detail, ts_ns=ev.ts_ns, pid=ev.pid), violation
 
 
 class SandboxManager:
@@ -383,8 +384,7 @@ def kill_orphans() -> list[str]:
         try:
             Cgroup(path).remove()
             for controller in ("memory", "pids"):
-                mount = v1_mount(controller)
-                leaf = mount / "bastion" / path.name if mount else None
+                leaf = v1_leaf(controller, path.name)
                 if leaf is not None and leaf.exists():
                     leaf.rmdir()
             killed.append(path.name)
