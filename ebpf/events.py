@@ -92,7 +92,7 @@ class Ngram(ct.Structure):
 
 
 class EvNgram(ct.Structure):
-    _fields_ = [("h", EvHdr), ("gram", Ngram)]
+    _fields_ = [("h", EvHdr), ("gram", Ngram), ("pos", ct.c_uint32), ("_pad", ct.c_uint32)]
 
 
 SENSITIVE_WORDS = 8
@@ -146,7 +146,7 @@ class Event:
     family: int = 0
     addr: str = ""  # IP address as text
     port: int = 0
-    arg: int = 0  # listen backlog; for syscall events 1 if seccomp trapped it
+    arg: int = 0  # listen backlog; syscall: 1 if seccomp trapped it; ngram: the thread's syscall index
     hook: str = ""  # deny: the egress hook that denied
     child_pid: int = 0
     exit_code: int = -1
@@ -219,7 +219,7 @@ def decode(record: bytes, ngram_n: int, tags: dict[int, str]) -> Event:
     elif isinstance(raw, EvSyscall):
         ev.syscall, ev.arg = raw.nr, raw.trapped
     elif isinstance(raw, EvNgram):
-        ev.ngram = tuple(raw.gram.seq[:ngram_n])
+        ev.ngram, ev.arg = tuple(raw.gram.seq[:ngram_n]), raw.pos
     return ev
 
 

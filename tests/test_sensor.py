@@ -143,10 +143,14 @@ def test_without_known_set_novel_mode_sends_loop_ngrams(sensor: Sensor, cgroup: 
     sensor.load_known([])
     sensor.watch(cgroup.id, "novel", detect_novel=True)
     pid, _ = run_in(cgroup, [str(workload), "seq", "50"])
-    sent = Counter(e.ngram for e in collect(sensor, pid) if e.kind is EventKind.NGRAM)
+    grams = [e for e in collect(sensor, pid) if e.kind is EventKind.NGRAM]
     sensor.unwatch(cgroup.id)
+    sent = Counter(e.ngram for e in grams)
     expected = expected_loop_ngrams(50, sensor.ngram_n)
     assert {g: sent[g] for g in expected} == dict(expected)
+    # positions let user space rebuild the thread's whole syscall sequence
+    positions = [e.arg for e in grams if e.tid == pid]
+    assert positions == list(range(sensor.ngram_n - 1, sensor.ngram_n - 1 + len(positions)))
 
 
 def test_lost_events_are_counted_when_the_buffer_is_tiny(cgroup: Cgroup, workload: Path, tmp_path: Path) -> None:

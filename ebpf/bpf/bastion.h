@@ -99,6 +99,8 @@ struct ngram {
 struct ev_ngram {
     struct ev_hdr h;
     struct ngram gram;
+    u32 pos;  /* the thread's syscall index of the gram's last syscall */
+    u32 _pad;
 };
 
 /* Values of the `watched` map. */

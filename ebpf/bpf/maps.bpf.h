@@ -42,7 +42,7 @@ BPF_TABLE("lru_hash", u32, union event_buf, pending, 8192);
 /* Sliding syscall window of each watched thread, deleted at thread exit. */
 struct seq_state {
     u16 win[NGRAM_MAX];
-    u32 len;
+    u32 count;  /* syscalls of this thread so far: the position of the newest */
 };
 BPF_HASH(windows, u32, struct seq_state, 16384);
 

@@ -36,11 +36,9 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     for (int i = 0; i < NGRAM_N - 1; i++)
         s->win[i] = s->win[i + 1];
     s->win[NGRAM_N - 1] = (u16)nr;
-    if (s->len < NGRAM_N) {
-        s->len++;
-        if (s->len < NGRAM_N)
-            return 0;
-    }
+    s->count++;
+    if (s->count < NGRAM_N)
+        return 0;
 
     struct ngram_key k = {.cgroup_id = cg};
 #pragma unroll
@@ -59,6 +57,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         struct ev_ngram e = {};
         fill_hdr(&e.h, EV_NGRAM, cg);
         e.gram = k.gram;
+        e.pos = s->count - 1;
         emit(&e, sizeof(e), cg);
     }
     return 0;
