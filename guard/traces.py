@@ -1,0 +1,149 @@
+"""Syscall traces and observed behaviour: read from plain trace files (the
+format public host-intrusion datasets use) or rebuilt from recorded sensor
+events."""
+
+from __future__ import annotations
+
+import posixpath
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ebpf.events import Event, EventKind
+from ebpf.record import read_jsonl
+
+MAX_SYSCALL = 1023  # n-grams pack syscall numbers into 10 bits each
+PREFIX_DEPTH = 3  # /usr/lib/python3.11 stands for everything below it
+WORKDIR = "$WORKDIR"
+
+
+class TraceError(ValueError):
+    """An unreadable trace; the message names the file."""
+
+
+@dataclass
+class Trace:
+    """One thread's syscall numbers in order, named for score reports."""
+
+    name: str
+    syscalls: np.ndarray  # int64
+
+
+@dataclass
+class Behaviour:
+    """What a tool touched besides syscalls: the profile's allowlist side."""
+
+    binaries: set[str] = field(default_factory=set)
+    path_prefixes: set[str] = field(default_factory=set)
+    destinations: set[str] = field(default_factory=set)
+
+    def update(self, other: Behaviour) -> None:
+        self.binaries |= other.binaries
+        self.path_prefixes |= other.path_prefixes
+        self.destinations |= other.destinations
+
+
+def read_trace_file(path: Path) -> Trace:
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TraceError(f"{path}: cannot read a trace: {exc}") from None
+    words = text.split()
+    if not all(w.isdigit() for w in words):
+        bad = next(w for w in words if not w.isdigit())
+        raise TraceError(f"{path}: {bad[:20]!r} is not a syscall number")
+    calls = np.array([int(w) for w in words], dtype=np.int64)
+    if calls.size and calls.max() > MAX_SYSCALL:
+        raise TraceError(f"{path}: syscall number {calls.max()} is above {MAX_SYSCALL}")
+    return Trace(str(path), calls)
+
+
+def read_trace_dir(directory: Path) -> list[Trace]:
+    """Every file under a directory, one trace each, in name order."""
+    if not directory.is_dir():
+        raise TraceError(f"{directory}: not a directory of traces")
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise TraceError(f"{directory}: holds no trace files")
+    return [read_trace_file(p) for p in files]
+
+
+def path_prefix(path: str, workdir: str | None = None) -> str:
+    """The directory a path is learned under; the sandbox's workdir is one name."""
+    if workdir and (path == workdir or path.startswith(workdir.rstrip("/") + "/")):
+        return WORKDIR
+    parts = posixpath.normpath(path).split("/")
+    return "/".join(parts[: PREFIX_DEPTH + 1]) if len(parts) > PREFIX_DEPTH + 1 else posixpath.dirname(path) or "/"
+
+
+def destination(ev: Event) -> str:
+    return ev.path or f"{ev.addr}:{ev.port}"
+
+
+def behaviour_of(events: Iterable[Event], workdir: str | None = None) -> Behaviour:
+    """The binaries run, path prefixes opened and destinations reached."""
+    seen = Behaviour()
+    for ev in events:
+        if ev.ret < 0:
+            continue
+        match ev.kind:
+            case EventKind.EXEC:
+                seen.binaries.add(ev.path)
+            case EventKind.OPEN if ev.path.startswith("/"):
+                seen.path_prefixes.add(path_prefix(ev.path, workdir))
+            case EventKind.CONNECT | EventKind.SENDTO:
+                seen.destinations.add(destination(ev))
+    return seen
+
+
+def after_exec(events: Sequence[Event]) -> list[Event]:
+    """The events from the sandbox's first successful exec on: before it,
+    only Bastion's own launcher ran (entering cgroups, applying Landlock)."""
+    for i, ev in enumerate(events):
+        if ev.kind is EventKind.EXEC and ev.ret == 0:
+            return list(events[i:])
+    return []
+
+
+def traces_from_events(events: Iterable[Event], ngram_n: int, name: str) -> list[Trace]:
+    """Rebuild each thread's syscall sequence from n-gram events recorded with
+    no known set (training mode). A gap in positions starts a new trace."""
+    by_tid: dict[int, list[Event]] = defaultdict(list)
+    for ev in events:
+        if ev.kind is EventKind.NGRAM:
+            if len(ev.ngram) != ngram_n:
+                raise TraceError(f"{name}: an n-gram of length {len(ev.ngram)}, expected {ngram_n}")
+            by_tid[ev.tid].append(ev)
+    traces = []
+    for tid, grams in sorted(by_tid.items()):
+        grams.sort(key=lambda e: e.arg)
+        segment: list[int] = []
+        last = -2
+        for ev in grams:
+            if ev.arg != last + 1:
+                if segment:
+                    traces.append(Trace(f"{name}:tid={tid}:pos={last - len(segment) + 1}", np.array(segment)))
+                segment = list(ev.ngram)
+            else:
+                segment.append(ev.ngram[-1])
+            last = ev.arg
+        if segment:
+            traces.append(Trace(f"{name}:tid={tid}:pos={last - len(segment) + 1}", np.array(segment)))
+    return traces
+
+
+def read_event_files(paths: Sequence[Path], ngram_n: int) -> tuple[list[Trace], Behaviour]:
+    """Traces and behaviour from recorded JSONL event files."""
+    traces: list[Trace] = []
+    seen = Behaviour()
+    for path in paths:
+        events = after_exec(list(read_jsonl(path)))
+        found = traces_from_events(events, ngram_n, str(path))
+        if not found:
+            raise TraceError(f"{path}: no n-gram events; record with `bastion trace --ngrams`")
+        traces += found
+        seen.update(behaviour_of(events))
+    return traces, seen
