@@ -1,0 +1,76 @@
+"""Alerts: the guard's findings with the verdict taken, the boundary model
+written to the audit log and sent to every sink."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Verdict(StrEnum):
+    """What the guard does about a finding, weakest first."""
+
+    ALLOW = "allow"
+    ALERT = "alert"
+    QUARANTINE = "quarantine"  # all egress denied from that instant
+    FREEZE = "freeze"
+    KILL = "kill"
+
+    @property
+    def rank(self) -> int:
+        return list(Verdict).index(self)
+
+
+class Severity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+SEVERITY_OF = {
+    Verdict.ALLOW: Severity.LOW,
+    Verdict.ALERT: Severity.MEDIUM,
+    Verdict.QUARANTINE: Severity.HIGH,
+    Verdict.FREEZE: Severity.HIGH,
+    Verdict.KILL: Severity.CRITICAL,
+}
+
+
+class Evidence(BaseModel):
+    """One sensor event behind a finding, in its wire form."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+    ts_ns: int
+    pid: int
+    comm: str = ""
+    detail: str = ""
+
+
+class Alert(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    time: float = Field(default_factory=time.time, description="wall clock, seconds since the epoch")
+    sandbox: str
+    agent: str | None = None
+    step: str | None = Field(None, description="the agent step's correlation id")
+    tool_call: str | None = None
+    detector: str = Field(description="rule, ngram, frequency or novelty")
+    rule: str = Field(description="what was found, in a few words")
+    score: float = 0.0
+    threshold: float = 0.0
+    severity: Severity
+    action: Verdict
+    evidence: list[Evidence] = Field(default_factory=list, max_length=32)
+    event_ts_ns: int = Field(0, description="kernel time of the triggering event")
+    enforced_ts_ns: int = Field(0, description="kernel-clock time the action took hold")
+
+    @property
+    def latency_ms(self) -> float | None:
+        if not self.event_ts_ns or not self.enforced_ts_ns:
+            return None
+        return (self.enforced_ts_ns - self.event_ts_ns) / 1e6
