@@ -40,6 +40,7 @@ EACCES, EPERM = 13, 1
 _SEVERITY = {Action.DENY: 0, Action.QUARANTINE: 1, Action.FREEZE: 2, Action.KILL: 3}
 
 Listener = Callable[["Sandbox", list[Event]], None]
+Finisher = Callable[["Sandbox"], object]
 
 
 class SandboxError(RuntimeError):
@@ -119,11 +120,18 @@ def _denial(ev: Event, sb: Sandbox) -> tuple[Denial, bool] | None:
 class SandboxManager:
     """Runs commands in sandboxes watched by one sensor."""
 
-    def __init__(self, sensor: Sensor, workdirs: Path | None = None, listeners: Sequence[Listener] = ()) -> None:
+    def __init__(self, sensor: Sensor, workdirs: Path | None = None, listeners: Sequence[Listener] = (),
+                 finishers: Sequence[Finisher] = (), ngram_events: bool = False) -> None:
+        """Listeners get each sandbox's event batches; finishers are called
+        when its command has ended, while its sensor maps still exist. With
+        ngram_events, n-grams missing from the sensor's known map are sent
+        (all of them while it is empty: the training stream)."""
         self.sensor = sensor
         self.workdirs = workdirs or Path(tempfile.gettempdir()) / "bastion-sandboxes"
         self.workdirs.mkdir(parents=True, exist_ok=True)
         self.listeners = list(listeners)
+        self.finishers = list(finishers)
+        self.ngram_events = ngram_events
         self._active: dict[int, Sandbox] = {}
         self._stop = threading.Event()
         self.pump_error: BaseException | None = None
@@ -149,7 +157,8 @@ class SandboxManager:
             flt = Filter(policy.denied_syscalls, trap=trapped)
             sb = Sandbox(name, cg, controllers, policy, workdir, owns, list(command), dict(labels or {}), trapped)
             self._active[cg.id] = sb
-            self.sensor.watch(cg.id, name, sensitive=[resolve(n) for n in policy.denied_syscalls])
+            self.sensor.watch(cg.id, name, detect_novel=self.ngram_events,
+                              sensitive=[resolve(n) for n in policy.denied_syscalls])
             fd = cg.open_fd()
             try:
                 self.sensor.attach_egress(fd)
@@ -224,6 +233,8 @@ class SandboxManager:
             sb.proc.wait()
         duration = time.monotonic() - sb.started
         self._settle(sb)
+        for finisher in self.finishers:
+            finisher(sb)
         return self._finish(sb, duration)
 
     def run(self, command: Sequence[str], policy: Policy, timeout: float | None = None,
@@ -287,9 +298,13 @@ class SandboxManager:
         return stats
 
     # enforcing -----------------------------------------------------------
-    def enforce(self, sb: Sandbox, action: Action, reason: str) -> None:
-        """Apply an action to a running sandbox; the Enforcer of the guard."""
+    def enforce(self, sb: Sandbox, action: Action | str, reason: str) -> None:
+        """Apply an action to a running sandbox; the guard's Enforcer. An
+        action no stronger than one already taken is not repeated."""
+        action = Action(action)
         with sb.lock:
+            if sb.strongest is not None and _SEVERITY[action] <= _SEVERITY[sb.strongest] and action is not Action.DENY:
+                return
             if action is Action.QUARANTINE:
                 self.sensor.quarantine(sb.id)
             elif action is Action.FREEZE:

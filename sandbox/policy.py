@@ -104,6 +104,17 @@ class Network(_Strict):
         return self.allow + dns
 
 
+Verdict = Literal["allow", "alert", "quarantine", "freeze", "kill"]
+
+
+class Response(_Strict):
+    """What the guard does when a run departs from the agent's profile;
+    policy violations take on_violation."""
+
+    anomaly: Verdict = Field("quarantine", description="syscall sequence or mix unlike the profile")
+    novelty: Verdict = Field("alert", description="a binary, path or destination never seen in training")
+
+
 class User(_Strict):
     uid: int = Field(65534, ge=1, description="never 0: sandboxes do not run as root")
     gid: int = Field(65534, ge=1)
@@ -124,6 +135,7 @@ class Policy(_Strict):
     user: User = Field(default_factory=User)
     on_violation: Action = Action.KILL
     on_event_loss: Action = Action.KILL
+    response: Response = Field(default_factory=Response)
 
     @field_validator("network", mode="before")
     @classmethod

@@ -1,0 +1,125 @@
+"""Sandboxes under the guard: one sensor, one sandbox manager and one guard
+wired together, with the sandbox policy turned into the guard's rules and
+response map. The one place that knows both sandbox and guard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ebpf.events import Event
+from ebpf.sensor import Sensor
+from guard.alerts import Alert, Verdict
+from guard.audit import AuditLog
+from guard.monitor import Assignment, Guard, Response
+from guard.profile import Profile
+from guard.rules import AllowedDestination, Rules
+from guard.traces import Behaviour, Trace, after_exec, behaviour_of, traces_from_events
+from sandbox.manager import Sandbox, SandboxManager
+from sandbox.policy import Action, Network, Policy
+from sandbox.result import SandboxResult
+from sandbox.seccomp import name_of
+
+
+def rules_for(policy: Policy, workdir: Path) -> Rules:
+    """The policy's allowlists as the guard's violation rules."""
+    read_only = [str(p) for p in policy.filesystem.read_only]
+    destinations: list[AllowedDestination] = []
+    if isinstance(policy.network, Network):
+        for dest in policy.network.destinations():
+            destinations += [AllowedDestination(network=str(net), ports=dest.ports) for net in dest.networks()]
+    return Rules(
+        binaries=read_only,
+        read_paths=[*read_only, str(workdir), "/dev/null", "/proc"],
+        write_paths=[str(workdir), "/dev/null"],
+        denied_paths=[str(p) for p in policy.filesystem.denied],
+        destinations=destinations,
+    )
+
+
+def response_for(policy: Policy) -> Response:
+    # a "deny" policy lets the kernel refuse and the run go on: the guard alerts
+    violation = Verdict.ALERT if policy.on_violation is Action.DENY else Verdict(policy.on_violation.value)
+    return Response(violation=violation, anomaly=Verdict(policy.response.anomaly),
+                    novelty=Verdict(policy.response.novelty))
+
+
+class GuardedSandboxes:
+    """Runs sandboxes watched by the guard; alerts go to the audit log first,
+    then to the sinks. Sandboxes labelled agent=NAME are held to NAME's profile."""
+
+    def __init__(self, sensor: Sensor, audit_path: Path, profiles: Iterable[Profile] = (),
+                 sinks: Sequence[Callable[[Alert], None]] = (), workdirs: Path | None = None) -> None:
+        self.profiles = {p.meta.agent: p for p in profiles}
+        self.audit = AuditLog(audit_path)
+        self.manager = SandboxManager(sensor, workdirs, finishers=[self._finish], ngram_events=bool(self.profiles))
+        # the manager is the guard's Enforcer
+        self.guard = Guard(sensor, self.audit, enforcer=self.manager, assign=self._assign,
+                           syscall_name=name_of, sinks=sinks)
+        self.guard.load_profiles(list(self.profiles.values()))
+        self.manager.listeners.append(self.guard)
+        self._finished: dict[str, list[Alert]] = {}
+
+    def _assign(self, sb: Sandbox) -> Assignment:
+        agent = sb.labels.get("agent")
+        return Assignment(rules_for(sb.policy, sb.workdir), response_for(sb.policy), self.profiles.get(agent or ""))
+
+    def _finish(self, sb: Sandbox) -> None:
+        self._finished[sb.name] = self.guard.finish(sb)
+
+    def alerts_of(self, sandbox_name: str) -> list[Alert]:
+        """The alerts of a finished sandbox."""
+        return self._finished.get(sandbox_name, [])
+
+    def close(self) -> None:
+        self.manager.close()
+        self.manager.sensor.load_known([])
+        self.audit.close()
+
+    def __enter__(self) -> GuardedSandboxes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Recording:
+    """One sandboxed run with every event the sensor sent for it."""
+
+    result: SandboxResult
+    events: list[Event]
+    workdir: str
+
+    def behaviour(self) -> Behaviour:
+        return behaviour_of(after_exec(self.events), self.workdir)
+
+    def traces(self, ngram_n: int) -> list[Trace]:
+        return traces_from_events(after_exec(self.events), ngram_n, self.result.sandbox)
+
+
+def record_runs(sensor: Sensor, commands: Sequence[Sequence[str]], policy: Policy,
+                on_done: Callable[[Recording], None] | None = None) -> list[Recording]:
+    """Run commands in sandboxes with every n-gram sent (the sensor's known
+    map must be empty): the events profiles are trained and scored from."""
+    if len(sensor.bpf["known"]):
+        raise ValueError("the sensor's known n-gram map is loaded; recording runs need it empty")
+    runs: dict[str, list[Event]] = {}
+    workdirs: dict[str, str] = {}
+
+    def collect(sb: Sandbox, events: list[Event]) -> None:
+        runs.setdefault(sb.name, []).extend(events)
+        workdirs[sb.name] = str(sb.workdir)
+
+    manager = SandboxManager(sensor, listeners=[collect], ngram_events=True)
+    out = []
+    try:
+        for cmd in commands:
+            result = manager.run(cmd, policy)
+            out.append(Recording(result, runs.pop(result.sandbox, []), workdirs.pop(result.sandbox, "")))
+            if on_done:
+                on_done(out[-1])
+    finally:
+        manager.close()
+    return out

@@ -1,0 +1,226 @@
+"""The live guard: turns each sandbox's event batches into findings, decides
+the verdict its response map names, has the Enforcer apply it, and records
+the alert in the audit log before any sink sees it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ebpf.events import Event, EventKind
+from ebpf.sensor import Sensor
+from guard.alerts import SEVERITY_OF, Alert, Evidence, Verdict
+from guard.audit import AuditLog
+from guard.profile import Profile
+from guard.rules import Finding, Rules, check, novelty
+
+log = logging.getLogger("bastion.guard")
+
+FREQUENCY_EVERY_S = 0.1  # how often a running sandbox's syscall mix is scored
+
+
+class Target(Protocol):
+    """A watched sandbox, as the guard sees it."""
+
+    name: str
+    labels: dict[str, str]
+    workdir: Path
+
+    @property
+    def id(self) -> int: ...
+
+
+class Enforcer(Protocol):
+    """Applies a verdict (quarantine, freeze or kill) to a running sandbox."""
+
+    def enforce(self, target: Any, action: str, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Response:
+    """The verdict for each kind of finding."""
+
+    violation: Verdict = Verdict.KILL
+    anomaly: Verdict = Verdict.QUARANTINE
+    novelty: Verdict = Verdict.ALERT
+
+    def verdict(self, detector: str) -> Verdict:
+        if detector == "rule":
+            return self.violation
+        return self.novelty if detector == "novelty" else self.anomaly
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What the guard holds a sandbox to."""
+
+    rules: Rules
+    response: Response
+    profile: Profile | None = None
+
+
+@dataclass
+class _State:
+    target: Target
+    assignment: Assignment
+    novel: dict[int, deque[int]] = field(default_factory=dict)  # tid -> positions of novel n-grams
+    reported: set[str] = field(default_factory=set)
+    strongest: Verdict = Verdict.ALLOW
+    running: bool = False  # the command proper has been exec'd; before that only the launcher ran
+    counted: dict[tuple[int, ...], int] = field(default_factory=dict)
+    last_frequency: float = 0.0
+    alerts: list[Alert] = field(default_factory=list)
+    pending: list[Alert] = field(default_factory=list)  # enforced, not yet in the audit log
+
+
+def _evidence(ev: Event) -> Evidence:
+    detail = ev.path or (f"{ev.addr}:{ev.port}" if ev.addr else "") or (str(ev.ngram) if ev.ngram else "")
+    return Evidence(kind=ev.kind.value, ts_ns=ev.ts_ns, pid=ev.pid, comm=ev.comm, detail=detail)
+
+
+class Guard:
+    """A SandboxManager listener: call it with (sandbox, events)."""
+
+    def __init__(self, sensor: Sensor, audit: AuditLog, enforcer: Enforcer,
+                 assign: Callable[[Target], Assignment], syscall_name: Callable[[int], str] = str,
+                 sinks: Sequence[Callable[[Alert], None]] = ()) -> None:
+        self.sensor = sensor
+        self.audit = audit
+        self.enforcer = enforcer
+        self.assign = assign
+        self.syscall_name = syscall_name
+        self.sinks = list(sinks)
+        self._states: dict[int, _State] = {}
+        self._lock = threading.Lock()
+
+    def load_profiles(self, profiles: Sequence[Profile]) -> int:
+        """Put the profiles' n-grams in the sensor's known map, so that only
+        novel ones cross into user space."""
+        for p in profiles:
+            if p.meta.ngram_n != self.sensor.ngram_n:
+                raise ValueError(f"profile {p.meta.agent} uses {p.meta.ngram_n}-grams; the sensor counts "
+                                 f"{self.sensor.ngram_n}-grams")
+        return self.sensor.load_known({g for p in profiles for g in p.known_ngrams()})
+
+    def state(self, target: Target) -> _State:
+        with self._lock:
+            st = self._states.get(target.id)
+            if st is None:
+                st = self._states[target.id] = _State(target, self.assign(target))
+            return st
+
+    def alerts(self, target: Target) -> list[Alert]:
+        return list(self.state(target).alerts)
+
+    # the listener --------------------------------------------------------
+    def __call__(self, target: Target, events: list[Event]) -> None:
+        st = self.state(target)
+        workdir = str(target.workdir)
+        profile = st.assignment.profile
+        for ev in events:
+            if not st.running:
+                if ev.kind is not EventKind.EXEC or ev.ret != 0:
+                    continue
+                st.running = True
+            finding = check(ev, st.assignment.rules, self.syscall_name)
+            if finding is None and profile is not None:
+                if ev.kind is EventKind.NGRAM:
+                    finding = self._ngram(st, profile, ev)
+                else:
+                    finding = novelty(ev, profile.behaviour, workdir)
+            if finding is not None:
+                self._act(st, finding)
+        if profile is not None and time.monotonic() - st.last_frequency >= FREQUENCY_EVERY_S:
+            self._frequency(st, profile)
+        self._publish(st)
+
+    def finish(self, target: Target) -> list[Alert]:
+        """Score the last syscall mix (call before the sandbox's maps are
+        freed) and forget the sandbox; returns its alerts."""
+        st = self.state(target)
+        if st.assignment.profile is not None:
+            self._frequency(st, st.assignment.profile, final=True)
+            self._publish(st)
+        with self._lock:
+            self._states.pop(target.id, None)
+        return st.alerts
+
+    # detectors -----------------------------------------------------------
+    def _ngram(self, st: _State, profile: Profile, ev: Event) -> Finding | None:
+        m = profile.meta
+        window = st.novel.setdefault(ev.tid, deque(maxlen=m.window))
+        window.append(ev.arg)
+        score = profile.ngrams.score_live(np.fromiter(window, np.int64, len(window)), ev.arg, m.window)
+        combined = float(profile.combine(score, 0.0))
+        if combined <= m.thresholds.combined:
+            return None
+        return Finding("ngram", "syscall sequence unlike the profile", ev, combined, m.thresholds.combined)
+
+    def _frequency(self, st: _State, profile: Profile, final: bool = False) -> None:
+        st.last_frequency = time.monotonic()
+        counts = self.sensor.ngram_counts(st.target.id)
+        delta: dict[int, int] = {}
+        total = 0
+        for gram, count in counts.items():
+            new = count - st.counted.get(gram, 0)
+            if new:
+                delta[gram[-1]] = delta.get(gram[-1], 0) + new
+                total += new
+        if total < profile.meta.window and not (final and total >= profile.meta.ngram_n):
+            return
+        st.counted = counts
+        score = float(profile.frequency.score_counts(profile.frequency.counts_of(delta))[0])
+        combined = float(profile.combine(0.0, score))
+        if combined > profile.meta.thresholds.combined:
+            self._act(st, Finding("frequency", "syscall mix unlike the profile", None, combined,
+                                  profile.meta.thresholds.combined))
+
+    # response ------------------------------------------------------------
+    def _act(self, st: _State, finding: Finding) -> None:
+        verdict = st.assignment.response.verdict(finding.detector)
+        key = f"{finding.detector}:{finding.rule}"
+        if verdict is Verdict.ALLOW or (key in st.reported and verdict.rank <= st.strongest.rank):
+            return  # one alert per finding unless the response escalates
+        st.reported.add(key)
+        if verdict.rank > st.strongest.rank and verdict.rank >= Verdict.QUARANTINE.rank:
+            self.enforcer.enforce(st.target, verdict.value, f"{finding.detector}: {finding.rule}")
+        enforced = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        st.strongest = max(st.strongest, verdict, key=lambda v: v.rank)
+        labels = st.target.labels
+        alert = Alert(
+            sandbox=st.target.name,
+            agent=labels.get("agent"),
+            step=labels.get("step"),
+            tool_call=labels.get("tool_call"),
+            detector=finding.detector,
+            rule=finding.rule,
+            score=finding.score,
+            threshold=finding.threshold,
+            severity=SEVERITY_OF[verdict],
+            action=verdict,
+            evidence=[_evidence(finding.event)] if finding.event else [],
+            event_ts_ns=finding.event.ts_ns if finding.event else 0,
+            enforced_ts_ns=enforced if verdict.rank >= Verdict.QUARANTINE.rank else 0,
+        )
+        st.pending.append(alert)
+
+    def _publish(self, st: _State) -> None:
+        """Audit the batch's alerts (one fsync), then let others see them."""
+        if not st.pending:
+            return
+        batch, st.pending = st.pending, []
+        self.audit.append_many("alert", [a.model_dump(mode="json") for a in batch])
+        st.alerts += batch
+        for alert in batch:
+            log.warning("alert", extra={"fields": {"sandbox": alert.sandbox, "detector": alert.detector,
+                                                   "rule": alert.rule, "action": alert.action.value}})
+            for sink in self.sinks:
+                sink(alert)
