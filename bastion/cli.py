@@ -35,7 +35,7 @@ def _trace(args: argparse.Namespace, console: Console) -> int:
 
     if not args.cmd:
         raise SystemExit("bastion trace: give a command after --, e.g. `bastion trace -- ls /`")
-    return run_trace(args.cmd, args.jsonl, console, ngram_n=args.ngram)
+    return run_trace(args.cmd, args.jsonl, console, ngram_n=args.ngram, ngrams=args.ngrams)
 
 
 def _sandbox_run(args: argparse.Namespace, console: Console) -> int:
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trace", help="run a command in a watched cgroup and print its events")
     p.add_argument("--jsonl", type=Path, help="also record the events to this JSONL file")
     p.add_argument("--ngram", type=int, default=6, help="syscall n-gram length (default 6)")
+    p.add_argument("--ngrams", action="store_true", help="record every n-gram too (training input for the guard)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(func=_trace)
 
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result, verdict and denials as JSON")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(func=_sandbox_run)
+    from bastion.guard_cmd import add_commands
+
+    add_commands(sub)
     return parser
 
 

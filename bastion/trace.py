@@ -63,8 +63,11 @@ def stats_table(stats: CgroupStats, kinds: Counter[EventKind], ngrams: int) -> T
     return table
 
 
-def run_trace(cmd: Sequence[str], jsonl: Path | None, console: Console, ngram_n: int = 6) -> int:
-    """Trace cmd; returns its exit status (128+signal if it was killed)."""
+def run_trace(cmd: Sequence[str], jsonl: Path | None, console: Console, ngram_n: int = 6,
+              ngrams: bool = False) -> int:
+    """Trace cmd; returns its exit status (128+signal if it was killed).
+    With ngrams, every syscall n-gram is sent too (recorded, not printed):
+    the stream `bastion guard train --from` learns from."""
     require_root()
     kinds: Counter[EventKind] = Counter()
     writer = JsonlWriter(jsonl) if jsonl else None
@@ -72,6 +75,8 @@ def run_trace(cmd: Sequence[str], jsonl: Path | None, console: Console, ngram_n:
     def show(batch: list[Event]) -> None:
         for ev in batch:
             kinds[ev.kind] += 1
+            if ev.kind is EventKind.NGRAM:
+                continue
             console.print(describe(ev), style=_STYLE.get(ev.kind), markup=False, highlight=False)
         if writer:
             writer.write(batch)
@@ -79,7 +84,7 @@ def run_trace(cmd: Sequence[str], jsonl: Path | None, console: Console, ngram_n:
     with Sensor(ngram_n=ngram_n) as sensor:
         cg = Cgroup.create(f"trace-{os.getpid()}")
         try:
-            sensor.watch(cg.id, "trace")
+            sensor.watch(cg.id, "trace", detect_novel=ngrams)
             proc = subprocess.Popen(list(cmd), preexec_fn=cg.enter)
             while proc.poll() is None:
                 show(sensor.poll(50))

@@ -4,9 +4,7 @@ under the same policy."""
 
 from __future__ import annotations
 
-import http.server
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +12,9 @@ import pytest
 
 from ebpf.sensor import Sensor
 from sandbox.manager import SandboxManager
-from sandbox.policy import Network, Policy, load_policy
+from sandbox.policy import Policy
 from sandbox.result import STOPPED_EXIT, SandboxResult
-from tests.attacks import BENIGN, HERE, POLICY, command
+from tests.attacks import BENIGN, HERE, allowed_api, command, corpus_policy
 
 # attack -> (the denial kind on record, whether the policy's kill must follow)
 ATTACKS = {
@@ -44,32 +42,15 @@ def manager(sensor: Sensor) -> Iterator[SandboxManager]:
     m.close()
 
 
-class _Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        body = b"hello from the allowed API"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def api_port() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
+    with allowed_api() as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
 def policy(api_port: int) -> Policy:
-    base = load_policy(POLICY)
-    assert isinstance(base.network, Network)
-    allow = [base.network.allow[0].model_copy(update={"ports": [api_port]})]
-    return base.model_copy(update={"network": base.network.model_copy(update={"allow": allow})})
+    return corpus_policy(api_port)
 
 
 @pytest.fixture

@@ -1,0 +1,93 @@
+"""`bastion guard train|score` and `bastion audit verify`: profiles and the
+audit log from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+
+from ebpf.record import EventFileError
+from guard.audit import AuditError, verify
+from guard.profile import ProfileError, load_profile
+from guard.traces import Behaviour, Trace, TraceError, read_event_files, read_trace_dir
+from guard.training import Settings, score_traces, train
+
+
+def _inputs(args: argparse.Namespace, ngram_n: int) -> tuple[list[Trace], Behaviour]:
+    if args.traces:
+        return read_trace_dir(args.traces), Behaviour()
+    return read_event_files(args.events, ngram_n)
+
+
+def _train(args: argparse.Namespace, console: Console) -> int:
+    settings = Settings(ngram_n=args.ngram, window=args.window, stride=args.window // 2, fpr_target=args.fpr)
+    traces, behaviour = _inputs(args, settings.ngram_n)
+    with Progress(console=console, transient=True) as progress:
+        profile = train(traces, behaviour, args.agent, settings, progress)
+    profile.save(args.out)
+    t = profile.meta.thresholds
+    console.print(f"profile for {args.agent}: {profile.meta.trained_on}; thresholds n-gram {t.ngram:.3f}, "
+                  f"frequency {t.frequency:.3f} -> {args.out}")
+    return 0
+
+
+def _score(args: argparse.Namespace, console: Console) -> int:
+    profile = load_profile(args.profile)
+    traces, _ = _inputs(args, profile.meta.ngram_n)
+    with Progress(console=console, transient=True) as progress:
+        rows = score_traces(profile, traces, progress, total=len(traces))
+    with args.out.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "score"])
+        writer.writerows((name, f"{score:.6f}") for name, score in rows)
+    flagged = sum(score > profile.meta.thresholds.combined for _, score in rows)
+    console.print(f"{len(rows)} traces scored, {flagged} above the threshold "
+                  f"{profile.meta.thresholds.combined:g} -> {args.out}")
+    return 0
+
+
+def _verify(args: argparse.Namespace, console: Console) -> int:
+    count = verify(args.file)
+    console.print(f"{args.file}: {count} records, chain intact")
+    return 0
+
+
+def _guarded(func):  # type: ignore[no-untyped-def]
+    """Bad input is one line naming the file, and exit status 2."""
+
+    def run(args: argparse.Namespace, console: Console) -> int:
+        try:
+            return int(func(args, console))
+        except (TraceError, EventFileError, ProfileError, AuditError, ValueError) as exc:
+            console.print(f"bastion: {exc}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+            return 2
+
+    return run
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    guard = sub.add_parser("guard", help="behaviour profiles").add_subparsers(dest="action", required=True)
+    for name, func, helptext in (("train", _train, "learn a profile from benign runs"),
+                                 ("score", _score, "score traces against a profile (CSV path,score)")):
+        p = guard.add_parser(name, help=helptext)
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--from", dest="events", type=Path, nargs="+", help="recorded sensor events (JSONL)")
+        source.add_argument("--traces", type=Path, help="a directory of traces: whitespace-separated syscall numbers")
+        p.add_argument("--out", type=Path, required=True, help="the profile (train) or the scores CSV (score)")
+        p.set_defaults(func=_guarded(func))
+        if name == "train":
+            p.add_argument("--agent", default="default", help="whose profile this is (sandboxes labelled agent=NAME)")
+            p.add_argument("--ngram", type=int, default=6, help="n-gram length (the sensor's; default 6)")
+            p.add_argument("--window", type=int, default=100, help="syscalls per scoring window (default 100)")
+            p.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate (default 0.01)")
+        else:
+            p.add_argument("--profile", type=Path, required=True)
+
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="action", required=True)
+    p = audit.add_parser("verify", help="check the hash chain; names the first bad record")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=_guarded(_verify))

@@ -1,0 +1,242 @@
+"""The guard's offline parts: traces, training, scoring, profiles on disk,
+the audit chain and the command line. No kernel needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+from sklearn.metrics import roc_auc_score
+
+from bastion.cli import main
+from ebpf.events import Event, EventKind
+from guard import audit
+from guard.profile import ProfileError, load_profile
+from guard.rules import AllowedDestination, Rules, check
+from guard.traces import Behaviour, Trace, TraceError, read_trace_dir, traces_from_events
+from guard.training import Settings, score_traces, train
+
+ROUTINE = [3, 0, 1, 2, 3, 0, 5, 9, 9, 1]
+VARIANT = [3, 0, 4, 4, 1]
+ATTACK = [57, 59, 33, 33, 42, 41, 2, 0, 1]  # fork, execve, dup2 x2, connect, socket, ...
+
+
+def _benign(rng: np.random.Generator, i: int) -> Trace:
+    seq: list[int] = []
+    for _ in range(rng.integers(20, 60)):
+        seq += ROUTINE if rng.random() < 0.8 else VARIANT
+    return Trace(f"benign-{i}", np.array(seq))
+
+
+def _attack(rng: np.random.Generator, i: int) -> Trace:
+    seq = _benign(rng, i).syscalls.tolist()
+    at = int(rng.integers(0, len(seq)))
+    return Trace(f"attack-{i}", np.array(seq[:at] + ATTACK * 2 + seq[at:]))
+
+
+@pytest.fixture(scope="module")
+def profile_and_data(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(7)
+    train_set = [_benign(rng, i) for i in range(40)]
+    profile = train(train_set, Behaviour(binaries={"/usr/bin/python3"}), "clinic", Settings(window=50, stride=25))
+    path = tmp_path_factory.mktemp("profile") / "clinic.safetensors"
+    profile.save(path)
+    unseen = [_benign(rng, 100 + i) for i in range(30)]
+    attacks = [_attack(rng, i) for i in range(30)]
+    return path, unseen, attacks
+
+
+def test_trained_profile_separates_attacks_from_unseen_benign(profile_and_data) -> None:  # type: ignore[no-untyped-def]
+    path, unseen, attacks = profile_and_data
+    profile = load_profile(path)
+    benign_scores = [s for _, s in score_traces(profile, unseen)]
+    attack_scores = [s for _, s in score_traces(profile, attacks)]
+    auc = roc_auc_score([0] * len(benign_scores) + [1] * len(attack_scores), benign_scores + attack_scores)
+    assert auc > 0.99
+    threshold = profile.meta.thresholds.combined
+    assert all(s > threshold for s in attack_scores)
+    windows = np.concatenate([profile.score(t.syscalls) for t in unseen])
+    assert np.mean(windows > threshold) <= 0.02
+
+
+def test_profile_round_trip_keeps_behaviour_and_ngrams(profile_and_data) -> None:  # type: ignore[no-untyped-def]
+    path, _, _ = profile_and_data
+    profile = load_profile(path)
+    assert profile.meta.agent == "clinic"
+    assert profile.behaviour.binaries == {"/usr/bin/python3"}
+    grams = set(profile.known_ngrams())
+    assert tuple(ROUTINE[:6]) in grams and all(len(g) == 6 for g in grams)
+
+
+def _rewrite(src: Path, dst: Path, meta_edit=None, arrays_edit=None) -> Path:  # type: ignore[no-untyped-def]
+    from safetensors import safe_open
+
+    with safe_open(str(src), "np") as fh:
+        meta = json.loads(fh.metadata()["bastion"])
+        arrays = {k: fh.get_tensor(k) for k in fh.keys()}
+    if meta_edit:
+        meta_edit(meta)
+    if arrays_edit:
+        arrays_edit(arrays)
+    save_file(arrays, str(dst), metadata={"bastion": json.dumps(meta)})
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("name", "meta_edit", "arrays_edit", "message"),
+    [
+        ("negative threshold", lambda m: m["thresholds"].update(ngram=-1), None, "field thresholds.ngram"),
+        ("unknown field", lambda m: m.update(run="os.system('x')"), None, "field run"),
+        ("nan reference", None, lambda a: a["reference"].__setitem__((0, 0), np.nan), "array reference"),
+        ("wrong dtype", None, lambda a: a.update(vocab=a["vocab"].astype(np.float64)), "array vocab"),
+        ("unsorted known", None, lambda a: a.update(known=a["known"][::-1].copy()), "array known"),
+        ("extra array", None, lambda a: a.update(payload=np.zeros(3)), "arrays"),
+    ],
+)
+def test_hostile_profile_is_refused_naming_the_problem(profile_and_data, tmp_path: Path, name: str,  # type: ignore[no-untyped-def]
+                                                      meta_edit, arrays_edit, message: str) -> None:
+    path, _, _ = profile_and_data
+    bad = _rewrite(path, tmp_path / "bad.safetensors", meta_edit, arrays_edit)
+    with pytest.raises(ProfileError, match=message) as err:
+        load_profile(bad)
+    assert str(bad) in str(err.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x04\x95pickle", b"\xff" * 8 + b"{}"])
+def test_corrupt_profile_file_is_refused(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(content)
+    with pytest.raises(ProfileError, match=str(bad)):
+        load_profile(bad)
+
+
+def test_trace_dir_errors_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("1 2 3 4")
+    (tmp_path / "b.txt").write_text("1 2 x3 4")
+    with pytest.raises(TraceError, match=r"b\.txt: 'x3' is not a syscall number"):
+        read_trace_dir(tmp_path)
+    with pytest.raises(TraceError, match="not a directory"):
+        read_trace_dir(tmp_path / "missing")
+
+
+def _gram(tid: int, pos: int, seq: list[int]) -> Event:
+    return Event(kind=EventKind.NGRAM, ts_ns=pos, cgroup_id=1, pid=tid, tid=tid, comm="t", ngram=tuple(seq), arg=pos)
+
+
+def test_sequences_are_rebuilt_from_ngram_positions() -> None:
+    calls = list(range(10, 30))
+    n = 4
+    events = [_gram(7, i + n - 1, calls[i : i + n]) for i in range(len(calls) - n + 1)]
+    del events[8]  # a gap: a lost event splits the sequence
+    traces = traces_from_events(reversed(events), n, "run")
+    assert [t.syscalls.tolist() for t in traces] == [calls[:11], calls[9:]]
+
+
+def test_rules_name_the_violation() -> None:
+    rules = Rules(binaries=["/usr"], read_paths=["/usr", "/work"], write_paths=["/work"],
+                  denied_paths=["/etc/shadow"], destinations=[AllowedDestination(network="10.0.0.0/8", ports=[443])])
+
+    def ev(kind: EventKind, **kw: object) -> Event:
+        return Event(kind=kind, ts_ns=1, cgroup_id=1, pid=1, tid=1, comm="t", **kw)  # type: ignore[arg-type]
+
+    found = {
+        "exec": check(ev(EventKind.EXEC, path="/work/payload"), rules, str),
+        "shadow": check(ev(EventKind.OPEN, path="/etc/shadow", ret=-13), rules, str),
+        "write": check(ev(EventKind.OPEN, path="/usr/x", flags=os.O_WRONLY | os.O_CREAT), rules, str),
+        "dest": check(ev(EventKind.CONNECT, family=2, addr="192.0.2.1", port=443), rules, str),
+    }
+    assert {k: f is not None and f.detector == "rule" for k, f in found.items()} == dict.fromkeys(found, True)
+    assert "192.0.2.1:443" in found["dest"].rule  # type: ignore[union-attr]
+    assert check(ev(EventKind.CONNECT, family=2, addr="10.1.2.3", port=443), rules, str) is None
+    assert check(ev(EventKind.OPEN, path="/work/notes.txt", flags=os.O_WRONLY), rules, str) is None
+    assert check(ev(EventKind.EXEC, path="/usr/bin/python3"), rules, str) is None
+
+
+# the audit log -------------------------------------------------------------
+def _log(tmp_path: Path, n: int = 5) -> Path:
+    path = tmp_path / "audit.jsonl"
+    log = audit.AuditLog(path)
+    for i in range(n):
+        log.append("alert", {"id": f"a{i}", "rule": "test"})
+    log.close()
+    return path
+
+
+def test_intact_chain_verifies_and_reopening_continues_it(tmp_path: Path) -> None:
+    path = _log(tmp_path)
+    log = audit.AuditLog(path)
+    log.append("ack", {"id": "a1", "analyst": "kim"})
+    log.close()
+    assert audit.verify(path) == 6
+    assert [b["id"] for b in audit.read(path, "alert")] == ["a0", "a1", "a2", "a3", "a4"]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda lines: lines.__setitem__(2, lines[2].replace('"test"', '"benign"')), "seq 2: .*edited"),
+        (lambda lines: lines.pop(1), "seq 2: expected seq 1"),
+        (lambda lines: lines.insert(3, lines.pop(1)), "seq 2: expected seq 1"),
+    ],
+    ids=["edited", "removed", "reordered"],
+)
+def test_tampering_names_the_first_bad_record(tmp_path: Path, tamper, message: str) -> None:  # type: ignore[no-untyped-def]
+    path = _log(tmp_path)
+    lines = path.read_text().splitlines()
+    tamper(lines)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(audit.AuditError, match=message):
+        audit.verify(path)
+
+
+def test_published_alerts_survive_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    writer = (
+        "import sys; from guard.audit import AuditLog\n"
+        f"log = AuditLog({str(path)!r})\n"
+        "i = 0\n"
+        "while True:\n"
+        "    log.append('alert', {'id': i}); print(i, flush=True); i += 1\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parent.parent)
+    assert proc.stdout is not None
+    published = [int(proc.stdout.readline()) for _ in range(50)]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    logged = [b["id"] for b in audit.read(path)]
+    assert logged[: len(published)] == published
+    assert audit.verify(path) == len(logged)
+
+
+# the command line ------------------------------------------------------------
+def test_cli_trains_scores_and_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(3)
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    for i in range(12):
+        (traces / f"t{i:02}.txt").write_text(" ".join(map(str, _benign(rng, i).syscalls)))
+    (traces / "zz-attack.txt").write_text(" ".join(map(str, _attack(rng, 99).syscalls)))
+    profile = tmp_path / "p.safetensors"
+    assert main(["guard", "train", "--traces", str(traces), "--out", str(profile), "--window", "50"]) == 0
+    scores = tmp_path / "scores.csv"
+    assert main(["guard", "score", "--profile", str(profile), "--traces", str(traces), "--out", str(scores)]) == 0
+    rows = scores.read_text().splitlines()
+    assert rows[0] == "path,score" and len(rows) == 14
+    by_name = {Path(r.split(",")[0]).name: float(r.split(",")[1]) for r in rows[1:]}
+    assert by_name["zz-attack.txt"] == max(by_name.values())
+
+    log = _log(tmp_path)
+    assert main(["audit", "verify", str(log)]) == 0
+    log.write_text(log.read_text().replace('"a3"', '"a9"'))
+    capsys.readouterr()
+    assert main(["audit", "verify", str(log)]) == 2
+    err = capsys.readouterr().out.strip()
+    assert err.count("\n") == 0 and "seq 3" in err and "edited" in err
