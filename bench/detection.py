@@ -31,7 +31,7 @@ from guard.training import Settings, train  # noqa: E402
 from sandbox.policy import Policy  # noqa: E402
 from tests.attacks import BENIGN, HERE, allowed_api, command, corpus_policy  # noqa: E402
 
-TRAIN_VARIANTS = {"json_csv.py": ["0", "5", "40"], "sqlite.py": ["0", "10", "200"], "http_get.py": ["1", "3"]}
+TRAIN_VARIANTS = {"json_csv.py": ["0", "5", "40", "300"], "sqlite.py": ["0", "10", "200", "1000"], "http_get.py": ["1", "3", "8"]}
 UNSEEN_VARIANTS = {"json_csv.py": ["2", "17", "120"], "sqlite.py": ["3", "60", "500"], "http_get.py": ["2", "5"]}
 ATTACKS = sorted(p.name for p in HERE.iterdir() if p.suffix in (".py", ".sh") and p.name != "__init__.py")
 
@@ -45,8 +45,10 @@ def benign_commands(variants: dict[str, list[str]], port: int, repeat: int) -> l
     return cmds
 
 
-def attack_command(name: str, port: int) -> list[str]:
-    return command(HERE / name, [str(port)])
+def attack_command(name: str, sink: int, api_port: int) -> list[str]:
+    """The corpus convention: argv[1] where stolen data would go; the staging
+    attack sends it to the allowed API (argv[2]) instead."""
+    return command(HERE / name, [str(sink), str(api_port)])
 
 
 def record(sensor: Sensor, cmds: list[list[str]], policy: Policy, label: str, progress: Progress) -> list[Recording]:
@@ -61,9 +63,9 @@ def main() -> int:
     with Sensor(ngram_n=settings.ngram_n) as sensor, allowed_api() as port, Progress(console=console) as progress:
         policy = corpus_policy(port)
         sink = 1 << 15  # a port nothing listens on: attacks that get out still fail
-        train_runs = record(sensor, benign_commands(TRAIN_VARIANTS, port, 3), policy, "training runs", progress)
+        train_runs = record(sensor, benign_commands(TRAIN_VARIANTS, port, 5), policy, "training runs", progress)
         unseen_runs = record(sensor, benign_commands(UNSEEN_VARIANTS, port, 2), policy, "unseen benign", progress)
-        attack_runs = record(sensor, [attack_command(a, sink) for a in ATTACKS], policy, "attacks", progress)
+        attack_runs = record(sensor, [attack_command(a, sink, port) for a in ATTACKS], policy, "attacks", progress)
 
         traces, behaviour = [], Behaviour()
         for run in train_runs:
@@ -115,12 +117,13 @@ def live_runs(sensor: Sensor, profile: Profile, policy: Policy, port: int, sink:
         with GuardedSandboxes(sensor, log, [profile]) as guarded:
             labels = {"agent": profile.meta.agent}
             for name in ATTACKS:
-                result = guarded.manager.run(attack_command(name, sink), policy, labels=labels)
+                result = guarded.manager.run(attack_command(name, sink, port), policy, labels=labels)
                 alerts = guarded.alerts_of(result.sandbox)
                 first = f"{alerts[0].detector}: {alerts[0].rule}" if alerts else "-"
                 refused = result.exit_status != 0 or bool(result.denials)
-                stopped[name] = (refused and bool(alerts), first)
-                latencies += [a.latency_ms for a in alerts if a.latency_ms is not None]
+                mine = [a.latency_ms for a in alerts if a.latency_ms is not None]
+                stopped[name] = (refused and bool(alerts), first, max(mine, default=None))
+                latencies += mine
                 progress.advance(task)
             for cmd in benign_commands({k: v[:1] for k, v in UNSEEN_VARIANTS.items()}, port, 1):
                 result = guarded.manager.run(cmd, policy, labels=labels)
@@ -135,14 +138,15 @@ def live_runs(sensor: Sensor, profile: Profile, policy: Policy, port: int, sink:
 def print_report(console: Console, profile: Profile, live: dict, fp_windows: float, auc: float, rate: float,
                  windows: int) -> None:
     table = Table(title="attacks under the guard (live)")
-    for col in ("attack", "stopped and alerted", "first alert"):
+    for col in ("attack", "stopped and alerted", "first alert", "slowest enforcement"):
         table.add_column(col)
-    for name, (ok, rule) in live["stopped"].items():
-        table.add_row(name, "[green]yes[/]" if ok else "[bold red]NO[/]", rule)
+    for name, (ok, rule, slowest) in live["stopped"].items():
+        table.add_row(name, "[green]yes[/]" if ok else "[bold red]NO[/]", rule,
+                      "-" if slowest is None else f"{slowest:.2f} ms")
     console.print(table)
 
     lat = np.array(live["latencies"]) if live["latencies"] else np.zeros(1)
-    detected = sum(ok for ok, _ in live["stopped"].values()) / len(live["stopped"])
+    detected = sum(ok for ok, _, _ in live["stopped"].values()) / len(live["stopped"])
     summary = Table(title=f"guard quality and speed (profile: {profile.meta.trained_on})")
     for col in ("measure", "value", "target"):
         summary.add_column(col)

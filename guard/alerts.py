@@ -73,4 +73,5 @@ class Alert(BaseModel):
     def latency_ms(self) -> float | None:
         if not self.event_ts_ns or not self.enforced_ts_ns:
             return None
-        return (self.enforced_ts_ns - self.event_ts_ns) / 1e6
+        # an action taken before this event was already in force when it happened
+        return max(self.enforced_ts_ns - self.event_ts_ns, 0) / 1e6

@@ -7,6 +7,7 @@ Hellinger embedding of syscall histograms."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,11 +74,17 @@ class NgramDetector:
             peak = sliding_window_view(lfc, size)[starts].max(axis=1)
         return 0.5 * (rate + peak / self.frame)
 
-    def score_live(self, novel_positions: np.ndarray, pos: int, size: int) -> float:
-        """The same score from the positions of novel n-grams the kernel sent."""
-        rate = np.count_nonzero(novel_positions > pos - size) / size
-        frame = np.count_nonzero(novel_positions > pos - self.frame)
-        return 0.5 * (rate + frame / self.frame)
+    def score_live(self, novel: deque[int], pos: int, size: int) -> float:
+        """The same score from the positions of the novel n-grams the kernel
+        sent for one thread, newest last; drops positions older than a window."""
+        while novel and novel[0] <= pos - size:
+            novel.popleft()
+        frame = 0
+        for p in reversed(novel):
+            if p <= pos - self.frame:
+                break
+            frame += 1
+        return 0.5 * (len(novel) / size + frame / self.frame)
 
 
 @dataclass

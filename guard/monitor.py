@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from ebpf.events import Event, EventKind
-from ebpf.sensor import Sensor
+from ebpf.sensor import WATCH_DETECT_NOVEL, Sensor, SensorError
 from guard.alerts import SEVERITY_OF, Alert, Evidence, Verdict
 from guard.audit import AuditLog
 from guard.profile import Profile
@@ -39,9 +37,11 @@ class Target(Protocol):
 
 
 class Enforcer(Protocol):
-    """Applies a verdict (quarantine, freeze or kill) to a running sandbox."""
+    """Applies a verdict (quarantine, freeze or kill) to a running sandbox and
+    returns when it, or a stronger action already taken, took hold
+    (CLOCK_MONOTONIC ns, the clock of the sensor's timestamps)."""
 
-    def enforce(self, target: Any, action: str, reason: str) -> None: ...
+    def enforce(self, target: Any, action: str, reason: str) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -125,22 +125,35 @@ class Guard:
         st = self.state(target)
         workdir = str(target.workdir)
         profile = st.assignment.profile
+        # once the anomaly verdict holds, more novel n-grams cannot change it
+        score_ngrams = profile is not None and st.strongest.rank < st.assignment.response.anomaly.rank
         for ev in events:
             if not st.running:
                 if ev.kind is not EventKind.EXEC or ev.ret != 0:
                     continue
                 st.running = True
-            finding = check(ev, st.assignment.rules, self.syscall_name)
-            if finding is None and profile is not None:
-                if ev.kind is EventKind.NGRAM:
-                    finding = self._ngram(st, profile, ev)
-                else:
+            if ev.kind is EventKind.NGRAM:
+                finding = self._ngram(st, profile, ev) if score_ngrams else None  # type: ignore[arg-type]
+            else:
+                finding = check(ev, st.assignment.rules, self.syscall_name)
+                if finding is None and profile is not None:
                     finding = novelty(ev, profile.behaviour, workdir)
             if finding is not None:
                 self._act(st, finding)
+                if score_ngrams and st.strongest.rank >= st.assignment.response.anomaly.rank:
+                    score_ngrams = False
+                    self._stop_ngrams(st)
         if profile is not None and time.monotonic() - st.last_frequency >= FREQUENCY_EVERY_S:
             self._frequency(st, profile)
         self._publish(st)
+
+    def _stop_ngrams(self, st: _State) -> None:
+        """Stop the kernel sending novel n-grams that can no longer change
+        the verdict, so the events that still can arrive without delay."""
+        try:
+            self.sensor.set_flag(st.target.id, WATCH_DETECT_NOVEL, False)
+        except SensorError:
+            pass  # the sandbox has ended already
 
     def finish(self, target: Target) -> list[Alert]:
         """Score the last syscall mix (call before the sandbox's maps are
@@ -156,10 +169,9 @@ class Guard:
     # detectors -----------------------------------------------------------
     def _ngram(self, st: _State, profile: Profile, ev: Event) -> Finding | None:
         m = profile.meta
-        window = st.novel.setdefault(ev.tid, deque(maxlen=m.window))
-        window.append(ev.arg)
-        score = profile.ngrams.score_live(np.fromiter(window, np.int64, len(window)), ev.arg, m.window)
-        combined = float(profile.combine(score, 0.0))
+        novel = st.novel.setdefault(ev.tid, deque())
+        novel.append(ev.arg)
+        combined = profile.ngrams.score_live(novel, ev.arg, m.window) / m.thresholds.ngram
         if combined <= m.thresholds.combined:
             return None
         return Finding("ngram", "syscall sequence unlike the profile", ev, combined, m.thresholds.combined)
@@ -190,9 +202,9 @@ class Guard:
         if verdict is Verdict.ALLOW or (key in st.reported and verdict.rank <= st.strongest.rank):
             return  # one alert per finding unless the response escalates
         st.reported.add(key)
-        if verdict.rank > st.strongest.rank and verdict.rank >= Verdict.QUARANTINE.rank:
-            self.enforcer.enforce(st.target, verdict.value, f"{finding.detector}: {finding.rule}")
-        enforced = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        enforced = 0
+        if verdict.rank >= Verdict.QUARANTINE.rank:
+            enforced = self.enforcer.enforce(st.target, verdict.value, f"{finding.detector}: {finding.rule}")
         st.strongest = max(st.strongest, verdict, key=lambda v: v.rank)
         labels = st.target.labels
         alert = Alert(
@@ -208,7 +220,7 @@ class Guard:
             action=verdict,
             evidence=[_evidence(finding.event)] if finding.event else [],
             event_ts_ns=finding.event.ts_ns if finding.event else 0,
-            enforced_ts_ns=enforced if verdict.rank >= Verdict.QUARANTINE.rank else 0,
+            enforced_ts_ns=enforced,
         )
         st.pending.append(alert)
 

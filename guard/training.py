@@ -18,8 +18,11 @@ from guard.profile import Profile, ProfileMeta, Thresholds
 from guard.traces import Behaviour, Trace
 
 MAX_REFERENCE = 5000  # benign windows kept for the nearest-neighbour model
-FLOOR_NGRAM = 0.1  # below this an n-gram score is noise: a few novel grams
-FLOOR_FREQUENCY = 0.05
+# One changed syscall makes n novel n-grams in a row: 0.5 * (n/window + n/frame),
+# about 0.18 with the defaults. Timing alone changes a syscall now and then
+# (a short read, an EAGAIN), so that much is tolerated whatever training saw.
+FLOOR_NGRAM = 0.25
+FLOOR_FREQUENCY = 0.35
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,8 @@ def _fit(traces: Sequence[Trace], s: Settings, rng: np.random.Generator) -> tupl
     vocab = np.unique(np.concatenate([t.syscalls for t in traces])).astype(np.int64)
     bootstrap = FrequencyDetector(vocab, np.zeros((1, len(vocab) + 1), np.float32), s.neighbours)
     counts = np.concatenate([multiscale_histograms(bootstrap, t.syscalls, s) for t in traces])
-    reference = np.unique(bootstrap.embed_counts(counts), axis=0)
+    # duplicates stay: a window benign runs repeat exactly must have all k neighbours at 0
+    reference = bootstrap.embed_counts(counts)
     if len(reference) > MAX_REFERENCE:
         reference = reference[rng.choice(len(reference), MAX_REFERENCE, replace=False)]
     return NgramDetector(s.ngram_n, known, s.frame), FrequencyDetector(vocab, reference, s.neighbours)
@@ -75,7 +79,7 @@ def train(traces: Sequence[Trace], behaviour: Behaviour, agent: str, settings: S
     ng_scores, fq_scores = [], []
     for t in held_part:
         ng_scores.append(ngram.windows(t.syscalls, s.window, s.stride))
-        fq_scores.append(frequency.score_counts(multiscale_histograms(frequency, t.syscalls, s)))
+        fq_scores.append(frequency.windows(t.syscalls, s.window, s.stride))
         if progress and task is not None:
             progress.advance(task)
     # each detector gets half the false-positive budget, so their maximum keeps to it

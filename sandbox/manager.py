@@ -90,6 +90,7 @@ class Sandbox:
     actions: list[str] = field(default_factory=list)
     stopped_by: str | None = None
     strongest: Action | None = None
+    enforced_ns: int = 0  # when the strongest action took hold
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -298,13 +299,14 @@ class SandboxManager:
         return stats
 
     # enforcing -----------------------------------------------------------
-    def enforce(self, sb: Sandbox, action: Action | str, reason: str) -> None:
+    def enforce(self, sb: Sandbox, action: Action | str, reason: str) -> int:
         """Apply an action to a running sandbox; the guard's Enforcer. An
-        action no stronger than one already taken is not repeated."""
+        action no stronger than one already taken is not repeated. Returns
+        when it took hold (CLOCK_MONOTONIC ns, the sensor's clock)."""
         action = Action(action)
         with sb.lock:
             if sb.strongest is not None and _SEVERITY[action] <= _SEVERITY[sb.strongest] and action is not Action.DENY:
-                return
+                return sb.enforced_ns
             if action is Action.QUARANTINE:
                 self.sensor.quarantine(sb.id)
             elif action is Action.FREEZE:
@@ -315,7 +317,9 @@ class SandboxManager:
             sb.actions.append(f"{action.value}: {reason}")
             if sb.strongest is None or _SEVERITY[action] > _SEVERITY[sb.strongest]:
                 sb.strongest = action
+                sb.enforced_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         log.warning("sandbox action", extra={"fields": {"sandbox": sb.name, "action": action.value, "reason": reason}})
+        return sb.enforced_ns
 
     def thaw(self, sb: Sandbox) -> None:
         sb.cgroup.freeze(False)
@@ -326,6 +330,8 @@ class SandboxManager:
     # the pump ------------------------------------------------------------
     def _run_pump(self) -> None:
         try:
+            # the pump must keep up even when a sandbox saturates the CPUs (a fork bomb)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
             next_check = 0.0
             while not self._stop.is_set():
                 self._route(self.sensor.poll(20))

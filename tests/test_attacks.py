@@ -1,6 +1,7 @@
-"""The attack corpus under the corpus policy: every attack is stopped, with
-the denial (and, for violations, the kill) on record; benign tools succeed
-under the same policy."""
+"""The attack corpus under the corpus policy and the guard: every attack is
+stopped, with the denial (and, for violations, the kill) on record and an
+alert in the audit log; benign tools succeed under the same policy without
+an alert."""
 
 from __future__ import annotations
 
@@ -14,7 +15,22 @@ from ebpf.sensor import Sensor
 from sandbox.manager import SandboxManager
 from sandbox.policy import Policy
 from sandbox.result import STOPPED_EXIT, SandboxResult
+from bastion.guarded import GuardedSandboxes, record_runs
+from guard import audit
+from guard.alerts import Alert, Verdict
+from guard.traces import Behaviour
+from guard.training import train
 from tests.attacks import BENIGN, HERE, allowed_api, command, corpus_policy
+
+AGENT = "corpus-tools"
+LABELS = {"agent": AGENT}
+
+
+def training_commands(api_port: int) -> list[list[str]]:
+    """Benign tool runs in a few variations, each twice: the profile's input."""
+    args = {"json_csv.py": [["0"], ["40"]], "sqlite.py": [["0"], ["200"]],
+            "http_get.py": [[str(api_port), "1"], [str(api_port), "3"]]}
+    return [command(BENIGN / tool, a) for tool, variations in args.items() for a in variations] * 2
 
 # attack -> (the denial kind on record, whether the policy's kill must follow)
 ATTACKS = {
@@ -36,10 +52,31 @@ ATTACKS = {
 
 
 @pytest.fixture(scope="module")
-def manager(sensor: Sensor) -> Iterator[SandboxManager]:
-    m = SandboxManager(sensor)
-    yield m
-    m.close()
+def guarded(sensor: Sensor, policy: Policy, api_port: int,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardedSandboxes]:
+    """Sandboxes under a guard whose profile was learned from benign runs."""
+    runs = record_runs(sensor, training_commands(api_port), policy)
+    assert all(r.result.exit_status == 0 for r in runs), [r.result.stderr for r in runs]
+    behaviour = Behaviour()
+    for r in runs:
+        behaviour.update(r.behaviour())
+    profile = train([t for r in runs for t in r.traces(sensor.ngram_n)], behaviour, AGENT)
+    with GuardedSandboxes(sensor, tmp_path_factory.mktemp("audit") / "audit.jsonl", [profile]) as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def manager(guarded: GuardedSandboxes) -> SandboxManager:
+    return guarded.manager
+
+
+def _alerts_on_record(guarded: GuardedSandboxes, result: SandboxResult) -> list[Alert]:
+    """The run's alerts, each checked to be in the audit log."""
+    alerts = guarded.alerts_of(result.sandbox)
+    logged = {b["id"]: b for b in audit.read(guarded.audit.path, "alert")}
+    for a in alerts:
+        assert logged[a.id]["sandbox"] == result.sandbox and logged[a.id]["agent"] == AGENT
+    return alerts
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +110,10 @@ def _nothing_arrived(listener: socket.socket) -> bool:
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_attack_is_stopped_and_on_record(
-    attack: str, manager: SandboxManager, policy: Policy, listener: socket.socket
+    attack: str, guarded: GuardedSandboxes, policy: Policy, listener: socket.socket
 ) -> None:
     kind, killed = ATTACKS[attack]
-    result = manager.run(command(HERE / attack, [str(listener.getsockname()[1])]), policy)
+    result = guarded.manager.run(command(HERE / attack, [str(listener.getsockname()[1])]), policy, labels=LABELS)
 
     assert [d for d in result.denials if d.kind == kind], f"no {kind} denial on record: {result.denials}"
     if killed:
@@ -89,6 +126,26 @@ def test_attack_is_stopped_and_on_record(
     assert _nothing_arrived(listener)
     assert result.events_lost == 0
 
+    rules = [a for a in _alerts_on_record(guarded, result) if a.detector == "rule"]
+    assert rules, f"no rule alert for {attack}"
+    if killed:
+        kill = next(a for a in rules if a.action is Verdict.KILL)
+        assert kill.evidence and kill.latency_ms is not None and kill.latency_ms > 0
+
+
+def test_staging_then_exfil_to_an_allowed_api_is_quarantined(
+    guarded: GuardedSandboxes, policy: Policy, api_port: int
+) -> None:
+    result = guarded.manager.run(command(HERE / "stage_and_exfil.py", [str(api_port)]), policy, labels=LABELS)
+    assert "SENT" not in result.stdout, "the staged data left the sandbox"
+    assert "blocked" in result.stdout
+    alerts = _alerts_on_record(guarded, result)
+    anomaly = [a for a in alerts if a.detector in ("ngram", "frequency")]
+    assert anomaly and anomaly[0].action is Verdict.QUARANTINE, alerts
+    assert anomaly[0].score > anomaly[0].threshold
+    assert [d for d in result.denials if d.kind == "egress"], "the quarantine did not refuse the send"
+    assert any(a.startswith("quarantine:") for a in result.actions)
+
 
 def test_write_outside_left_no_file(manager: SandboxManager, policy: Policy) -> None:
     manager.run(command(HERE / "write_outside.py"), policy)
@@ -96,35 +153,43 @@ def test_write_outside_left_no_file(manager: SandboxManager, policy: Policy) -> 
     assert not Path("/tmp/bastion-pwned").exists()
 
 
-def test_fork_bomb_is_contained(manager: SandboxManager, policy: Policy) -> None:
-    result = manager.run(command(HERE / "fork_bomb.sh"), policy, timeout=3)
+def test_fork_bomb_is_contained(guarded: GuardedSandboxes, policy: Policy) -> None:
+    result = guarded.manager.run(command(HERE / "fork_bomb.sh"), policy, timeout=3, labels=LABELS)
     refused = [d for d in result.denials if d.kind == "pids"]
     assert refused, result.denials
     assert result.stopped_by == "wall timeout of 3s"
     assert result.exit_status == STOPPED_EXIT
+    assert any(a.detector in ("ngram", "frequency") for a in _alerts_on_record(guarded, result))
 
 
-def _benign(manager: SandboxManager, policy: Policy, cmd: list[str]) -> SandboxResult:
-    result = manager.run(cmd, policy)
+def _benign(guarded: GuardedSandboxes, policy: Policy, cmd: list[str]) -> SandboxResult:
+    result = guarded.manager.run(cmd, policy, labels=LABELS)
     assert result.exit_status == 0, result.stderr
     assert result.stopped_by is None and result.actions == []
     assert [d for d in result.denials if d.kind in ("egress", "syscall")] == []
+    assert [a for a in _alerts_on_record(guarded, result) if a.detector != "novelty"] == []
     return result
 
 
-def test_benign_json_and_csv(manager: SandboxManager, policy: Policy) -> None:
-    assert _benign(manager, policy, command(BENIGN / "json_csv.py")).stdout.strip() == "11.5"
+def test_benign_json_and_csv_unseen_variation(guarded: GuardedSandboxes, policy: Policy) -> None:
+    assert _benign(guarded, policy, command(BENIGN / "json_csv.py", ["7"])).stdout.strip() == "11.5"
 
 
-def test_benign_sqlite(manager: SandboxManager, policy: Policy) -> None:
-    assert _benign(manager, policy, command(BENIGN / "sqlite.py")).stdout.strip() == "8.0"
+def test_benign_sqlite_unseen_variation(guarded: GuardedSandboxes, policy: Policy) -> None:
+    assert _benign(guarded, policy, command(BENIGN / "sqlite.py", ["25"])).stdout.strip() == "8.0"
 
 
-def test_benign_http_get_to_the_allowed_api(manager: SandboxManager, policy: Policy, api_port: int) -> None:
-    out = _benign(manager, policy, command(BENIGN / "http_get.py", [str(api_port)])).stdout
+def test_benign_http_get_to_the_allowed_api(guarded: GuardedSandboxes, policy: Policy, api_port: int) -> None:
+    out = _benign(guarded, policy, command(BENIGN / "http_get.py", [str(api_port), "2"])).stdout
     assert out.strip() == "hello from the allowed API"
 
 
-def test_benign_allowed_binary(manager: SandboxManager, policy: Policy) -> None:
-    result = _benign(manager, policy, ["/usr/bin/sort", "/etc/hostname", "/etc/debian_version"])
+def test_a_binary_the_tools_never_ran_is_quarantined_but_completes(guarded: GuardedSandboxes, policy: Policy) -> None:
+    """Allowed by policy, unknown to the profile: egress is cut, the work goes on."""
+    result = guarded.manager.run(["/usr/bin/sort", "/etc/hostname", "/etc/debian_version"], policy, labels=LABELS)
+    assert result.exit_status == 0, result.stderr
     assert Path("/etc/debian_version").read_text().strip() in result.stdout
+    alerts = _alerts_on_record(guarded, result)
+    assert any("/usr/bin/sort" in a.rule and a.action is Verdict.ALERT for a in alerts if a.detector == "novelty")
+    assert any(a.action is Verdict.QUARANTINE for a in alerts if a.detector in ("ngram", "frequency"))
+    assert result.verdict == "quarantine"
