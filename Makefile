@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup host demo test bench clean
+.PHONY: setup host demo test bench proto clean
 
 setup: host $(STAMP)
 
@@ -30,6 +30,10 @@ test: setup
 
 bench: setup
 	$(PY) bench/sensor_overhead.py
+
+# the committed gRPC stubs; tests/test_service.py checks they match the proto
+proto: setup
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. guard/proto/bastion.proto
 
 clean:
 	rm -rf $(VENV)

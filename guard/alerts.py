@@ -59,6 +59,7 @@ class Alert(BaseModel):
     agent: str | None = None
     step: str | None = Field(None, description="the agent step's correlation id")
     tool_call: str | None = None
+    tool_args: str | None = Field(None, max_length=4096, description="the tool call's arguments, as JSON")
     detector: str = Field(description="rule, ngram, frequency or novelty")
     rule: str = Field(description="what was found, in a few words")
     score: float = 0.0

@@ -9,6 +9,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 GENESIS = "0" * 64
@@ -27,12 +28,13 @@ def _digest(prev: str, seq: int, kind: str, body: dict[str, Any]) -> str:
 def _tail(path: Path) -> tuple[int, str]:
     """The next sequence number and the last hash of an existing log."""
     seq, last = 0, GENESIS
-    for record in _records(path):
+    for record in records(path):
         seq, last = record["seq"] + 1, record["hash"]
     return seq, last
 
 
-def _records(path: Path) -> Any:
+def records(path: Path) -> Iterator[dict[str, Any]]:
+    """Every record of a log, parsed, with its line number as `_line`."""
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             try:
@@ -84,7 +86,7 @@ def verify(path: Path | str) -> int:
     if not path.exists():
         raise AuditError(f"{path}: no such audit log")
     expected_seq, prev = 0, GENESIS
-    for record in _records(path):
+    for record in records(path):
         where = f"{path}:{record['_line']}: record seq {record['seq']}"
         if record["seq"] != expected_seq:
             raise AuditError(f"{where}: expected seq {expected_seq}: a record was removed or reordered")
@@ -98,4 +100,4 @@ def verify(path: Path | str) -> int:
 
 def read(path: Path | str, kind: str | None = None) -> list[dict[str, Any]]:
     """The bodies of the records, optionally of one kind."""
-    return [r["body"] for r in _records(Path(path)) if kind is None or r["kind"] == kind]
+    return [r["body"] for r in records(Path(path)) if kind is None or r["kind"] == kind]

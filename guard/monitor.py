@@ -212,6 +212,7 @@ class Guard:
             agent=labels.get("agent"),
             step=labels.get("step"),
             tool_call=labels.get("tool_call"),
+            tool_args=labels.get("tool_args"),
             detector=finding.detector,
             rule=finding.rule,
             score=finding.score,

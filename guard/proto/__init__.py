@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of bastion.proto (regenerate with `make proto`)."""
