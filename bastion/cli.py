@@ -52,6 +52,30 @@ def _sandbox_run(args: argparse.Namespace, console: Console) -> int:
     return result.exit_status
 
 
+def _node(args: argparse.Namespace, console: Console) -> int:
+    from bastion.node import Node, NodeConfig, wait_for_signal
+
+    fields = {k: v for k, v in vars(args).items() if k in NodeConfig.model_fields and v is not None}
+    node = Node(NodeConfig(**fields))
+    console.print(f"bastion node serving on {node.config.local}" + (f" and {args.listen} (TLS)" if args.listen else ""))
+    wait_for_signal(node)
+    return 0
+
+
+def _tui(args: argparse.Namespace, console: Console) -> int:
+    import getpass
+
+    from bastion.node import LOCAL_ADDRESS, TOKEN_FILE
+    from guard.client import NodeClient
+    from guard.tui import AlertsApp
+
+    token = (args.token_file or TOKEN_FILE).read_text().strip()
+    ca = args.ca.read_bytes() if args.ca else None
+    client = NodeClient(args.connect or LOCAL_ADDRESS, token, ca)
+    AlertsApp(client, args.analyst or getpass.getuser()).run()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bastion", description="SLM agents in eBPF-monitored sandboxes")
     parser.add_argument("--log-level", default="warning", help="structured log level (default: warning)")
@@ -75,6 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result, verdict and denials as JSON")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(func=_sandbox_run)
+    p = sub.add_parser("node", help="run this host's guard node: sensor, guard, sandboxes, gRPC service")
+    p.add_argument("--listen", help="host:port for remote analysts (needs --tls-cert and --tls-key)")
+    p.add_argument("--tls-cert", type=Path)
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--token-file", type=Path, help="bearer token file (default /run/bastion/token, made if absent)")
+    p.add_argument("--profiles", type=Path, help="directory of agent profiles (*.safetensors)")
+    p.add_argument("--audit", type=Path, help="audit log (default /var/lib/bastion/audit.jsonl)")
+    p.add_argument("--falco", type=Path, help="also write alerts here as Falco JSON lines")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.set_defaults(func=_node)
+
+    p = sub.add_parser("tui", help="review a node's alerts in the terminal")
+    p.add_argument("--connect", help="node address (default: this host's node)")
+    p.add_argument("--token-file", type=Path, help="bearer token file (default /run/bastion/token)")
+    p.add_argument("--ca", type=Path, help="CA certificate of the node's TLS")
+    p.add_argument("--analyst", help="your name on acknowledgements (default: your login)")
+    p.set_defaults(func=_tui)
+
     from bastion.guard_cmd import add_commands
 
     add_commands(sub)

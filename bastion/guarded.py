@@ -49,10 +49,10 @@ class GuardedSandboxes:
     """Runs sandboxes watched by the guard; alerts go to the audit log first,
     then to the sinks. Sandboxes labelled agent=NAME are held to NAME's profile."""
 
-    def __init__(self, sensor: Sensor, audit_path: Path, profiles: Iterable[Profile] = (),
+    def __init__(self, sensor: Sensor, audit: AuditLog, profiles: Iterable[Profile] = (),
                  sinks: Sequence[Callable[[Alert], None]] = (), workdirs: Path | None = None) -> None:
         self.profiles = {p.meta.agent: p for p in profiles}
-        self.audit = AuditLog(audit_path)
+        self.audit = audit
         self.manager = SandboxManager(sensor, workdirs, finishers=[self._finish], ngram_events=bool(self.profiles))
         # the manager is the guard's Enforcer
         self.guard = Guard(sensor, self.audit, enforcer=self.manager, assign=self._assign,
@@ -73,9 +73,9 @@ class GuardedSandboxes:
         return self._finished.get(sandbox_name, [])
 
     def close(self) -> None:
+        """Stop the sandboxes; the audit log stays open for its owner."""
         self.manager.close()
         self.manager.sensor.load_known([])
-        self.audit.close()
 
     def __enter__(self) -> GuardedSandboxes:
         return self

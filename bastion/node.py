@@ -1,0 +1,188 @@
+"""`bastion node`: the long-running process of one host. It holds the sensor
+(programs compiled once), the guard with the agents' profiles and the sandbox
+manager, and serves them over gRPC to analysts' TUIs and local clients."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bastion.guarded import GuardedSandboxes
+from ebpf.events import Event
+from ebpf.sensor import Sensor, require_root
+from guard.alert_store import AlertStore
+from guard.audit import AuditLog
+from guard.falco import FalcoSink
+from guard.metrics import Metrics
+from guard.profile import load_profile
+from guard.proto import bastion_pb2 as pb
+from guard.service import NodeHooks, RequestError, Service, Tls
+from sandbox.manager import Sandbox
+from sandbox.policy import Policy, PolicyError, parse_policy
+
+log = logging.getLogger("bastion.node")
+
+RUN_DIR = Path("/run/bastion")
+LOCAL_ADDRESS = f"unix://{RUN_DIR / 'node.sock'}"
+TOKEN_FILE = RUN_DIR / "token"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+class NodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    local: str = Field(LOCAL_ADDRESS, description="address for clients on this host (a unix socket)")
+    listen: str | None = Field(None, description="host:port for analysts elsewhere; needs tls_cert and tls_key")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    token_file: Path = TOKEN_FILE
+    profiles: Path | None = Field(None, description="a directory of *.safetensors profiles")
+    audit: Path = Path("/var/lib/bastion/audit.jsonl")
+    falco: Path | None = Field(None, description="also write alerts here as Falco JSON lines")
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+
+
+def read_or_make_token(path: Path) -> str:
+    """The node's bearer token, created (0600) on first start."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+class _Rate:
+    """Events per second over the last few seconds."""
+
+    def __init__(self, span_s: float = 5.0) -> None:
+        self.span = span_s
+        self.total = 0
+        self._samples: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.total += n
+            now = time.monotonic()
+            self._samples.append((now, self.total))
+            while self._samples and now - self._samples[0][0] > self.span:
+                self._samples.popleft()
+
+    def per_second(self) -> float:
+        with self._lock:
+            if len(self._samples) < 2:
+                return 0.0
+            (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+            return (n1 - n0) / max(time.monotonic() - t0, t1 - t0, 1e-3)
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        require_root()
+        self.config = config
+        self.policies: dict[str, Policy] = {}
+        self.metrics = Metrics()
+        self.rate = _Rate()
+        self.lost_total = 0
+        profiles = sorted(config.profiles.glob("*.safetensors")) if config.profiles else []
+        self.audit = AuditLog(config.audit)
+        self.store = AlertStore(self.audit)
+        self.falco = FalcoSink(config.falco) if config.falco else None
+        sinks = [self.store.add, self.metrics.observe_alert] + ([self.falco] if self.falco else [])
+        self.sensor = Sensor().start()
+        self.guarded = GuardedSandboxes(self.sensor, self.audit, [load_profile(p) for p in profiles], sinks)
+        self.guarded.manager.listeners.append(self._count)
+        self.guarded.manager.finishers.append(self._lost)
+        hooks = NodeHooks(status=self.status, update_policy=self.update_policy, run_sandbox=self.run_sandbox)
+        token = read_or_make_token(config.token_file)
+        self.services = [Service(self.store, hooks, token, config.local)]
+        if config.listen:
+            if not (config.tls_cert and config.tls_key):
+                raise ValueError("listen: a network address needs tls_cert and tls_key")
+            tls = Tls(config.tls_cert.read_bytes(), config.tls_key.read_bytes())
+            self.services.append(Service(self.store, hooks, token, config.listen, tls))
+        if config.metrics_port:
+            self.metrics.serve(config.metrics_port)
+        log.info("node started", extra={"fields": {"local": config.local, "listen": config.listen,
+                                                   "profiles": list(self.guarded.profiles)}})
+
+    def _count(self, sb: Sandbox, events: list[Event]) -> None:
+        self.metrics.events.inc(len(events))
+        self.rate.add(len(events))
+
+    def _lost(self, sb: Sandbox) -> None:
+        if sb.lost_seen:
+            self.metrics.lost.inc(sb.lost_seen)
+            self.lost_total += sb.lost_seen
+
+    # hooks -----------------------------------------------------------------
+    def status(self) -> pb.Status:
+        now = time.monotonic()
+        sandboxes = [
+            pb.SandboxStatus(name=sb.name, agent=sb.labels.get("agent", ""), running_s=now - sb.started,
+                             events=sb.received, lost=sb.lost_seen,
+                             verdict=sb.strongest.value if sb.strongest else "allow")
+            for sb in self.guarded.manager.sandboxes()
+        ]
+        return pb.Status(sandboxes=sandboxes, events_per_s=self.rate.per_second(), events_total=self.rate.total,
+                         lost_total=self.lost_total, profiles=sorted(self.guarded.profiles),
+                         policies=sorted(self.policies), alerts_total=len(self.store))
+
+    def update_policy(self, name: str, text: str) -> None:
+        if not _NAME.match(name):
+            raise RequestError(f"name: {name!r} must be 1-64 of a-z, 0-9, '_', '.', '-'")
+        try:
+            policy = parse_policy(text, source=f"policy {name}")
+        except PolicyError as exc:
+            raise RequestError(str(exc)) from None
+        self.policies[name] = policy
+        self.audit.append("policy", {"name": name, "yaml": text})
+
+    def run_sandbox(self, request: pb.RunRequest) -> str:
+        if not request.command:
+            raise RequestError("command: give the command to run")
+        if request.policy_name:
+            if request.policy_name not in self.policies:
+                raise RequestError(f"policy_name: no policy {request.policy_name!r} on this node")
+            policy = self.policies[request.policy_name]
+        elif request.policy_yaml:
+            try:
+                policy = parse_policy(request.policy_yaml, source="policy_yaml")
+            except PolicyError as exc:
+                raise RequestError(str(exc)) from None
+        else:
+            policy = Policy()
+        timeout = request.timeout_s or None
+        result = self.guarded.manager.run(list(request.command), policy, timeout=timeout, labels=dict(request.labels))
+        return json.dumps({"result": result.model_dump(mode="json"),
+                           "alerts": [a.model_dump(mode="json") for a in self.guarded.alerts_of(result.sandbox)]})
+
+    def close(self) -> None:
+        for service in self.services:
+            service.stop()
+        self.guarded.close()
+        self.sensor.close()
+        if self.falco:
+            self.falco.close()
+        self.audit.close()
+
+
+def wait_for_signal(node: Node) -> None:
+    import signal
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    node.close()
