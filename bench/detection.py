@@ -114,7 +114,7 @@ def live_runs(sensor: Sensor, profile: Profile, policy: Policy, port: int, sink:
         log = Path(tmp) / "audit.jsonl"
         stopped, latencies, benign_alerts = {}, [], 0
         task = progress.add_task("live runs under the guard", total=len(ATTACKS) + 3)
-        with GuardedSandboxes(sensor, log, [profile]) as guarded:
+        with GuardedSandboxes(sensor, audit.AuditLog(log), [profile]) as guarded:
             labels = {"agent": profile.meta.agent}
             for name in ATTACKS:
                 result = guarded.manager.run(attack_command(name, sink, port), policy, labels=labels)
@@ -131,6 +131,7 @@ def live_runs(sensor: Sensor, profile: Profile, policy: Policy, port: int, sink:
                     benign_alerts += 1
                     console.print(f"benign alert {a.detector}: {a.rule} score {a.score:.2f} {a.evidence}", markup=False)
                 progress.advance(task)
+            guarded.audit.close()
         records = audit.verify(log)
     return {"stopped": stopped, "latencies": latencies, "benign_alerts": benign_alerts, "audited": records}
 

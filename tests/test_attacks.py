@@ -17,10 +17,11 @@ from sandbox.policy import Policy
 from sandbox.result import STOPPED_EXIT, SandboxResult
 from bastion.guarded import GuardedSandboxes, record_runs
 from guard import audit
+from guard.audit import AuditLog
 from guard.alerts import Alert, Verdict
 from guard.traces import Behaviour
 from guard.training import train
-from tests.attacks import BENIGN, HERE, allowed_api, command, corpus_policy
+from tests.attacks import BENIGN, HERE, allowed_api, api_requests, command, corpus_policy
 
 AGENT = "corpus-tools"
 LABELS = {"agent": AGENT}
@@ -61,8 +62,10 @@ def guarded(sensor: Sensor, policy: Policy, api_port: int,
     for r in runs:
         behaviour.update(r.behaviour())
     profile = train([t for r in runs for t in r.traces(sensor.ngram_n)], behaviour, AGENT)
-    with GuardedSandboxes(sensor, tmp_path_factory.mktemp("audit") / "audit.jsonl", [profile]) as g:
+    log = AuditLog(tmp_path_factory.mktemp("audit") / "audit.jsonl")
+    with GuardedSandboxes(sensor, log, [profile]) as g:
         yield g
+    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +140,8 @@ def test_staging_then_exfil_to_an_allowed_api_is_quarantined(
     guarded: GuardedSandboxes, policy: Policy, api_port: int
 ) -> None:
     result = guarded.manager.run(command(HERE / "stage_and_exfil.py", [str(api_port)]), policy, labels=LABELS)
-    assert "SENT" not in result.stdout, "the staged data left the sandbox"
-    assert "blocked" in result.stdout
+    assert "SENT" not in result.stdout
+    assert not [p for p in api_requests() if p.startswith("/?d=")], "the staged data left the sandbox"
     alerts = _alerts_on_record(guarded, result)
     anomaly = [a for a in alerts if a.detector in ("ngram", "frequency")]
     assert anomaly and anomaly[0].action is Verdict.QUARANTINE, alerts

@@ -25,7 +25,10 @@ def command(script: Path, args: Sequence[str] = ()) -> list[str]:
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
+    paths: list[str] = []  # every path requested, so tests can see what got out
+
     def do_GET(self) -> None:  # noqa: N802
+        self.paths.append(self.path)
         body = b"hello from the allowed API"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -34,6 +37,11 @@ class _Hello(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+def api_requests() -> list[str]:
+    """The paths the allowed API has been asked for."""
+    return list(_Hello.paths)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,67 @@
+"""A real guard node (sensor, guard, sandboxes) serving a client over its
+unix socket: a sandboxed run's alert reaches the stream, Falco and the audit log."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from bastion.node import Node, NodeConfig
+from guard import audit
+from guard.client import NodeClient
+from guard.proto import bastion_pb2 as pb
+from tests.attacks import HERE, POLICY, command
+
+
+@pytest.fixture
+def node(kernel: None, tmp_path: Path) -> Iterator[Node]:
+    config = NodeConfig(local=f"unix://{tmp_path}/node.sock", token_file=tmp_path / "token",
+                        audit=tmp_path / "audit.jsonl", falco=tmp_path / "falco.jsonl")
+    n = Node(config)
+    yield n
+    n.close()
+
+
+def test_a_run_through_the_node_is_guarded_and_its_alert_streamed(node: Node, tmp_path: Path) -> None:
+    client = NodeClient(node.config.local, (tmp_path / "token").read_text().strip())
+    streamed: list[pb.AlertMessage] = []
+    stream = client.watch()
+
+    def read() -> None:
+        try:
+            streamed.extend(stream)
+        except grpc.RpcError as exc:  # the test cancels the stream at the end
+            assert exc.code() is grpc.StatusCode.CANCELLED
+
+    threading.Thread(target=read, daemon=True).start()
+
+    with pytest.raises(grpc.RpcError) as err:
+        client.update_policy("corpus", "network: everywhere\n")
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "field network" in err.value.details()
+    client.update_policy("corpus", POLICY.read_text())
+
+    labels = {"agent": "clinic", "step": "step-7", "tool_call": "read_file"}
+    reply = json.loads(client.run(pb.RunRequest(command=command(HERE / "read_shadow.py"), policy_name="corpus",
+                                                labels=labels)))
+    assert reply["result"]["exit_code"] != 0 or reply["result"]["stopped_by"]
+    rule = next(a for a in reply["alerts"] if a["detector"] == "rule")
+    assert "/etc/shadow" in rule["rule"] and rule["step"] == "step-7"
+
+    for _ in range(100):
+        if streamed:
+            break
+        threading.Event().wait(0.05)
+    stream.cancel()
+    assert streamed and streamed[0].id == rule["id"] and streamed[0].tool_call == "read_file"
+    status = client.status()
+    assert status.alerts_total >= 1 and status.events_total > 0 and "corpus" in status.policies
+    client.close()
+
+    falco = [json.loads(line) for line in (tmp_path / "falco.jsonl").read_text().splitlines()]
+    assert falco[0]["output_fields"]["bastion.alert_id"] == rule["id"]
+    assert audit.verify(tmp_path / "audit.jsonl") >= 2  # the policy update and the alert
