@@ -117,9 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--analyst", help="your name on acknowledgements (default: your login)")
     p.set_defaults(func=_tui)
 
-    from bastion.guard_cmd import add_commands
+    from bastion import agents_cmd, guard_cmd
 
-    add_commands(sub)
+    guard_cmd.add_commands(sub)
+    agents_cmd.add_commands(sub)
     return parser
 
 

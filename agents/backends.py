@@ -1,0 +1,118 @@
+"""Language-model backends behind one protocol: a local model directory
+through transformers (with an optional peft LoRA adapter), or any
+OpenAI-compatible server (`vllm serve` on GPUs, `transformers serve` on CPU)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from agents.prompt import END
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot answer; the message names it."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+
+
+class Backend(Protocol):
+    name: str
+
+    def complete(self, prompt: str, max_tokens: int = 128, json_schema: dict[str, Any] | None = None) -> Completion: ...
+
+
+def _check_model_dir(path: Path) -> None:
+    for needed in ("config.json", "model.safetensors", "tokenizer.json"):
+        if not (path / needed).is_file():
+            raise BackendError(f"{path}: not a model directory ({needed} is missing); "
+                               "build one with `bastion agents build-model`")
+
+
+class TransformersBackend:
+    """A local Hugging Face model directory, greedy decoding up to END."""
+
+    def __init__(self, name: str, model_dir: Path, adapter_dir: Path | None = None, device: str = "cpu") -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        _check_model_dir(model_dir)
+        self.name = name
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"{model_dir}: cannot load the model: {exc}") from None
+        if adapter_dir is not None:
+            from peft import PeftModel
+
+            if not (adapter_dir / "adapter_model.safetensors").is_file():
+                raise BackendError(f"{adapter_dir}: not a LoRA adapter (adapter_model.safetensors is missing)")
+            model = PeftModel.from_pretrained(model, adapter_dir)
+        self.model = model.to(device).eval()
+        self._torch = torch
+
+    def complete(self, prompt: str, max_tokens: int = 128, json_schema: dict[str, Any] | None = None) -> Completion:
+        started = time.perf_counter()
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+        with self._torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=max_tokens, do_sample=False,
+                                      eos_token_id=self.tokenizer.eos_token_id,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+        new = out[0, enc["input_ids"].shape[1]:]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        return Completion(text.split(END, 1)[0].strip(), int(enc["input_ids"].shape[1]), int(len(new)),
+                          time.perf_counter() - started)
+
+
+class OpenAICompatibleBackend:
+    """Any server with /v1/completions: `vllm serve MODEL --enable-lora
+    --lora-modules NAME=ADAPTER` (the adapter is chosen by model name) or
+    `transformers serve MODEL_DIR`. The prompt format is the agents' own,
+    so the raw completions endpoint is used; vLLM also gets the answer's
+    JSON schema as guided decoding when `structured` is set."""
+
+    def __init__(self, name: str, base_url: str, model: str, api_key: str = "", timeout_s: float = 60,
+                 structured: bool = False) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self.structured = structured
+
+    def complete(self, prompt: str, max_tokens: int = 128, json_schema: dict[str, Any] | None = None) -> Completion:
+        body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
+                                "temperature": 0, "stop": [END]}
+        if json_schema is not None and self.structured:
+            body["guided_json"] = json_schema
+        request = urllib.request.Request(
+            f"{self.base_url}/v1/completions", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json",
+                     **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})},
+        )
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
+                reply = json.loads(resp.read())
+        except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as exc:
+            raise BackendError(f"backend {self.name} at {self.base_url}: {exc}") from None
+        try:
+            text = reply["choices"][0]["text"]
+            usage = reply.get("usage") or {}
+        except (KeyError, IndexError, TypeError):
+            raise BackendError(f"backend {self.name}: unexpected reply {str(reply)[:200]}") from None
+        return Completion(text.split(END, 1)[0].strip(), int(usage.get("prompt_tokens", 0)),
+                          int(usage.get("completion_tokens", 0)), time.perf_counter() - started)

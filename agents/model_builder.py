@@ -1,0 +1,148 @@
+"""`bastion agents build-model`: a small specialist causal LM, trained in
+minutes on CPU, with a tokenizer trained locally too, on the synthetic
+tool-calling tasks of agents.domain; saved in Hugging Face format
+(safetensors) that transformers, peft and vLLM load."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from agents import domain
+from agents.prompt import DONE, END, Turn, render
+
+PAD, EOS = "<pad>", "<eos>"
+MAX_LEN = 256
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Sizes of the built models: the tool-calling specialist and the larger generalist."""
+
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    vocab: int = 1024
+    steps: int = 1500
+    batch: int = 16
+    lr: float = 3e-3
+    examples: int = 6000
+    seed: int = 0
+
+
+SPECIALIST = ModelSpec(steps=1200)
+GENERALIST = ModelSpec(hidden=160, layers=4, heads=4, steps=600)  # wider, trained less: the generic fallback
+
+
+def fingerprint() -> str:
+    """Changes whenever what the built models would be changes."""
+    import hashlib
+
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in ("model_builder.py", "domain.py", "prompt.py", "tools.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _fake_result(task: domain.Task, r: random.Random) -> str:
+    return json.dumps({"tool": task.tool, "ok": True, "value": r.randint(0, 9999)})
+
+
+def examples(n: int, seed: int) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs: a task gives its call; a task with the call's
+    result gives done; a task after an invalid answer gives the call again."""
+    r = random.Random(seed + 1)
+    out = []
+    for task in domain.tasks(n, seed):
+        kind = r.random()
+        if kind < 0.7:
+            out.append((render(task.text), f" {task.call()} {END}"))
+        elif kind < 0.9:
+            out.append((render(task.text, [Turn(task.call(), _fake_result(task, r))]), f" {DONE} {END}"))
+        else:
+            error = r.choice([f"not JSON: '{task.tool}('", f"unknown tool '{task.tool}s'"])
+            out.append((render(task.text, error=error), f" {task.call()} {END}"))
+    return out
+
+
+def train_tokenizer(texts: list[str], vocab: int) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    # single digits: numbers are copied from the request digit by digit, which
+    # a small model learns far sooner than arbitrary multi-digit merges
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=[PAD, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, bos_token=EOS,
+                                   model_max_length=MAX_LEN)
+
+
+def _batch(tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    ids, labels = [], []
+    for prompt, answer in pairs:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        seq = (p + a)[-MAX_LEN:]
+        lab = ([-100] * len(p) + a)[-MAX_LEN:]  # learn the answer only
+        ids.append(seq)
+        labels.append(lab)
+    width = max(len(s) for s in ids)
+    pad = tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([s + [pad] * (width - len(s)) for s in ids]),
+        "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids]),
+        "labels": torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels]),
+    }
+
+
+def build(out: Path, spec: ModelSpec = SPECIALIST, on_step: Callable[[int, float], None] | None = None) -> dict[str, float]:
+    """Train a model and its tokenizer; save both to `out`. Returns figures."""
+    torch.manual_seed(spec.seed)
+    pairs = examples(spec.examples, spec.seed)
+    tokenizer = train_tokenizer([p + a for p, a in pairs], spec.vocab)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden, intermediate_size=spec.hidden * 3,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
+        max_position_embeddings=MAX_LEN, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=spec.lr, total_steps=spec.steps, pct_start=0.1)
+    r = random.Random(spec.seed)
+    started = time.perf_counter()
+    model.train()
+    loss_value = 0.0
+    for step in range(spec.steps):
+        batch = _batch(tokenizer, r.sample(pairs, spec.batch))
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        loss_value = float(loss.detach())
+        if on_step:
+            on_step(step, loss_value)
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    figures = {"final_loss": loss_value, "train_s": time.perf_counter() - started,
+               "parameters": float(sum(p.numel() for p in model.parameters()))}
+    (out / "bastion-build.json").write_text(json.dumps({"spec": spec.__dict__, **figures}, indent=2))
+    return figures
