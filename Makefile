@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup host demo test bench proto clean
+.PHONY: setup host models demo test bench proto clean
 
 setup: host $(STAMP)
 
@@ -21,11 +21,15 @@ $(STAMP): requirements.lock pyproject.toml
 	ln -sfn /usr/lib/python3/dist-packages/bcc "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc"
 	touch $@
 
-demo: setup
+# the agents' small models, built once per version of the builder (a few minutes on CPU)
+models: setup
+	$(VENV)/bin/bastion agents build-model
+
+demo: setup models
 	$(VENV)/bin/bastion doctor
 	$(VENV)/bin/bastion trace -- sh -c 'cat /etc/hostname; ls /tmp >/dev/null; exit 3' || true
 
-test: setup
+test: setup models
 	$(VENV)/bin/pytest
 
 bench: setup
