@@ -117,10 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--analyst", help="your name on acknowledgements (default: your login)")
     p.set_defaults(func=_tui)
 
-    from bastion import agents_cmd, guard_cmd
+    from bastion import agents_cmd, fl_cmd, guard_cmd
 
     guard_cmd.add_commands(sub)
     agents_cmd.add_commands(sub)
+    fl_cmd.add_commands(sub)
     return parser
 
 

@@ -1,0 +1,75 @@
+"""The learning task every site runs: LoRA fine-tuning of the agents' built
+tool-calling model on the site's own examples, and its evaluation. Only the
+adapter's arrays ever leave this module."""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from agents.model_builder import _batch as make_batch
+from agents.prompt import CallError, parse
+
+# small on purpose: what travels each round is this adapter, about 1% of the model
+LORA = LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+
+
+def load(base: Path) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """The base model with a fresh LoRA adapter (seeded: every site starts equal)."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
+    return get_peft_model(model, LORA), AutoTokenizer.from_pretrained(base)
+
+
+def get_adapter(model: PeftModel) -> OrderedDict[str, np.ndarray]:
+    return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in get_peft_model_state_dict(model).items())
+
+
+def set_adapter(model: PeftModel, arrays: dict[str, np.ndarray]) -> None:
+    set_peft_model_state_dict(model, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], steps: int,
+          lr: float = 2e-3, batch: int = 16, seed: int = 0) -> float:
+    """Local LoRA steps on (prompt, answer) pairs; returns the mean loss."""
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model(**make_batch(tokenizer, rng.sample(pairs, min(batch, len(pairs))))).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return float(np.mean(losses)) if losses else 0.0
+
+
+def accuracy(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> float:
+    """Share of prompts whose greedy answer is the exactly right call."""
+    right = 0
+    for prompt, answer in pairs:
+        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=128, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)
+        text = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        right += _same_call(text, answer)
+    return right / len(pairs) if pairs else 0.0
+
+
+def _same_call(text: str, answer: str) -> bool:
+    try:
+        got, want = parse(text), parse(answer)
+    except CallError:
+        return False
+    if got is None or want is None:
+        return got is None and want is None
+    return got.tool == want.tool and got.args == want.args
