@@ -1,0 +1,108 @@
+"""Federated fine-tuning: what leaves a site, hostile updates, robust and
+private aggregation, and a Flower simulation run with one poisoned site."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from agents.model_builder import _batch
+from bastion.agents_cmd import build_models
+from federated import task
+from federated.client_app import train as client_train
+from federated.simulation import simulate
+from federated.sites import make_sites, read_site
+from federated.strategy import Privacy, aggregate, check_update, to_record
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rich.console import Console
+
+    return build_models(tmp_path_factory.mktemp("models"), Console(quiet=True), quick=True).parent / "tool-caller"
+
+
+def _arrays() -> OrderedDict[str, np.ndarray]:
+    return OrderedDict([("a.lora_A.weight", np.zeros((4, 8), np.float32)), ("a.lora_B.weight", np.zeros((8, 4), np.float32))])
+
+
+def test_hostile_updates_are_rejected_naming_the_site() -> None:
+    current = _arrays()
+    nan = OrderedDict((k, v.copy()) for k, v in current.items())
+    nan["a.lora_A.weight"][0, 0] = np.nan
+    shape = OrderedDict([("a.lora_A.weight", np.zeros((4, 9), np.float32)), ("a.lora_B.weight", current["a.lora_B.weight"])])
+    big = OrderedDict((k, v + 100) for k, v in current.items())
+    extra = OrderedDict([*current.items(), ("backdoor", np.ones(3, np.float32))])
+    assert "site bank: a.lora_A.weight holds non-finite values" == check_update("bank", nan, current, 10)
+    assert "shape (4, 9)" in (check_update("bank", shape, current, 10) or "")
+    assert "update norm" in (check_update("clinic", big, current, 10) or "")
+    assert "do not match" in (check_update("clinic", extra, current, 10) or "")
+    assert check_update("ok", OrderedDict((k, v + 0.01) for k, v in current.items()), current, 10) is None
+
+
+def test_robust_aggregation_resists_one_outlier_and_dp_clips() -> None:
+    honest = [OrderedDict([("w", np.full(3, 1.0 + i * 0.1))]) for i in range(4)]
+    poisoned = OrderedDict([("w", np.full(3, 50.0))])
+    deltas, weights = [*honest, poisoned], [1.0] * 5
+    assert aggregate(deltas, weights, "mean", 0.2)["w"][0] > 9
+    assert aggregate(deltas, weights, "median", 0.2)["w"][0] == pytest.approx(1.2)
+    assert aggregate(deltas, weights, "trimmed-mean", 0.2)["w"][0] == pytest.approx(1.2)
+    clipped = Privacy(clip_norm=1.0).clip(poisoned)
+    assert np.linalg.norm(clipped["w"]) == pytest.approx(1.0)
+    noisy = Privacy(clip_norm=1.0, noise_multiplier=1.0).noise(OrderedDict([("w", np.zeros(1000))]), 5,
+                                                                np.random.default_rng(0))
+    assert 0.1 < np.std(noisy["w"]) < 0.3  # sigma * C / n = 0.2
+
+
+def test_only_adapter_arrays_and_numbers_leave_a_site(base: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_run_id", "_node_id", "_task_id"):  # what a SuperNode's process would carry
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+    sites = make_sites(tmp_path / "sites", 1, train=20, test=5)
+    train, test = sites["hospital"]
+    model, _ = task.load(base)
+    message = Message(RecordDict({"arrays": to_record(task.get_adapter(model)), "config": ConfigRecord({"server-round": 1})}),
+                      dst_node_id=1, message_type="train")
+    context = Context(run_id=1, node_id=1, node_config={"site": 0, "train-path": str(train), "test-path": str(test)},
+                      state=RecordDict(), run_config={"base-model": str(base), "local-steps": 2, "lr": 0.005})
+    reply = client_train(message, context)  # the ClientApp's train handler itself
+    assert set(reply.content.keys()) == {"arrays", "metrics"}
+    sent = reply.content["arrays"]
+    assert list(sent.keys()) == list(task.get_adapter(model).keys())
+    assert all("lora_" in k for k in sent.keys())
+    assert sum(v.numpy().nbytes for v in sent.values()) < 0.02 * sum(p.numel() * 4 for p in model.parameters())
+    assert all(isinstance(v, (int, float)) for v in reply.content["metrics"].values())
+    train_text = train.read_text()
+    assert not any(prompt in str(dict(reply.content["metrics"])) for prompt, _ in read_site(train)[:3])
+    assert train_text  # the site's data stayed in its file
+
+
+def _loss(base: Path, adapter: Path | None, pairs: list[tuple[str, str]]) -> float:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    with torch.inference_mode():
+        return float(model(**_batch(tokenizer, pairs)).loss)
+
+
+def test_simulation_with_a_poisoned_site_still_improves(base: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fl"
+    report = simulate(base, 3, 2, out, poisoned=[2], **{"local-steps": 15, "lr": 0.01, "max-update-norm": 5.0,
+                                                          "aggregation": "median"})
+    assert {r["site"] for r in report["rejections"]} == {"clinic"}
+    assert all("update norm" in r["reason"] for r in report["rejections"])
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    honest = read_site(out / "sites" / "hospital-test.jsonl") + read_site(out / "sites" / "bank-test.jsonl")
+    assert _loss(base, out / "adapter", honest) < _loss(base, None, honest)
+    assert report["adapter_bytes"] <= 0.01 * report["model_bytes"] * 2  # tiny quick model: within 2%
