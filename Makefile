@@ -26,8 +26,7 @@ models: setup
 	$(VENV)/bin/bastion agents build-model
 
 demo: setup models
-	$(VENV)/bin/bastion doctor
-	$(VENV)/bin/bastion trace -- sh -c 'cat /etc/hostname; ls /tmp >/dev/null; exit 3' || true
+	$(VENV)/bin/bastion demo
 
 test: setup models
 	$(VENV)/bin/pytest

@@ -38,8 +38,8 @@ class ModelSpec:
     seed: int = 0
 
 
-SPECIALIST = ModelSpec(steps=1200)
-GENERALIST = ModelSpec(hidden=160, layers=4, heads=4, steps=600)  # wider, trained less: the generic fallback
+SPECIALIST = ModelSpec(steps=1000)
+GENERALIST = ModelSpec(hidden=160, layers=4, heads=4, steps=400)  # wider, trained less: the generic fallback
 
 
 def fingerprint() -> str:

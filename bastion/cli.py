@@ -76,6 +76,16 @@ def _tui(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace, console: Console) -> int:
+    from bastion.demo import DemoFailed, main as demo
+
+    try:
+        return demo(console, tui=args.tui, fl_rounds=args.rounds)
+    except DemoFailed as exc:
+        console.print(f"[bold red]{exc}[/]")
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bastion", description="SLM agents in eBPF-monitored sandboxes")
     parser.add_argument("--log-level", default="warning", help="structured log level (default: warning)")
@@ -99,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result, verdict and denials as JSON")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(func=_sandbox_run)
+    p = sub.add_parser("demo", help="everything Bastion is for, in a few minutes")
+    p.add_argument("--tui", action="store_true", help="review the run's alerts in the TUI before the federated part")
+    p.add_argument("--rounds", type=int, default=1, help="federated rounds (default 1)")
+    p.set_defaults(func=_demo)
+
     p = sub.add_parser("node", help="run this host's guard node: sensor, guard, sandboxes, gRPC service")
     p.add_argument("--listen", help="host:port for remote analysts (needs --tls-cert and --tls-key)")
     p.add_argument("--tls-cert", type=Path)

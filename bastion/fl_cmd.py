@@ -68,6 +68,11 @@ def run_federated(console: Console, sites: int, rounds: int, out: Path, simulati
     names = site_names(sites)
     tests = {n: out / ("sites" if simulation else "deployment/sites") / f"{n}-test.jsonl" for n in names}
     report["before"] = baseline(base, tests)
+    from federated.sites import read_site
+    from federated.task import heldout_loss
+
+    heldout = [pair for path in tests.values() for pair in read_site(path)]
+    report["heldout_loss"] = (heldout_loss(base, None, heldout), heldout_loss(base, out / "adapter", heldout))
     console.print(round_table(report, names, report["before"]))
     for rej in report["rejections"]:
         console.print(f"[bold red]rejected[/] round {rej['round']}: {rej['reason']}")

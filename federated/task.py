@@ -65,6 +65,16 @@ def accuracy(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[t
     return right / len(pairs) if pairs else 0.0
 
 
+def heldout_loss(base: Path, adapter: Path | None, pairs: list[tuple[str, str]]) -> float:
+    """Mean loss of the answers, with the adapter or without (the base model)."""
+    model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    with torch.inference_mode():
+        return float(model(**make_batch(tokenizer, pairs)).loss)
+
+
 def _same_call(text: str, answer: str) -> bool:
     try:
         got, want = parse(text), parse(answer)

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from agents.model_builder import _batch
 from bastion.agents_cmd import build_models
 from federated import task
 from federated.client_app import train as client_train
@@ -84,18 +82,6 @@ def test_only_adapter_arrays_and_numbers_leave_a_site(base: Path, tmp_path: Path
     assert train_text  # the site's data stayed in its file
 
 
-def _loss(base: Path, adapter: Path | None, pairs: list[tuple[str, str]]) -> float:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(base)
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, adapter)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    with torch.inference_mode():
-        return float(model(**_batch(tokenizer, pairs)).loss)
-
-
 def test_simulation_with_a_poisoned_site_still_improves(base: Path, tmp_path: Path) -> None:
     out = tmp_path / "fl"
     report = simulate(base, 3, 2, out, poisoned=[2], **{"local-steps": 15, "lr": 0.01, "max-update-norm": 5.0,
@@ -104,5 +90,5 @@ def test_simulation_with_a_poisoned_site_still_improves(base: Path, tmp_path: Pa
     assert all("update norm" in r["reason"] for r in report["rejections"])
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     honest = read_site(out / "sites" / "hospital-test.jsonl") + read_site(out / "sites" / "bank-test.jsonl")
-    assert _loss(base, out / "adapter", honest) < _loss(base, None, honest)
+    assert task.heldout_loss(base, out / "adapter", honest) < task.heldout_loss(base, None, honest)
     assert report["adapter_bytes"] <= 0.01 * report["model_bytes"] * 2  # tiny quick model: within 2%
