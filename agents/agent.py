@@ -29,6 +29,10 @@ class ToolOutcome:
     alerts: list[str] = field(default_factory=list)
     stopped_by: str | None = None
 
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0 and self.stopped_by is None
+
     def summary(self) -> str:
         """What the model sees of the outcome."""
         if self.stopped_by:
@@ -119,7 +123,7 @@ class Agent:
                 self.log.tool_call(agent=self.name, run=run.id, step=step.id, tool=call.tool, args=step.args,
                                    output=step.outcome.output, verdict=step.outcome.verdict,
                                    alerts=step.outcome.alerts)
-            turns.append(Turn(completion.text, step.outcome.summary()))
+            turns.append(Turn(completion.text, step.outcome.ok, step.outcome.summary()))
         run.ended = "step limit"
         return run
 

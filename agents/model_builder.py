@@ -53,8 +53,11 @@ def fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
-def _fake_result(task: domain.Task, r: random.Random) -> str:
-    return json.dumps({"tool": task.tool, "ok": True, "value": r.randint(0, 9999)})
+def _turn(task: domain.Task, r: random.Random) -> Turn:
+    """A finished call: mostly a success, sometimes a failure; either way the task is done."""
+    if r.random() < 0.8:
+        return Turn(task.call(), True, "")
+    return Turn(task.call(), False, r.choice(["stopped by Bastion: egress violation", "failed (1): Traceback"]))
 
 
 def examples(n: int, seed: int) -> list[tuple[str, str]]:
@@ -67,7 +70,7 @@ def examples(n: int, seed: int) -> list[tuple[str, str]]:
         if kind < 0.7:
             out.append((render(task.text), f" {task.call()} {END}"))
         elif kind < 0.9:
-            out.append((render(task.text, [Turn(task.call(), _fake_result(task, r))]), f" {DONE} {END}"))
+            out.append((render(task.text, [_turn(task, r)]), f" {DONE} {END}"))
         else:
             error = r.choice([f"not JSON: '{task.tool}('", f"unknown tool '{task.tool}s'"])
             out.append((render(task.text, error=error), f" {task.call()} {END}"))

@@ -17,14 +17,19 @@ END = "</call>"
 @dataclass(frozen=True)
 class Turn:
     call: str  # the model's answer, as it was given
+    ok: bool  # whether the tool ran and succeeded
     result: str  # what the tool returned, or why it did not run
+
+    def shown(self) -> str:
+        """What the model is shown: the outcome, and a failure's reason in brief."""
+        return "ok" if self.ok else f"error: {self.result[:80]}"
 
 
 def render(task: str, turns: list[Turn] = (), error: str = "") -> str:  # type: ignore[assignment]
     """The prompt for the next call; the model continues it up to END."""
     out = [f"<task> {task} </task>"]
     for t in turns:
-        out.append(f"<call> {t.call} {END} <result> {t.result[:300]} </result>")
+        out.append(f"<call> {t.call} {END} <result> {t.shown()} </result>")
     if error:
         out.append(f"<error> {error} </error>")
     out.append("<call>")

@@ -19,17 +19,27 @@ SITE_TOOLS = {
 }
 
 
+# how each site's staff phrase their requests: styles the base model never saw,
+# which is what the site's data can teach the shared adapter
+SITE_STYLE = {
+    "hospital": lambda text: f"pls, from the ward desk: {text} thanks",
+    "bank": lambda text: f"Re: ticket {sum(map(ord, text)) % 9000 + 1000} - {text} - regards, loans team",
+    "clinic": lambda text: f"FW: {text} (sent from the clinic tablet)",
+}
+
+
 def site_names(n: int) -> list[str]:
     names = list(SITE_TOOLS)
     return [names[i % len(names)] + ("" if i < len(names) else f"-{i}") for i in range(n)]
 
 
 def synthetic_pairs(site: str, n: int, seed: int) -> list[tuple[str, str]]:
-    wanted = SITE_TOOLS[site.split("-")[0]]
+    kind = site.split("-")[0]
+    wanted, style = SITE_TOOLS[kind], SITE_STYLE[kind]
     pairs = []
     for task in domain.tasks(n * 12, seed):
         if task.tool in wanted:
-            pairs.append((render(task.text), f" {task.call()} {END}"))
+            pairs.append((render(style(task.text)), f" {task.call()} {END}"))
         if len(pairs) == n:
             break
     return pairs
