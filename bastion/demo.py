@@ -5,13 +5,10 @@ demo, naming the step, when it did not."""
 from __future__ import annotations
 
 import contextlib
-import http.server
 import socket
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from agents.interaction_log import InteractionLog
 from bastion.agents_cmd import build_models, default_models_dir
 from bastion.fleet import Fleet, tool_policies, train_profiles
 from bastion.guarded import GuardedSandboxes
+from bastion.local_api import serve
 from ebpf.sensor import Sensor, require_root
 from guard import audit
 from guard.alert_store import AlertStore
@@ -39,32 +37,6 @@ class DemoFailed(RuntimeError):
 
     def __init__(self, step: str, why: str) -> None:
         super().__init__(f"demo step '{step}' failed: {why}")
-
-
-class _Formulary(http.server.BaseHTTPRequestHandler):
-    """The one approved API of the demo's agents."""
-
-    def do_GET(self) -> None:  # noqa: N802
-        body = b'{"formulary": ["metformin", "lisinopril", "atorvastatin"]}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def approved_api() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Formulary)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @dataclass
@@ -107,7 +79,8 @@ def run_agents(console: Console, workdir: Path, tui: bool) -> tuple[Tally, Path,
     config = load_config(build_models(default_models_dir(), console))
     tally = Tally()
     audit_path = workdir / "audit.jsonl"
-    with Sensor() as sensor, approved_api() as port, socket.socket() as exfil:
+    formulary = b'{"formulary": ["metformin", "lisinopril", "atorvastatin"]}'
+    with Sensor() as sensor, serve(formulary) as (port, _paths), socket.socket() as exfil:
         exfil.bind(("127.0.0.1", 0))
         exfil.listen(4)
         exfil.settimeout(0.2)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import http.server
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from bastion.local_api import serve
 from sandbox.policy import Network, Policy, load_policy
 
 HERE = Path(__file__).parent
@@ -24,36 +23,20 @@ def command(script: Path, args: Sequence[str] = ()) -> list[str]:
     return ["/usr/bin/python3", "-c", source, *args]
 
 
-class _Hello(http.server.BaseHTTPRequestHandler):
-    paths: list[str] = []  # every path requested, so tests can see what got out
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.paths.append(self.path)
-        body = b"hello from the allowed API"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+_requests: list[list[str]] = []  # the paths each allowed API served, live
 
 
 def api_requests() -> list[str]:
-    """The paths the allowed API has been asked for."""
-    return list(_Hello.paths)
+    """The paths the allowed APIs have been asked for."""
+    return [p for paths in _requests for p in paths]
 
 
 @contextlib.contextmanager
 def allowed_api() -> Iterator[int]:
     """The one local API the corpus policy allows; yields its port."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(b"hello from the allowed API") as (port, paths):
+        _requests.append(paths)
+        yield port
 
 
 def corpus_policy(api_port: int) -> Policy:
