@@ -92,7 +92,7 @@ def train_tokenizer(texts: list[str], vocab: int) -> PreTrainedTokenizerFast:
                                    model_max_length=MAX_LEN)
 
 
-def _batch(tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+def batch(tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
     ids, labels = [], []
     for prompt, answer in pairs:
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -129,8 +129,7 @@ def build(out: Path, spec: ModelSpec = SPECIALIST, on_step: Callable[[int, float
     model.train()
     loss_value = 0.0
     for step in range(spec.steps):
-        batch = _batch(tokenizer, r.sample(pairs, spec.batch))
-        loss = model(**batch).loss
+        loss = model(**batch(tokenizer, r.sample(pairs, spec.batch))).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

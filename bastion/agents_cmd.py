@@ -24,6 +24,12 @@ def default_models_dir() -> Path:
     return CACHE / fingerprint()
 
 
+def specialist_dir(console: Console) -> Path:
+    """The tool-calling specialist's model directory, built if needed: the
+    base model that federated fine-tuning adapts."""
+    return build_models(default_models_dir(), console).parent / "tool-caller"
+
+
 def build_models(out: Path, console: Console, quick: bool = False) -> Path:
     """The specialist, the generalist, the router's classifier and a config
     naming them; reused when already built."""

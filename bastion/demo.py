@@ -9,6 +9,7 @@ import socket
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,9 +95,7 @@ def run_agents(console: Console, workdir: Path, tui: bool) -> tuple[Tally, Path,
         log = AuditLog(audit_path)
         store = AlertStore(log)
         interactions = InteractionLog(workdir / "interactions.jsonl")
-        service = None
-        if tui:
-            service = _serve_for_tui(store, workdir)
+        open_tui = _tui_on(store) if tui else None
         with GuardedSandboxes(sensor, log, profiles, sinks=[store.add, tally.alerts.append]) as guarded:
             guarded.manager.listeners.append(lambda sb, events: tally.count(len(events)))
             guarded.manager.finishers.append(lambda sb: tally.lose(sb.lost_seen))
@@ -113,15 +112,16 @@ def run_agents(console: Console, workdir: Path, tui: bool) -> tuple[Tally, Path,
             exfil.accept()
             raise DemoFailed("agents", "the injected exfiltration reached its endpoint")
         interactions.close()
-        if service is not None:
+        if open_tui is not None:
             console.print("TUI: press q to leave it and go on")
-            service[1]()
+            open_tui()
         log.close()
     return tally, audit_path, routes
 
 
-def _serve_for_tui(store: AlertStore, workdir: Path) -> tuple[object, object]:
-    """A service on loopback and a function that opens the TUI on it."""
+def _tui_on(store: AlertStore) -> Callable[[], None]:
+    """Serve the store on loopback now; the returned function opens the TUI on
+    it, and stops the service when the analyst leaves."""
     from guard.client import NodeClient
     from guard.proto import bastion_pb2 as pb
     from guard.service import NodeHooks, Service
@@ -136,7 +136,7 @@ def _serve_for_tui(store: AlertStore, workdir: Path) -> tuple[object, object]:
         AlertsApp(NodeClient(f"127.0.0.1:{service.port}", token), "demo").run()
         service.stop()
 
-    return service, open_tui
+    return open_tui
 
 
 def check_and_summarise(console: Console, tally: Tally, audit_path: Path, routes: dict[str, int]) -> None:

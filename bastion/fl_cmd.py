@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from bastion.agents_cmd import build_models, default_models_dir
+from bastion.agents_cmd import specialist_dir
 from bastion.certs import make_certs
 
 
@@ -47,7 +47,7 @@ def run_federated(console: Console, sites: int, rounds: int, out: Path, simulati
                   poisoned: tuple[int, ...] = (), **options: Any) -> dict[str, Any]:
     from federated.sites import site_names
 
-    base = build_models(default_models_dir(), console).parent / "tool-caller"
+    base = specialist_dir(console)
     out.mkdir(parents=True, exist_ok=True)
     run_config = {"base-model": str(base), "output-dir": str(out), "num-server-rounds": rounds, **options}
     with Progress(console=console) as progress:

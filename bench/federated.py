@@ -18,7 +18,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bastion.agents_cmd import build_models, default_models_dir  # noqa: E402
+from bastion.agents_cmd import specialist_dir  # noqa: E402
 from federated import task  # noqa: E402
 from federated.simulation import simulate  # noqa: E402
 from federated.sites import read_site  # noqa: E402
@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=0.01)
     args = parser.parse_args()
     console = Console()
-    base = build_models(default_models_dir(), console).parent / "tool-caller"
+    base = specialist_dir(console)
     out = Path(tempfile.mkdtemp(prefix="bastion-fl-bench-"))
 
     with console.status("federated: Flower simulation engine, 3 sites"):

@@ -13,7 +13,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from agents.model_builder import _batch as make_batch
+from agents.model_builder import batch as make_batch
 from agents.prompt import CallError, parse
 
 # small on purpose: what travels each round is this adapter, about 1% of the model

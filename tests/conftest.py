@@ -4,6 +4,7 @@ the machine cannot give them; on Bastion's machines none of them skip."""
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,3 +51,21 @@ def cgroup(kernel: None) -> Iterator["Cgroup"]:  # noqa: F821
 @pytest.fixture(scope="session")
 def workload(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return workloads.build(tmp_path_factory.mktemp("workload"))
+
+
+@pytest.fixture
+def exfil_sink() -> Iterator[socket.socket]:
+    """Where stolen data would land; a test checks that it received nothing."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(4)
+        s.settimeout(0.3)
+        yield s
+
+
+def nothing_arrived(sink: socket.socket) -> bool:
+    try:
+        sink.accept()
+    except TimeoutError:
+        return True
+    return False

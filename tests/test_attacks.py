@@ -21,6 +21,7 @@ from guard.audit import AuditLog
 from guard.alerts import Alert, Verdict
 from guard.traces import Behaviour
 from guard.training import train
+from tests.conftest import nothing_arrived
 from tests.attacks import BENIGN, HERE, allowed_api, api_requests, command, corpus_policy
 
 AGENT = "corpus-tools"
@@ -93,30 +94,12 @@ def policy(api_port: int) -> Policy:
     return corpus_policy(api_port)
 
 
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    """Where exfiltration would land; it must receive nothing."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(4)
-        s.settimeout(0.2)
-        yield s
-
-
-def _nothing_arrived(listener: socket.socket) -> bool:
-    try:
-        listener.accept()
-    except TimeoutError:
-        return True
-    return False
-
-
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_attack_is_stopped_and_on_record(
-    attack: str, guarded: GuardedSandboxes, policy: Policy, listener: socket.socket
+    attack: str, guarded: GuardedSandboxes, policy: Policy, exfil_sink: socket.socket
 ) -> None:
     kind, killed = ATTACKS[attack]
-    result = guarded.manager.run(command(HERE / attack, [str(listener.getsockname()[1])]), policy, labels=LABELS)
+    result = guarded.manager.run(command(HERE / attack, [str(exfil_sink.getsockname()[1])]), policy, labels=LABELS)
 
     assert [d for d in result.denials if d.kind == kind], f"no {kind} denial on record: {result.denials}"
     if killed:
@@ -126,7 +109,7 @@ def test_attack_is_stopped_and_on_record(
         assert result.verdict == "kill"
     else:
         assert result.exit_status != 0, f"the attack succeeded: {result.stdout}"
-    assert _nothing_arrived(listener)
+    assert nothing_arrived(exfil_sink)
     assert result.events_lost == 0
 
     rules = [a for a in _alerts_on_record(guarded, result) if a.detector == "rule"]
