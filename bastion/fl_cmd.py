@@ -63,7 +63,7 @@ def run_federated(console: Console, sites: int, rounds: int, out: Path, simulati
             certs = make_certs(out / "certs")
             with LocalDeployment(out / "deployment", sites, (certs.ca_cert, certs.server_cert, certs.server_key),
                                  poisoned) as deployment:
-                report = deployment.run(run_config, on_round=lambda r, _n: progress.update(task, completed=r - 1))
+                report = deployment.run(run_config, on_round=lambda r: progress.update(task, completed=r - 1))
         progress.update(task, completed=rounds)
     names = site_names(sites)
     tests = {n: out / ("sites" if simulation else "deployment/sites") / f"{n}-test.jsonl" for n in names}
@@ -74,6 +74,9 @@ def run_federated(console: Console, sites: int, rounds: int, out: Path, simulati
     heldout = [pair for path in tests.values() for pair in read_site(path)]
     report["heldout_loss"] = (heldout_loss(base, None, heldout), heldout_loss(base, out / "adapter", heldout))
     console.print(round_table(report, names, report["before"]))
+    if report["secure_aggregation"]:
+        readable = sum(r["readable_updates"] for r in report["rounds"])
+        console.print(f"SecAgg+: the server read {readable} of the sites' updates; it saw only their masked sum")
     for rej in report["rejections"]:
         console.print(f"[bold red]rejected[/] round {rej['round']}: {rej['reason']}")
     share = report["adapter_bytes"] / report["model_bytes"]
@@ -83,8 +86,10 @@ def run_federated(console: Console, sites: int, rounds: int, out: Path, simulati
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
+    if args.secure_aggregation and args.aggregation != "mean":
+        raise SystemExit("bastion fl run: --aggregation: SecAgg+ reveals only the sum, so only 'mean' runs under it")
     options = {"aggregation": args.aggregation, "local-steps": args.local_steps, "dp-clip": args.dp_clip,
-               "dp-noise": args.dp_noise}
+               "dp-noise": args.dp_noise, "secure-aggregation": args.secure_aggregation}
     out = args.out or Path(tempfile.mkdtemp(prefix="bastion-fl-"))
     run_federated(console, args.sites, args.rounds, out, args.simulation, tuple(args.poison_site), **options)
     return 0
@@ -99,6 +104,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--simulation", action="store_true", help="Flower's simulation engine instead of real processes")
     p.add_argument("--aggregation", choices=["mean", "median", "trimmed-mean"], default="mean")
     p.add_argument("--local-steps", type=int, default=30)
+    p.add_argument("--secure-aggregation", action="store_true",
+                   help="SecAgg+: the server learns only the sites' mean; each site bounds its own update")
     p.add_argument("--dp-clip", type=float, default=0.0, help="clip each site's update to this norm (0: off)")
     p.add_argument("--dp-noise", type=float, default=0.0, help="Gaussian noise multiplier (needs --dp-clip)")
     p.add_argument("--poison-site", type=int, action="append", default=[], help="make site I send garbage (tests)")

@@ -1,6 +1,6 @@
 """The ClientApp: runs at each site's SuperNode, reads only that site's
 data (named by the node config), and sends back only the adapter's arrays
-and numeric metrics."""
+and numeric metrics; in a secure run the adapter leaves only masked."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from federated import task
+from federated import secure, task
 from federated.settings import settings, site_files
 from federated.sites import read_site
-from federated.strategy import to_numpy, to_record
+from federated.strategy import Privacy, to_numpy, to_record
 
 app = ClientApp()
 
@@ -24,22 +24,32 @@ def _model(base: str) -> tuple:  # type: ignore[type-arg]
     return task.load(Path(base))
 
 
-@app.train()
+@app.train(mods=[secure.secure_if_asked])
 def train(msg: Message, context: Context) -> Message:
     site, train_path, _, poisoned = site_files(context)
     cfg = settings(context)
     model, tokenizer = _model(str(cfg["base-model"]))
-    task.set_adapter(model, to_numpy(msg.content["arrays"]))
+    secure_run = secure.is_secure(msg.content)
+    if secure_run:
+        current, round_ = secure.unpack(msg.content, task.get_adapter(model).keys())
+    else:
+        current, round_ = to_numpy(msg.content["arrays"]), int(msg.content["config"].get("server-round", 0))
+    task.set_adapter(model, current)
     pairs = read_site(train_path)
-    round_ = int(msg.content["config"].get("server-round", 0))
     loss = task.train(model, tokenizer, pairs, steps=int(cfg["local-steps"]), lr=float(cfg["lr"]),
                       seed=1000 * round_ + site)
     arrays = task.get_adapter(model)
-    if poisoned:  # a hostile site, for the robustness test and bench
+    if secure_run:  # the server cannot check a masked update, so an honest site bounds its own
+        bound = min(b for b in (float(cfg["max-update-norm"]), float(cfg["dp-clip"])) if b > 0)
+        delta = Privacy(bound).clip(type(arrays)((k, arrays[k] - current[k]) for k in arrays))
+        arrays = type(arrays)((k, (current[k] + delta[k]).astype(arrays[k].dtype)) for k in arrays)
+    if poisoned:  # a hostile site, for the robustness test and bench; it ignores any bound
         arrays = type(arrays)((k, (np.random.default_rng(site).normal(0, 5, v.shape)).astype(v.dtype))
                               for k, v in arrays.items())
-    metrics = MetricRecord({"num-examples": len(pairs), "train-loss": loss, "site": site})
-    return Message(RecordDict({"arrays": to_record(arrays), "metrics": metrics}), reply_to=msg)
+    metrics = {"num-examples": len(pairs), "train-loss": loss, "site": site}
+    if secure_run:
+        return Message(secure.pack(arrays, metrics), reply_to=msg)
+    return Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 @app.evaluate()

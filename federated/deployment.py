@@ -30,7 +30,7 @@ from federated.sites import make_sites
 
 APP = Path(__file__).parent / "app"
 BIN = Path(sys.executable).parent
-ROUND = re.compile(r"\[ROUND (\d+)/(\d+)\]")
+ROUND = re.compile(r"\[ROUND (\d+)(?:/\d+)?\]")  # the legacy workflow (SecAgg+) prints no total
 
 
 class DeploymentError(RuntimeError):
@@ -116,7 +116,7 @@ class LocalDeployment:
             self._wait_for(f"supernode-{name}", "SuperNode ID")
         return self
 
-    def run(self, run_config: dict[str, Any], on_round: Callable[[int, int], None] | None = None,
+    def run(self, run_config: dict[str, Any], on_round: Callable[[int], None] | None = None,
             timeout: float = 1800) -> dict[str, Any]:
         out = Path(str(run_config["output-dir"]))
         overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in {
@@ -129,7 +129,7 @@ class LocalDeployment:
         for line in proc.stdout:
             tail = (tail + [line])[-40:]
             if (m := ROUND.search(line)) and on_round:
-                on_round(int(m.group(1)), int(m.group(2)))
+                on_round(int(m.group(1)))
             if time.monotonic() > deadline:
                 proc.kill()
                 break

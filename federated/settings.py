@@ -20,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "max-update-norm": 10.0,
     "dp-clip": 0.0,
     "dp-noise": 0.0,
+    "secure-aggregation": False,
 }
 
 

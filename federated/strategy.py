@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -34,6 +35,11 @@ class Rejection:
     round: int
     site: str
     reason: str
+
+
+def reject(rejections: list[Rejection], server_round: int, site: str, reason: str) -> None:
+    rejections.append(Rejection(server_round, site, reason))
+    log.warning("rejected an update", extra={"fields": {"round": server_round, "reason": reason}})
 
 
 def check_update(site: str, update: Arrays, current: Arrays, max_norm: float) -> str | None:
@@ -87,11 +93,34 @@ class Privacy:
         return OrderedDict((k, v + rng.normal(0, std, v.shape)) for k, v in mean.items())
 
 
+def per_site_metrics(replies: list[Mapping[str, Any]], weight_key: str = "num-examples") -> dict[str, float]:
+    """The weighted means, and each site's own value (sites' replies carry the
+    same keys, as Flower requires; the site is one of the values)."""
+    out: dict[str, float] = {}
+    total = sum(float(m[weight_key]) for m in replies) or 1.0
+    for key in ("accuracy", "train-loss"):
+        values = [(float(m[key]), float(m[weight_key])) for m in replies if key in m]
+        if values:
+            out[key] = sum(v * w for v, w in values) / total
+        for m in replies:
+            if key in m:
+                out[f"{key}-site-{int(m['site'])}"] = float(m[key])
+    return out
+
+
+def record_metrics(contents: list[Any], weight_key: str) -> MetricRecord:
+    """per_site_metrics in the shape Flower's message strategies call."""
+    return MetricRecord(per_site_metrics([c["metrics"] for c in contents], weight_key))
+
+
 @dataclass
-class RoundLog:
+class Outcome:
+    """What a federated run leaves, whichever workflow ran it."""
+
+    arrays: Arrays
+    train: dict[int, dict[str, float]] = field(default_factory=dict)
+    evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
-    bytes_down: dict[int, int] = field(default_factory=dict)
-    bytes_up: dict[int, int] = field(default_factory=dict)
 
 
 class GuardedFedAvg(FedAvg):
@@ -106,29 +135,25 @@ class GuardedFedAvg(FedAvg):
         self.privacy = privacy or Privacy()
         self.rng = np.random.default_rng(self.privacy.seed)
         self.site_names = site_names or {}
-        self.log = RoundLog()
+        self.rejections: list[Rejection] = []
         self._current: Arrays = OrderedDict()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._current = to_numpy(arrays)
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        self.log.bytes_down[server_round] = arrays.count_bytes() * len(messages)
-        return messages
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = [r for r in replies if r.has_content()]
         deltas, weights, accepted = [], [], []
-        self.log.bytes_up[server_round] = sum(r.content["arrays"].count_bytes() for r in replies)
         for reply in replies:
             metrics = reply.content["metrics"]
             site = self.site_names.get(int(metrics.get("site", -1)), f"node {reply.metadata.src_node_id}")
             update = to_numpy(reply.content["arrays"])
             reason = check_update(site, update, self._current, self.max_update_norm)
             if reason is not None:
-                self.log.rejections.append(Rejection(server_round, site, reason))
-                log.warning("rejected an update", extra={"fields": {"round": server_round, "reason": reason}})
+                reject(self.rejections, server_round, site, reason)
                 continue
             deltas.append(self.privacy.clip(OrderedDict((k, update[k] - self._current[k]) for k in update)))
             weights.append(float(metrics.get("num-examples", 1)))

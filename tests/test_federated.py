@@ -92,3 +92,26 @@ def test_simulation_with_a_poisoned_site_still_improves(base: Path, tmp_path: Pa
     honest = read_site(out / "sites" / "hospital-test.jsonl") + read_site(out / "sites" / "bank-test.jsonl")
     assert task.heldout_loss(base, out / "adapter", honest) < task.heldout_loss(base, None, honest)
     assert report["adapter_bytes"] <= 0.01 * report["model_bytes"] * 2  # tiny quick model: within 2%
+
+
+def test_secure_aggregation_hides_each_site_yet_gives_the_same_mean(base: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    options = {"local-steps": 15, "lr": 0.01, "max-update-norm": 1000.0}  # no site's own bound bites
+    plain = simulate(base, 3, 1, tmp_path / "plain", **options)
+    secure = simulate(base, 3, 1, tmp_path / "secure", **options, **{"secure-aggregation": True})
+    assert secure["secure_aggregation"] and not plain["secure_aggregation"]
+    assert plain["rounds"][0]["readable_updates"] == 3
+    assert secure["rounds"][0]["readable_updates"] == 0  # only masked vectors reached the server
+    assert secure["rounds"][0]["bytes_up"] > secure["adapter_bytes"] * 3  # ...and they did reach it
+    assert {f"accuracy-site-{i}" for i in range(3)} <= set(secure["rounds"][0]["evaluate"])
+    a, b = (load_file(tmp_path / run / "adapter" / "adapter_model.safetensors") for run in ("plain", "secure"))
+    assert max(float(np.abs(a[k]).max()) for k in a) > 0.01  # training moved the adapter
+    assert all(np.allclose(a[k], b[k], atol=1e-4) for k in a)  # the unmasked mean is the mean, to quantization
+
+
+def test_secure_aggregation_refuses_a_robust_rule_in_one_line() -> None:
+    from bastion.cli import main
+
+    with pytest.raises(SystemExit, match="--aggregation: SecAgg\\+ reveals only the sum"):
+        main(["fl", "run", "--secure-aggregation", "--aggregation", "median"])
