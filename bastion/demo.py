@@ -24,12 +24,15 @@ from agents.interaction_log import InteractionLog
 from bastion.agents_cmd import build_models, default_models_dir
 from bastion.fleet import Fleet, tool_policies, train_profiles
 from bastion.guarded import GuardedSandboxes
+from bastion.live_tui import watch_live
 from bastion.local_api import serve
+from bastion.node import sandbox_rows
 from ebpf.sensor import Sensor, require_root
 from guard import audit
 from guard.alert_store import AlertStore
 from guard.alerts import Alert
 from guard.audit import AuditLog
+from guard.proto import bastion_pb2 as pb
 from sandbox.policy import Destination
 
 
@@ -95,48 +98,36 @@ def run_agents(console: Console, workdir: Path, tui: bool) -> tuple[Tally, Path,
         log = AuditLog(audit_path)
         store = AlertStore(log)
         interactions = InteractionLog(workdir / "interactions.jsonl")
-        open_tui = _tui_on(store) if tui else None
         with GuardedSandboxes(sensor, log, profiles, sinks=[store.add, tally.alerts.append]) as guarded:
             guarded.manager.listeners.append(lambda sb, events: tally.count(len(events)))
             guarded.manager.finishers.append(lambda sb: tally.lose(sb.lost_seen))
             fleet = Fleet(guarded, build_router(config), policies, interactions)
             work = batch(port, exfil.getsockname()[1])
-            with Progress(console=console) as progress:
-                task = progress.add_task("agents at work in monitored sandboxes", total=len(work))
-                for w in work:
+
+            def run_batch(progress: Callable[[str], None]) -> None:
+                for i, w in enumerate(work, 1):
                     w.run = fleet.agent(w.agent).run(w.task)
                     tally.runs.append(w)
-                    progress.advance(task)
+                    progress(f"task {i} of {len(work)}: {w.run.ended}")
+
+            if tui:
+                def status() -> pb.Status:
+                    return pb.Status(sandboxes=sandbox_rows(guarded), events_total=tally.events,
+                                     lost_total=tally.lost, profiles=sorted(guarded.profiles),
+                                     alerts_total=len(store))
+
+                watch_live(console, store, status, run_batch)
+            else:
+                with Progress(console=console) as progress:
+                    task = progress.add_task("agents at work in monitored sandboxes", total=len(work))
+                    run_batch(lambda _line: progress.advance(task))
             routes = {name: s.calls for name, s in fleet.router.stats.items()}
         with contextlib.suppress(TimeoutError):
             exfil.accept()
             raise DemoFailed("agents", "the injected exfiltration reached its endpoint")
         interactions.close()
-        if open_tui is not None:
-            console.print("TUI: press q to leave it and go on")
-            open_tui()
         log.close()
     return tally, audit_path, routes
-
-
-def _tui_on(store: AlertStore) -> Callable[[], None]:
-    """Serve the store on loopback now; the returned function opens the TUI on
-    it, and stops the service when the analyst leaves."""
-    from guard.client import NodeClient
-    from guard.proto import bastion_pb2 as pb
-    from guard.service import NodeHooks, Service
-    from guard.tui import AlertsApp
-
-    hooks = NodeHooks(status=lambda: pb.Status(alerts_total=len(store)), update_policy=lambda n, y: None,
-                      run_sandbox=lambda r: "{}")
-    token = "demo"
-    service = Service(store, hooks, token, "127.0.0.1:0")
-
-    def open_tui() -> None:
-        AlertsApp(NodeClient(f"127.0.0.1:{service.port}", token), "demo").run()
-        service.stop()
-
-    return open_tui
 
 
 def check_and_summarise(console: Console, tally: Tally, audit_path: Path, routes: dict[str, int]) -> None:

@@ -37,6 +37,14 @@ TOKEN_FILE = RUN_DIR / "token"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
+def sandbox_rows(guarded: GuardedSandboxes) -> list[pb.SandboxStatus]:
+    """The running sandboxes as the status call reports them."""
+    now = time.monotonic()
+    return [pb.SandboxStatus(name=sb.name, agent=sb.labels.get("agent", ""), running_s=now - sb.started,
+                             events=sb.received, lost=sb.lost_seen, verdict=sb.strongest.value if sb.strongest else "allow")
+            for sb in guarded.manager.sandboxes()]
+
+
 class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     local: str = Field(LOCAL_ADDRESS, description="address for clients on this host (a unix socket)")
@@ -128,14 +136,7 @@ class Node:
 
     # hooks -----------------------------------------------------------------
     def status(self) -> pb.Status:
-        now = time.monotonic()
-        sandboxes = [
-            pb.SandboxStatus(name=sb.name, agent=sb.labels.get("agent", ""), running_s=now - sb.started,
-                             events=sb.received, lost=sb.lost_seen,
-                             verdict=sb.strongest.value if sb.strongest else "allow")
-            for sb in self.guarded.manager.sandboxes()
-        ]
-        return pb.Status(sandboxes=sandboxes, events_per_s=self.rate.per_second(), events_total=self.rate.total,
+        return pb.Status(sandboxes=sandbox_rows(self.guarded), events_per_s=self.rate.per_second(), events_total=self.rate.total,
                          lost_total=self.lost_total, profiles=sorted(self.guarded.profiles),
                          policies=sorted(self.policies), alerts_total=len(self.store))
 

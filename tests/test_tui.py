@@ -93,3 +93,56 @@ def test_review_alerts_in_the_tui(node: tuple[AlertStore, NodeClient]) -> None:
     acks = audit.read(store.log.path, "acknowledge")
     assert acks and acks[0]["analyst"] == "kim" and "host: 192.0.2.1" in acks[0]["comment"]
     assert [r["analyst"] for r in audit.read(store.log.path, "resolve")] == ["kim"]
+
+
+def test_the_demo_shows_alerts_live_while_the_batch_runs(tmp_path: Path) -> None:
+    import threading
+
+    from rich.console import Console
+
+    from bastion.live_tui import watch_live
+    from guard.proto import bastion_pb2 as pb
+
+    log = audit.AuditLog(tmp_path / "audit.jsonl")
+    store = AlertStore(log)
+    shown = threading.Event()
+    seen: dict[str, object] = {}
+
+    def batch(progress) -> None:  # type: ignore[no-untyped-def]
+        publish(store, [make_alert(1, Severity.CRITICAL, agent="clinic")])
+        progress("task 1 of 2: stopped")
+        assert shown.wait(10), "the TUI never showed the alert"  # the batch is still running now
+        publish(store, [make_alert(2, Severity.HIGH, agent="finance")])
+
+    async def analyst(pilot) -> None:  # type: ignore[no-untyped-def]
+        app = pilot.app
+        await _until(pilot, lambda: app.query_one(DataTable).row_count == 1)
+        seen["first"] = app.query_one(DataTable).get_row_at(0)
+        shown.set()
+        await _until(pilot, lambda: app.query_one(DataTable).row_count == 2)
+        await _until(pilot, lambda: "2 alerts" in _text(app, "#status"))
+        await pilot.press("q")
+
+    watch_live(Console(quiet=True), store, lambda: pb.Status(alerts_total=len(store)), batch, auto_pilot=analyst)
+    assert "finding 1" in str(seen["first"])
+    log.close()
+
+
+def test_the_demo_view_hands_back_what_the_batch_raised(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from bastion.live_tui import watch_live
+    from guard.proto import bastion_pb2 as pb
+
+    log = audit.AuditLog(tmp_path / "audit.jsonl")
+
+    def batch(progress) -> None:  # type: ignore[no-untyped-def]
+        raise RuntimeError("sandbox start failed")
+
+    async def analyst(pilot) -> None:  # type: ignore[no-untyped-def]
+        await pilot.pause(0.2)
+        await pilot.press("q")
+
+    with pytest.raises(RuntimeError, match="sandbox start failed"):
+        watch_live(Console(quiet=True), AlertStore(log), lambda: pb.Status(), batch, auto_pilot=analyst)
+    log.close()
