@@ -4,7 +4,7 @@ call) of the base model, of each site's local-only adapter, of the federated
 adapter (Flower's simulation engine) and of centralized fine-tuning on the
 pooled data with the same number of steps; bytes per round against the full
 model's size, as serialized on the wire.
-Run:  .venv/bin/python bench/federated.py [--rounds 6] [--secure-aggregation]
+Run:  .venv/bin/python bench/federated.py [--rounds 12] [--secure-aggregation]
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from federated.sites import read_site  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--local-steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--secure-aggregation", action="store_true", help="the federated run under SecAgg+")
     args = parser.parse_args()
