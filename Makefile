@@ -13,10 +13,11 @@ host:
 	@bash scripts/setup-host.sh
 
 # BCC's Python module comes from Debian; link just that package into the
-# virtualenv rather than exposing all of Debian's dist-packages.
+# virtualenv rather than exposing all of Debian's dist-packages. No bytecode
+# up front: Python compiles only the modules it imports, when it imports them.
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-compile -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	ln -sfn /usr/lib/python3/dist-packages/bcc "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc"
 	touch $@

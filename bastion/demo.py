@@ -184,7 +184,7 @@ def main(console: Console, tui: bool = False, fl_rounds: int = 1) -> int:
     check_and_summarise(console, tally, audit_path, routes)
     console.rule("3. learning across sites without sharing data")
     report = run_federated(console, 3, fl_rounds, workdir / "federated", simulation=False,
-                           **{"local-steps": 40, "lr": 0.01})
+                           **{"local-steps": 20, "lr": 0.01})
     if not report["rounds"]:
         raise DemoFailed("federated", "no round completed")
     before = sum(report["before"].values()) / len(report["before"])

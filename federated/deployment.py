@@ -111,7 +111,7 @@ class LocalDeployment:
             self._spawn(f"supernode-{name}", [
                 str(BIN / "flower-supernode"), "--root-certificates", str(self.ca_cert),
                 "--superlink", f"127.0.0.1:{port}", "--port", str(_free_port()),
-                "--auth-supernode-private-key", str(private), "--auth-supernode-public-key", str(public),
+                "--auth-supernode-private-key", str(private),  # flwr 1.41 derives the public key from it
                 "--node-config", config])
             self._wait_for(f"supernode-{name}", "SuperNode ID")
         return self
