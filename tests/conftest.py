@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import guard  # noqa: F401  (first, before a test imports grpc: it turns gRPC's fork handlers off)
+
 from tests import workloads
 
 
