@@ -115,3 +115,33 @@ def test_secure_aggregation_refuses_a_robust_rule_in_one_line() -> None:
 
     with pytest.raises(SystemExit, match="--aggregation: SecAgg\\+ reveals only the sum"):
         main(["fl", "run", "--secure-aggregation", "--aggregation", "median"])
+
+
+def test_fl_run_on_a_real_superlink_and_supernodes_over_tls_under_secagg(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from agents.backends import TransformersBackend
+    from bastion.agents_cmd import specialist_dir
+    from bastion.fl_cmd import run_federated
+
+    console = Console(record=True, width=160)
+    out = tmp_path / "fl"
+    report = run_federated(console, 3, 1, out, simulation=False,
+                           **{"local-steps": 2, "lr": 0.01, "secure-aggregation": True})
+    shown = console.export_text()
+    assert "acc hospital" in shown and "SecAgg+: the server read 0 of the sites' updates" in shown
+    (round_,) = report["rounds"]
+    assert round_["readable_updates"] == 0 and round_["bytes_up"] > 3 * report["adapter_bytes"]
+    assert {f"accuracy-site-{i}" for i in range(3)} <= set(round_["evaluate"])
+    deployment = out / "deployment"
+    for site in ("hospital", "bank", "clinic"):  # each SuperNode ran as its own process, authenticated
+        assert "SuperNode ID" in (deployment / f"supernode-{site}.log").read_text()
+    # the aggregated adapter serves in the agents' backend, its weights those the round produced
+    from peft import PeftModel
+    from safetensors.numpy import load_file
+
+    backend = TransformersBackend("tool-caller", specialist_dir(Console(quiet=True)), out / "adapter")
+    assert isinstance(backend.model, PeftModel)
+    served = task.get_adapter(backend.model)  # type: ignore[arg-type]
+    written = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert len(served) == len(written) and any(np.abs(v).max() > 0 for k, v in served.items() if "lora_B" in k)
