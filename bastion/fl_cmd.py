@@ -79,9 +79,10 @@ def run_federated(console: Console, sites: int, rounds: int, out: Path, simulati
         console.print(f"SecAgg+: the server read {readable} of the sites' updates; it saw only their masked sum")
     for rej in report["rejections"]:
         console.print(f"[bold red]rejected[/] round {rej['round']}: {rej['reason']}")
-    share = report["adapter_bytes"] / report["model_bytes"]
-    console.print(f"adapter {report['adapter_bytes'] / 1024:.0f} KiB per client per round = {share:.2%} of the "
-                  f"model; aggregated adapter (peft, safetensors): {out / 'adapter'}")
+    up = sum(r["bytes_up"] for r in report["rounds"]) / max(1, len(report["rounds"])) / sites
+    console.print(f"on the wire {up / 1024:.0f} KiB up per site per round = {up / report['model_bytes']:.2%} of the "
+                  f"model (the adapter: {report['adapter_bytes'] / 1024:.0f} KiB); aggregated adapter (peft, "
+                  f"safetensors): {out / 'adapter'}")
     return report
 
 
