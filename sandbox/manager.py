@@ -118,9 +118,6 @@ def _denial(ev: Event, sb: Sandbox) -> tuple[Denial, bool] | None:
     return Denial(kind=kind, detail=detail, ts_ns=ev.ts_ns, pid=ev.pid), violation
 
 
-START_ATTEMPTS = 3
-
-
 class SandboxManager:
     """Runs commands in sandboxes watched by one sensor."""
 
@@ -145,21 +142,6 @@ class SandboxManager:
 
     # starting ------------------------------------------------------------
     def start(self, command: Sequence[str], policy: Policy, labels: dict[str, str] | None = None) -> Sandbox:
-        """Start a watched sandbox. A start whose child failed before exec
-        (nothing of the tool ran; everything is cleaned up) is tried again:
-        under a heavily threaded parent the preexec hook fails now and then,
-        for a cause not yet found."""
-        for attempt in range(1, START_ATTEMPTS + 1):
-            try:
-                return self._start(command, policy, labels)
-            except subprocess.SubprocessError as exc:
-                if "preexec_fn" not in str(exc) or attempt == START_ATTEMPTS:
-                    raise
-                log.warning("sandbox child failed before exec; starting again",
-                            extra={"fields": {"attempt": attempt, "error": str(exc)}})
-        raise AssertionError("unreachable")
-
-    def _start(self, command: Sequence[str], policy: Policy, labels: dict[str, str] | None = None) -> Sandbox:
         if self.pump_error is not None:
             raise SandboxError(f"the event pump has died ({self.pump_error}); no sandbox can be watched")
         name = f"{PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
