@@ -14,7 +14,7 @@ from flwr.clientapp import ClientApp
 from federated import secure, task
 from federated.settings import settings, site_files
 from federated.sites import read_site
-from federated.strategy import Privacy, to_numpy, to_record
+from federated.strategy import Privacy, applied, difference, to_numpy, to_record
 
 app = ClientApp()
 
@@ -41,8 +41,7 @@ def train(msg: Message, context: Context) -> Message:
     arrays = task.get_adapter(model)
     if secure_run:  # the server cannot check a masked update, so an honest site bounds its own
         bound = min(b for b in (float(cfg["max-update-norm"]), float(cfg["dp-clip"])) if b > 0)
-        delta = Privacy(bound).clip(type(arrays)((k, arrays[k] - current[k]) for k in arrays))
-        arrays = type(arrays)((k, (current[k] + delta[k]).astype(arrays[k].dtype)) for k in arrays)
+        arrays = applied(current, Privacy(bound).clip(difference(arrays, current)))
     if poisoned:  # a hostile site, for the robustness test and bench; it ignores any bound
         arrays = type(arrays)((k, (np.random.default_rng(site).normal(0, 5, v.shape)).astype(v.dtype))
                               for k, v in arrays.items())

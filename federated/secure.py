@@ -25,7 +25,8 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
-from federated.strategy import Arrays, Outcome, Privacy, Rejection, check_update, per_site_metrics, reject, to_record
+from federated.strategy import (Arrays, Outcome, Privacy, Rejection, applied, check_update, difference, per_site_metrics,
+                                reject, to_record)
 
 
 def secure_if_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -42,8 +43,7 @@ def is_secure(content: RecordDict) -> bool:
 def unpack(content: RecordDict, names: Iterable[str]) -> tuple[Arrays, int]:
     """The global adapter and the round from the legacy FitIns SecAgg+ sends."""
     fitins = compat.recorddict_to_fitins(content, keep_input=True)
-    arrays = OrderedDict(zip(names, parameters_to_ndarrays(fitins.parameters), strict=True))
-    return arrays, int(fitins.config.get("server-round", 0))
+    return _arrays(list(names), fitins.parameters), int(fitins.config.get("server-round", 0))
 
 
 def pack(arrays: Arrays, metrics: dict[str, Any]) -> RecordDict:
@@ -86,9 +86,8 @@ class SecureFedAvg(FedAvg):
         if (reason := check_update(site, mean, self._current, self.max_update_norm)) is not None:
             reject(self.rejections, server_round, site, reason)
             return None, {}
-        delta = self.privacy.noise(OrderedDict((k, mean[k] - self._current[k]) for k in mean), len(results), self.rng)
-        new = [(self._current[k] + delta[k]).astype(self._current[k].dtype) for k in self.names]
-        return ndarrays_to_parameters(new), self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics)
+        delta = self.privacy.noise(difference(mean, self._current), len(results), self.rng)
+        return ndarrays_to_parameters(list(applied(self._current, delta).values())), self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics)
                                                                             for _, r in results])
 
 

@@ -30,6 +30,16 @@ def to_record(arrays: Arrays) -> ArrayRecord:
     return ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in arrays.items()))
 
 
+def difference(update: Arrays, base: Arrays) -> Arrays:
+    """What an update changes, array by array."""
+    return OrderedDict((k, update[k] - base[k]) for k in base)
+
+
+def applied(base: Arrays, delta: Arrays) -> Arrays:
+    """The base moved by a delta, in the base's dtypes."""
+    return OrderedDict((k, (base[k] + delta[k]).astype(base[k].dtype)) for k in base)
+
+
 @dataclass
 class Rejection:
     round: int
@@ -155,12 +165,12 @@ class GuardedFedAvg(FedAvg):
             if reason is not None:
                 reject(self.rejections, server_round, site, reason)
                 continue
-            deltas.append(self.privacy.clip(OrderedDict((k, update[k] - self._current[k]) for k in update)))
+            deltas.append(self.privacy.clip(difference(update, self._current)))
             weights.append(float(metrics.get("num-examples", 1)))
             accepted.append(reply)
         if not deltas:
             return None, None
         mean = self.privacy.noise(aggregate(deltas, weights, self.method, self.trim), len(deltas), self.rng)
-        new = OrderedDict((k, (self._current[k] + mean[k]).astype(self._current[k].dtype)) for k in self._current)
+        new = applied(self._current, mean)
         metrics = self.train_metrics_aggr_fn([r.content for r in accepted], self.weighted_by_key)
         return to_record(new), metrics
