@@ -7,7 +7,11 @@ process mounts a private /proc, and only then enters the sandbox's cgroups:
 from there on the sensor watches it, and Bastion's own setup (unshare,
 mount) is not mistaken for the tool's. It drops to the policy's user, loses
 every capability, sets no_new_privs, and applies Landlock and seccomp last,
-so nothing after them needs a right they remove."""
+so nothing after them needs a right they remove.
+
+subprocess closes the inherited descriptors only after preexec_fn returns, so
+the Landlock ruleset needs no pass_fds (the tool never holds it), and nothing
+here may open a file once the policy's open-files limit is set."""
 
 from __future__ import annotations
 
@@ -75,6 +79,9 @@ class Launch:
     def _confine(self) -> None:
         _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
         _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mounting /proc")
+        # Opens a file, so it comes before the open-files limit: until exec the
+        # supervisor's descriptors are all still open here, and may be more.
+        allow_path(self.landlock_fd, Path("/proc"), READ)  # this namespace's /proc
         _check(_libc.sethostname(self.hostname, len(self.hostname)), "sethostname")
         for procs in self.procs_files:
             procs.write_text("0")
@@ -86,6 +93,5 @@ class Launch:
         os.setuid(self.uid)  # from root to another uid: all capabilities go
         _die_with_parent()  # after setuid, which clears the parent-death signal
         set_no_new_privs()
-        allow_path(self.landlock_fd, Path("/proc"), READ)  # this namespace's /proc
         restrict_self(self.landlock_fd)
         self.seccomp.load()

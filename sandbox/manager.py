@@ -186,7 +186,6 @@ class SandboxManager:
                 stderr=subprocess.PIPE,
                 env=policy.environment(dict(os.environ)),
                 preexec_fn=launch.preexec,
-                pass_fds=(ruleset.fd,),
             )
             assert sb.proc.stdout is not None and sb.proc.stderr is not None
             sb.stdout = _Capture(sb.proc.stdout, policy.limits.output_bytes)

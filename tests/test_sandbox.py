@@ -47,6 +47,20 @@ def test_isolation_facts(manager: SandboxManager) -> None:
     assert nets == "['lo']"  # network: none is an empty network namespace
 
 
+def test_a_supervisor_with_more_open_files_than_the_limit_still_starts_tools(manager: SandboxManager) -> None:
+    """A long-running node holds many descriptors (BPF maps, gRPC clients);
+    the policy's open-files limit binds the tool, not Bastion's setup."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(64)]
+    try:
+        result = manager.run(["/usr/bin/python3", "-c", "import os; print(sorted(os.listdir('/proc/self/fd')))"],
+                             parse_policy("limits: {open_files: 16}"))
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert result.exit_status == 0, result.stderr
+    assert result.stdout.strip() == "['0', '1', '2', '3']"  # stdio, and listdir's own: nothing inherited
+
+
 def test_output_is_capped_and_flagged(manager: SandboxManager) -> None:
     result = manager.run(["/bin/sh", "-c", "yes | head -c 100000"], parse_policy("limits: {output_bytes: 4096}"))
     assert len(result.stdout) == 4096 and result.stdout_truncated and not result.stderr_truncated
