@@ -87,10 +87,14 @@ def run_federated(console: Console, sites: int, rounds: int, out: Path, simulati
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    if args.secure_aggregation and args.aggregation != "mean":
-        raise SystemExit("bastion fl run: --aggregation: SecAgg+ reveals only the sum, so only 'mean' runs under it")
+    from federated.settings import DEFAULTS, check
+
     options = {"aggregation": args.aggregation, "local-steps": args.local_steps, "dp-clip": args.dp_clip,
                "dp-noise": args.dp_noise, "secure-aggregation": args.secure_aggregation}
+    try:
+        check({**DEFAULTS, **options})  # before any model is built or process started
+    except ValueError as exc:
+        raise SystemExit(f"bastion fl run: --{exc}") from None
     out = args.out or Path(tempfile.mkdtemp(prefix="bastion-fl-"))
     run_federated(console, args.sites, args.rounds, out, args.simulation, tuple(args.poison_site), **options)
     return 0

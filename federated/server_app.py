@@ -12,7 +12,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from federated import secure, task
-from federated.settings import settings
+from federated.settings import check, settings
 from federated.strategy import Arrays, GuardedFedAvg, Outcome, Privacy, record_metrics, to_numpy, to_record
 from federated.traffic import CountingGrid
 
@@ -42,9 +42,8 @@ def main(grid: Grid, context: Context) -> None:
     cfg = settings(context)
     model, _ = task.load(Path(str(cfg["base-model"])))
     counting = CountingGrid(grid)
+    check(cfg)
     secure_run = bool(cfg["secure-aggregation"])
-    if secure_run and cfg["aggregation"] != "mean":
-        raise ValueError("aggregation: SecAgg+ reveals only the sum, so only 'mean' can run under it")
     outcome = (secure.run if secure_run else run_plain)(counting, context, cfg, task.get_adapter(model))
     out = Path(str(cfg["output-dir"]))
     task.set_adapter(model, outcome.arrays)

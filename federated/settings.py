@@ -32,6 +32,12 @@ def settings(context: Context) -> dict[str, Any]:
     return merged
 
 
+def check(cfg: dict[str, Any]) -> None:
+    """Refuse settings that cannot run together, naming the field."""
+    if cfg["secure-aggregation"] and cfg["aggregation"] != "mean":
+        raise ValueError("aggregation: SecAgg+ reveals only the sum, so only 'mean' runs under it")
+
+
 def site_files(context: Context) -> tuple[int, Path, Path, bool]:
     """The site index, its train and test files, and whether it is poisoned."""
     node = context.node_config
