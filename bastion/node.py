@@ -41,7 +41,8 @@ def sandbox_rows(guarded: GuardedSandboxes) -> list[pb.SandboxStatus]:
     """The running sandboxes as the status call reports them."""
     now = time.monotonic()
     return [pb.SandboxStatus(name=sb.name, agent=sb.labels.get("agent", ""), running_s=now - sb.started,
-                             events=sb.received, lost=sb.lost_seen, verdict=sb.strongest.value if sb.strongest else "allow")
+                             events=sb.received, lost=sb.lost_seen,
+                             verdict=sb.strongest.value if sb.strongest else "allow")
             for sb in guarded.manager.sandboxes()]
 
 
@@ -136,8 +137,8 @@ class Node:
 
     # hooks -----------------------------------------------------------------
     def status(self) -> pb.Status:
-        return pb.Status(sandboxes=sandbox_rows(self.guarded), events_per_s=self.rate.per_second(), events_total=self.rate.total,
-                         lost_total=self.lost_total, profiles=sorted(self.guarded.profiles),
+        return pb.Status(sandboxes=sandbox_rows(self.guarded), events_per_s=self.rate.per_second(),
+                         events_total=self.rate.total, lost_total=self.lost_total, profiles=sorted(self.guarded.profiles),
                          policies=sorted(self.policies), alerts_total=len(self.store))
 
     def update_policy(self, name: str, text: str) -> None:

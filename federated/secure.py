@@ -87,8 +87,8 @@ class SecureFedAvg(FedAvg):
             reject(self.rejections, server_round, site, reason)
             return None, {}
         delta = self.privacy.noise(difference(mean, self._current), len(results), self.rng)
-        return ndarrays_to_parameters(list(applied(self._current, delta).values())), self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics)
-                                                                            for _, r in results])
+        metrics = self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics) for _, r in results])
+        return ndarrays_to_parameters(list(applied(self._current, delta).values())), metrics
 
 
 def run(grid: Grid, context: Context, cfg: dict[str, Any], initial: Arrays) -> Outcome:
