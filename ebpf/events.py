@@ -15,7 +15,7 @@ TASK_COMM_LEN = 16
 PATH_LEN = 256
 ARGV_N = 4
 ARG_LEN = 64
-UNIX_PATH_LEN = 64
+UNIX_PATH_LEN = 108
 NGRAM_MAX = 8
 
 AF_UNIX = 1
@@ -40,7 +40,7 @@ class EventKind(enum.StrEnum):
 
 # enum ev_type in bastion.h
 _KIND_BY_TYPE = {i + 1: kind for i, kind in enumerate(EventKind)}
-DENY_HOOKS = {1: "connect4", 2: "connect6", 3: "sendmsg4", 4: "sendmsg6"}
+DENY_HOOKS = {1: "connect4", 2: "connect6", 3: "sendmsg4", 4: "sendmsg6", 5: "unix_connect", 6: "unix_sendmsg"}
 
 
 class EvHdr(ct.Structure):

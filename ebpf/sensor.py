@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ebpf.events import CgStats, Event, WatchInfo, decode
+from ebpf.events import UNIX_PATH_LEN, CgStats, Event, WatchInfo, decode
 
 BPF_DIR = Path(__file__).parent / "bpf"
 # One module: the programs share the watched map, the ring buffer and stats.
@@ -27,7 +27,11 @@ EGRESS_PROGRAMS = {
     "egress_connect6": 11,
     "egress_sendmsg4": 14,  # BPF_CGROUP_UDP4_SENDMSG
     "egress_sendmsg6": 15,
+    "egress_unix_connect": 49,  # BPF_CGROUP_UNIX_CONNECT (Linux 6.7)
+    "egress_unix_sendmsg": 50,  # BPF_CGROUP_UNIX_SENDMSG
 }
+UNIX_ALLOW = 1
+UNIX_QUIET = 2
 PROTO_TCP = 1
 PROTO_UDP = 2
 TRACEFS_SYSCALLS = Path("/sys/kernel/tracing/events/syscalls")
@@ -248,7 +252,10 @@ class Sensor:
         from bcc import BPF
 
         for fn, attach in self._egress_programs():
-            BPF.attach_func(fn, cgroup_fd, attach)
+            try:
+                BPF.attach_func(fn, cgroup_fd, attach)
+            except Exception as exc:  # an older kernel lacks the unix hooks: no sandbox without them
+                raise SensorError(f"attaching {fn.name.decode()} to a sandbox cgroup failed: {exc}") from exc
 
     def set_egress(self, cgroup_id: int, rules: Iterable[EgressRule]) -> None:
         """Replace the cgroup's allowlist. Longest prefix wins in the trie, so
@@ -279,6 +286,23 @@ class Sensor:
         mine = cgroup_id.to_bytes(8, "little")
         for key in [k for k in table.keys() if bytes(k.cgroup) == mine]:
             del table[key]
+        unix = self.bpf["unix_allow"]
+        for key in [k for k in unix.keys() if k.cgroup_id == cgroup_id]:
+            del unix[key]
+
+    def set_unix_sockets(self, cgroup_id: int, allowed: Iterable[str], quiet: Iterable[str] = ()) -> None:
+        """The unix socket paths the cgroup may connect or send to; `quiet`
+        ones are refused without an event. Every other one is refused."""
+        table = self.bpf["unix_allow"]
+        for paths, verdict in ((quiet, UNIX_QUIET), (allowed, UNIX_ALLOW)):
+            for path in paths:
+                raw = path.encode()
+                if not raw or len(raw) >= UNIX_PATH_LEN:
+                    raise SensorError(f"unix socket path {path!r} is empty or too long for the kernel map")
+                key = table.Key()
+                key.cgroup_id = cgroup_id
+                key.path = raw
+                table[key] = ct.c_uint8(verdict)
 
     def quarantine(self, cgroup_id: int, on: bool = True) -> None:
         """Deny all egress of the cgroup from this instant (or lift that)."""

@@ -1,9 +1,15 @@
 """The child side of starting a sandbox: what runs between fork and exec.
 
 `Launch.preexec` is subprocess's preexec_fn. It unshares namespaces and
-forks once more, so that the tool runs as pid 1 of a new pid namespace while
-the first child stays behind, outside the sandbox, as its reaper. The tool's
-process mounts a private /proc, and only then enters the sandbox's cgroups:
+forks twice. The first child stays behind, outside the pid namespace, as the
+reaper subprocess waits on. Its child is pid 1 of the new namespace:
+Bastion's own small init, which starts the tool as pid 2, reaps orphans and
+exits with the tool's status. Each of the two dies by PR_SET_PDEATHSIG when
+its parent dies, and when a pid namespace's init dies the kernel kills every
+process in it: so when the supervisor dies, by any signal, the whole sandbox
+dies, whatever the tool did to its own parent-death signal, and the tool
+cannot signal either of them (another pid namespace, another user, Landlock's
+signal scope). The tool's process mounts a private /proc, and only then enters the sandbox's cgroups:
 from there on the sensor watches it, and Bastion's own setup (unshare,
 mount) is not mistaken for the tool's. It drops to the policy's user, loses
 every capability, sets no_new_privs, and applies Landlock and seccomp last,
@@ -46,6 +52,29 @@ def _die_with_parent() -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
 
 
+def _status(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+def _reap(pid: int) -> None:
+    """The first child: close everything (so the supervisor sees EOF and
+    subprocess its exec report) and exit with init's status."""
+    os.closerange(0, 65536)
+    _, status = os.waitpid(pid, 0)
+    os._exit(_status(status))
+
+
+def _init(tool: int) -> None:
+    """pid 1 of the sandbox: reap every orphan until the tool ends, then exit
+    with its status; the kernel then kills whatever the tool left behind."""
+    os.closerange(0, 65536)
+    while True:
+        pid, status = os.wait()
+        if pid == tool:
+            os._exit(_status(status))
+
+
 @dataclass
 class Launch:
     procs_files: list[Path]
@@ -59,22 +88,20 @@ class Launch:
     hostname: bytes = b"bastion"
 
     def preexec(self) -> None:
+        supervisor = os.getppid()
         _die_with_parent()
+        if os.getppid() != supervisor:  # it died before the signal was armed
+            os._exit(128 + signal.SIGKILL)
         flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
         _check(_libc.unshare(flags | (CLONE_NEWNET if self.isolate_network else 0)), "unshare")
-        pid = os.fork()
-        if pid:
-            self._reap(pid)
-        self._confine()
-
-    @staticmethod
-    def _reap(pid: int) -> None:
-        """The first child: close everything (so the supervisor sees EOF and
-        subprocess its exec report) and exit with the tool's status."""
-        os.closerange(0, 65536)
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        os._exit(code if code >= 0 else 128 - code)
+        init = os.fork()
+        if init:
+            _reap(init)  # the reaper, outside the sandbox
+        _die_with_parent()  # init: dies with the reaper, and the namespace with it
+        tool = os.fork()
+        if tool:
+            _init(tool)
+        self._confine()  # the tool, pid 2
 
     def _confine(self) -> None:
         _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "making / private")

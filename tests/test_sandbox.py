@@ -42,7 +42,7 @@ def test_isolation_facts(manager: SandboxManager) -> None:
     result = manager.run(["/usr/bin/python3", "-c", script], parse_policy(""))
     assert result.exit_status == 0, result.stderr
     ids, caps, nnp, seccomp, nets = result.stdout.splitlines()
-    assert ids == "65534 65534 1 bastion"  # nobody, pid 1 of its own namespace, own hostname
+    assert ids == "65534 65534 2 bastion"  # nobody, pid 2 under Bastion's init in its own namespace, own hostname
     assert (caps, nnp, seccomp) == ("0000000000000000", "1", "2")
     assert nets == "['lo']"  # network: none is an empty network namespace
 

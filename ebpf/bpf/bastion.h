@@ -11,7 +11,7 @@
 #define PATH_LEN 256
 #define ARGV_N 4
 #define ARG_LEN 64
-#define UNIX_PATH_LEN 64
+#define UNIX_PATH_LEN 108  /* sizeof(sun_path): a path is read whole or not trusted */
 #define NGRAM_MAX 8
 
 enum ev_type {
@@ -153,5 +153,18 @@ struct egress_rule {
 #define DENY_CONNECT6 2
 #define DENY_SENDMSG4 3
 #define DENY_SENDMSG6 4
+#define DENY_UNIX_CONNECT 5
+#define DENY_UNIX_SENDMSG 6
+
+/* Unix sockets a sandbox may reach: (cgroup id, path as the thread passed
+ * it, zero-padded). Values: UNIX_ALLOW, or UNIX_QUIET for libc's probes
+ * (refused without an event: glibc falls back on any error). */
+struct unix_key {
+    u64 cgroup_id;
+    char path[UNIX_PATH_LEN];
+};
+
+#define UNIX_ALLOW 1
+#define UNIX_QUIET 2
 
 #endif

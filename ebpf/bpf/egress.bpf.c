@@ -1,13 +1,16 @@
 /* Egress decided in the kernel: cgroup connect and sendmsg hooks allow a
  * destination only if the sandbox's allowlist has it and the sandbox is not
  * quarantined. Anything else fails with EPERM and is reported as EV_DENY.
- * Attached per sandbox cgroup by the sandbox, never auto-attached. */
+ * Unix sockets (pathname and abstract) go through the same decision with
+ * their own allowlist. Attached per sandbox cgroup by the sandbox, never
+ * auto-attached. */
 #include "maps.bpf.h"
 
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
 
 BPF_LPM_TRIE(egress_rules, struct egress_key, struct egress_rule, 16384);
+BPF_HASH(unix_allow, struct unix_key, u8, 4096);
 
 static __always_inline int port_allowed(struct egress_rule *r, u16 port)
 {
@@ -87,4 +90,42 @@ int egress_sendmsg4(struct bpf_sock_addr *ctx)
 int egress_sendmsg6(struct bpf_sock_addr *ctx)
 {
     return decide6(ctx, DENY_SENDMSG6);
+}
+
+/* The unix hooks cannot read the destination path without kernel structs,
+ * so the path is the one net.bpf.c read from the same thread's syscall
+ * arguments at sys_enter and parked in `pending`. */
+static __always_inline int decide_unix(u32 hook)
+{
+    u64 cg;
+    struct watch_info *w = watched_cgroup(&cg);
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    union event_buf *p = pending.lookup(&tid);
+    struct unix_key k = {};
+    k.cgroup_id = cg;
+    if (p && (p->h.type == EV_CONNECT || p->h.type == EV_SENDTO) && p->net.family == 1)
+        __builtin_memcpy(k.path, p->net.unix_path, sizeof(k.path));
+    u8 *verdict = unix_allow.lookup(&k);
+    if (w && verdict && *verdict == UNIX_QUIET)
+        return 0;
+    if (w && verdict && !(w->flags & WATCH_QUARANTINE))
+        return 1;
+    struct ev_net e = {};
+    fill_hdr(&e.h, EV_DENY, cg);
+    e.h.ret = -1;  /* EPERM */
+    e.family = 1;  /* AF_UNIX */
+    e.arg = hook;
+    __builtin_memcpy(e.unix_path, k.path, sizeof(e.unix_path));
+    emit(&e, sizeof(e), cg);
+    return 0;
+}
+
+int egress_unix_connect(struct bpf_sock_addr *ctx)
+{
+    return decide_unix(DENY_UNIX_CONNECT);
+}
+
+int egress_unix_sendmsg(struct bpf_sock_addr *ctx)
+{
+    return decide_unix(DENY_UNIX_SENDMSG);
 }

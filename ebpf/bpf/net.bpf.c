@@ -6,12 +6,13 @@
 #define AF_INET6_ 10
 
 /* Copy family, port and address of a user-space sockaddr into the event. */
-static __always_inline void read_sockaddr(struct ev_net *n, const void *uaddr)
+static __always_inline void read_sockaddr(struct ev_net *n, const void *uaddr, u32 len)
 {
     u16 family = 0;
     n->family = 0;
     n->port = 0;
-    n->unix_path[0] = 0;
+    /* zeroed whole: the unix egress hook compares the path as a map key */
+    __builtin_memset(n->unix_path, 0, sizeof(n->unix_path));
     __builtin_memset(n->addr, 0, sizeof(n->addr));
     if (!uaddr || bpf_probe_read_user(&family, sizeof(family), uaddr))
         return;
@@ -25,12 +26,21 @@ static __always_inline void read_sockaddr(struct ev_net *n, const void *uaddr)
         else
             bpf_probe_read_user(n->addr, 16, uaddr + 8);
     } else if (family == AF_UNIX_) {
-        bpf_probe_read_user_str(n->unix_path, sizeof(n->unix_path), uaddr + 2);
+        /* an abstract name starts with a NUL byte and ends where the
+         * address length says: shown as @name */
+        if (bpf_probe_read_user_str(n->unix_path, sizeof(n->unix_path), uaddr + 2) == 1 && len > 3) {
+            u32 l = len - 3;
+            if (l > sizeof(n->unix_path) - 2)
+                l = sizeof(n->unix_path) - 2;
+            n->unix_path[0] = '@';
+            asm volatile("%0 &= 127" : "+r"(l));  /* a bound the verifier sees */
+            bpf_probe_read_user(n->unix_path + 1, l, uaddr + 3);
+        }
     }
 }
 
 /* Park a network event; the address is read now, or at exit for accept. */
-static __always_inline void net_enter(u16 type, const void *uaddr, u32 arg)
+static __always_inline void net_enter(u16 type, const void *uaddr, u32 len, u32 arg)
 {
     u64 cg;
     if (!watched_cgroup(&cg))
@@ -38,7 +48,7 @@ static __always_inline void net_enter(u16 type, const void *uaddr, u32 arg)
     union event_buf *e = begin(type, cg);
     if (!e)
         return;
-    read_sockaddr(&e->net, uaddr);
+    read_sockaddr(&e->net, uaddr, len);
     e->net.arg = arg;
     park(e);
 }
@@ -52,7 +62,7 @@ static __always_inline void net_exit(u16 type, long ret)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 {
-    net_enter(EV_CONNECT, args->uservaddr, 0);
+    net_enter(EV_CONNECT, args->uservaddr, args->addrlen, 0);
     return 0;
 }
 
@@ -66,7 +76,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 {
     if (args->addr)
-        net_enter(EV_SENDTO, args->addr, 0);
+        net_enter(EV_SENDTO, args->addr, args->addr_len, 0);
     return 0;
 }
 
@@ -78,10 +88,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_sendto)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
 {
-    void *name = 0;
-    bpf_probe_read_user(&name, sizeof(name), args->msg);  /* msg_name comes first */
-    if (name)
-        net_enter(EV_SENDTO, name, 0);
+    struct { void *name; u32 namelen; } hdr = {};
+    bpf_probe_read_user(&hdr, sizeof(hdr), args->msg);  /* msg_name, msg_namelen come first */
+    if (hdr.name)
+        net_enter(EV_SENDTO, hdr.name, hdr.namelen, 0);
     return 0;
 }
 
@@ -93,7 +103,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_bind)
 {
-    net_enter(EV_BIND, args->umyaddr, 0);
+    net_enter(EV_BIND, args->umyaddr, args->addrlen, 0);
     return 0;
 }
 
@@ -105,7 +115,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_bind)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_listen)
 {
-    net_enter(EV_LISTEN, 0, args->backlog);
+    net_enter(EV_LISTEN, 0, 0, args->backlog);
     return 0;
 }
 
@@ -126,7 +136,7 @@ static __always_inline void accept_enter(const void *upeer)
     union event_buf *e = begin(EV_ACCEPT, cg);
     if (!e)
         return;
-    read_sockaddr(&e->net, 0);
+    read_sockaddr(&e->net, 0, 0);
     e->net.arg = 0;
     park(e);
     u32 tid = e->h.tid;
@@ -143,7 +153,7 @@ static __always_inline void accept_exit(long ret)
     u64 *ptr = accept_addr.lookup(&tid);
     union event_buf *e = pending.lookup(&tid);
     if (ptr && e && e->h.type == EV_ACCEPT && ret >= 0)
-        read_sockaddr(&e->net, (const void *)*ptr);
+        read_sockaddr(&e->net, (const void *)*ptr, 0);
     accept_addr.delete(&tid);
     finish(EV_ACCEPT, ret, sizeof(struct ev_net));
 }
