@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.backends import Backend, OpenAICompatibleBackend, TransformersBackend
 from agents.router import Route, Router, TaskClassifier
+from safeio import InputError, parse_yaml, read_text
 
 
 class ConfigError(ValueError):
@@ -69,9 +69,9 @@ class AgentsConfig(_Strict):
 
 def load_config(path: Path) -> AgentsConfig:
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read the config: {exc}") from None
+        data = parse_yaml(read_text(path, 1 << 20), str(path))
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         return AgentsConfig.model_validate(data).resolve(path.parent)
     except ValidationError as exc:

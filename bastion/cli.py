@@ -40,14 +40,16 @@ def _trace(args: argparse.Namespace, console: Console) -> int:
 
 
 def _sandbox_run(args: argparse.Namespace, console: Console) -> int:
-    from bastion.sandbox_cmd import print_result, run_sandboxed
+    from bastion.sandbox_cmd import RunRefused, print_result, run_sandboxed
+    from safeio import InputError
+    from sandbox.manager import SandboxError
     from sandbox.policy import PolicyError
 
     if not args.cmd:
         raise SystemExit("bastion sandbox run: give a command after --, e.g. `bastion sandbox run -- ls /`")
     try:
         result = run_sandboxed(args.cmd, args.policy, args.timeout)
-    except PolicyError as exc:
+    except (PolicyError, InputError, SandboxError, RunRefused) as exc:
         raise SystemExit(f"bastion: {exc}") from None
     print_result(result, args.json)
     return result.exit_status

@@ -31,7 +31,7 @@ from ebpf.sensor import Sensor, require_root
 from guard import audit
 from guard.alert_store import AlertStore
 from guard.alerts import Alert
-from guard.audit import AuditLog
+from guard.audit import AuditLog, Signer
 from guard.proto import bastion_pb2 as pb
 from sandbox.policy import Destination
 
@@ -95,7 +95,7 @@ def run_agents(console: Console, workdir: Path, tui: bool) -> tuple[Tally, Path,
                                       on_run=lambda _r: progress.advance(task))
         learned = ", ".join(f"{p.meta.agent} ({p.meta.trained_on['ngrams']} n-grams)" for p in profiles)
         console.print(f"[bold]profiles[/]: {learned}")
-        log = AuditLog(audit_path)
+        log = AuditLog(audit_path, Signer.load_or_create(workdir / "node.key"))
         store = AlertStore(log)
         interactions = InteractionLog(workdir / "interactions.jsonl")
         with GuardedSandboxes(sensor, log, profiles, sinks=[store.add, tally.alerts.append]) as guarded:
@@ -163,8 +163,11 @@ def check_and_summarise(console: Console, tally: Tally, audit_path: Path, routes
                                                   f"max {latencies[-1]:.2f} ms")
     table.add_row("sensor events seen / lost", f"{tally.events:,} / {tally.lost}")
     console.print(table)
-    records = audit.verify(audit_path)
-    console.print(f"audit log: {audit_path} — {records} records, hash chain verified")
+    report = audit.verify(audit_path, audit.load_public_key(audit_path.with_name("node.key.pub")))
+    if report.uncovered:
+        raise DemoFailed("audit", f"{report.uncovered} records of {audit_path} are not covered by a signed checkpoint")
+    console.print(f"audit log: {audit_path} — {report.records} records, hash chain and "
+                  f"{report.checkpoints} signed checkpoints verified")
     if false_stops:
         raise DemoFailed("agents", f"the guard stopped benign work: {false_stops[0].task[:80]}")
 

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import Progress
 
 from ebpf.record import EventFileError
-from guard.audit import AuditError, verify
+from safeio import check_output, open_output
+from guard.audit import AuditError, load_public_key, read_heads, verify
 from guard.profile import ProfileError, load_profile
 from guard.traces import Behaviour, Trace, TraceError, read_event_files, read_trace_dir
 from guard.training import Settings, score_traces, train
@@ -24,6 +25,7 @@ def _inputs(args: argparse.Namespace, ngram_n: int) -> tuple[list[Trace], Behavi
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:
+    check_output(args.out)  # before the work, not after
     settings = Settings(ngram_n=args.ngram, window=args.window, stride=args.window // 2, fpr_target=args.fpr)
     traces, behaviour = _inputs(args, settings.ngram_n)
     with Progress(console=console, transient=True) as progress:
@@ -40,7 +42,7 @@ def _score(args: argparse.Namespace, console: Console) -> int:
     traces, _ = _inputs(args, profile.meta.ngram_n)
     with Progress(console=console, transient=True) as progress:
         rows = score_traces(profile, traces, progress, total=len(traces))
-    with args.out.open("w", newline="") as fh:
+    with open_output(args.out) as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "score"])
         writer.writerows((name, f"{score:.6f}") for name, score in rows)
@@ -51,8 +53,26 @@ def _score(args: argparse.Namespace, console: Console) -> int:
 
 
 def _verify(args: argparse.Namespace, console: Console) -> int:
-    count = verify(args.file)
-    console.print(f"{args.file}: {count} records, chain intact")
+    """0: intact and every record covered by a signed checkpoint (or no key
+    given); 1: intact, but records after the last checkpoint could have been
+    cut off; 2: broken (one line naming where)."""
+    key = load_public_key(args.key) if args.key else None
+    if args.heads and key is None:
+        raise ValueError("--heads: signed heads are checked with the node's key: give --key too")
+    heads = read_heads(args.heads, key) if args.heads else []
+    report = verify(args.file, key, heads)
+    if key is None:
+        console.print(f"{args.file}: {report.records} records, chain intact (signatures not checked: no --key)")
+        return 0
+    summary = f"{args.file}: {report.records} records, chain intact, {report.checkpoints} signed checkpoints"
+    if heads:
+        summary += f", all {len(heads)} heads sent out of the host present"
+    if report.uncovered:
+        where = f"after seq {report.covered - 1}" if report.covered else "anywhere: no signed checkpoint"
+        console.print(f"{summary}; possibly truncated {where} ({report.uncovered} records not covered "
+                      f"by a signed checkpoint: a crash, or a cut)", style="yellow", markup=False, highlight=False)
+        return 1
+    console.print(summary)
     return 0
 
 
@@ -88,6 +108,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
             p.add_argument("--profile", type=Path, required=True)
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="action", required=True)
-    p = audit.add_parser("verify", help="check the hash chain; names the first bad record")
+    p = audit.add_parser("verify", help="check the hash chain and signed checkpoints; names the first bad record")
     p.add_argument("file", type=Path)
+    p.add_argument("--key", type=Path, help="the node's public key (node.key.pub): checks every signed checkpoint")
+    p.add_argument("--heads", type=Path, help="signed heads the node sent out of the host: each must be in the log")
     p.set_defaults(func=_guarded(_verify))

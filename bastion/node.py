@@ -20,13 +20,15 @@ from bastion.guarded import GuardedSandboxes
 from ebpf.events import Event
 from ebpf.sensor import Sensor, require_root
 from guard.alert_store import AlertStore
-from guard.audit import AuditLog
+from guard.alerts import Alert, Severity, Verdict
+from guard.audit import AuditError, AuditLog, HeadFile, Signer, verify
 from guard.falco import FalcoSink
 from guard.metrics import Metrics
 from guard.profile import load_profile
 from guard.proto import bastion_pb2 as pb
 from guard.service import NodeHooks, RequestError, Service, Tls
-from sandbox.manager import Sandbox
+from safeio import read_bytes, read_text
+from sandbox.manager import Sandbox, SandboxError
 from sandbox.policy import Policy, PolicyError, parse_policy
 
 log = logging.getLogger("bastion.node")
@@ -55,14 +57,18 @@ class NodeConfig(BaseModel):
     token_file: Path = TOKEN_FILE
     profiles: Path | None = Field(None, description="a directory of *.safetensors profiles")
     audit: Path = Path("/var/lib/bastion/audit.jsonl")
-    falco: Path | None = Field(None, description="also write alerts here as Falco JSON lines")
+    signing_key: Path = Field(Path("/var/lib/bastion/node.key"),
+                              description="ed25519 key that signs the audit log's checkpoints (made 0600 if absent)")
+    checkpoint_every: int = Field(64, ge=1, le=100_000, description="records between signed checkpoints")
+    audit_heads: Path | None = Field(None, description="also append each signed head here (a file off this host)")
+    falco: Path | None = Field(None, description="also write alerts and signed heads here as Falco JSON lines")
     metrics_port: int | None = Field(None, ge=1, le=65535)
 
 
 def read_or_make_token(path: Path) -> str:
     """The node's bearer token, created (0600) on first start."""
     if path.exists():
-        return path.read_text().strip()
+        return read_text(path, 4096).strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -105,12 +111,21 @@ class Node:
         self.rate = _Rate()
         self.lost_total = 0
         profiles = sorted(config.profiles.glob("*.safetensors")) if config.profiles else []
-        self.audit = AuditLog(config.audit)
-        self.store = AlertStore(self.audit)
         self.falco = FalcoSink(config.falco) if config.falco else None
+        self.head_file = HeadFile(config.audit_heads) if config.audit_heads else None
+        heads = [sink for sink in (self.falco and self.falco.head, self.head_file) if sink]
+        signer = Signer.load_or_create(config.signing_key)
+        problem = check_audit_log(config.audit, signer)
+        self.audit = AuditLog(config.audit, signer, config.checkpoint_every, heads)
+        if problem:
+            self._node_alert(problem)
+        self.store = AlertStore(self.audit)
         sinks = [self.store.add, self.metrics.observe_alert] + ([self.falco] if self.falco else [])
         self.sensor = Sensor().start()
         self.guarded = GuardedSandboxes(self.sensor, self.audit, [load_profile(p) for p in profiles], sinks)
+        if self.guarded.manager.orphans:
+            self.audit.append("cleanup", {"orphans": self.guarded.manager.orphans,
+                                          "why": "their supervising node had died"})
         self.guarded.manager.listeners.append(self._count)
         self.guarded.manager.finishers.append(self._lost)
         hooks = NodeHooks(status=self.status, update_policy=self.update_policy, run_sandbox=self.run_sandbox)
@@ -119,12 +134,21 @@ class Node:
         if config.listen:
             if not (config.tls_cert and config.tls_key):
                 raise ValueError("listen: a network address needs tls_cert and tls_key")
-            tls = Tls(config.tls_cert.read_bytes(), config.tls_key.read_bytes())
+            tls = Tls(read_bytes(config.tls_cert, 1 << 20), read_bytes(config.tls_key, 1 << 20))
             self.services.append(Service(self.store, hooks, token, config.listen, tls))
         if config.metrics_port:
             self.metrics.serve(config.metrics_port)
         log.info("node started", extra={"fields": {"local": config.local, "listen": config.listen,
                                                    "profiles": list(self.guarded.profiles)}})
+
+    def _node_alert(self, problem: tuple[Severity, str]) -> None:
+        """An alert about the node itself, audited first as every alert is."""
+        severity, rule = problem
+        alert = Alert(sandbox="node", detector="audit", rule=rule, severity=severity, action=Verdict.ALERT)
+        self.audit.append("alert", alert.model_dump(mode="json"))
+        if self.falco:
+            self.falco(alert)
+        log.error("audit log", extra={"fields": {"problem": rule}})
 
     def _count(self, sb: Sandbox, events: list[Event]) -> None:
         self.metrics.events.inc(len(events))
@@ -165,8 +189,11 @@ class Node:
                 raise RequestError(str(exc)) from None
         else:
             policy = Policy()
-        timeout = request.timeout_s or None
-        result = self.guarded.manager.run(list(request.command), policy, timeout=timeout, labels=dict(request.labels))
+        try:
+            result = self.guarded.manager.run(list(request.command), policy, timeout=request.timeout_s or None,
+                                              labels=dict(request.labels))
+        except (SandboxError, PolicyError) as exc:
+            raise RequestError(str(exc)) from None
         return json.dumps({"result": result.model_dump(mode="json"),
                            "alerts": [a.model_dump(mode="json") for a in self.guarded.alerts_of(result.sandbox)]})
 
@@ -175,10 +202,28 @@ class Node:
             service.stop()
         self.guarded.close()
         self.sensor.close()
-        if self.falco:
-            self.falco.close()
-        self.audit.close()
+        self.audit.close()  # signs the last head, which goes to the head sinks
+        for sink in (self.falco, self.head_file):
+            if sink:
+                sink.close()
 
+
+def check_audit_log(path: Path, signer: Signer) -> tuple[Severity, str] | None:
+    """Verify the log before appending to it. A broken one is set aside
+    (kept, never appended to) and a new one started; either is an alert."""
+    if not path.exists():
+        return None
+    try:
+        report = verify(path, signer.public_key)
+    except AuditError as exc:
+        kept = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.rename(path, kept)
+        return Severity.CRITICAL, f"the audit log failed verification and was set aside as {kept}: {exc}"
+    if report.uncovered:
+        return Severity.HIGH, (f"audit log records {report.covered}..{report.records - 1} were not covered by a "
+                               f"signed checkpoint at start: the node stopped without signing (a crash), "
+                               f"or the log was cut")
+    return None
 
 def wait_for_signal(node: Node) -> None:
     import signal

@@ -14,7 +14,8 @@ from ebpf.sensor import Sensor, require_root
 from guard.client import NodeClient
 from guard.proto import bastion_pb2 as pb
 from sandbox.manager import SandboxManager
-from sandbox.policy import Policy, load_policy
+from safeio import read_text
+from sandbox.policy import MAX_POLICY_BYTES, Policy, parse_policy
 from sandbox.result import SandboxResult
 
 
@@ -25,21 +26,27 @@ def local_node() -> NodeClient | None:
     try:
         if not (RUN_DIR / "node.sock").exists():
             return None
-        client = NodeClient(LOCAL_ADDRESS, TOKEN_FILE.read_text().strip())
+        client = NodeClient(LOCAL_ADDRESS, read_text(TOKEN_FILE, 4096).strip())
         client.stub.GetStatus(pb.StatusRequest(), timeout=1)
         return client
-    except (OSError, grpc.RpcError):
+    except (OSError, ValueError, grpc.RpcError):
         return None
 
 
+class RunRefused(RuntimeError):
+    """The node refused the request; the message is its one line."""
+
+
 def run_sandboxed(cmd: Sequence[str], policy_file: Path | None, timeout: float | None) -> SandboxResult:
-    policy = load_policy(policy_file) if policy_file else Policy()  # errors are named here, before anything runs
+    policy_yaml = read_text(policy_file, MAX_POLICY_BYTES) if policy_file else ""
+    policy = parse_policy(policy_yaml, str(policy_file)) if policy_file else Policy()  # errors named before anything runs
     node = local_node()
     if node is not None:
-        request = pb.RunRequest(command=list(cmd), policy_yaml=policy_file.read_text() if policy_file else "",
-                                timeout_s=timeout or 0)
+        request = pb.RunRequest(command=list(cmd), policy_yaml=policy_yaml, timeout_s=timeout or 0)
         try:
             return SandboxResult.model_validate(json.loads(node.run(request))["result"])
+        except grpc.RpcError as exc:
+            raise RunRefused(f"the node refused the run: {exc.details()}") from None
         finally:
             node.close()
     require_root()

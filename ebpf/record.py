@@ -10,6 +10,10 @@ from typing import IO
 from pydantic import ValidationError
 
 from ebpf.events import EVENT_WIRE, Event
+from safeio import InputError, open_output, open_regular
+
+MAX_EVENTS_BYTES = 4 << 30
+MAX_LINE_BYTES = 64 << 10  # an event is under 2 KiB
 
 
 class EventFileError(ValueError):
@@ -27,7 +31,7 @@ class JsonlWriter:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._fh: IO[str] = self.path.open("w", encoding="utf-8")
+        self._fh: IO[str] = open_output(self.path)
         self.count = 0
 
     def write(self, events: Iterable[Event]) -> None:
@@ -49,8 +53,14 @@ class JsonlWriter:
 def read_jsonl(path: Path | str) -> Iterator[Event]:
     """Replay events from a JSONL file, validating every line."""
     path = Path(path)
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    try:
+        fh = open_regular(path, MAX_EVENTS_BYTES)
+    except InputError as exc:
+        raise EventFileError(str(exc)) from None
+    with fh:
+        for lineno, line in enumerate(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""), 1):
+            if len(line) > MAX_LINE_BYTES:
+                raise EventFileError(f"{path}:{lineno}: a line longer than {MAX_LINE_BYTES} bytes is no event")
             if not line.strip():
                 continue
             try:

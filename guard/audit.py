@@ -1,18 +1,35 @@
 """The audit log: append-only JSONL in which every record carries the hash of
 the one before, flushed and fsynced before the append returns, so a record
-someone has seen is on disk and any edit, removal or reordering shows."""
+someone has seen is on disk and any edit, removal or reordering shows.
+
+A hash chain alone proves nothing against someone who can write the file:
+they can cut its end, or recompute the whole chain. So the node signs the
+chain's head with its own ed25519 key every `checkpoint_every` records and
+on shutdown (a `checkpoint` record, itself chained), and can send each
+signed head out of the host. Verified with the node's public key, a
+rewritten or re-chained log fails at its first checkpoint; a log whose end
+no checkpoint covers is reported as possibly truncated; a head sent out that
+the log no longer holds proves truncation."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import stat
 import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
+from safeio import InputError, open_regular, parse_json
+
 GENESIS = "0" * 64
+CHECKPOINT = "checkpoint"
+MAX_LOG_BYTES = 4 << 30
+MAX_RECORD_BYTES = 1 << 20
+_FIELDS = {"seq", "prev", "hash", "kind", "body"}
 
 
 class AuditError(ValueError):
@@ -25,67 +42,213 @@ def _digest(prev: str, seq: int, kind: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _tail(path: Path) -> tuple[int, str]:
-    """The next sequence number and the last hash of an existing log."""
-    seq, last = 0, GENESIS
-    for record in records(path):
-        seq, last = record["seq"] + 1, record["hash"]
-    return seq, last
+def _signed_bytes(covers: int, head: str, key: str) -> bytes:
+    return json.dumps({"covers": covers, "head": head, "key": key}, sort_keys=True, separators=(",", ":")).encode()
+
+
+class Signer:
+    """The node's ed25519 key, kept in a root-only file that no sandbox can
+    read (sandboxes run as another user, under Landlock, in /usr and /etc)."""
+
+    def __init__(self, private: Any) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        self._private = private
+        self.public_key = private.public_key()
+        self.public_pem = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.key_id = key_id(private.public_key())
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Signer:
+        """The key at `path` (made 0600 on first use) and its public half
+        written beside it as PATH.pub."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        if path.exists():
+            key = serialization.load_pem_private_key(_read_key(path), None)
+            if not isinstance(key, Ed25519PrivateKey):
+                raise AuditError(f"{path}: not an ed25519 private key")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            key = Ed25519PrivateKey.generate()
+            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(pem)
+        signer = cls(key)
+        pub = public_key_path(path)
+        if not pub.exists() or _read_key(pub) != signer.public_pem:
+            pub.write_bytes(signer.public_pem)
+        return signer
+
+    def checkpoint(self, covers: int, head: str) -> dict[str, Any]:
+        sig = self._private.sign(_signed_bytes(covers, head, self.key_id)).hex()
+        return {"covers": covers, "head": head, "key": self.key_id, "sig": sig}
+
+
+def public_key_path(private: Path) -> Path:
+    return private.with_name(private.name + ".pub")
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        return open_regular(path, 64 << 10).read()
+    except InputError as exc:
+        raise AuditError(str(exc)) from None
+
+
+def key_id(public: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def load_public_key(path: Path | str) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(_read_key(Path(path)))
+    except ValueError:
+        raise AuditError(f"{path}: not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise AuditError(f"{path}: not an ed25519 public key")
+    return key
 
 
 def records(path: Path) -> Iterator[dict[str, Any]]:
     """Every record of a log, parsed, with its line number as `_line`."""
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    try:
+        fh = open_regular(path, MAX_LOG_BYTES)
+    except InputError as exc:
+        raise AuditError(str(exc)) from None
+    with fh:
+        for lineno, line in enumerate(iter(lambda: fh.readline(MAX_RECORD_BYTES + 1), b""), 1):
+            if len(line) > MAX_RECORD_BYTES:
+                raise AuditError(f"{path}:{lineno}: record is longer than {MAX_RECORD_BYTES} bytes")
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = parse_json(line, f"{path}:{lineno}")
+            except InputError:
                 raise AuditError(f"{path}:{lineno}: record is not valid JSON") from None
-            if not isinstance(record, dict) or not {"seq", "prev", "hash", "kind", "body"} <= record.keys():
+            if not isinstance(record, dict) or not _FIELDS <= record.keys() or not isinstance(record["body"], dict):
                 raise AuditError(f"{path}:{lineno}: record lacks seq, prev, hash, kind or body")
             record["_line"] = lineno
             yield record
 
 
-class AuditLog:
-    """Appends records to a hash-chained log; safe to share between threads."""
+def _open_for_append(path: Path) -> int:
+    """The log's fd for appending: a regular file, never through a symlink,
+    never blocking on a FIFO."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise AuditError(f"{path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise AuditError(f"{path}: is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
 
-    def __init__(self, path: Path | str) -> None:
+
+class AuditLog:
+    """Appends records to a hash-chained log; safe to share between threads.
+    With a signer, a signed checkpoint follows every `checkpoint_every`
+    records and closes the log; `heads` sinks receive each checkpoint."""
+
+    def __init__(self, path: Path | str, signer: Signer | None = None, checkpoint_every: int = 64,
+                 heads: Iterable[Callable[[dict[str, Any]], None]] = ()) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._seq, self._last = _tail(self.path) if self.path.exists() else (0, GENESIS)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.signer = signer
+        self.checkpoint_every = checkpoint_every
+        self.heads = list(heads)
+        self._seq, self._last, self._unsigned = 0, GENESIS, 0
+        if self.path.exists():
+            for record in records(self.path):
+                self._seq, self._last = record["seq"] + 1, record["hash"]
+                self._unsigned = 0 if record["kind"] == CHECKPOINT else self._unsigned + 1
+        self._fd = _open_for_append(self.path)
         self._lock = threading.Lock()
 
     def append(self, kind: str, body: dict[str, Any]) -> int:
         """Write one record durably; returns its sequence number."""
         return self.append_many(kind, [body])[0]
 
+    def _line(self, kind: str, body: dict[str, Any]) -> str:
+        digest = _digest(self._last, self._seq, kind, body)
+        record = {"seq": self._seq, "prev": self._last, "kind": kind, "body": body, "hash": digest}
+        self._seq, self._last = self._seq + 1, digest
+        self._unsigned = 0 if kind == CHECKPOINT else self._unsigned + 1
+        return json.dumps(record, separators=(",", ":")) + "\n"
+
     def append_many(self, kind: str, bodies: list[dict[str, Any]]) -> list[int]:
         """Write records in order with one fsync; returns their sequence numbers."""
         with self._lock:
             lines, seqs = [], []
             for body in bodies:
-                digest = _digest(self._last, self._seq, kind, body)
-                record = {"seq": self._seq, "prev": self._last, "kind": kind, "body": body, "hash": digest}
-                lines.append(json.dumps(record, separators=(",", ":")) + "\n")
                 seqs.append(self._seq)
-                self._seq, self._last = self._seq + 1, digest
+                lines.append(self._line(kind, body))
+            head = None
+            if self.signer is not None and self._unsigned >= self.checkpoint_every:
+                head = self.signer.checkpoint(self._seq - 1, self._last)
+                lines.append(self._line(CHECKPOINT, head))
             os.write(self._fd, "".join(lines).encode())
             os.fsync(self._fd)
-            return seqs
+        if head is not None:
+            self._send(head)
+        return seqs
+
+    def checkpoint(self) -> None:
+        """Sign the current head now, if any record is not yet covered."""
+        with self._lock:
+            if self.signer is None or self._unsigned == 0:
+                return
+            head = self.signer.checkpoint(self._seq - 1, self._last)
+            os.write(self._fd, self._line(CHECKPOINT, head).encode())
+            os.fsync(self._fd)
+        self._send(head)
+
+    def _send(self, head: dict[str, Any]) -> None:
+        for sink in self.heads:
+            sink({**head, "log": str(self.path)})
 
     def close(self) -> None:
+        self.checkpoint()
         os.close(self._fd)
 
 
-def verify(path: Path | str) -> int:
-    """Check the whole chain; returns the number of records or raises
-    AuditError naming the first record edited, removed or out of order."""
+@dataclass(frozen=True)
+class Verified:
+    """What verification established."""
+
+    records: int
+    checkpoints: int
+    covered: int  # records that a valid signed checkpoint covers (0 without a key)
+    signed: bool  # checked against a public key
+
+    @property
+    def uncovered(self) -> int:
+        return self.records - self.covered
+
+
+def verify(path: Path | str, public_key: Any = None, heads: Iterable[dict[str, Any]] = ()) -> Verified:
+    """Check the whole chain, and with the node's public key every signed
+    checkpoint and every head sent out of the host. Raises AuditError naming
+    the first record edited, removed, out of order or re-chained, or the
+    first head the log no longer holds."""
+    from cryptography.exceptions import InvalidSignature
+
     path = Path(path)
     if not path.exists():
         raise AuditError(f"{path}: no such audit log")
-    expected_seq, prev = 0, GENESIS
+    kid = key_id(public_key) if public_key is not None else None
+    expected_seq, prev, checkpoints, covered = 0, GENESIS, 0, 0
+    hashes: dict[int, str] = {}
     for record in records(path):
         where = f"{path}:{record['_line']}: record seq {record['seq']}"
         if record["seq"] != expected_seq:
@@ -94,8 +257,78 @@ def verify(path: Path | str) -> int:
             raise AuditError(f"{where}: does not follow the record before it (removed or reordered)")
         if _digest(prev, record["seq"], record["kind"], record["body"]) != record["hash"]:
             raise AuditError(f"{where}: its content does not match its hash (edited)")
+        if record["kind"] == CHECKPOINT and public_key is not None:
+            body = record["body"]
+            try:
+                if body.get("key") != kid or body.get("covers") != expected_seq - 1 or body.get("head") != prev:
+                    raise InvalidSignature
+                public_key.verify(bytes.fromhex(body["sig"]), _signed_bytes(body["covers"], body["head"], kid))
+            except (InvalidSignature, KeyError, TypeError, ValueError):
+                raise AuditError(f"{where}: checkpoint is not signed by this node's key over the chain before "
+                                 f"it: the log was rewritten or re-chained at or before this record") from None
+            checkpoints += 1
+            covered = expected_seq + 1
+        hashes[expected_seq] = record["hash"]
         expected_seq, prev = expected_seq + 1, record["hash"]
-    return expected_seq
+    for head in heads:
+        seq, digest = head.get("covers"), head.get("head")
+        if hashes.get(seq) != digest:  # type: ignore[arg-type]
+            state = "is missing" if not isinstance(seq, int) or seq >= expected_seq else "differs"
+            raise AuditError(f"{path}: record seq {seq}, whose signed head was sent out of the host, {state} "
+                             f"in the log: it was truncated or replaced")
+    return Verified(expected_seq, checkpoints, covered, public_key is not None)
+
+
+def read_heads(path: Path | str, public_key: Any) -> list[dict[str, Any]]:
+    """Signed heads from a file of JSON lines (a head sink's output), each
+    checked against the key; heads of other logs are kept too."""
+    from cryptography.exceptions import InvalidSignature
+
+    out = []
+    kid = key_id(public_key)
+    for lineno, line in enumerate(_read_lines(Path(path)), 1):
+        head = parse_json(line, f"{path}:{lineno}") if line.strip() else None
+        if head is None:
+            continue
+        try:
+            if not isinstance(head, dict) or head.get("key") != kid:
+                raise InvalidSignature
+            public_key.verify(bytes.fromhex(head["sig"]), _signed_bytes(head["covers"], head["head"], kid))
+        except (InvalidSignature, KeyError, TypeError, ValueError):
+            raise AuditError(f"{path}:{lineno}: not a head signed by this node's key") from None
+        out.append(head)
+    return out
+
+
+def _read_lines(path: Path) -> list[bytes]:
+    try:
+        with open_regular(path, MAX_LOG_BYTES) as fh:
+            return fh.read().splitlines()
+    except InputError as exc:
+        raise AuditError(str(exc)) from None
+
+
+class HeadFile:
+    """A head sink: each signed head appended as a JSON line to a file,
+    meant to live elsewhere (another host's mount, a log shipper's input)."""
+
+    def __init__(self, path: Path) -> None:
+        from safeio import open_output
+
+        try:
+            self._fh = open_output(path, "a")
+        except InputError as exc:
+            raise AuditError(str(exc)) from None
+        self._lock = threading.Lock()
+
+    def __call__(self, head: dict[str, Any]) -> None:
+        with self._lock:
+            self._fh.write(json.dumps(head, separators=(",", ":")) + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def read(path: Path | str, kind: str | None = None) -> list[dict[str, Any]]:

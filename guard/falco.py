@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from guard.alerts import Alert, Severity
+from safeio import open_output
 
 PRIORITY = {
     Severity.LOW: "Notice",
@@ -56,12 +57,24 @@ class FalcoSink:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh = path.open("a", encoding="utf-8")
+        self._fh = open_output(path, "a")
         self._lock = threading.Lock()
         self._host = socket.gethostname()
 
     def __call__(self, alert: Alert) -> None:
-        line = json.dumps(falco_event(alert, self._host), separators=(",", ":"))
+        self._write(falco_event(alert, self._host))
+
+    def head(self, head: dict[str, Any]) -> None:
+        """An audit-log head signed by the node: pipelines that ship Falco
+        lines off the host keep the evidence that the log was not cut."""
+        when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self._write({"output": f"audit log {head['log']} signed through seq {head['covers']}",
+                     "priority": "Informational", "rule": "bastion audit checkpoint", "time": when,
+                     "output_fields": {f"bastion.audit.{k}": v for k, v in head.items()},
+                     "source": "bastion", "hostname": self._host, "tags": ["bastion", "audit"]})
+
+    def _write(self, event: dict[str, Any]) -> None:
+        line = json.dumps(event, separators=(",", ":"))
         with self._lock:
             self._fh.write(line + "\n")
             self._fh.flush()

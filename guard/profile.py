@@ -4,15 +4,16 @@ validated field by field: nothing in it is ever executed or unpickled."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.numpy import load, save
+
+from safeio import InputError, parse_json, read_bytes, write_bytes
 
 from guard.detectors import MAX_PACKED_N, FrequencyDetector, NgramDetector, unpack
 from guard.traces import Behaviour
@@ -30,14 +31,15 @@ class Thresholds(BaseModel):
     on held-out benign windows; the combined score is the larger of the two
     ratios score/threshold, anomalous above `combined`."""
 
-    model_config = ConfigDict(extra="forbid")
-    ngram: float = Field(gt=0)
-    frequency: float = Field(gt=0)
-    combined: float = Field(gt=0)
+    # finite and in range: an infinite threshold would silently detect nothing
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    ngram: float = Field(gt=0, le=1, description="a mismatch rate")
+    frequency: float = Field(gt=0, le=2, description="a Hellinger distance (at most sqrt 2)")
+    combined: float = Field(gt=0, le=100)
 
 
 class ProfileMeta(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     format: Literal["bastion-profile/1"] = FORMAT
     agent: str = Field(min_length=1, max_length=128)
     ngram_n: int = Field(ge=2, le=MAX_PACKED_N)
@@ -91,7 +93,7 @@ class Profile:
             "vocab": np.ascontiguousarray(self.frequency.vocab, dtype=np.int64),
             "reference": np.ascontiguousarray(self.frequency.reference, dtype=np.float32),
         }
-        save_file(tensors, str(path), metadata={"bastion": self.meta.model_dump_json()})
+        write_bytes(path, save(tensors, metadata={"bastion": self.meta.model_dump_json()}))
 
 
 def _field_error(path: Path, exc: ValidationError) -> ProfileError:
@@ -123,27 +125,37 @@ def _check_arrays(path: Path, arrays: dict[str, np.ndarray], meta: ProfileMeta) 
         raise bad("reference", "holds values outside 0..1 (not a Hellinger embedding)")
 
 
+def _header(path: Path, data: bytes) -> dict[str, object]:
+    """The safetensors metadata: an 8-byte length, then a JSON header."""
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 0 < size <= len(data) - 8:
+        raise ProfileError(f"{path}: not a safetensors profile (header length)")
+    try:
+        header = parse_json(data[8:8 + size], str(path))
+    except InputError as exc:
+        raise ProfileError(f"{path}: not a safetensors profile: {exc}") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
 def load_profile(path: Path | str) -> Profile:
     """Load a profile, checking every field and array; raises ProfileError."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ProfileError(f"{path}: {exc.strerror}") from None
-    if size > MAX_BYTES:
-        raise ProfileError(f"{path}: {size} bytes is larger than a profile may be ({MAX_BYTES})")
+        data = read_bytes(path, MAX_BYTES)
+    except InputError as exc:
+        raise ProfileError(str(exc)) from None
+    header = _header(path, data)
     try:
-        with safe_open(str(path), "np") as fh:
-            header = fh.metadata() or {}
-        arrays = load_file(str(path))
+        arrays = load(data)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ProfileError(f"{path}: not a safetensors profile: {exc}") from None
-    if "bastion" not in header:
+    if not isinstance(header.get("bastion"), str):
         raise ProfileError(f"{path}: no Bastion profile header")
     try:
-        meta = ProfileMeta.model_validate(json.loads(header["bastion"]))
-    except json.JSONDecodeError:
-        raise ProfileError(f"{path}: the profile header is not valid JSON") from None
+        meta = ProfileMeta.model_validate(parse_json(header["bastion"], f"{path}: the profile header"))
+    except InputError as exc:
+        raise ProfileError(str(exc)) from None
     except ValidationError as exc:
         raise _field_error(path, exc) from None
     _check_arrays(path, arrays, meta)

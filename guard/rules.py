@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ebpf.events import AF_INET, AF_INET6, Event, EventKind
 from guard.traces import Behaviour, WORKDIR, destination, path_prefix
 
-EACCES, EPERM = 13, 1
+EACCES, EPERM, EAFNOSUPPORT = 13, 1, 97
 _WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -64,7 +64,7 @@ def check(ev: Event, rules: Rules, syscall_name: Callable[[int], str]) -> Findin
     match ev.kind:
         case EventKind.DENY:
             rule = f"egress to {destination(ev)} refused in the kernel ({ev.hook})"
-        case EventKind.SYSCALL if ev.arg or ev.ret == -EPERM:
+        case EventKind.SYSCALL if ev.arg or ev.ret in (-EPERM, -EAFNOSUPPORT):  # seccomp's refusals
             rule = f"denied syscall {syscall_name(ev.syscall)} attempted"
         case EventKind.EXEC if ev.ret == 0 and not _under(ev.path, rules.binaries):
             rule = f"binary {ev.path} is outside the allowed binaries"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -117,21 +118,72 @@ class _Servicer(pb_grpc.GuardNodeServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
 
-class _TokenAuth(grpc.ServerInterceptor):
-    """Refuses calls without `authorization: Bearer <token>`, and audits them."""
+def peer_of(context: grpc.ServicerContext) -> str:
+    """Who called: the address without its ephemeral port, and the TLS
+    client's certificate name when it presented one."""
+    peer = context.peer() or "unknown"
+    if peer.startswith(("ipv4:", "ipv6:")):
+        peer = peer.rsplit(":", 1)[0]
+    names = (context.auth_context() or {}).get("x509_common_name") or []
+    return peer + "".join(f" cn={n.decode(errors='replace')}" for n in names)
 
-    def __init__(self, token: str, audit: AuditLog) -> None:
-        self._expected = f"Bearer {token}".encode()
+
+class Refusals:
+    """Refused calls counted per peer and method and audited in aggregate,
+    one record per `every_s`, so a flood of bad calls cannot become a flood
+    of fsyncs, and is still on record with who sent it."""
+
+    def __init__(self, audit: AuditLog, every_s: float = 5.0) -> None:
         self._audit = audit
+        self._every = every_s
+        self._counts: dict[tuple[str, str, bool], list[float | int]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="refusals", daemon=True)
+        self._thread.start()
+
+    def add(self, peer: str, method: str, had_token: bool) -> None:
+        now = time.time()
+        with self._lock:
+            entry = self._counts.setdefault((peer, method, had_token), [0, now, now])
+            entry[0] += 1
+            entry[2] = now
+            first = entry[0] == 1
+        if first:
+            log.warning("refused a call without a valid token", extra={"fields": {"method": method, "peer": peer}})
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, {}
+        if counts:
+            self._audit.append("auth_failures", {"refused": [
+                {"peer": peer, "method": method, "had_token": had, "count": c, "first": first, "last": last}
+                for (peer, method, had), (c, first, last) in sorted(counts.items())]})
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self._every + 1)
+        self.flush()
+
+
+class _TokenAuth(grpc.ServerInterceptor):
+    """Refuses calls without `authorization: Bearer <token>`, counting them."""
+
+    def __init__(self, token: str, refusals: Refusals) -> None:
+        self._expected = f"Bearer {token}".encode()
+        self._refusals = refusals
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
         given = dict(details.invocation_metadata or ()).get("authorization", "")
         if hmac.compare_digest(str(given).encode(), self._expected):
             return continuation(details)
-        self._audit.append("auth_failure", {"method": details.method, "had_token": bool(given)})
-        log.warning("refused a call without a valid token", extra={"fields": {"method": details.method}})
 
         def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            self._refusals.add(peer_of(context), details.method, bool(str(given).removeprefix("Bearer").strip()))
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
 
         handler = continuation(details)
@@ -154,9 +206,10 @@ class Service:
         if not token:
             raise ValueError("a bearer token is required")
         self.stopping = threading.Event()
+        self.refusals = Refusals(store.log)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-            interceptors=[_TokenAuth(token, store.log)],
+            interceptors=[_TokenAuth(token, self.refusals)],
             options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                      ("grpc.max_concurrent_streams", MAX_STREAMS * 2)],
             maximum_concurrent_rpcs=workers,
@@ -172,3 +225,4 @@ class Service:
     def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
         self.server.stop(grace).wait()
+        self.refusals.close()

@@ -14,7 +14,9 @@ import numpy as np
 
 from ebpf.events import Event, EventKind
 from ebpf.record import read_jsonl
+from safeio import InputError, read_bytes
 
+MAX_TRACE_BYTES = 256 << 20
 MAX_SYSCALL = 1023  # n-grams pack syscall numbers into 10 bits each
 PREFIX_DEPTH = 3  # /usr/lib/python3.11 stands for everything below it
 WORKDIR = "$WORKDIR"
@@ -48,9 +50,11 @@ class Behaviour:
 
 def read_trace_file(path: Path) -> Trace:
     try:
-        text = path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(f"{path}: cannot read a trace: {exc}") from None
+        text = read_bytes(path, MAX_TRACE_BYTES).decode("ascii")
+    except InputError as exc:
+        raise TraceError(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{path}: not a trace: byte {exc.start} is not ASCII") from None
     words = text.split()
     if not all(w.isdigit() for w in words):
         bad = next(w for w in words if not w.isdigit())

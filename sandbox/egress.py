@@ -7,6 +7,11 @@ from sandbox.policy import Network, Protocol
 
 _PROTOS = {Protocol.TCP: PROTO_TCP, Protocol.UDP: PROTO_UDP, Protocol.ANY: PROTO_TCP | PROTO_UDP}
 
+# glibc asks nscd before every name lookup and falls back on any error: these
+# are refused like every unnamed unix socket, but without an event, so that
+# resolving a name is not a violation.
+LIBC_PROBE_SOCKETS = ("/var/run/nscd/socket", "/run/nscd/socket")
+
 
 def compile_rules(network: Network) -> list[EgressRule]:
     """One rule per network, hostnames resolved now. The kernel's trie finds

@@ -48,6 +48,20 @@ def _check(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
+MNT_DETACH = 2
+
+
+def mount_tmpfs(path: Path, options: str) -> None:
+    """A tmpfs at path in the caller's mount namespace (the supervisor's)."""
+    _check(_libc.mount(b"tmpfs", bytes(path), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options.encode()),
+           f"mounting a tmpfs at {path}")
+
+
+def umount(path: Path) -> None:
+    """Detach whatever is mounted at path; nothing if nothing is."""
+    _libc.umount2(bytes(path), MNT_DETACH)
+
+
 def _die_with_parent() -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
 

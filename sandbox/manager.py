@@ -10,6 +10,7 @@ next manager kills any orphaned Bastion cgroup it finds."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -23,15 +24,16 @@ from pathlib import Path
 from typing import IO
 
 from ebpf.events import Event, EventKind
-from ebpf.sensor import CgroupStats, Sensor
+from ebpf.sensor import CgroupStats, Sensor, SensorError
 from sandbox import landlock
 from sandbox.cgroup import Cgroup, CgroupError, bastion_root
-from sandbox.egress import compile_rules, tcp_ports
-from sandbox.launch import Launch
+from sandbox.egress import LIBC_PROBE_SOCKETS, compile_rules, tcp_ports
+from sandbox.landlock import LandlockError
+from sandbox.launch import Launch, mount_tmpfs, umount
 from sandbox.limits import Controllers, v1_leaf
 from sandbox.policy import Action, Policy
 from sandbox.result import Denial, SandboxResult
-from sandbox.seccomp import Filter, name_of, resolve
+from sandbox.seccomp import SOCKET_REFUSALS, Filter, name_of, resolve
 
 log = logging.getLogger("bastion.sandbox")
 
@@ -102,10 +104,12 @@ def _denial(ev: Event, sb: Sandbox) -> tuple[Denial, bool] | None:
     """The denial an event records, if any, and whether it is a violation."""
     match ev.kind:
         case EventKind.DENY:
-            kind, detail, violation = "egress", f"{ev.addr}:{ev.port} via {ev.hook}", True
+            kind, detail, violation = "egress", f"{ev.path or f'{ev.addr}:{ev.port}'} via {ev.hook}", True
         case EventKind.SYSCALL if ev.arg:
             kind, violation = "syscall", True
             detail = f"a denied syscall this kernel lacks, trapped (one of {', '.join(sb.trapped)})"
+        case EventKind.SYSCALL if name_of(ev.syscall) == "socket" and ev.ret in SOCKET_REFUSALS:
+            kind, detail, violation = "syscall", f"socket of a family the policy does not allow = {ev.ret}", True
         case EventKind.SYSCALL:
             name = name_of(ev.syscall)
             kind, detail, violation = "syscall", f"{name} = {ev.ret}", name in sb.policy.denied_syscalls
@@ -136,36 +140,47 @@ class SandboxManager:
         self._active: dict[int, Sandbox] = {}
         self._stop = threading.Event()
         self.pump_error: BaseException | None = None
-        kill_orphans()
+        self.orphans = kill_orphans(self.workdirs)  # for the owner's audit log
         self._pump = threading.Thread(target=self._run_pump, name="sandbox-pump", daemon=True)
         self._pump.start()
 
     # starting ------------------------------------------------------------
     def start(self, command: Sequence[str], policy: Policy, labels: dict[str, str] | None = None) -> Sandbox:
+        """Everything that can fail on the policy (names to resolve, rules
+        the kernel must accept) is done before any cgroup or directory
+        exists; whatever a failed start made is removed before it raises."""
         if self.pump_error is not None:
             raise SandboxError(f"the event pump has died ({self.pump_error}); no sandbox can be watched")
+        if not command:
+            raise SandboxError("no command to run")
+        isolated = policy.network == "none"
+        egress = [] if isolated else compile_rules(policy.network)  # type: ignore[arg-type]
         name = f"{PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        cg = Cgroup.create(name)
-        sb: Sandbox | None = None
+        made: list[Callable[[], object]] = []  # undo steps, newest last
         ruleset = flt = None
         try:
-            controllers = Controllers.create(cg, policy.limits)
-            workdir, owns = self._workdir(name, policy)
-            isolated = policy.network == "none"
             ruleset = landlock.Ruleset([] if isolated else tcp_ports(policy.network))  # type: ignore[arg-type]
-            self._allow_paths(ruleset, policy, workdir)
             trapped = self.sensor.report_attempts(policy.denied_syscalls)
             flt = Filter(policy.denied_syscalls, trap=trapped)
+            cg = Cgroup.create(name)
+            made.append(cg.remove)
+            controllers = Controllers.create(cg, policy.limits)
+            made.append(controllers.remove)
+            workdir, owns = self._workdir(name, policy)
+            if owns:
+                made.append(lambda: remove_workdir(workdir))
+            self._allow_paths(ruleset, policy, workdir)
             sb = Sandbox(name, cg, controllers, policy, workdir, owns, list(command), dict(labels or {}), trapped)
-            self._active[cg.id] = sb
             self.sensor.watch(cg.id, name, detect_novel=self.ngram_events,
                               sensitive=[resolve(n) for n in policy.denied_syscalls])
+            made.append(lambda: self.sensor.unwatch(cg.id))
             fd = cg.open_fd()
             try:
                 self.sensor.attach_egress(fd)
             finally:
                 os.close(fd)
-            self.sensor.set_egress(cg.id, [] if isolated else compile_rules(policy.network))  # type: ignore[arg-type]
+            self.sensor.set_egress(cg.id, egress)
+            self.sensor.set_unix_sockets(cg.id, policy.unix_sockets, quiet=LIBC_PROBE_SOCKETS)
             if not self.sensor.is_watched(cg.id):
                 raise SandboxError(f"the sensor does not confirm that {name} is watched")
             launch = Launch(
@@ -178,6 +193,8 @@ class SandboxManager:
                 landlock_fd=ruleset.fd,
                 seccomp=flt,
             )
+            self._active[cg.id] = sb
+            made.append(lambda: self._active.pop(cg.id, None))
             sb.started = time.monotonic()
             sb.proc = subprocess.Popen(
                 list(command),
@@ -192,11 +209,14 @@ class SandboxManager:
             sb.stderr = _Capture(sb.proc.stderr, policy.limits.output_bytes)
             log.info("sandbox started", extra={"fields": {"sandbox": name, "command": list(command), **(labels or {})}})
             return sb
-        except BaseException:
-            if sb is not None:
-                self._cleanup(sb)
-            else:
-                cg.remove()
+        except BaseException as exc:
+            for undo in reversed(made):
+                try:
+                    undo()
+                except Exception as cleanup:  # keep undoing; the first error is the one to report
+                    log.error("cleanup after a failed start", extra={"fields": {"sandbox": name, "error": str(cleanup)}})
+            if isinstance(exc, OSError | subprocess.SubprocessError | CgroupError | SensorError | LandlockError):
+                raise SandboxError(f"cannot start {list(command)[:1]} in a sandbox: {exc}") from exc
             raise
         finally:
             if ruleset is not None:
@@ -205,11 +225,20 @@ class SandboxManager:
                 flt.release()
 
     def _workdir(self, name: str, policy: Policy) -> tuple[Path, bool]:
+        """The policy's named workdir, or a fresh tmpfs bounded in size and
+        file count (its pages are charged to the sandbox's memory too)."""
         if policy.filesystem.workdir is not None:
             return policy.filesystem.workdir, False
         workdir = self.workdirs / name
         workdir.mkdir(mode=0o700)
-        os.chown(workdir, policy.user.uid, policy.user.gid)
+        limits, user = policy.limits, policy.user
+        options = (f"size={limits.workdir_mb}m,nr_inodes={limits.workdir_files},mode=0700,"
+                   f"uid={user.uid},gid={user.gid}")
+        try:
+            mount_tmpfs(workdir, options)
+        except OSError:
+            workdir.rmdir()
+            raise
         return workdir, True
 
     @staticmethod
@@ -223,9 +252,12 @@ class SandboxManager:
 
     # waiting -------------------------------------------------------------
     def wait(self, sb: Sandbox, timeout: float | None = None) -> SandboxResult:
-        """Wait for the command (killing it at the wall timeout), then clean up."""
+        """Wait for the command (killing it at the wall timeout, or at the
+        shorter `timeout`), then clean up."""
         assert sb.proc is not None
-        limit = timeout if timeout is not None else sb.policy.limits.wall_timeout_s
+        limit = sb.policy.limits.wall_timeout_s
+        if timeout is not None:
+            limit = min(timeout, limit)
         try:
             sb.proc.wait(timeout=max(limit - (time.monotonic() - sb.started), 0))
         except subprocess.TimeoutExpired:
@@ -239,6 +271,9 @@ class SandboxManager:
 
     def run(self, command: Sequence[str], policy: Policy, timeout: float | None = None,
             labels: dict[str, str] | None = None) -> SandboxResult:
+        """A request may shorten the policy's wall timeout, never lengthen or remove it."""
+        if timeout is not None and not 0 < timeout < math.inf:
+            raise SandboxError(f"timeout: {timeout} is not a positive, finite number of seconds")
         return self.wait(self.start(command, policy, labels), timeout)
 
     def _settle(self, sb: Sandbox, timeout: float = 2.0) -> None:
@@ -294,7 +329,7 @@ class SandboxManager:
             sb.cgroup.remove()
             sb.controllers.remove()
             if sb.owns_workdir:
-                shutil.rmtree(sb.workdir, ignore_errors=True)
+                remove_workdir(sb.workdir)
         return stats
 
     # enforcing -----------------------------------------------------------
@@ -389,17 +424,30 @@ def _cpu_seconds(cg: Cgroup) -> float:
     return 0.0
 
 
-def kill_orphans() -> list[str]:
-    """Kill and remove sandbox cgroups whose supervising process is gone."""
-    killed = []
+def remove_workdir(path: Path) -> None:
+    """Unmount a fresh workdir's tmpfs (lazily: a frozen process may still
+    hold it) and remove the directory."""
+    umount(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _orphaned(name: str) -> bool:
+    """Whether a sandbox name's supervising process is gone."""
+    try:
+        os.kill(int(name.split("-")[1]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, IndexError, PermissionError):
+        pass
+    return False
+
+
+def kill_orphans(workdirs: Path) -> list[str]:
+    """Kill and remove sandbox cgroups, and remove fresh workdirs, whose
+    supervising process is gone; returns what was cleaned up."""
+    cleaned = []
     for path in bastion_root().glob(f"{PREFIX}-*"):
-        try:
-            owner = int(path.name.split("-")[1])
-            os.kill(owner, 0)
-            continue  # its supervisor is alive
-        except ProcessLookupError:
-            pass
-        except (ValueError, IndexError):
+        if not _orphaned(path.name):
             continue
         try:
             Cgroup(path).remove()
@@ -407,8 +455,13 @@ def kill_orphans() -> list[str]:
                 leaf = v1_leaf(controller, path.name)
                 if leaf is not None and leaf.exists():
                     leaf.rmdir()
-            killed.append(path.name)
+            cleaned.append(f"cgroup {path.name}")
             log.warning("killed orphaned sandbox", extra={"fields": {"sandbox": path.name}})
         except (CgroupError, OSError) as exc:
             log.error("cannot remove orphaned sandbox", extra={"fields": {"sandbox": path.name, "error": str(exc)}})
-    return killed
+    for path in workdirs.glob(f"{PREFIX}-*"):
+        if path.is_dir() and not path.is_symlink() and _orphaned(path.name):
+            remove_workdir(path)
+            cleaned.append(f"workdir {path}")
+            log.warning("removed orphaned workdir", extra={"fields": {"workdir": str(path)}})
+    return cleaned

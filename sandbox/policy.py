@@ -4,15 +4,20 @@ person can review, validated with errors that name the field."""
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from safeio import InputError, parse_yaml, read_text
 from sandbox.seccomp import DEFAULT_DENY
+
+MAX_POLICY_BYTES = 1 << 20
+MAX_UNIX_PATH = 100  # the kernel map holds 108 bytes; a longer path could match a truncated one
+UID_MAX = (1 << 32) - 2  # (uid_t)-1 means "no change" to the kernel
 
 
 class PolicyError(ValueError):
@@ -27,17 +32,23 @@ class Action(StrEnum):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are refused: either would remove a limit
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Limits(_Strict):
-    memory_mb: int = Field(512, ge=16)
-    pids: int = Field(64, ge=1)
-    cpu_seconds: int = Field(30, ge=1)
-    wall_timeout_s: float = Field(60.0, gt=0)
-    file_size_mb: int = Field(64, ge=1)
-    open_files: int = Field(256, ge=16)
-    output_bytes: int = Field(1 << 20, ge=1024, description="cap on captured stdout and on stderr")
+    """Every limit has a ceiling the kernel accepts, so a policy that
+    validates also starts."""
+
+    memory_mb: int = Field(512, ge=16, le=1 << 20)
+    pids: int = Field(64, ge=1, le=1 << 22)
+    cpu_seconds: int = Field(30, ge=1, le=7 * 86400)
+    wall_timeout_s: float = Field(60.0, gt=0, le=7 * 86400)
+    file_size_mb: int = Field(64, ge=1, le=1 << 20)
+    open_files: int = Field(256, ge=16, le=1 << 20)
+    output_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="cap on captured stdout and on stderr")
+    workdir_mb: int = Field(256, ge=1, le=1 << 20, description="size of the fresh workdir (a tmpfs)")
+    workdir_files: int = Field(10_000, ge=16, le=1 << 24, description="files and directories the workdir may hold")
 
 
 class Filesystem(_Strict):
@@ -116,8 +127,8 @@ class Response(_Strict):
 
 
 class User(_Strict):
-    uid: int = Field(65534, ge=1, description="never 0: sandboxes do not run as root")
-    gid: int = Field(65534, ge=1)
+    uid: int = Field(65534, ge=1, le=UID_MAX, description="never 0: sandboxes do not run as root")
+    gid: int = Field(65534, ge=1, le=UID_MAX)
 
 
 class Env(_Strict):
@@ -130,6 +141,8 @@ class Policy(_Strict):
     limits: Limits = Field(default_factory=Limits)
     filesystem: Filesystem = Field(default_factory=Filesystem)
     network: Literal["none"] | Network = "none"
+    unix_sockets: list[str] = Field(default_factory=list, max_length=64,
+                                    description="host unix sockets (pathnames) the tool may connect or send to")
     deny_syscalls: list[str] = Field(default_factory=list, description="denied on top of the built-in list")
     env: Env = Field(default_factory=Env)
     user: User = Field(default_factory=User)
@@ -143,6 +156,16 @@ class Policy(_Strict):
         if isinstance(value, str) and value != "none":
             raise ValueError(f"must be 'none' or a mapping with allow and dns_resolvers, not {value!r}")
         return value
+
+    @field_validator("unix_sockets")
+    @classmethod
+    def _socket_paths(cls, paths: list[str]) -> list[str]:
+        for p in paths:
+            if not p.startswith("/") or posixpath.normpath(p) != p:
+                raise ValueError(f"{p!r} is not an absolute path in normal form")
+            if len(p.encode()) > MAX_UNIX_PATH:
+                raise ValueError(f"{p!r} is longer than {MAX_UNIX_PATH} bytes")
+        return paths
 
     @field_validator("deny_syscalls")
     @classmethod
@@ -159,10 +182,6 @@ class Policy(_Strict):
     @property
     def denied_syscalls(self) -> list[str]:
         return list(dict.fromkeys([*DEFAULT_DENY, *self.deny_syscalls]))
-
-    @property
-    def isolated_network(self) -> bool:
-        return self.network == "none"
 
     def environment(self, parent: dict[str, str]) -> dict[str, str]:
         env = {k: parent[k] for k in self.env.allow if k in parent}
@@ -181,11 +200,9 @@ def _field_error(source: str, exc: ValidationError) -> PolicyError:
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise PolicyError(f"{source}:{line} not valid YAML") from None
+        data = parse_yaml(text, source)
+    except InputError as exc:
+        raise PolicyError(str(exc)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -197,9 +214,8 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
 
 
 def load_policy(path: Path | str) -> Policy:
-    path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise PolicyError(f"{path}: {exc.strerror}") from None
+        text = read_text(path, MAX_POLICY_BYTES)
+    except InputError as exc:
+        raise PolicyError(str(exc)) from None
     return parse_policy(text, str(path))

@@ -11,10 +11,19 @@ from collections.abc import Iterable
 SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_ACT_TRAP = 0x00030000
 SCMP_ACT_ERRNO_BASE = 0x00050000
+SCMP_CMP_NE = 1
 SCMP_CMP_EQ = 4
+SCMP_CMP_GE = 5
 SCMP_CMP_MASKED_EQ = 7
 CLONE_NEWUSER = 0x10000000
-AF_PACKET = 17
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+NETLINK_ROUTE = 0
+AF_MAX = 46  # families this kernel knows are below it; the rest are refused too
+# The socket families a tool may create: everything else (vsock, packet,
+# bluetooth, can, alg, xdp, ...) reaches past the egress hooks, so seccomp
+# refuses it with the error a kernel without that family gives. Netlink only
+# for the routing protocol, which libc's getaddrinfo and if_nameindex use.
+SOCKET_FAMILIES = (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK)
 
 # Syscalls no sandboxed tool needs and every escape or kernel attack wants.
 DEFAULT_DENY = (
@@ -42,11 +51,19 @@ class _ArgCmp(ct.Structure):
 # Denials that depend on arguments: (syscall, errno, argument comparisons).
 # clone3 passes its flags in memory a filter cannot read, so it answers
 # ENOSYS and libc falls back to clone, whose flags can be checked.
+# Arguments are compared as 64-bit values while the kernel reads an int, so
+# every family value with high bits set falls under the `>= AF_MAX` rule.
 ARG_RULES: tuple[tuple[str, int, tuple[tuple[int, int, int, int], ...]], ...] = (
     ("clone3", errno.ENOSYS, ()),
     ("clone", errno.EPERM, ((0, SCMP_CMP_MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER),)),
-    ("socket", errno.EPERM, ((0, SCMP_CMP_EQ, AF_PACKET, 0),)),
+    *(("socket", errno.EAFNOSUPPORT, ((0, SCMP_CMP_EQ, family, 0),))
+      for family in range(AF_MAX) if family not in SOCKET_FAMILIES),
+    ("socket", errno.EAFNOSUPPORT, ((0, SCMP_CMP_GE, AF_MAX, 0),)),
+    ("socket", errno.EAFNOSUPPORT, ((0, SCMP_CMP_EQ, AF_NETLINK, 0), (2, SCMP_CMP_NE, NETLINK_ROUTE, 0))),
+    ("socketpair", errno.EAFNOSUPPORT, ((0, SCMP_CMP_NE, AF_UNIX, 0),)),
 )
+# How a refused socket shows in the sensor's sys_exit_socket events.
+SOCKET_REFUSALS = (-errno.EPERM, -errno.EAFNOSUPPORT)
 
 
 @functools.cache

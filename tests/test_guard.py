@@ -174,7 +174,7 @@ def test_intact_chain_verifies_and_reopening_continues_it(tmp_path: Path) -> Non
     log = audit.AuditLog(path)
     log.append("ack", {"id": "a1", "analyst": "kim"})
     log.close()
-    assert audit.verify(path) == 6
+    assert audit.verify(path).records == 6
     assert [b["id"] for b in audit.read(path, "alert")] == ["a0", "a1", "a2", "a3", "a4"]
 
 
@@ -213,7 +213,7 @@ def test_published_alerts_survive_sigkill(tmp_path: Path) -> None:
     proc.wait()
     logged = [b["id"] for b in audit.read(path)]
     assert logged[: len(published)] == published
-    assert audit.verify(path) == len(logged)
+    assert audit.verify(path).records == len(logged)
 
 
 # the command line ------------------------------------------------------------

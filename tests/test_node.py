@@ -21,7 +21,8 @@ from tests.attacks import HERE, POLICY, command
 @pytest.fixture
 def node(kernel: None, tmp_path: Path) -> Iterator[Node]:
     config = NodeConfig(local=f"unix://{tmp_path}/node.sock", token_file=tmp_path / "token",
-                        audit=tmp_path / "audit.jsonl", falco=tmp_path / "falco.jsonl")
+                        audit=tmp_path / "audit.jsonl", falco=tmp_path / "falco.jsonl",
+                        signing_key=tmp_path / "node.key")
     n = Node(config)
     yield n
     n.close()
@@ -64,4 +65,4 @@ def test_a_run_through_the_node_is_guarded_and_its_alert_streamed(node: Node, tm
 
     falco = [json.loads(line) for line in (tmp_path / "falco.jsonl").read_text().splitlines()]
     assert falco[0]["output_fields"]["bastion.alert_id"] == rule["id"]
-    assert audit.verify(tmp_path / "audit.jsonl") >= 2  # the policy update and the alert
+    assert audit.verify(tmp_path / "audit.jsonl").records >= 2  # the policy update and the alert

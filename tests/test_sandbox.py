@@ -119,12 +119,16 @@ def test_lost_events_trigger_the_policy_action(kernel: None) -> None:
     assert result.exit_status == STOPPED_EXIT
 
 
-def test_orphaned_sandboxes_are_killed_at_the_next_start(kernel: None) -> None:
+def test_orphaned_sandboxes_are_killed_at_the_next_start(kernel: None, tmp_path: Path) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
     orphan = Cgroup.create(f"sbx-{dead.pid}-{uuid.uuid4().hex[:8]}")
     sleeper = subprocess.Popen(["sleep", "60"], preexec_fn=orphan.enter)
-    assert orphan.name in kill_orphans()
+    workdir = tmp_path / orphan.name
+    workdir.mkdir()
+    cleaned = kill_orphans(tmp_path)
+    assert f"cgroup {orphan.name}" in cleaned and f"workdir {workdir}" in cleaned
+    assert not workdir.exists()
     assert sleeper.wait(timeout=5) == -signal.SIGKILL
     assert not orphan.path.exists()
 
@@ -149,7 +153,7 @@ def test_sandboxes_die_with_their_supervisor(kernel: None, tmp_path: Path) -> No
     while Cgroup(leaf).pids() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert Cgroup(leaf).pids() == []
-    kill_orphans()
+    kill_orphans(tmp_path)
     assert not leaf.exists()
 
 
