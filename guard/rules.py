@@ -77,7 +77,7 @@ def check(ev: Event, rules: Rules, syscall_name: Callable[[int], str]) -> Findin
         case EventKind.CONNECT | EventKind.SENDTO if ev.family in (AF_INET, AF_INET6) and ev.ret != -EACCES:
             if not rules.destination_allowed(ev.addr, ev.port):
                 rule = f"connection to unauthorized destination {ev.addr}:{ev.port}"
-        case EventKind.CONNECT | EventKind.SENDTO if ev.ret == -EACCES:
+        case EventKind.CONNECT | EventKind.SENDTO if ev.ret == -EACCES and ev.family in (AF_INET, AF_INET6):
             rule = f"egress to {destination(ev)} refused in the kernel (landlock)"
     return Finding("rule", rule, ev) if rule else None
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from ebpf.events import Event, EventKind
+from ebpf.events import AF_UNIX, Event, EventKind
 from ebpf.sensor import CgroupStats, Sensor, SensorError
 from sandbox import landlock
 from sandbox.cgroup import Cgroup, CgroupError, bastion_root
@@ -113,7 +113,7 @@ def _denial(ev: Event, sb: Sandbox) -> tuple[Denial, bool] | None:
         case EventKind.SYSCALL:
             name = name_of(ev.syscall)
             kind, detail, violation = "syscall", f"{name} = {ev.ret}", name in sb.policy.denied_syscalls
-        case EventKind.CONNECT | EventKind.SENDTO if ev.ret == -EACCES:  # Landlock's TCP wall refused first
+        case EventKind.CONNECT | EventKind.SENDTO if ev.ret == -EACCES and ev.family != AF_UNIX:  # Landlock's TCP wall
             kind, detail, violation = "egress", f"{ev.addr}:{ev.port} via landlock", True
         case EventKind.OPEN | EventKind.EXEC if ev.ret in (-EACCES, -EPERM):
             kind, detail, violation = ev.kind.value, f"{ev.path} = {ev.ret}", False

@@ -1,0 +1,288 @@
+"""Containment at the edges: every channel out of a sandbox is named by its
+policy or closed, no sandbox outlives its supervisor, a request cannot
+loosen a limit, and a start that fails leaves nothing behind. Each attack is
+checked to be stopped, with its denial, its alert and the audit record."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bastion.guarded import GuardedSandboxes
+from ebpf.sensor import Sensor
+from guard import audit
+from guard.alerts import Alert
+from guard.audit import AuditLog
+from sandbox.cgroup import Cgroup, bastion_root
+from sandbox.manager import SandboxError, SandboxManager
+from sandbox.policy import Limits, Network, Policy, PolicyError, parse_policy
+from sandbox.result import STOPPED_EXIT, SandboxResult
+from tests.attacks import HERE, command
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def guarded(sensor: Sensor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardedSandboxes]:
+    """Sandboxes under the guard's rules (no profile: these are policy cases)."""
+    log = AuditLog(tmp_path_factory.mktemp("audit") / "audit.jsonl")
+    with GuardedSandboxes(sensor, log, workdirs=tmp_path_factory.mktemp("workdirs")) as g:
+        yield g
+    log.close()
+
+
+def _rule_alerts(guarded: GuardedSandboxes, result: SandboxResult) -> list[Alert]:
+    """The run's rule alerts, each checked to be in the audit log."""
+    alerts = [a for a in guarded.alerts_of(result.sandbox) if a.detector == "rule"]
+    logged = {b["id"] for b in audit.read(guarded.audit.path, "alert")}
+    assert alerts and all(a.id in logged for a in alerts), alerts
+    return alerts
+
+
+class UnixSinks:
+    """Host services on unix sockets (stream, datagram, abstract) that record
+    what reaches them."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.chmod(0o755)
+        self.dir = directory
+        self.received: list[bytes] = []
+        self.stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.stream.bind(str(directory / "stream.sock"))
+        self.stream.listen(4)
+        self.dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.dgram.bind(str(directory / "dgram.sock"))
+        self.abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.name = f"bastion-sink-{uuid.uuid4().hex[:8]}"
+        self.abstract.bind("\0" + self.name)
+        self.abstract.listen(4)
+        for path in ("stream.sock", "dgram.sock"):
+            (directory / path).chmod(0o777)  # only the kernel's hooks may keep the tool out
+        for sock in (self.stream, self.dgram, self.abstract):
+            sock.settimeout(0.2)
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                if sock.type == socket.SOCK_DGRAM:
+                    self.received.append(sock.recv(4096))
+                    continue
+                conn, _ = sock.accept()
+                with conn:
+                    conn.settimeout(1)
+                    data = conn.recv(4096)
+                    self.received.append(data)
+                    conn.sendall(b"pong:" + data)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def close(self) -> None:
+        for sock in (self.stream, self.dgram, self.abstract):
+            sock.close()
+
+
+@pytest.fixture
+def unix_sinks() -> Iterator[UnixSinks]:
+    # under /tmp itself: the sandbox's user must be able to reach the sockets by path
+    with tempfile.TemporaryDirectory(prefix="bastion-sinks-", dir="/tmp") as directory:
+        sinks = UnixSinks(Path(directory))
+        yield sinks
+        sinks.close()
+
+
+NETWORKS = {"network none": "none", "network allowed": Network(allow=[{"host": "127.0.0.1", "ports": [80]}])}
+
+
+@pytest.mark.parametrize("network", sorted(NETWORKS))
+def test_unix_socket_exfiltration_is_refused_and_killed(network: str, guarded: GuardedSandboxes,
+                                                         unix_sinks: UnixSinks) -> None:
+    policy = Policy(network=NETWORKS[network])
+    result = guarded.manager.run(command(HERE / "unix_exfil.py", [str(unix_sinks.dir), unix_sinks.name]), policy)
+
+    time.sleep(0.3)
+    assert unix_sinks.received == [], "a record reached a host service"
+    assert result.exit_status == STOPPED_EXIT and result.verdict == "kill"
+    refused = [d.detail for d in result.denials if d.kind == "egress"]
+    assert any(f"{unix_sinks.dir}/stream.sock via unix_connect" in d for d in refused), refused
+    assert any("stream.sock" in a.rule and "unix_connect" in a.rule for a in _rule_alerts(guarded, result))
+
+
+def test_a_unix_socket_the_policy_names_is_reachable(guarded: GuardedSandboxes, unix_sinks: UnixSinks) -> None:
+    path = str(unix_sinks.dir / "stream.sock")
+    client = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n"
+              "s.sendall(b'ping')\nprint(s.recv(100).decode())\n")
+    result = guarded.manager.run(["/usr/bin/python3", "-c", client, path], Policy(unix_sockets=[path]))
+    assert result.exit_status == 0, result.stderr
+    assert result.stdout.strip() == "pong:ping" and result.verdict == "allow"
+    # a name lookup still works: libc's nscd probe is refused without a violation
+    lookup = guarded.manager.run(["/usr/bin/python3", "-c", "import socket; socket.getaddrinfo('localhost', 80)"],
+                                 Policy())
+    assert lookup.exit_status == 0 and lookup.denials == [], lookup.denials
+
+
+def test_socket_families_the_policy_does_not_need_are_refused(guarded: GuardedSandboxes) -> None:
+    result = guarded.manager.run(command(HERE / "socket_families.py"), Policy(network=NETWORKS["network allowed"]))
+    assert "OPENED" not in result.stdout or "OPENED []" in result.stdout, result.stdout
+    assert result.exit_status == STOPPED_EXIT and result.verdict == "kill"
+    assert [d for d in result.denials if d.kind == "syscall" and "socket" in d.detail], result.denials
+    assert any("socket" in a.rule for a in _rule_alerts(guarded, result))
+
+
+def test_the_workdir_has_a_quota_of_bytes_and_files(guarded: GuardedSandboxes) -> None:
+    policy = Policy(limits=Limits(workdir_mb=8, workdir_files=64))
+    result = guarded.manager.run(command(HERE / "fill_workdir.py"), policy)
+    assert result.exit_status == 0, result.stderr
+    megabytes, files = map(int, result.stdout.split())
+    assert megabytes <= 8 and files <= 64, result.stdout
+    assert "No space left" in result.stderr
+
+
+def _node_script(tmp: Path) -> str:
+    return (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from bastion.node import Node, NodeConfig\n"
+        "from sandbox.policy import Policy\n"
+        f"tmp = Path({str(tmp)!r})\n"
+        "node = Node(NodeConfig(local=f'unix://{tmp}/node.sock', token_file=tmp / 'token', audit=tmp / 'audit.jsonl',"
+        " signing_key=tmp / 'node.key'))\n"
+        "sb = node.guarded.manager.start(sys.argv[1:], Policy())\n"
+        "print(sb.name, sb.workdir, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+
+
+def test_no_sandboxed_process_outlives_a_killed_node(kernel: None, tmp_path: Path) -> None:
+    """A tool that cleared its parent-death signal and double-forked dies with
+    the node (SIGKILL); the next node removes what was left and audits it."""
+    node = subprocess.Popen([sys.executable, "-c", _node_script(tmp_path), *command(HERE / "outlive_supervisor.py")],
+                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert node.stdout is not None
+    name, workdir = node.stdout.readline().split()
+    leaf = Cgroup(bastion_root() / name)
+    deadline = time.monotonic() + 10
+    while len(leaf.pids()) < 2 and time.monotonic() < deadline:  # the tool and its detached grandchild
+        time.sleep(0.05)
+    pids = leaf.pids()
+    assert len(pids) >= 2, "the attack did not get to detach"
+    node.kill()
+    node.wait()
+    time.sleep(1.0)
+    alive = [p for p in pids if Path(f"/proc/{p}").exists()]
+    assert alive == [], f"processes of the sandbox outlived the node: {alive}"
+    assert leaf.pids() == []
+
+    from bastion.node import Node, NodeConfig
+
+    again = Node(NodeConfig(local=f"unix://{tmp_path}/node2.sock", token_file=tmp_path / "token",
+                            audit=tmp_path / "audit.jsonl", signing_key=tmp_path / "node.key"))
+    again.close()
+    assert not Path(workdir).exists() and not leaf.path.exists()
+    (cleanup,) = audit.read(tmp_path / "audit.jsonl", "cleanup")
+    assert f"cgroup {name}" in cleanup["orphans"] and f"workdir {workdir}" in cleanup["orphans"]
+
+
+def test_a_request_cannot_loosen_the_wall_timeout(guarded: GuardedSandboxes) -> None:
+    policy = Policy(limits=Limits(wall_timeout_s=1))
+    started = time.monotonic()
+    result = guarded.manager.run(["/bin/sleep", "30"], policy, timeout=3600)
+    assert time.monotonic() - started < 10
+    assert result.stopped_by == "wall timeout of 1s"
+    for bad in (float("nan"), float("inf"), -1.0, 0.0):
+        with pytest.raises(SandboxError, match="timeout"):
+            guarded.manager.run(["/bin/true"], policy, timeout=bad)
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("limits: {pids: 9223372036854775808}", "limits.pids"),
+    ("user: {uid: 4294967295}", "user.uid"),
+    ("limits: {wall_timeout_s: .nan}", "limits.wall_timeout_s"),
+    ("limits: {wall_timeout_s: .inf}", "limits.wall_timeout_s"),
+    ("unix_sockets: [/run/../etc/x.sock]", "unix_sockets"),
+    ("unix_sockets: [relative.sock]", "unix_sockets"),
+])
+def test_values_the_kernel_would_refuse_fail_validation(text: str, field: str) -> None:
+    with pytest.raises(PolicyError, match=f"^p.yaml: field {field}:"):
+        parse_policy(text, "p.yaml")
+
+
+def _leftovers(workdirs: Path) -> tuple[list[str], list[str]]:
+    mine = f"sbx-{os.getpid()}-"
+    return (sorted(p.name for p in bastion_root().glob(mine + "*")), sorted(p.name for p in workdirs.glob(mine + "*")))
+
+
+FAILURES = {
+    "unresolvable host": None,
+    "limits": "sandbox.manager.Controllers.create",
+    "workdir mount": "sandbox.manager.mount_tmpfs",
+    "egress attach": "ebpf.sensor.Sensor.attach_egress",
+    "unix rules": "ebpf.sensor.Sensor.set_unix_sockets",
+    "exec": "subprocess.Popen",
+}
+
+
+@pytest.mark.parametrize("point", sorted(FAILURES))
+def test_a_start_that_fails_leaves_nothing_behind(point: str, sensor: Sensor, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = SandboxManager(sensor, workdirs=tmp_path)
+    try:
+        before = _leftovers(tmp_path)
+        watched = len(sensor.bpf["watched"])
+        policy = Policy()
+        if FAILURES[point] is None:
+            policy = Policy(network=Network(allow=[{"host": "no-such-host.invalid", "ports": [443]}]))
+        else:
+            def fail(*args: object, **kwargs: object) -> None:
+                raise OSError(5, f"injected failure at {point}")
+
+            monkeypatch.setattr(FAILURES[point], fail)
+        with pytest.raises((SandboxError, PolicyError), match="no-such-host|injected failure"):
+            manager.run(["/bin/true"], policy)
+        monkeypatch.undo()
+        assert _leftovers(tmp_path) == before
+        assert len(sensor.bpf["watched"]) == watched and manager.sandboxes() == []
+        assert manager.run(["/bin/true"], Policy()).exit_status == 0  # and the next start works
+    finally:
+        manager.close()
+
+
+def test_the_node_answers_a_bad_run_request_naming_the_field(kernel: None, tmp_path: Path) -> None:
+    import grpc
+
+    from bastion.node import Node, NodeConfig
+    from guard.client import NodeClient
+    from guard.proto import bastion_pb2 as pb
+
+    node = Node(NodeConfig(local=f"unix://{tmp_path}/node.sock", token_file=tmp_path / "token",
+                           audit=tmp_path / "audit.jsonl", signing_key=tmp_path / "node.key"))
+    client = NodeClient(node.config.local, (tmp_path / "token").read_text().strip())
+    try:
+        for request, message in (
+            (pb.RunRequest(command=["/bin/true"], timeout_s=float("nan")), "timeout"),
+            (pb.RunRequest(command=["/bin/true"], timeout_s=float("inf")), "timeout"),
+            (pb.RunRequest(command=["/bin/true"], policy_yaml="network: {allow: [{host: no-such-host.invalid}]}"),
+             "no-such-host.invalid"),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                client.run(request)
+            assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+        reply = json.loads(client.run(pb.RunRequest(command=["/bin/sleep", "30"], timeout_s=99,
+                                                    policy_yaml="limits: {wall_timeout_s: 1}")))
+        assert reply["result"]["stopped_by"] == "wall timeout of 1s"
+    finally:
+        client.close()
+        node.close()
