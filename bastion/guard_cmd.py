@@ -62,7 +62,8 @@ def _verify(args: argparse.Namespace, console: Console) -> int:
     heads = read_heads(args.heads, key) if args.heads else []
     report = verify(args.file, key, heads)
     if key is None:
-        console.print(f"{args.file}: {report.records} records, chain intact (signatures not checked: no --key)")
+        console.print(f"{args.file}: {report.records} records, chain intact (signatures not checked: no --key)",
+                      soft_wrap=True)
         return 0
     summary = f"{args.file}: {report.records} records, chain intact, {report.checkpoints} signed checkpoints"
     if heads:
@@ -70,9 +71,10 @@ def _verify(args: argparse.Namespace, console: Console) -> int:
     if report.uncovered:
         where = f"after seq {report.covered - 1}" if report.covered else "anywhere: no signed checkpoint"
         console.print(f"{summary}; possibly truncated {where} ({report.uncovered} records not covered "
-                      f"by a signed checkpoint: a crash, or a cut)", style="yellow", markup=False, highlight=False)
+                      f"by a signed checkpoint: a crash, or a cut)", style="yellow", markup=False, highlight=False,
+                      soft_wrap=True)
         return 1
-    console.print(summary)
+    console.print(summary, soft_wrap=True)
     return 0
 
 

@@ -221,6 +221,12 @@ class AuditLog:
         self.checkpoint()
         os.close(self._fd)
 
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @dataclass(frozen=True)
 class Verified:

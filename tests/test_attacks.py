@@ -46,7 +46,7 @@ ATTACKS = {
     "kernel_module.py": ("syscall", True),
     "user_namespace.py": ("syscall", True),
     "io_uring.py": ("syscall", True),
-    "raw_socket.py": ("syscall", False),
+    "raw_socket.py": ("syscall", True),
     "mount.py": ("syscall", True),
     "bpf.py": ("syscall", True),
     "memfd_exec.py": ("syscall", True),
