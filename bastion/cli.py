@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", type=Path, help="bearer token file (default /run/bastion/token, made if absent)")
     p.add_argument("--profiles", type=Path, help="directory of agent profiles (*.safetensors)")
     p.add_argument("--audit", type=Path, help="audit log (default /var/lib/bastion/audit.jsonl)")
+    p.add_argument("--signing-key", type=Path,
+                   help="ed25519 key signing the audit log's checkpoints (default /var/lib/bastion/node.key)")
+    p.add_argument("--checkpoint-every", type=int, help="audit records between signed checkpoints (default 64)")
+    p.add_argument("--audit-heads", type=Path, help="also append each signed audit head here (a file off this host)")
     p.add_argument("--falco", type=Path, help="also write alerts here as Falco JSON lines")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     p.set_defaults(func=_node)
