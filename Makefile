@@ -37,7 +37,7 @@ bench: setup
 
 # the committed gRPC stubs; tests/test_service.py checks they match the proto
 proto: setup
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. guard/proto/bastion.proto
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. console/proto/bastion.proto
 
 clean:
 	rm -rf $(VENV)

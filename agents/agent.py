@@ -19,13 +19,17 @@ from agents.interaction_log import InteractionLog
 from agents.prompt import CallError, Turn, json_schema, parse, render
 from agents.router import Router
 from agents.tools import TOOLS, Tool
+from common.verdicts import Verdict
 
 
 @dataclass(frozen=True)
 class ToolOutcome:
+    """A tool call's result as the loop sees it, with the guard's verdict
+    and alerts in the same value (no side channel)."""
+
     output: str
     exit_status: int
-    verdict: str  # allow, deny, alert, quarantine, freeze, kill
+    verdict: Verdict
     alerts: list[str] = field(default_factory=list)
     stopped_by: str | None = None
 
@@ -43,6 +47,8 @@ class ToolOutcome:
 
 
 class ToolRunner(Protocol):
+    """Runs a tool call somewhere watched; `bastion` wires the sandboxes and the guard."""
+
     def run(self, tool: Tool, args: BaseModel, labels: dict[str, str]) -> ToolOutcome: ...
 
 
@@ -75,7 +81,7 @@ class AgentRun:
 
     @property
     def stopped_steps(self) -> list[Step]:
-        return [s for s in self.steps if s.outcome is not None and s.outcome.verdict not in ("allow", "deny")]
+        return [s for s in self.steps if s.outcome is not None and s.outcome.verdict.enforced]
 
 
 class Agent:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.backends import Backend, OpenAICompatibleBackend, TransformersBackend
 from agents.router import Route, Router, TaskClassifier
-from safeio import InputError, parse_yaml, read_text
+from common.files import InputError, parse_yaml, read_text
 
 
 class ConfigError(ValueError):

@@ -2,4 +2,4 @@
 
 # guard first, before anything imports grpc: it turns gRPC's fork handlers off,
 # and the node forks sandboxes while gRPC threads run (see guard/__init__.py)
-import guard  # noqa: F401
+import console  # noqa: F401

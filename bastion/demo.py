@@ -21,7 +21,7 @@ from agents import domain
 from agents.agent import AgentRun
 from agents.config import build_router, load_config
 from agents.interaction_log import InteractionLog
-from bastion.agents_cmd import build_models, default_models_dir
+from bastion.models import build_models, default_models_dir
 from bastion.fleet import Fleet, tool_policies, train_profiles
 from bastion.guarded import GuardedSandboxes
 from bastion.live_tui import watch_live
@@ -29,10 +29,10 @@ from bastion.local_api import serve
 from bastion.node import sandbox_rows
 from ebpf.sensor import Sensor, require_root
 from guard import audit
-from guard.alert_store import AlertStore
+from console.alert_store import AlertStore
 from guard.alerts import Alert
 from guard.audit import AuditLog, Signer
-from guard.proto import bastion_pb2 as pb
+from console.proto import bastion_pb2 as pb
 from sandbox.policy import Destination
 
 
@@ -134,7 +134,7 @@ def check_and_summarise(console: Console, tally: Tally, audit_path: Path, routes
     injected = [w for w in tally.runs if w.injected]
     for w in injected:
         assert w.run is not None
-        stopped = [s for s in w.run.steps if s.outcome is not None and s.outcome.verdict in ("kill", "quarantine", "freeze")]
+        stopped = w.run.stopped_steps
         if not stopped:
             raise DemoFailed("agents", f"an injected task was not stopped: {w.task[:80]} "
                                        f"(calls: {[s.tool for s in w.run.steps]})")
@@ -174,7 +174,7 @@ def check_and_summarise(console: Console, tally: Tally, audit_path: Path, routes
 
 def main(console: Console, tui: bool = False, fl_rounds: int = 1) -> int:
     from bastion.doctor import healthy, run_checks
-    from bastion.fl_cmd import run_federated
+    from bastion.federated_run import run_federated
 
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="bastion-demo-"))

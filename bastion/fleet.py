@@ -9,11 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agents import domain
-from agents.agent import Agent
+from pydantic import BaseModel
+
+from agents.agent import Agent, ToolOutcome
 from agents.interaction_log import InteractionLog
 from agents.router import Router
-from agents.runner import SandboxToolRunner, default_policies
-from agents.tools import TOOLS, Tool
+from agents.tools import TOOLS, Tool, default_policies
 from bastion.guarded import GuardedSandboxes, Recording, record_runs
 from ebpf.sensor import Sensor
 from guard.profile import Profile
@@ -66,6 +67,23 @@ def train_profiles(sensor: Sensor, policies: dict[str, Policy], approved_urls: l
 
 
 @dataclass
+class GuardedToolRunner:
+    """The agents' ToolRunner: each call in a sandbox under its tool's
+    policy and the guard, labelled with the step's correlation id."""
+
+    guarded: GuardedSandboxes
+    policies: dict[str, Policy]
+
+    def run(self, tool: Tool, args: BaseModel, labels: dict[str, str]) -> ToolOutcome:
+        run = self.guarded.run(tool.command(args), self.policies[tool.policy], labels=labels)
+        result = run.result
+        output = result.stdout if result.exit_status == 0 else (result.stdout + result.stderr)
+        return ToolOutcome(output=output, exit_status=result.exit_status, verdict=run.verdict,
+                           alerts=[f"{a.detector}: {a.rule} -> {a.action.value}" for a in run.alerts],
+                           stopped_by=result.stopped_by)
+
+
+@dataclass
 class Fleet:
     guarded: GuardedSandboxes
     router: Router
@@ -74,9 +92,6 @@ class Fleet:
     max_steps: int = 4
     max_retries: int = 2
 
-    def _alerts(self, sandbox: str) -> list[str]:
-        return [f"{a.detector}: {a.rule} -> {a.action.value}" for a in self.guarded.alerts_of(sandbox)]
-
     def agent(self, name: str) -> Agent:
-        runner = SandboxToolRunner(self.guarded.manager, self.policies, self._alerts)
+        runner = GuardedToolRunner(self.guarded, self.policies)
         return Agent(name, self.router, runner, self.log, self.max_steps, self.max_retries)

@@ -4,27 +4,29 @@ audit log from the command line."""
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import Progress
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from ebpf.record import EventFileError
-from safeio import check_output, open_output
-from guard.audit import AuditError, load_public_key, read_heads, verify
-from guard.profile import ProfileError, load_profile
-from guard.traces import Behaviour, Trace, TraceError, read_event_files, read_trace_dir
-from guard.training import Settings, score_traces, train
+    from guard.traces import Behaviour, Trace
 
 
 def _inputs(args: argparse.Namespace, ngram_n: int) -> tuple[list[Trace], Behaviour]:
+    from guard.traces import Behaviour, read_event_files, read_trace_dir
+
     if args.traces:
         return read_trace_dir(args.traces), Behaviour()
     return read_event_files(args.events, ngram_n)
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:
+    from rich.progress import Progress
+
+    from common.files import check_output
+    from guard.training import Settings, train
+
     check_output(args.out)  # before the work, not after
     settings = Settings(ngram_n=args.ngram, window=args.window, stride=args.window // 2, fpr_target=args.fpr)
     traces, behaviour = _inputs(args, settings.ngram_n)
@@ -38,6 +40,14 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
 
 def _score(args: argparse.Namespace, console: Console) -> int:
+    import csv
+
+    from rich.progress import Progress
+
+    from common.files import open_output
+    from guard.profile import load_profile
+    from guard.training import score_traces
+
     profile = load_profile(args.profile)
     traces, _ = _inputs(args, profile.meta.ngram_n)
     with Progress(console=console, transient=True) as progress:
@@ -56,6 +66,8 @@ def _verify(args: argparse.Namespace, console: Console) -> int:
     """0: intact and every record covered by a signed checkpoint (or no key
     given); 1: intact, but records after the last checkpoint could have been
     cut off; 2: broken (one line naming where)."""
+    from guard.audit import load_public_key, read_heads, verify
+
     key = load_public_key(args.key) if args.key else None
     if args.heads and key is None:
         raise ValueError("--heads: signed heads are checked with the node's key: give --key too")
@@ -84,7 +96,7 @@ def _guarded(func):  # type: ignore[no-untyped-def]
     def run(args: argparse.Namespace, console: Console) -> int:
         try:
             return int(func(args, console))
-        except (TraceError, EventFileError, ProfileError, AuditError, ValueError) as exc:
+        except ValueError as exc:  # every input error of theirs is one: a FIFO, a bad field, a broken chain
             console.print(f"bastion: {exc}", style="bold red", markup=False, highlight=False, soft_wrap=True)
             return 2
 

@@ -1,6 +1,8 @@
 """Sandboxes under the guard: one sensor, one sandbox manager and one guard
 wired together, with the sandbox policy turned into the guard's rules and
-response map. The one place that knows both sandbox and guard."""
+response map. The one place that knows both sandbox and guard, and the one
+way every path (node, `bastion sandbox run`, demo, agents) runs a sandbox:
+the guard's rules are the only judge of what the kernel's facts mean."""
 
 from __future__ import annotations
 
@@ -10,14 +12,15 @@ from pathlib import Path
 
 from ebpf.events import Event
 from ebpf.sensor import Sensor
-from guard.alerts import Alert, Verdict
+from common.verdicts import Verdict
+from guard.alerts import Alert
 from guard.audit import AuditLog
-from guard.monitor import Assignment, Guard, Response
+from guard.monitor import Assignment, Guard, ResponseMap
 from guard.profile import Profile
 from guard.rules import AllowedDestination, Rules
 from guard.traces import Behaviour, Trace, after_exec, behaviour_of, traces_from_events
 from sandbox.manager import Sandbox, SandboxManager
-from sandbox.policy import Action, Network, Policy
+from sandbox.policy import Network, Policy
 from sandbox.result import SandboxResult
 from sandbox.seccomp import name_of
 
@@ -38,11 +41,22 @@ def rules_for(policy: Policy, workdir: Path) -> Rules:
     )
 
 
-def response_for(policy: Policy) -> Response:
-    # a "deny" policy lets the kernel refuse and the run go on: the guard alerts
-    violation = Verdict.ALERT if policy.on_violation is Action.DENY else Verdict(policy.on_violation.value)
-    return Response(violation=violation, anomaly=Verdict(policy.response.anomaly),
-                    novelty=Verdict(policy.response.novelty))
+def response_for(policy: Policy) -> ResponseMap:
+    return ResponseMap(violation=policy.on_violation, anomaly=policy.response.anomaly,
+                       novelty=policy.response.novelty)
+
+
+@dataclass(frozen=True)
+class GuardedRun:
+    """A finished run: its result (whose verdict is the strongest of what the
+    sandbox enforced and what the guard decided) and the guard's alerts."""
+
+    result: SandboxResult
+    alerts: list[Alert]
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.result.verdict
 
 
 class GuardedSandboxes:
@@ -53,24 +67,30 @@ class GuardedSandboxes:
                  sinks: Sequence[Callable[[Alert], None]] = (), workdirs: Path | None = None) -> None:
         self.profiles = {p.meta.agent: p for p in profiles}
         self.audit = audit
-        self.manager = SandboxManager(sensor, workdirs, finishers=[self._finish], ngram_events=bool(self.profiles))
+        self.manager = SandboxManager(sensor, workdirs, ngram_events=bool(self.profiles))
         # the manager is the guard's Enforcer
         self.guard = Guard(sensor, self.audit, enforcer=self.manager, assign=self._assign,
                            syscall_name=name_of, sinks=sinks)
         self.guard.load_profiles(list(self.profiles.values()))
         self.manager.listeners.append(self.guard)
-        self._finished: dict[str, list[Alert]] = {}
 
     def _assign(self, sb: Sandbox) -> Assignment:
         agent = sb.labels.get("agent")
         return Assignment(rules_for(sb.policy, sb.workdir), response_for(sb.policy), self.profiles.get(agent or ""))
 
-    def _finish(self, sb: Sandbox) -> None:
-        self._finished[sb.name] = self.guard.finish(sb)
+    def run(self, command: Sequence[str], policy: Policy, timeout: float | None = None,
+            labels: dict[str, str] | None = None) -> GuardedRun:
+        """Run a command in a sandbox under the guard; nothing of it is kept
+        once this returns."""
+        alerts: list[Alert] = []
 
-    def alerts_of(self, sandbox_name: str) -> list[Alert]:
-        """The alerts of a finished sandbox."""
-        return self._finished.get(sandbox_name, [])
+        def finish(sb: Sandbox) -> None:  # while the sandbox's sensor maps still exist
+            alerts.extend(self.guard.finish(sb))
+
+        sb = self.manager.start(command, policy, labels, timeout)
+        result = self.manager.wait(sb, timeout, finishers=[finish])
+        verdict = Verdict.strongest([result.verdict, *(a.action for a in alerts)])
+        return GuardedRun(result.model_copy(update={"verdict": verdict}), alerts)
 
     def close(self) -> None:
         """Stop the sandboxes; the audit log stays open for its owner."""

@@ -13,11 +13,11 @@ from typing import Any
 
 from rich.console import Console
 
-from guard.alert_store import AlertStore
-from guard.client import NodeClient
-from guard.proto import bastion_pb2 as pb
-from guard.service import NodeHooks, RequestError, Service
-from guard.tui import AlertsApp
+from console.alert_store import AlertStore
+from console.client import NodeClient
+from console.proto import bastion_pb2 as pb
+from console.service import NodeHooks, RequestError, Service
+from console.tui import AlertsApp
 
 Batch = Callable[[Callable[[str], None]], None]  # runs the work, reporting progress in a line
 
@@ -34,7 +34,7 @@ def watch_live(console: Console, store: AlertStore, status: Callable[[], pb.Stat
     token = secrets.token_urlsafe(16)
     service = Service(store, NodeHooks(status=status, update_policy=_read_only, run_sandbox=_read_only),
                       token, "127.0.0.1:0")
-    app = AlertsApp(NodeClient(f"127.0.0.1:{service.port}", token), "demo")
+    app = AlertsApp({"this host": NodeClient(f"127.0.0.1:{service.port}", token)}, "demo")
     failure: list[BaseException] = []
 
     def tell(line: str) -> None:

@@ -16,26 +16,25 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bastion import paths
 from bastion.guarded import GuardedSandboxes
 from ebpf.events import Event
 from ebpf.sensor import Sensor, require_root
-from guard.alert_store import AlertStore
-from guard.alerts import Alert, Severity, Verdict
+from console.alert_store import AlertStore
+from common.verdicts import Severity, Verdict
+from guard.alerts import Alert
 from guard.audit import AuditError, AuditLog, HeadFile, Signer, verify
-from guard.falco import FalcoSink
-from guard.metrics import Metrics
+from console.falco import FalcoSink
+from console.metrics import Metrics
 from guard.profile import load_profile
-from guard.proto import bastion_pb2 as pb
-from guard.service import NodeHooks, RequestError, Service, Tls
-from safeio import read_bytes, read_text
+from console.proto import bastion_pb2 as pb
+from console.service import NodeHooks, RequestError, Service, Tls
+from common.files import read_bytes, read_text
 from sandbox.manager import Sandbox, SandboxError
 from sandbox.policy import Policy, PolicyError, parse_policy
 
 log = logging.getLogger("bastion.node")
 
-RUN_DIR = Path("/run/bastion")
-LOCAL_ADDRESS = f"unix://{RUN_DIR / 'node.sock'}"
-TOKEN_FILE = RUN_DIR / "token"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
@@ -44,20 +43,20 @@ def sandbox_rows(guarded: GuardedSandboxes) -> list[pb.SandboxStatus]:
     now = time.monotonic()
     return [pb.SandboxStatus(name=sb.name, agent=sb.labels.get("agent", ""), running_s=now - sb.started,
                              events=sb.received, lost=sb.lost_seen,
-                             verdict=sb.strongest.value if sb.strongest else "allow")
+                             verdict=sb.strongest.value)
             for sb in guarded.manager.sandboxes()]
 
 
 class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    local: str = Field(LOCAL_ADDRESS, description="address for clients on this host (a unix socket)")
+    local: str = Field(paths.LOCAL_ADDRESS, description="address for clients on this host (a unix socket)")
     listen: str | None = Field(None, description="host:port for analysts elsewhere; needs tls_cert and tls_key")
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    token_file: Path = TOKEN_FILE
+    token_file: Path = paths.TOKEN_FILE
     profiles: Path | None = Field(None, description="a directory of *.safetensors profiles")
-    audit: Path = Path("/var/lib/bastion/audit.jsonl")
-    signing_key: Path = Field(Path("/var/lib/bastion/node.key"),
+    audit: Path = paths.AUDIT_LOG
+    signing_key: Path = Field(paths.SIGNING_KEY,
                               description="ed25519 key that signs the audit log's checkpoints (made 0600 if absent)")
     checkpoint_every: int = Field(64, ge=1, le=100_000, description="records between signed checkpoints")
     audit_heads: Path | None = Field(None, description="also append each signed head here (a file off this host)")
@@ -190,12 +189,12 @@ class Node:
         else:
             policy = Policy()
         try:
-            result = self.guarded.manager.run(list(request.command), policy, timeout=request.timeout_s or None,
-                                              labels=dict(request.labels))
+            run = self.guarded.run(list(request.command), policy, timeout=request.timeout_s or None,
+                                   labels=dict(request.labels))
         except (SandboxError, PolicyError) as exc:
             raise RequestError(str(exc)) from None
-        return json.dumps({"result": result.model_dump(mode="json"),
-                           "alerts": [a.model_dump(mode="json") for a in self.guarded.alerts_of(result.sandbox)]})
+        return json.dumps({"result": run.result.model_dump(mode="json"),
+                           "alerts": [a.model_dump(mode="json") for a in run.alerts]})
 
     def close(self) -> None:
         for service in self.services:

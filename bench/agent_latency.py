@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agents import domain  # noqa: E402
 from agents.config import build_backend, load_config  # noqa: E402
 from agents.prompt import CallError, parse, render  # noqa: E402
-from bastion.agents_cmd import build_models, default_models_dir  # noqa: E402
+from bastion.models import build_models, default_models_dir  # noqa: E402
 
 
 def exact(answer: str, task: domain.Task) -> bool:

@@ -117,8 +117,8 @@ def live_runs(sensor: Sensor, profile: Profile, policy: Policy, port: int, sink:
         with GuardedSandboxes(sensor, audit.AuditLog(log), [profile]) as guarded:
             labels = {"agent": profile.meta.agent}
             for name in ATTACKS:
-                result = guarded.manager.run(attack_command(name, sink, port), policy, labels=labels)
-                alerts = guarded.alerts_of(result.sandbox)
+                run = guarded.run(attack_command(name, sink, port), policy, labels=labels)
+                result, alerts = run.result, run.alerts
                 first = f"{alerts[0].detector}: {alerts[0].rule}" if alerts else "-"
                 refused = result.exit_status != 0 or bool(result.denials)
                 mine = [a.latency_ms for a in alerts if a.latency_ms is not None]
@@ -126,13 +126,12 @@ def live_runs(sensor: Sensor, profile: Profile, policy: Policy, port: int, sink:
                 latencies += mine
                 progress.advance(task)
             for cmd in benign_commands({k: v[:1] for k, v in UNSEEN_VARIANTS.items()}, port, 1):
-                result = guarded.manager.run(cmd, policy, labels=labels)
-                for a in guarded.alerts_of(result.sandbox):
+                for a in guarded.run(cmd, policy, labels=labels).alerts:
                     benign_alerts += 1
                     console.print(f"benign alert {a.detector}: {a.rule} score {a.score:.2f} {a.evidence}", markup=False)
                 progress.advance(task)
             guarded.audit.close()
-        records = audit.verify(log)
+        records = audit.verify(log).records
     return {"stopped": stopped, "latencies": latencies, "benign_alerts": benign_alerts, "audited": records}
 
 

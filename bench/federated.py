@@ -19,7 +19,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bastion.agents_cmd import specialist_dir  # noqa: E402
+from bastion.models import specialist_dir  # noqa: E402
 from federated import task  # noqa: E402
 from federated.simulation import simulate  # noqa: E402
 from federated.sites import read_site  # noqa: E402

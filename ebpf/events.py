@@ -179,6 +179,11 @@ def _ip(family: int, raw: Any) -> str:
     return ""
 
 
+def cgroup_of(record: bytes) -> int:
+    """The cgroup id of a record too malformed to decode, or 0 if even that is unreadable."""
+    return EvHdr.from_buffer_copy(record).cgroup_id if len(record) >= ct.sizeof(EvHdr) else 0
+
+
 def decode(record: bytes, ngram_n: int, tags: dict[int, str]) -> Event:
     """Decode one ring-buffer record into an Event."""
     if len(record) < ct.sizeof(EvHdr):

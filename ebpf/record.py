@@ -10,7 +10,7 @@ from typing import IO
 from pydantic import ValidationError
 
 from ebpf.events import EVENT_WIRE, Event
-from safeio import InputError, open_output, open_regular
+from common.files import InputError, open_output, open_regular
 
 MAX_EVENTS_BYTES = 4 << 30
 MAX_LINE_BYTES = 64 << 10  # an event is under 2 KiB

@@ -6,12 +6,12 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ebpf.events import UNIX_PATH_LEN, CgStats, Event, WatchInfo, decode
+from ebpf.events import UNIX_PATH_LEN, CgStats, Event, WatchInfo, cgroup_of, decode
 
 BPF_DIR = Path(__file__).parent / "bpf"
 # One module: the programs share the watched map, the ring buffer and stats.
@@ -86,9 +86,9 @@ class Sensor:
         self.ringbuf_pages = ringbuf_pages
         self._bpf: Any = None
         self._tags: dict[int, str] = {}
-        self._tag_ids: dict[str, int] = {}
+        self._next_tag = 0
         self._raw: list[bytes] = []
-        self._decode_errors = 0
+        self._decode_errors: dict[int, int] = {}  # by cgroup id, 0 when even the header was unreadable
         self._attempts: set[str] = set()
 
     # lifecycle -----------------------------------------------------------
@@ -136,11 +136,11 @@ class Sensor:
               sensitive: Iterable[int] = ()) -> None:
         """Start watching a cgroup: from now on its tasks' syscalls are seen.
         Attempts of the `sensitive` syscall numbers are reported as events."""
-        tag_id = self._tag_ids.setdefault(tag, len(self._tag_ids) + 1)
+        self._next_tag += 1
         self._tags[cgroup_id] = tag
         stats = self.bpf["stats"]
         stats[stats.Key(cgroup_id)] = stats.Leaf()
-        info = WatchInfo(tag_id, WATCH_DETECT_NOVEL if detect_novel else 0)
+        info = WatchInfo(self._next_tag & 0xFFFFFFFF, WATCH_DETECT_NOVEL if detect_novel else 0)
         for nr in sensitive:
             if not 0 <= nr < 64 * len(info.sensitive):
                 raise SensorError(f"syscall number {nr} is outside the sensitive bitmap")
@@ -173,6 +173,8 @@ class Sensor:
         for k in stale:
             del counts[k]
         self.clear_egress(cgroup_id)
+        self._tags.pop(cgroup_id, None)
+        self._decode_errors.pop(cgroup_id, None)
         return final
 
     # reading -------------------------------------------------------------
@@ -187,7 +189,8 @@ class Sensor:
             try:
                 batch.append(decode(record, self.ngram_n, self._tags))
             except ValueError:
-                self._decode_errors += 1
+                cgroup = cgroup_of(record)
+                self._decode_errors[cgroup] = self._decode_errors.get(cgroup, 0) + 1
         return batch
 
     def poll(self, timeout_ms: int = 100) -> list[Event]:
@@ -200,13 +203,6 @@ class Sensor:
         self.bpf.ring_buffer_consume()
         return self._decode_pending()
 
-    def batches(self, timeout_ms: int = 100) -> Iterator[list[Event]]:
-        """Non-empty batches, forever; stop iterating to stop."""
-        while True:
-            batch = self.poll(timeout_ms)
-            if batch:
-                yield batch
-
     def stats(self, cgroup_id: int) -> CgroupStats:
         table = self.bpf["stats"]
         try:
@@ -216,9 +212,10 @@ class Sensor:
         sums = [sum(getattr(s, f) for s in per_cpu) for f, _ in CgStats._fields_]
         return CgroupStats(*sums)
 
-    @property
-    def decode_errors(self) -> int:
-        return self._decode_errors
+    def decode_errors(self, cgroup_id: int) -> int:
+        """Records of the cgroup that could not be decoded, plus those whose
+        cgroup could not be read (they may have been any cgroup's)."""
+        return self._decode_errors.get(cgroup_id, 0) + self._decode_errors.get(0, 0)
 
     # sensitive syscalls --------------------------------------------------
     def report_attempts(self, names: Iterable[str]) -> list[str]:

@@ -5,39 +5,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from enum import StrEnum
-
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class Verdict(StrEnum):
-    """What the guard does about a finding, weakest first."""
-
-    ALLOW = "allow"
-    ALERT = "alert"
-    QUARANTINE = "quarantine"  # all egress denied from that instant
-    FREEZE = "freeze"
-    KILL = "kill"
-
-    @property
-    def rank(self) -> int:
-        return list(Verdict).index(self)
-
-
-class Severity(StrEnum):
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-    CRITICAL = "critical"
-
-
-SEVERITY_OF = {
-    Verdict.ALLOW: Severity.LOW,
-    Verdict.ALERT: Severity.MEDIUM,
-    Verdict.QUARANTINE: Severity.HIGH,
-    Verdict.FREEZE: Severity.HIGH,
-    Verdict.KILL: Severity.CRITICAL,
-}
+from common.verdicts import Severity, Verdict
 
 
 class Evidence(BaseModel):

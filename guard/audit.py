@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safeio import InputError, open_regular, parse_json
+from common.files import InputError, open_regular, parse_json
 
 GENESIS = "0" * 64
 CHECKPOINT = "checkpoint"
@@ -319,7 +319,7 @@ class HeadFile:
     meant to live elsewhere (another host's mount, a log shipper's input)."""
 
     def __init__(self, path: Path) -> None:
-        from safeio import open_output
+        from common.files import open_output
 
         try:
             self._fh = open_output(path, "a")

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from ebpf.events import Event, EventKind
 from ebpf.sensor import WATCH_DETECT_NOVEL, Sensor, SensorError
-from guard.alerts import SEVERITY_OF, Alert, Evidence, Verdict
+from common.verdicts import Verdict
+from guard.alerts import Alert, Evidence
 from guard.audit import AuditLog
 from guard.profile import Profile
 from guard.rules import Finding, Rules, check, novelty
@@ -37,15 +38,15 @@ class Target(Protocol):
 
 
 class Enforcer(Protocol):
-    """Applies a verdict (quarantine, freeze or kill) to a running sandbox and
-    returns when it, or a stronger action already taken, took hold
+    """Applies an enforced verdict (quarantine, freeze or kill) to a running
+    sandbox and returns when it, or a stronger one already taken, took hold
     (CLOCK_MONOTONIC ns, the clock of the sensor's timestamps)."""
 
-    def enforce(self, target: Any, action: str, reason: str) -> int: ...
+    def enforce(self, target: Any, verdict: Verdict, reason: str) -> int: ...
 
 
 @dataclass(frozen=True)
-class Response:
+class ResponseMap:
     """The verdict for each kind of finding."""
 
     violation: Verdict = Verdict.KILL
@@ -63,7 +64,7 @@ class Assignment:
     """What the guard holds a sandbox to."""
 
     rules: Rules
-    response: Response
+    response: ResponseMap
     profile: Profile | None = None
 
 
@@ -203,9 +204,9 @@ class Guard:
             return  # one alert per finding unless the response escalates
         st.reported.add(key)
         enforced = 0
-        if verdict.rank >= Verdict.QUARANTINE.rank:
-            enforced = self.enforcer.enforce(st.target, verdict.value, f"{finding.detector}: {finding.rule}")
-        st.strongest = max(st.strongest, verdict, key=lambda v: v.rank)
+        if verdict.enforced:
+            enforced = self.enforcer.enforce(st.target, verdict, f"{finding.detector}: {finding.rule}")
+        st.strongest = Verdict.strongest([st.strongest, verdict])
         labels = st.target.labels
         alert = Alert(
             sandbox=st.target.name,
@@ -217,7 +218,7 @@ class Guard:
             rule=finding.rule,
             score=finding.score,
             threshold=finding.threshold,
-            severity=SEVERITY_OF[verdict],
+            severity=verdict.severity,
             action=verdict,
             evidence=[_evidence(finding.event)] if finding.event else [],
             event_ts_ns=finding.event.ts_ns if finding.event else 0,

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
-from safeio import InputError, parse_json, read_bytes, write_bytes
+from common.files import InputError, parse_json, read_bytes, write_bytes
 
 from guard.detectors import MAX_PACKED_N, FrequencyDetector, NgramDetector, unpack
 from guard.traces import Behaviour

@@ -14,7 +14,7 @@ import numpy as np
 
 from ebpf.events import Event, EventKind
 from ebpf.record import read_jsonl
-from safeio import InputError, read_bytes
+from common.files import InputError, read_bytes
 
 MAX_TRACE_BYTES = 256 << 20
 MAX_SYSCALL = 1023  # n-grams pack syscall numbers into 10 bits each

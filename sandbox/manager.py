@@ -1,11 +1,15 @@
 """Sandbox lifecycle: create, watch, start, enforce, wait, clean up.
 
 One manager per process holds the sensor and a pump thread that routes its
-events to the sandboxes they belong to. Fail closed: a sandbox starts only
-once its cgroup is watched and its egress programs are attached; lost events
-trigger the policy's action; if the pump dies, every sandbox is killed; if
-the supervising process dies, PR_SET_PDEATHSIG kills its sandboxes, and the
-next manager kills any orphaned Bastion cgroup it finds."""
+events to the sandboxes they belong to. The manager records facts (what the
+kernel refused, and where) and acts only on its own lifecycle: the wall
+timeout, lost events, a dead pump. What a fact means is the guard's to
+judge; the manager is the guard's Enforcer. Fail closed: a sandbox starts
+only once its cgroup is watched and its egress programs are attached; lost
+or undecodable events trigger the policy's action; if the pump dies, every
+sandbox is killed; if the supervising process dies, the sandbox's init dies
+with it and the kernel kills the rest, and the next manager removes any
+orphaned Bastion cgroup and workdir it finds."""
 
 from __future__ import annotations
 
@@ -31,7 +35,8 @@ from sandbox.egress import LIBC_PROBE_SOCKETS, compile_rules, tcp_ports
 from sandbox.landlock import LandlockError
 from sandbox.launch import Launch, mount_tmpfs, umount
 from sandbox.limits import Controllers, v1_leaf
-from sandbox.policy import Action, Policy
+from common.verdicts import Verdict
+from sandbox.policy import Policy
 from sandbox.result import Denial, SandboxResult
 from sandbox.seccomp import SOCKET_REFUSALS, Filter, name_of, resolve
 
@@ -39,7 +44,6 @@ log = logging.getLogger("bastion.sandbox")
 
 PREFIX = "sbx"
 EACCES, EPERM = 13, 1
-_SEVERITY = {Action.DENY: 0, Action.QUARANTINE: 1, Action.FREEZE: 2, Action.KILL: 3}
 
 Listener = Callable[["Sandbox", list[Event]], None]
 Finisher = Callable[["Sandbox"], object]
@@ -88,11 +92,12 @@ class Sandbox:
     stderr: _Capture | None = None
     received: int = 0
     lost_seen: int = 0
+    undecodable_before: int = 0  # the sensor's count of unattributable bad records when it started
     denials: list[Denial] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     stopped_by: str | None = None
-    strongest: Action | None = None
-    enforced_ns: int = 0  # when the strongest action took hold
+    strongest: Verdict = Verdict.ALLOW  # the strongest verdict enforced
+    enforced_ns: int = 0  # when it took hold
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -100,26 +105,26 @@ class Sandbox:
         return self.cgroup.id
 
 
-def _denial(ev: Event, sb: Sandbox) -> tuple[Denial, bool] | None:
-    """The denial an event records, if any, and whether it is a violation."""
+def _denial(ev: Event, sb: Sandbox) -> Denial | None:
+    """What the kernel refused, if the event records a refusal: a fact, which
+    the guard's rules judge."""
     match ev.kind:
         case EventKind.DENY:
-            kind, detail, violation = "egress", f"{ev.path or f'{ev.addr}:{ev.port}'} via {ev.hook}", True
+            kind, detail = "egress", f"{ev.path or f'{ev.addr}:{ev.port}'} via {ev.hook}"
         case EventKind.SYSCALL if ev.arg:
-            kind, violation = "syscall", True
+            kind = "syscall"
             detail = f"a denied syscall this kernel lacks, trapped (one of {', '.join(sb.trapped)})"
         case EventKind.SYSCALL if name_of(ev.syscall) == "socket" and ev.ret in SOCKET_REFUSALS:
-            kind, detail, violation = "syscall", f"socket of a family the policy does not allow = {ev.ret}", True
+            kind, detail = "syscall", f"socket of a family the policy does not allow = {ev.ret}"
         case EventKind.SYSCALL:
-            name = name_of(ev.syscall)
-            kind, detail, violation = "syscall", f"{name} = {ev.ret}", name in sb.policy.denied_syscalls
+            kind, detail = "syscall", f"{name_of(ev.syscall)} = {ev.ret}"
         case EventKind.CONNECT | EventKind.SENDTO if ev.ret == -EACCES and ev.family != AF_UNIX:  # Landlock's TCP wall
-            kind, detail, violation = "egress", f"{ev.addr}:{ev.port} via landlock", True
+            kind, detail = "egress", f"{ev.addr}:{ev.port} via landlock"
         case EventKind.OPEN | EventKind.EXEC if ev.ret in (-EACCES, -EPERM):
-            kind, detail, violation = ev.kind.value, f"{ev.path} = {ev.ret}", False
+            kind, detail = ev.kind.value, f"{ev.path} = {ev.ret}"
         case _:
             return None
-    return Denial(kind=kind, detail=detail, ts_ns=ev.ts_ns, pid=ev.pid), violation
+    return Denial(kind=kind, detail=detail, ts_ns=ev.ts_ns, pid=ev.pid)
 
 
 class SandboxManager:
@@ -145,12 +150,15 @@ class SandboxManager:
         self._pump.start()
 
     # starting ------------------------------------------------------------
-    def start(self, command: Sequence[str], policy: Policy, labels: dict[str, str] | None = None) -> Sandbox:
+    def start(self, command: Sequence[str], policy: Policy, labels: dict[str, str] | None = None,
+              timeout: float | None = None) -> Sandbox:
         """Everything that can fail on the policy (names to resolve, rules
         the kernel must accept) is done before any cgroup or directory
         exists; whatever a failed start made is removed before it raises."""
         if self.pump_error is not None:
             raise SandboxError(f"the event pump has died ({self.pump_error}); no sandbox can be watched")
+        if timeout is not None and not 0 < timeout < math.inf:  # a request may only shorten the policy's
+            raise SandboxError(f"timeout: {timeout} is not a positive, finite number of seconds")
         if not command:
             raise SandboxError("no command to run")
         isolated = policy.network == "none"
@@ -174,6 +182,7 @@ class SandboxManager:
             self.sensor.watch(cg.id, name, detect_novel=self.ngram_events,
                               sensitive=[resolve(n) for n in policy.denied_syscalls])
             made.append(lambda: self.sensor.unwatch(cg.id))
+            sb.undecodable_before = self.sensor.decode_errors(cg.id)
             fd = cg.open_fd()
             try:
                 self.sensor.attach_egress(fd)
@@ -251,9 +260,11 @@ class SandboxManager:
         ruleset.allow(Path("/dev/null"), landlock.READ | landlock.WRITE_FILE)
 
     # waiting -------------------------------------------------------------
-    def wait(self, sb: Sandbox, timeout: float | None = None) -> SandboxResult:
+    def wait(self, sb: Sandbox, timeout: float | None = None,
+             finishers: Sequence[Finisher] = ()) -> SandboxResult:
         """Wait for the command (killing it at the wall timeout, or at the
-        shorter `timeout`), then clean up."""
+        shorter `timeout`), call the finishers while its sensor maps still
+        exist, then clean up."""
         assert sb.proc is not None
         limit = sb.policy.limits.wall_timeout_s
         if timeout is not None:
@@ -261,20 +272,18 @@ class SandboxManager:
         try:
             sb.proc.wait(timeout=max(limit - (time.monotonic() - sb.started), 0))
         except subprocess.TimeoutExpired:
-            self.enforce(sb, Action.KILL, f"wall timeout of {limit:g}s")
+            self.enforce(sb, Verdict.KILL, f"wall timeout of {limit:g}s")
             sb.proc.wait()
         duration = time.monotonic() - sb.started
         self._settle(sb)
-        for finisher in self.finishers:
+        for finisher in [*self.finishers, *finishers]:
             finisher(sb)
         return self._finish(sb, duration)
 
     def run(self, command: Sequence[str], policy: Policy, timeout: float | None = None,
             labels: dict[str, str] | None = None) -> SandboxResult:
-        """A request may shorten the policy's wall timeout, never lengthen or remove it."""
-        if timeout is not None and not 0 < timeout < math.inf:
-            raise SandboxError(f"timeout: {timeout} is not a positive, finite number of seconds")
-        return self.wait(self.start(command, policy, labels), timeout)
+        """Start and wait; facts only, no judge (see bastion.guarded)."""
+        return self.wait(self.start(command, policy, labels, timeout), timeout)
 
     def _settle(self, sb: Sandbox, timeout: float = 2.0) -> None:
         """Wait until the pump has routed every event the kernel sent for sb."""
@@ -295,7 +304,7 @@ class SandboxManager:
         peak = sb.controllers.memory_peak()
         stats = self._cleanup(sb)
         rc = sb.proc.returncode
-        verdict = sb.strongest.value if sb.strongest else ("deny" if sb.denials else "allow")
+        verdict = Verdict.strongest([sb.strongest, Verdict.DENY if sb.denials else Verdict.ALLOW])
         return SandboxResult(
             sandbox=sb.name,
             command=sb.command,
@@ -313,7 +322,7 @@ class SandboxManager:
             memory_peak_bytes=peak,
             syscalls=stats.syscalls,
             events_seen=sb.received,
-            events_lost=stats.lost,
+            events_lost=max(stats.lost, sb.lost_seen),
             denials=sb.denials,
             actions=sb.actions,
         )
@@ -333,26 +342,27 @@ class SandboxManager:
         return stats
 
     # enforcing -----------------------------------------------------------
-    def enforce(self, sb: Sandbox, action: Action | str, reason: str) -> int:
-        """Apply an action to a running sandbox; the guard's Enforcer. An
-        action no stronger than one already taken is not repeated. Returns
-        when it took hold (CLOCK_MONOTONIC ns, the sensor's clock)."""
-        action = Action(action)
+    def enforce(self, sb: Sandbox, verdict: Verdict, reason: str) -> int:
+        """Apply quarantine, freeze or kill to a running sandbox; the guard's
+        Enforcer. A verdict no stronger than one already enforced is not
+        repeated. Returns when it took hold (CLOCK_MONOTONIC ns, the
+        sensor's clock)."""
+        if not verdict.enforced:
+            raise ValueError(f"{verdict.value} is not something the sandbox enforces")
         with sb.lock:
-            if sb.strongest is not None and _SEVERITY[action] <= _SEVERITY[sb.strongest] and action is not Action.DENY:
+            if verdict.rank <= sb.strongest.rank:
                 return sb.enforced_ns
-            if action is Action.QUARANTINE:
+            if verdict is Verdict.QUARANTINE:
                 self.sensor.quarantine(sb.id)
-            elif action is Action.FREEZE:
+            elif verdict is Verdict.FREEZE:
                 sb.cgroup.freeze()
-            elif action is Action.KILL:
+            elif verdict is Verdict.KILL:
                 sb.cgroup.kill()
                 sb.stopped_by = sb.stopped_by or reason
-            sb.actions.append(f"{action.value}: {reason}")
-            if sb.strongest is None or _SEVERITY[action] > _SEVERITY[sb.strongest]:
-                sb.strongest = action
-                sb.enforced_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        log.warning("sandbox action", extra={"fields": {"sandbox": sb.name, "action": action.value, "reason": reason}})
+            sb.actions.append(f"{verdict.value}: {reason}")
+            sb.strongest = verdict
+            sb.enforced_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        log.warning("sandbox action", extra={"fields": {"sandbox": sb.name, "action": verdict.value, "reason": reason}})
         return sb.enforced_ns
 
     def thaw(self, sb: Sandbox) -> None:
@@ -376,7 +386,7 @@ class SandboxManager:
             self.pump_error = exc
             log.error("event pump died; killing every sandbox", exc_info=exc)
             for sb in list(self._active.values()):
-                self.enforce(sb, Action.KILL, f"sensor pump died: {exc}")
+                self.enforce(sb, Verdict.KILL, f"sensor pump died: {exc}")
 
     def _route(self, batch: list[Event]) -> None:
         by_sandbox: dict[int, list[Event]] = {}
@@ -387,29 +397,29 @@ class SandboxManager:
             if sb is None:
                 continue
             for ev in events:
-                found = _denial(ev, sb)
-                if found is None:
-                    continue
-                denial, violation = found
-                sb.denials.append(denial)
-                if violation:
-                    self.enforce(sb, sb.policy.on_violation, f"{denial.kind} violation: {denial.detail}")
+                denial = _denial(ev, sb)
+                if denial is not None:
+                    sb.denials.append(denial)
             for listener in self.listeners:
                 listener(sb, events)
             sb.received += len(events)
 
     def _check_losses(self) -> None:
+        """Events the kernel could not send, and records that could not be
+        decoded (whose sandbox may be any), are events the guard never saw."""
         for sb in list(self._active.values()):
-            lost = self.sensor.stats(sb.id).lost
+            lost = self.sensor.stats(sb.id).lost + self.sensor.decode_errors(sb.id) - sb.undecodable_before
             if lost > sb.lost_seen:
                 sb.lost_seen = lost
-                self.enforce(sb, sb.policy.on_event_loss, f"{lost} events lost: the sandbox was not fully watched")
+                if sb.policy.on_event_loss.enforced:
+                    self.enforce(sb, sb.policy.on_event_loss,
+                                 f"{lost} events lost: the sandbox was not fully watched")
 
     def close(self) -> None:
         self._stop.set()
         self._pump.join(timeout=2)
         for sb in list(self._active.values()):
-            self.enforce(sb, Action.KILL, "manager closing")
+            self.enforce(sb, Verdict.KILL, "manager closing")
             self._cleanup(sb)
 
 

@@ -10,9 +10,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from safeio import InputError, parse_yaml, read_text
+from common.models import ModelError, load_model, parse_model
+from common.verdicts import Verdict
 from sandbox.seccomp import DEFAULT_DENY
 
 MAX_POLICY_BYTES = 1 << 20
@@ -20,15 +21,8 @@ MAX_UNIX_PATH = 100  # the kernel map holds 108 bytes; a longer path could match
 UID_MAX = (1 << 32) - 2  # (uid_t)-1 means "no change" to the kernel
 
 
-class PolicyError(ValueError):
+class PolicyError(ModelError):
     """A policy that cannot be used; the message names the file and field."""
-
-
-class Action(StrEnum):
-    DENY = "deny"  # the act fails in the kernel; the sandbox runs on
-    QUARANTINE = "quarantine"  # all egress denied from that instant
-    FREEZE = "freeze"
-    KILL = "kill"
 
 
 class _Strict(BaseModel):
@@ -115,15 +109,27 @@ class Network(_Strict):
         return self.allow + dns
 
 
-Verdict = Literal["allow", "alert", "quarantine", "freeze", "kill"]
+def _stops(verdict: Verdict) -> Verdict:
+    if verdict.rank < Verdict.DENY.rank:
+        raise ValueError(f"must be deny, quarantine, freeze or kill, not {verdict.value}")
+    return verdict
+
+
+def _not_deny(verdict: Verdict) -> Verdict:
+    if verdict is Verdict.DENY:
+        raise ValueError("deny is what the kernel does to a refused act; a departure from the profile "
+                         "is allow, alert, quarantine, freeze or kill")
+    return verdict
 
 
 class Response(_Strict):
     """What the guard does when a run departs from the agent's profile;
     policy violations take on_violation."""
 
-    anomaly: Verdict = Field("quarantine", description="syscall sequence or mix unlike the profile")
-    novelty: Verdict = Field("alert", description="a binary, path or destination never seen in training")
+    anomaly: Verdict = Field(Verdict.QUARANTINE, description="syscall sequence or mix unlike the profile")
+    novelty: Verdict = Field(Verdict.ALERT, description="a binary, path or destination never seen in training")
+
+    _kinds = field_validator("anomaly", "novelty")(_not_deny)
 
 
 class User(_Strict):
@@ -146,9 +152,12 @@ class Policy(_Strict):
     deny_syscalls: list[str] = Field(default_factory=list, description="denied on top of the built-in list")
     env: Env = Field(default_factory=Env)
     user: User = Field(default_factory=User)
-    on_violation: Action = Action.KILL
-    on_event_loss: Action = Action.KILL
+    on_violation: Verdict = Field(Verdict.KILL, description="a rule broken: deny (the kernel's refusal "
+                                                           "alone), quarantine, freeze or kill")
+    on_event_loss: Verdict = Verdict.KILL
     response: Response = Field(default_factory=Response)
+
+    _stopping = field_validator("on_violation", "on_event_loss")(_stops)
 
     @field_validator("network", mode="before")
     @classmethod
@@ -189,33 +198,15 @@ class Policy(_Strict):
         return env
 
 
-def _field_error(source: str, exc: ValidationError) -> PolicyError:
-    err = max(exc.errors(), key=lambda e: len(e["loc"]))  # the most specific place
-    # drop pydantic's union tags (literal['none'], Network) from the path
-    parts = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p))]
-    where = ".".join(parts) or "(top level)"
-    msg = err["msg"].removeprefix("Value error, ")
-    return PolicyError(f"{source}: field {where}: {msg}")
-
-
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     try:
-        data = parse_yaml(text, source)
-    except InputError as exc:
+        return parse_model(Policy, text, source)
+    except ModelError as exc:
         raise PolicyError(str(exc)) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise PolicyError(f"{source}: a policy is a mapping of fields, not {type(data).__name__}")
-    try:
-        return Policy.model_validate(data)
-    except ValidationError as exc:
-        raise _field_error(source, exc) from None
 
 
 def load_policy(path: Path | str) -> Policy:
     try:
-        text = read_text(path, MAX_POLICY_BYTES)
-    except InputError as exc:
+        return load_model(Policy, path, limit=MAX_POLICY_BYTES)
+    except ModelError as exc:
         raise PolicyError(str(exc)) from None
-    return parse_policy(text, str(path))

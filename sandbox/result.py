@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from common.verdicts import Verdict
+
 STOPPED_EXIT = 126  # exit status when Bastion stopped the command
 
 
@@ -24,7 +26,7 @@ class SandboxResult(BaseModel):
     exit_code: int | None = None
     signal: int | None = None
     stopped_by: str | None = Field(None, description="why Bastion stopped it: timeout, violation, event loss, ...")
-    verdict: str = "allow"
+    verdict: Verdict = Field(Verdict.ALLOW, description="the strongest verdict taken on the run")
     stdout: str = ""
     stderr: str = ""
     stdout_truncated: bool = False

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import guard  # noqa: F401  (first, before a test imports grpc: it turns gRPC's fork handlers off)
+import console  # noqa: F401  (first, before a test imports grpc: it turns gRPC's fork handlers off)
 
 from tests import workloads
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from agents import domain
 from agents.config import build_router, load_config
 from agents.interaction_log import InteractionLog, read_log
-from bastion.agents_cmd import build_models, default_models_dir
+from bastion.models import build_models, default_models_dir
 from bastion.fleet import Fleet, tool_policies, train_profiles
 from bastion.guarded import GuardedSandboxes
 from ebpf.sensor import Sensor
@@ -73,11 +73,11 @@ def test_injected_referral_is_stopped_and_the_alert_names_the_step(fleet: Fleet,
 
 def test_invalid_calls_are_retried_and_never_run(sensor: Sensor, tmp_path: Path, fleet: Fleet) -> None:
     from agents.agent import Agent
-    from agents.runner import SandboxToolRunner
+    from bastion.fleet import GuardedToolRunner
 
     quick = load_config(build_models(tmp_path / "quick", Console(quiet=True), quick=True))
     log = InteractionLog(tmp_path / "log.jsonl")
-    runner = SandboxToolRunner(fleet.guarded.manager, fleet.policies)
+    runner = GuardedToolRunner(fleet.guarded, fleet.policies)
     agent = Agent("clinic", build_router(quick), runner, log, max_retries=2)
     run = agent.run("What does diagnosis code E11.9 mean?")
     log.close()

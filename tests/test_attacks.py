@@ -15,10 +15,11 @@ from ebpf.sensor import Sensor
 from sandbox.manager import SandboxManager
 from sandbox.policy import Policy
 from sandbox.result import STOPPED_EXIT, SandboxResult
-from bastion.guarded import GuardedSandboxes, record_runs
+from bastion.guarded import GuardedRun, GuardedSandboxes, record_runs
 from guard import audit
 from guard.audit import AuditLog
-from guard.alerts import Alert, Verdict
+from common.verdicts import Verdict
+from guard.alerts import Alert
 from guard.traces import Behaviour
 from guard.training import train
 from tests.conftest import nothing_arrived
@@ -74,13 +75,12 @@ def manager(guarded: GuardedSandboxes) -> SandboxManager:
     return guarded.manager
 
 
-def _alerts_on_record(guarded: GuardedSandboxes, result: SandboxResult) -> list[Alert]:
+def _alerts_on_record(guarded: GuardedSandboxes, run: GuardedRun) -> list[Alert]:
     """The run's alerts, each checked to be in the audit log."""
-    alerts = guarded.alerts_of(result.sandbox)
     logged = {b["id"]: b for b in audit.read(guarded.audit.path, "alert")}
-    for a in alerts:
-        assert logged[a.id]["sandbox"] == result.sandbox and logged[a.id]["agent"] == AGENT
-    return alerts
+    for a in run.alerts:
+        assert logged[a.id]["sandbox"] == run.result.sandbox and logged[a.id]["agent"] == AGENT
+    return run.alerts
 
 
 @pytest.fixture(scope="module")
@@ -99,20 +99,21 @@ def test_attack_is_stopped_and_on_record(
     attack: str, guarded: GuardedSandboxes, policy: Policy, exfil_sink: socket.socket
 ) -> None:
     kind, killed = ATTACKS[attack]
-    result = guarded.manager.run(command(HERE / attack, [str(exfil_sink.getsockname()[1])]), policy, labels=LABELS)
+    run = guarded.run(command(HERE / attack, [str(exfil_sink.getsockname()[1])]), policy, labels=LABELS)
+    result = run.result
 
     assert [d for d in result.denials if d.kind == kind], f"no {kind} denial on record: {result.denials}"
     if killed:
-        assert result.stopped_by is not None and result.stopped_by.startswith(f"{kind} violation")
+        assert result.stopped_by is not None and result.stopped_by.startswith("rule: "), result.stopped_by
         assert result.exit_status == STOPPED_EXIT
         assert any(a.startswith("kill:") for a in result.actions)
-        assert result.verdict == "kill"
+        assert run.verdict is Verdict.KILL
     else:
         assert result.exit_status != 0, f"the attack succeeded: {result.stdout}"
     assert nothing_arrived(exfil_sink)
     assert result.events_lost == 0
 
-    rules = [a for a in _alerts_on_record(guarded, result) if a.detector == "rule"]
+    rules = [a for a in _alerts_on_record(guarded, run) if a.detector == "rule"]
     assert rules, f"no rule alert for {attack}"
     if killed:
         kill = next(a for a in rules if a.action is Verdict.KILL)
@@ -122,10 +123,11 @@ def test_attack_is_stopped_and_on_record(
 def test_staging_then_exfil_to_an_allowed_api_is_quarantined(
     guarded: GuardedSandboxes, policy: Policy, api_port: int
 ) -> None:
-    result = guarded.manager.run(command(HERE / "stage_and_exfil.py", [str(api_port)]), policy, labels=LABELS)
+    run = guarded.run(command(HERE / "stage_and_exfil.py", [str(api_port)]), policy, labels=LABELS)
+    result = run.result
     assert "SENT" not in result.stdout
     assert not [p for p in api_requests() if p.startswith("/?d=")], "the staged data left the sandbox"
-    alerts = _alerts_on_record(guarded, result)
+    alerts = _alerts_on_record(guarded, run)
     anomaly = [a for a in alerts if a.detector in ("ngram", "frequency")]
     assert anomaly and anomaly[0].action is Verdict.QUARANTINE, alerts
     assert anomaly[0].score > anomaly[0].threshold
@@ -140,20 +142,22 @@ def test_write_outside_left_no_file(manager: SandboxManager, policy: Policy) -> 
 
 
 def test_fork_bomb_is_contained(guarded: GuardedSandboxes, policy: Policy) -> None:
-    result = guarded.manager.run(command(HERE / "fork_bomb.sh"), policy, timeout=3, labels=LABELS)
+    run = guarded.run(command(HERE / "fork_bomb.sh"), policy, timeout=3, labels=LABELS)
+    result = run.result
     refused = [d for d in result.denials if d.kind == "pids"]
     assert refused, result.denials
     assert result.stopped_by == "wall timeout of 3s"
     assert result.exit_status == STOPPED_EXIT
-    assert any(a.detector in ("ngram", "frequency") for a in _alerts_on_record(guarded, result))
+    assert any(a.detector in ("ngram", "frequency") for a in _alerts_on_record(guarded, run))
 
 
 def _benign(guarded: GuardedSandboxes, policy: Policy, cmd: list[str]) -> SandboxResult:
-    result = guarded.manager.run(cmd, policy, labels=LABELS)
+    run = guarded.run(cmd, policy, labels=LABELS)
+    result = run.result
     assert result.exit_status == 0, result.stderr
     assert result.stopped_by is None and result.actions == []
     assert [d for d in result.denials if d.kind in ("egress", "syscall")] == []
-    assert [a for a in _alerts_on_record(guarded, result) if a.detector != "novelty"] == []
+    assert [a for a in _alerts_on_record(guarded, run) if a.detector != "novelty"] == []
     return result
 
 
@@ -172,10 +176,11 @@ def test_benign_http_get_to_the_allowed_api(guarded: GuardedSandboxes, policy: P
 
 def test_a_binary_the_tools_never_ran_is_quarantined_but_completes(guarded: GuardedSandboxes, policy: Policy) -> None:
     """Allowed by policy, unknown to the profile: egress is cut, the work goes on."""
-    result = guarded.manager.run(["/usr/bin/sort", "/etc/hostname", "/etc/debian_version"], policy, labels=LABELS)
+    run = guarded.run(["/usr/bin/sort", "/etc/hostname", "/etc/debian_version"], policy, labels=LABELS)
+    result = run.result
     assert result.exit_status == 0, result.stderr
     assert Path("/etc/debian_version").read_text().strip() in result.stdout
-    alerts = _alerts_on_record(guarded, result)
+    alerts = _alerts_on_record(guarded, run)
     assert any("/usr/bin/sort" in a.rule and a.action is Verdict.ALERT for a in alerts if a.detector == "novelty")
     assert any(a.action is Verdict.QUARANTINE for a in alerts if a.detector in ("ngram", "frequency"))
-    assert result.verdict == "quarantine"
+    assert run.verdict is Verdict.QUARANTINE

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from bastion.guarded import GuardedSandboxes
+from bastion.guarded import GuardedRun, GuardedSandboxes
+from common.verdicts import Verdict
 from ebpf.sensor import Sensor
 from guard import audit
 from guard.alerts import Alert
@@ -27,7 +28,7 @@ from guard.audit import AuditLog
 from sandbox.cgroup import Cgroup, bastion_root
 from sandbox.manager import SandboxError, SandboxManager
 from sandbox.policy import Limits, Network, Policy, PolicyError, parse_policy
-from sandbox.result import STOPPED_EXIT, SandboxResult
+from sandbox.result import STOPPED_EXIT
 from tests.attacks import HERE, command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,9 +43,9 @@ def guarded(sensor: Sensor, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     log.close()
 
 
-def _rule_alerts(guarded: GuardedSandboxes, result: SandboxResult) -> list[Alert]:
+def _rule_alerts(guarded: GuardedSandboxes, run: GuardedRun) -> list[Alert]:
     """The run's rule alerts, each checked to be in the audit log."""
-    alerts = [a for a in guarded.alerts_of(result.sandbox) if a.detector == "rule"]
+    alerts = [a for a in run.alerts if a.detector == "rule"]
     logged = {b["id"] for b in audit.read(guarded.audit.path, "alert")}
     assert alerts and all(a.id in logged for a in alerts), alerts
     return alerts
@@ -111,40 +112,41 @@ NETWORKS = {"network none": "none", "network allowed": Network(allow=[{"host": "
 def test_unix_socket_exfiltration_is_refused_and_killed(network: str, guarded: GuardedSandboxes,
                                                          unix_sinks: UnixSinks) -> None:
     policy = Policy(network=NETWORKS[network])
-    result = guarded.manager.run(command(HERE / "unix_exfil.py", [str(unix_sinks.dir), unix_sinks.name]), policy)
+    run = guarded.run(command(HERE / "unix_exfil.py", [str(unix_sinks.dir), unix_sinks.name]), policy)
+    result = run.result
 
     time.sleep(0.3)
     assert unix_sinks.received == [], "a record reached a host service"
-    assert result.exit_status == STOPPED_EXIT and result.verdict == "kill"
+    assert result.exit_status == STOPPED_EXIT and run.verdict is Verdict.KILL
     refused = [d.detail for d in result.denials if d.kind == "egress"]
     assert any(f"{unix_sinks.dir}/stream.sock via unix_connect" in d for d in refused), refused
-    assert any("stream.sock" in a.rule and "unix_connect" in a.rule for a in _rule_alerts(guarded, result))
+    assert any("stream.sock" in a.rule and "unix_connect" in a.rule for a in _rule_alerts(guarded, run))
 
 
 def test_a_unix_socket_the_policy_names_is_reachable(guarded: GuardedSandboxes, unix_sinks: UnixSinks) -> None:
     path = str(unix_sinks.dir / "stream.sock")
     client = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n"
               "s.sendall(b'ping')\nprint(s.recv(100).decode())\n")
-    result = guarded.manager.run(["/usr/bin/python3", "-c", client, path], Policy(unix_sockets=[path]))
-    assert result.exit_status == 0, result.stderr
-    assert result.stdout.strip() == "pong:ping" and result.verdict == "allow"
+    run = guarded.run(["/usr/bin/python3", "-c", client, path], Policy(unix_sockets=[path]))
+    assert run.result.exit_status == 0, run.result.stderr
+    assert run.result.stdout.strip() == "pong:ping" and run.verdict is Verdict.ALLOW
     # a name lookup still works: libc's nscd probe is refused without a violation
-    lookup = guarded.manager.run(["/usr/bin/python3", "-c", "import socket; socket.getaddrinfo('localhost', 80)"],
-                                 Policy())
-    assert lookup.exit_status == 0 and lookup.denials == [], lookup.denials
+    lookup = guarded.run(["/usr/bin/python3", "-c", "import socket; socket.getaddrinfo('localhost', 80)"], Policy())
+    assert lookup.result.exit_status == 0 and lookup.result.denials == [] and lookup.alerts == []
 
 
 def test_socket_families_the_policy_does_not_need_are_refused(guarded: GuardedSandboxes) -> None:
-    result = guarded.manager.run(command(HERE / "socket_families.py"), Policy(network=NETWORKS["network allowed"]))
+    run = guarded.run(command(HERE / "socket_families.py"), Policy(network=NETWORKS["network allowed"]))
+    result = run.result
     assert "OPENED" not in result.stdout or "OPENED []" in result.stdout, result.stdout
-    assert result.exit_status == STOPPED_EXIT and result.verdict == "kill"
+    assert result.exit_status == STOPPED_EXIT and run.verdict is Verdict.KILL
     assert [d for d in result.denials if d.kind == "syscall" and "socket" in d.detail], result.denials
-    assert any("socket" in a.rule for a in _rule_alerts(guarded, result))
+    assert any("socket" in a.rule for a in _rule_alerts(guarded, run))
 
 
 def test_the_workdir_has_a_quota_of_bytes_and_files(guarded: GuardedSandboxes) -> None:
     policy = Policy(limits=Limits(workdir_mb=8, workdir_files=64))
-    result = guarded.manager.run(command(HERE / "fill_workdir.py"), policy)
+    result = guarded.run(command(HERE / "fill_workdir.py"), policy).result
     assert result.exit_status == 0, result.stderr
     megabytes, files = map(int, result.stdout.split())
     assert megabytes <= 8 and files <= 64, result.stdout
@@ -199,12 +201,12 @@ def test_no_sandboxed_process_outlives_a_killed_node(kernel: None, tmp_path: Pat
 def test_a_request_cannot_loosen_the_wall_timeout(guarded: GuardedSandboxes) -> None:
     policy = Policy(limits=Limits(wall_timeout_s=1))
     started = time.monotonic()
-    result = guarded.manager.run(["/bin/sleep", "30"], policy, timeout=3600)
+    result = guarded.run(["/bin/sleep", "30"], policy, timeout=3600).result
     assert time.monotonic() - started < 10
     assert result.stopped_by == "wall timeout of 1s"
     for bad in (float("nan"), float("inf"), -1.0, 0.0):
         with pytest.raises(SandboxError, match="timeout"):
-            guarded.manager.run(["/bin/true"], policy, timeout=bad)
+            guarded.run(["/bin/true"], policy, timeout=bad)
 
 
 @pytest.mark.parametrize(("text", "field"), [
@@ -264,8 +266,8 @@ def test_the_node_answers_a_bad_run_request_naming_the_field(kernel: None, tmp_p
     import grpc
 
     from bastion.node import Node, NodeConfig
-    from guard.client import NodeClient
-    from guard.proto import bastion_pb2 as pb
+    from console.client import NodeClient
+    from console.proto import bastion_pb2 as pb
 
     node = Node(NodeConfig(local=f"unix://{tmp_path}/node.sock", token_file=tmp_path / "token",
                            audit=tmp_path / "audit.jsonl", signing_key=tmp_path / "node.key"))

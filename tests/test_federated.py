@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from bastion.agents_cmd import build_models
+from bastion.models import build_models
 from federated import task
 from federated.client_app import train as client_train
 from federated.simulation import simulate
@@ -121,8 +121,8 @@ def test_fl_run_on_a_real_superlink_and_supernodes_over_tls_under_secagg(tmp_pat
     from rich.console import Console
 
     from agents.backends import TransformersBackend
-    from bastion.agents_cmd import specialist_dir
-    from bastion.fl_cmd import run_federated
+    from bastion.models import specialist_dir
+    from bastion.federated_run import run_federated
 
     console = Console(record=True, width=160)
     out = tmp_path / "fl"

@@ -13,8 +13,8 @@ import pytest
 
 from bastion.node import Node, NodeConfig
 from guard import audit
-from guard.client import NodeClient
-from guard.proto import bastion_pb2 as pb
+from console.client import NodeClient
+from console.proto import bastion_pb2 as pb
 from tests.attacks import HERE, POLICY, command
 
 

@@ -18,7 +18,8 @@ import pytest
 from ebpf.sensor import Sensor
 from sandbox.cgroup import Cgroup, bastion_root
 from sandbox.manager import SandboxManager, kill_orphans
-from sandbox.policy import Action, PolicyError, parse_policy
+from common.verdicts import Verdict
+from sandbox.policy import PolicyError, parse_policy
 from sandbox.result import STOPPED_EXIT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def test_quarantine_blocks_egress_from_that_instant(manager: SandboxManager) -> 
         )
         sb = manager.start(["/usr/bin/python3", "-c", script], policy)
         time.sleep(0.5)
-        manager.enforce(sb, Action.QUARANTINE, "test")
+        manager.enforce(sb, Verdict.QUARANTINE, "test")
         result = manager.wait(sb)
     assert result.stdout.split() == ["True", "1"]  # first connect allowed, second EPERM
     assert [d.kind for d in result.denials] == ["egress"]
@@ -92,7 +93,7 @@ def test_quarantine_blocks_egress_from_that_instant(manager: SandboxManager) -> 
 def test_freeze_and_thaw(manager: SandboxManager) -> None:
     sb = manager.start(["/bin/sh", "-c", "i=0; while [ $i -lt 30 ]; do i=$((i+1)); sleep 0.05; done; echo done"],
                        parse_policy("on_violation: deny"))
-    manager.enforce(sb, Action.FREEZE, "test")
+    manager.enforce(sb, Verdict.FREEZE, "test")
     assert sb.cgroup.events()["frozen"] == 1
     time.sleep(2)
     assert sb.proc is not None and sb.proc.poll() is None  # frozen: it cannot finish
@@ -169,7 +170,7 @@ def test_sandboxes_die_with_their_supervisor(kernel: None, tmp_path: Path) -> No
         ("on_violation: shrug", "field on_violation"),
         ("surprise: 1", "field surprise: Extra inputs are not permitted"),
         ("limits: [1", "not valid YAML"),
-        ("- a list", "a policy is a mapping"),
+        ("- a list", "expected a mapping of fields"),
     ],
 )
 def test_bad_policy_names_the_field(text: str, message: str) -> None:

@@ -16,13 +16,14 @@ from prometheus_client import generate_latest
 
 from bastion.certs import make_certs
 from guard import audit
-from guard.alert_store import AlertStore
-from guard.alerts import Alert, Evidence, Severity, Verdict
-from guard.client import NodeClient
-from guard.falco import falco_event
-from guard.metrics import Metrics
-from guard.proto import bastion_pb2 as pb
-from guard.service import NodeHooks, RequestError, Service, Tls
+from console.alert_store import AlertStore
+from common.verdicts import Severity, Verdict
+from guard.alerts import Alert, Evidence
+from console.client import NodeClient
+from console.falco import falco_event
+from console.metrics import Metrics
+from console.proto import bastion_pb2 as pb
+from console.service import NodeHooks, RequestError, Service, Tls
 from sandbox.policy import PolicyError, parse_policy
 
 TOKEN = "s3cret-token"
@@ -205,10 +206,10 @@ def test_tls_with_generated_certificates(store: AlertStore, tmp_path: Path) -> N
 
 def test_generated_stubs_match_the_proto(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I.", f"--python_out={tmp_path}",
-                    f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}", "guard/proto/bastion.proto"],
+                    f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}", "console/proto/bastion.proto"],
                    cwd=ROOT, check=True)
     for name in ("bastion_pb2.py", "bastion_pb2_grpc.py", "bastion_pb2.pyi"):
-        assert filecmp.cmp(tmp_path / "guard/proto" / name, ROOT / "guard/proto" / name, shallow=False), name
+        assert filecmp.cmp(tmp_path / "console/proto" / name, ROOT / "console/proto" / name, shallow=False), name
 
 
 def test_falco_lines_have_falcos_fields() -> None:

@@ -11,11 +11,11 @@ import pytest
 from textual.widgets import DataTable, Input, Static
 
 from guard import audit
-from guard.alert_store import AlertStore
-from guard.alerts import Severity
-from guard.client import NodeClient
-from guard.service import Service
-from guard.tui import AlertsApp
+from console.alert_store import AlertStore
+from common.verdicts import Severity
+from console.client import NodeClient
+from console.service import Service
+from console.tui import AlertsApp
 from tests.test_service import HOOKS, TOKEN, make_alert, publish
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -53,12 +53,12 @@ def test_review_alerts_in_the_tui(node: tuple[AlertStore, NodeClient]) -> None:
     store, client = node
 
     async def drive() -> None:
-        app = AlertsApp(client, analyst="kim")
+        app = AlertsApp({"node-a": client}, analyst="kim")
         async with app.run_test(size=(160, 40)) as pilot:
             table = app.query_one(DataTable)
             await _until(pilot, lambda: table.row_count == 3)
             # most severe first
-            assert [app.alerts[i].severity for i in app.shown] == ["critical", "high", "low"]
+            assert [app.alerts[i].message.severity for i in app.shown] == ["critical", "high", "low"]
             await _until(pilot, lambda: "events/s" in _text(app, "#status"))
             assert "profiles: clinic" in _text(app, "#status")
 
@@ -86,7 +86,7 @@ def test_review_alerts_in_the_tui(node: tuple[AlertStore, NodeClient]) -> None:
             app.save_screenshot("tui.svg", str(ARTIFACTS))
 
             await pilot.press("r")
-            await _until(pilot, lambda: app.alerts[app.shown[0]].status == "resolved")
+            await _until(pilot, lambda: app.alerts[app.shown[0]].message.status == "resolved")
 
     asyncio.run(drive())
     assert (ARTIFACTS / "tui.svg").read_text().startswith("<svg")
@@ -101,7 +101,7 @@ def test_the_demo_shows_alerts_live_while_the_batch_runs(tmp_path: Path) -> None
     from rich.console import Console
 
     from bastion.live_tui import watch_live
-    from guard.proto import bastion_pb2 as pb
+    from console.proto import bastion_pb2 as pb
 
     log = audit.AuditLog(tmp_path / "audit.jsonl")
     store = AlertStore(log)
@@ -132,7 +132,7 @@ def test_the_demo_view_hands_back_what_the_batch_raised(tmp_path: Path) -> None:
     from rich.console import Console
 
     from bastion.live_tui import watch_live
-    from guard.proto import bastion_pb2 as pb
+    from console.proto import bastion_pb2 as pb
 
     log = audit.AuditLog(tmp_path / "audit.jsonl")
 
@@ -146,3 +146,43 @@ def test_the_demo_view_hands_back_what_the_batch_raised(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="sandbox start failed"):
         watch_live(Console(quiet=True), AlertStore(log), lambda: pb.Status(), batch, auto_pilot=analyst)
     log.close()
+
+
+def test_one_view_of_several_nodes(tmp_path: Path) -> None:
+    """Two nodes' streams in one table, each alert with its node; a review
+    goes to the node that raised the alert, and only there."""
+    stores, services, clients = {}, [], {}
+    for name in ("host1", "host2"):
+        log = audit.AuditLog(tmp_path / f"{name}.jsonl")
+        stores[name] = AlertStore(log)
+        svc = Service(stores[name], HOOKS, TOKEN, "127.0.0.1:0")
+        services.append(svc)
+        clients[name] = NodeClient(f"127.0.0.1:{svc.port}", TOKEN)
+    publish(stores["host1"], [make_alert(1, Severity.HIGH, sandbox="sbx-one")])
+    publish(stores["host2"], [make_alert(2, Severity.CRITICAL, sandbox="sbx-two")])
+
+    async def drive() -> None:
+        app = AlertsApp(clients, analyst="kim")
+        async with app.run_test(size=(160, 40)) as pilot:
+            table = app.query_one(DataTable)
+            await _until(pilot, lambda: table.row_count == 2)
+            assert [app.alerts[k].node for k in app.shown] == ["host2", "host1"]
+            assert "host2" in str(table.get_row_at(0)) and "sbx-two" in str(table.get_row_at(0))
+            await _until(pilot, lambda: "host1" in _text(app, "#status") and "host2" in _text(app, "#status"))
+            publish(stores["host1"], [make_alert(3, Severity.CRITICAL, sandbox="sbx-three")])  # live, after resume
+            await _until(pilot, lambda: table.row_count == 3)
+            table.focus()
+            table.move_cursor(row=[app.alerts[k].message.sandbox for k in app.shown].index("sbx-one"))
+            await pilot.pause()
+            await pilot.press("a")
+            await _until(pilot, lambda: any(e.message.status == "acknowledged" for e in app.alerts.values()))
+
+    asyncio.run(drive())
+    for svc in services:
+        svc.stop(0)
+    assert [a["analyst"] for a in audit.read(stores["host1"].log.path, "acknowledge")] == ["kim"]
+    assert audit.read(stores["host2"].log.path, "acknowledge") == []
+    for client in clients.values():
+        client.close()
+    for store in stores.values():
+        store.log.close()

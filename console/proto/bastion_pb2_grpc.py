@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from guard.proto import bastion_pb2 as guard_dot_proto_dot_bastion__pb2
+from console.proto import bastion_pb2 as console_dot_proto_dot_bastion__pb2
 
 GRPC_GENERATED_VERSION = '1.80.0'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in guard/proto/bastion_pb2_grpc.py depends on'
+        + ' but the generated code in console/proto/bastion_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,38 +36,38 @@ class GuardNodeStub(object):
         """
         self.WatchAlerts = channel.unary_stream(
                 '/bastion.v1.GuardNode/WatchAlerts',
-                request_serializer=guard_dot_proto_dot_bastion__pb2.WatchRequest.SerializeToString,
-                response_deserializer=guard_dot_proto_dot_bastion__pb2.AlertMessage.FromString,
+                request_serializer=console_dot_proto_dot_bastion__pb2.WatchRequest.SerializeToString,
+                response_deserializer=console_dot_proto_dot_bastion__pb2.AlertMessage.FromString,
                 _registered_method=True)
         self.ListAlerts = channel.unary_unary(
                 '/bastion.v1.GuardNode/ListAlerts',
-                request_serializer=guard_dot_proto_dot_bastion__pb2.ListRequest.SerializeToString,
-                response_deserializer=guard_dot_proto_dot_bastion__pb2.ListResponse.FromString,
+                request_serializer=console_dot_proto_dot_bastion__pb2.ListRequest.SerializeToString,
+                response_deserializer=console_dot_proto_dot_bastion__pb2.ListResponse.FromString,
                 _registered_method=True)
         self.Acknowledge = channel.unary_unary(
                 '/bastion.v1.GuardNode/Acknowledge',
-                request_serializer=guard_dot_proto_dot_bastion__pb2.ReviewRequest.SerializeToString,
-                response_deserializer=guard_dot_proto_dot_bastion__pb2.ReviewResponse.FromString,
+                request_serializer=console_dot_proto_dot_bastion__pb2.ReviewRequest.SerializeToString,
+                response_deserializer=console_dot_proto_dot_bastion__pb2.ReviewResponse.FromString,
                 _registered_method=True)
         self.Resolve = channel.unary_unary(
                 '/bastion.v1.GuardNode/Resolve',
-                request_serializer=guard_dot_proto_dot_bastion__pb2.ReviewRequest.SerializeToString,
-                response_deserializer=guard_dot_proto_dot_bastion__pb2.ReviewResponse.FromString,
+                request_serializer=console_dot_proto_dot_bastion__pb2.ReviewRequest.SerializeToString,
+                response_deserializer=console_dot_proto_dot_bastion__pb2.ReviewResponse.FromString,
                 _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/bastion.v1.GuardNode/GetStatus',
-                request_serializer=guard_dot_proto_dot_bastion__pb2.StatusRequest.SerializeToString,
-                response_deserializer=guard_dot_proto_dot_bastion__pb2.Status.FromString,
+                request_serializer=console_dot_proto_dot_bastion__pb2.StatusRequest.SerializeToString,
+                response_deserializer=console_dot_proto_dot_bastion__pb2.Status.FromString,
                 _registered_method=True)
         self.UpdatePolicy = channel.unary_unary(
                 '/bastion.v1.GuardNode/UpdatePolicy',
-                request_serializer=guard_dot_proto_dot_bastion__pb2.PolicyRequest.SerializeToString,
-                response_deserializer=guard_dot_proto_dot_bastion__pb2.PolicyResponse.FromString,
+                request_serializer=console_dot_proto_dot_bastion__pb2.PolicyRequest.SerializeToString,
+                response_deserializer=console_dot_proto_dot_bastion__pb2.PolicyResponse.FromString,
                 _registered_method=True)
         self.RunSandbox = channel.unary_unary(
                 '/bastion.v1.GuardNode/RunSandbox',
-                request_serializer=guard_dot_proto_dot_bastion__pb2.RunRequest.SerializeToString,
-                response_deserializer=guard_dot_proto_dot_bastion__pb2.RunResponse.FromString,
+                request_serializer=console_dot_proto_dot_bastion__pb2.RunRequest.SerializeToString,
+                response_deserializer=console_dot_proto_dot_bastion__pb2.RunResponse.FromString,
                 _registered_method=True)
 
 
@@ -122,38 +122,38 @@ def add_GuardNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'WatchAlerts': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAlerts,
-                    request_deserializer=guard_dot_proto_dot_bastion__pb2.WatchRequest.FromString,
-                    response_serializer=guard_dot_proto_dot_bastion__pb2.AlertMessage.SerializeToString,
+                    request_deserializer=console_dot_proto_dot_bastion__pb2.WatchRequest.FromString,
+                    response_serializer=console_dot_proto_dot_bastion__pb2.AlertMessage.SerializeToString,
             ),
             'ListAlerts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAlerts,
-                    request_deserializer=guard_dot_proto_dot_bastion__pb2.ListRequest.FromString,
-                    response_serializer=guard_dot_proto_dot_bastion__pb2.ListResponse.SerializeToString,
+                    request_deserializer=console_dot_proto_dot_bastion__pb2.ListRequest.FromString,
+                    response_serializer=console_dot_proto_dot_bastion__pb2.ListResponse.SerializeToString,
             ),
             'Acknowledge': grpc.unary_unary_rpc_method_handler(
                     servicer.Acknowledge,
-                    request_deserializer=guard_dot_proto_dot_bastion__pb2.ReviewRequest.FromString,
-                    response_serializer=guard_dot_proto_dot_bastion__pb2.ReviewResponse.SerializeToString,
+                    request_deserializer=console_dot_proto_dot_bastion__pb2.ReviewRequest.FromString,
+                    response_serializer=console_dot_proto_dot_bastion__pb2.ReviewResponse.SerializeToString,
             ),
             'Resolve': grpc.unary_unary_rpc_method_handler(
                     servicer.Resolve,
-                    request_deserializer=guard_dot_proto_dot_bastion__pb2.ReviewRequest.FromString,
-                    response_serializer=guard_dot_proto_dot_bastion__pb2.ReviewResponse.SerializeToString,
+                    request_deserializer=console_dot_proto_dot_bastion__pb2.ReviewRequest.FromString,
+                    response_serializer=console_dot_proto_dot_bastion__pb2.ReviewResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
-                    request_deserializer=guard_dot_proto_dot_bastion__pb2.StatusRequest.FromString,
-                    response_serializer=guard_dot_proto_dot_bastion__pb2.Status.SerializeToString,
+                    request_deserializer=console_dot_proto_dot_bastion__pb2.StatusRequest.FromString,
+                    response_serializer=console_dot_proto_dot_bastion__pb2.Status.SerializeToString,
             ),
             'UpdatePolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdatePolicy,
-                    request_deserializer=guard_dot_proto_dot_bastion__pb2.PolicyRequest.FromString,
-                    response_serializer=guard_dot_proto_dot_bastion__pb2.PolicyResponse.SerializeToString,
+                    request_deserializer=console_dot_proto_dot_bastion__pb2.PolicyRequest.FromString,
+                    response_serializer=console_dot_proto_dot_bastion__pb2.PolicyResponse.SerializeToString,
             ),
             'RunSandbox': grpc.unary_unary_rpc_method_handler(
                     servicer.RunSandbox,
-                    request_deserializer=guard_dot_proto_dot_bastion__pb2.RunRequest.FromString,
-                    response_serializer=guard_dot_proto_dot_bastion__pb2.RunResponse.SerializeToString,
+                    request_deserializer=console_dot_proto_dot_bastion__pb2.RunRequest.FromString,
+                    response_serializer=console_dot_proto_dot_bastion__pb2.RunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,8 +181,8 @@ class GuardNode(object):
             request,
             target,
             '/bastion.v1.GuardNode/WatchAlerts',
-            guard_dot_proto_dot_bastion__pb2.WatchRequest.SerializeToString,
-            guard_dot_proto_dot_bastion__pb2.AlertMessage.FromString,
+            console_dot_proto_dot_bastion__pb2.WatchRequest.SerializeToString,
+            console_dot_proto_dot_bastion__pb2.AlertMessage.FromString,
             options,
             channel_credentials,
             insecure,
@@ -208,8 +208,8 @@ class GuardNode(object):
             request,
             target,
             '/bastion.v1.GuardNode/ListAlerts',
-            guard_dot_proto_dot_bastion__pb2.ListRequest.SerializeToString,
-            guard_dot_proto_dot_bastion__pb2.ListResponse.FromString,
+            console_dot_proto_dot_bastion__pb2.ListRequest.SerializeToString,
+            console_dot_proto_dot_bastion__pb2.ListResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -235,8 +235,8 @@ class GuardNode(object):
             request,
             target,
             '/bastion.v1.GuardNode/Acknowledge',
-            guard_dot_proto_dot_bastion__pb2.ReviewRequest.SerializeToString,
-            guard_dot_proto_dot_bastion__pb2.ReviewResponse.FromString,
+            console_dot_proto_dot_bastion__pb2.ReviewRequest.SerializeToString,
+            console_dot_proto_dot_bastion__pb2.ReviewResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -262,8 +262,8 @@ class GuardNode(object):
             request,
             target,
             '/bastion.v1.GuardNode/Resolve',
-            guard_dot_proto_dot_bastion__pb2.ReviewRequest.SerializeToString,
-            guard_dot_proto_dot_bastion__pb2.ReviewResponse.FromString,
+            console_dot_proto_dot_bastion__pb2.ReviewRequest.SerializeToString,
+            console_dot_proto_dot_bastion__pb2.ReviewResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -289,8 +289,8 @@ class GuardNode(object):
             request,
             target,
             '/bastion.v1.GuardNode/GetStatus',
-            guard_dot_proto_dot_bastion__pb2.StatusRequest.SerializeToString,
-            guard_dot_proto_dot_bastion__pb2.Status.FromString,
+            console_dot_proto_dot_bastion__pb2.StatusRequest.SerializeToString,
+            console_dot_proto_dot_bastion__pb2.Status.FromString,
             options,
             channel_credentials,
             insecure,
@@ -316,8 +316,8 @@ class GuardNode(object):
             request,
             target,
             '/bastion.v1.GuardNode/UpdatePolicy',
-            guard_dot_proto_dot_bastion__pb2.PolicyRequest.SerializeToString,
-            guard_dot_proto_dot_bastion__pb2.PolicyResponse.FromString,
+            console_dot_proto_dot_bastion__pb2.PolicyRequest.SerializeToString,
+            console_dot_proto_dot_bastion__pb2.PolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -343,8 +343,8 @@ class GuardNode(object):
             request,
             target,
             '/bastion.v1.GuardNode/RunSandbox',
-            guard_dot_proto_dot_bastion__pb2.RunRequest.SerializeToString,
-            guard_dot_proto_dot_bastion__pb2.RunResponse.FromString,
+            console_dot_proto_dot_bastion__pb2.RunRequest.SerializeToString,
+            console_dot_proto_dot_bastion__pb2.RunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 
-from guard.proto import bastion_pb2 as pb
-from guard.proto import bastion_pb2_grpc as pb_grpc
+from console.proto import bastion_pb2 as pb
+from console.proto import bastion_pb2_grpc as pb_grpc
 
 
 class _CallDetails(

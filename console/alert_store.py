@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guard import audit
-from guard.alerts import Alert, Severity
+from common.verdicts import Severity
+from guard.alerts import Alert
 
-SEVERITY_ORDER = list(Severity)
 
 
 class UnknownAlert(KeyError):
@@ -36,19 +36,24 @@ class Filters:
     text: str = ""
     limit: int = 0
 
-    def match(self, alert: Alert, review: Review) -> bool:
-        if self.severity and SEVERITY_ORDER.index(alert.severity) < SEVERITY_ORDER.index(Severity(self.severity)):
+    def match_fields(self, severity: str, sandbox: str, agent: str, status: str, detector: str, rule: str,
+                     comment: str) -> bool:
+        """The one filter, for the service's alerts and the TUI's messages alike."""
+        if self.severity and Severity(severity).rank < Severity(self.severity).rank:
             return False
-        if self.sandbox and alert.sandbox != self.sandbox:
+        if self.sandbox and self.sandbox not in sandbox:
             return False
-        if self.agent and alert.agent != self.agent:
+        if self.agent and agent != self.agent:
             return False
-        if self.status and review.status != self.status:
+        if self.status and status != self.status:
             return False
         if self.text:
-            haystack = " ".join([alert.rule, alert.sandbox, alert.agent or "", alert.detector, review.comment])
-            return self.text.lower() in haystack.lower()
+            return self.text.lower() in " ".join([rule, sandbox, agent, detector, comment]).lower()
         return True
+
+    def match(self, alert: Alert, review: Review) -> bool:
+        return self.match_fields(alert.severity, alert.sandbox, alert.agent or "", review.status, alert.detector,
+                                 alert.rule, review.comment)
 
 
 class AlertStore:

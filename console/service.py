@@ -19,11 +19,12 @@ from typing import Any
 
 import grpc
 
-from guard.alert_store import AlertStore, Filters, Review, UnknownAlert
-from guard.alerts import Alert, Severity
+from console.alert_store import AlertStore, Filters, Review, UnknownAlert
+from common.verdicts import Severity
+from guard.alerts import Alert
 from guard.audit import AuditLog
-from guard.proto import bastion_pb2 as pb
-from guard.proto import bastion_pb2_grpc as pb_grpc
+from console.proto import bastion_pb2 as pb
+from console.proto import bastion_pb2_grpc as pb_grpc
 
 log = logging.getLogger("bastion.service")
 

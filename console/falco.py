@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from guard.alerts import Alert, Severity
-from safeio import open_output
+from common.verdicts import Severity
+from guard.alerts import Alert
+from common.files import open_output
 
 PRIORITY = {
     Severity.LOW: "Notice",
