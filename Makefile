@@ -30,6 +30,7 @@ demo: setup models
 	$(VENV)/bin/bastion demo
 
 test: setup models
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
 bench: setup

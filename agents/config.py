@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.backends import Backend, OpenAICompatibleBackend, TransformersBackend
 from agents.router import Route, Router, TaskClassifier
-from common.files import InputError, parse_yaml, read_text
+from common.models import ModelError, load_model
 
 
 class ConfigError(ValueError):
@@ -69,15 +69,9 @@ class AgentsConfig(_Strict):
 
 def load_config(path: Path) -> AgentsConfig:
     try:
-        data = parse_yaml(read_text(path, 1 << 20), str(path))
-    except InputError as exc:
+        return load_model(AgentsConfig, path).resolve(path.parent)
+    except ModelError as exc:
         raise ConfigError(str(exc)) from None
-    try:
-        return AgentsConfig.model_validate(data).resolve(path.parent)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: field {where}: {err['msg']}") from None
 
 
 def build_backend(name: str, spec: TransformersSpec | OpenAISpec) -> Backend:

@@ -5,6 +5,7 @@ simulation engine; prints a round table and writes the adapter."""
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,14 +15,15 @@ if TYPE_CHECKING:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from federated.settings import DEFAULTS, check
+    from common.models import ModelError, parse_model
+    from federated.settings import FlSettings
 
     options = {"aggregation": args.aggregation, "local-steps": args.local_steps, "dp-clip": args.dp_clip,
                "dp-noise": args.dp_noise, "secure-aggregation": args.secure_aggregation}
-    try:
-        check({**DEFAULTS, **options})  # before any model is built or process started
-    except ValueError as exc:
-        raise SystemExit(f"bastion fl run: --{exc}") from None
+    try:  # before any model is built or process started
+        parse_model(FlSettings, json.dumps(options), "bastion fl run", fmt="json")
+    except ModelError as exc:
+        raise SystemExit(f"{exc}".replace("field (top level): ", "--")) from None
     from bastion.federated_run import run_federated
 
     out = args.out or Path(tempfile.mkdtemp(prefix="bastion-fl-"))

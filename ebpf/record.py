@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from ebpf.events import EVENT_WIRE, Event
 from common.files import InputError, open_output, open_regular
+from common.models import field_error
 
 MAX_EVENTS_BYTES = 4 << 30
 MAX_LINE_BYTES = 64 << 10  # an event is under 2 KiB
@@ -18,12 +19,6 @@ MAX_LINE_BYTES = 64 << 10  # an event is under 2 KiB
 
 class EventFileError(ValueError):
     """A malformed events file; the message names the file and line."""
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "record"
-    return f"field {where!r}: {err['msg']}"
 
 
 class JsonlWriter:
@@ -66,7 +61,7 @@ def read_jsonl(path: Path | str) -> Iterator[Event]:
             try:
                 event = EVENT_WIRE.validate_json(line)
             except ValidationError as exc:
-                kind = exc.errors()[0]["type"]
-                detail = "not valid JSON" if kind == "json_invalid" else _first_error(exc)
-                raise EventFileError(f"{path}:{lineno}: {detail}") from None
+                if exc.errors()[0]["type"] == "json_invalid":
+                    raise EventFileError(f"{path}:{lineno}: not valid JSON") from None
+                raise EventFileError(str(field_error(f"{path}:{lineno}", exc))) from None
             yield event

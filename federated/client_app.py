@@ -28,7 +28,7 @@ def _model(base: str) -> tuple:  # type: ignore[type-arg]
 def train(msg: Message, context: Context) -> Message:
     site, train_path, _, poisoned = site_files(context)
     cfg = settings(context)
-    model, tokenizer = _model(str(cfg["base-model"]))
+    model, tokenizer = _model(str(cfg.base_model))
     secure_run = secure.is_secure(msg.content)
     if secure_run:
         current, round_ = secure.unpack(msg.content, task.get_adapter(model).keys())
@@ -36,12 +36,11 @@ def train(msg: Message, context: Context) -> Message:
         current, round_ = to_numpy(msg.content["arrays"]), int(msg.content["config"].get("server-round", 0))
     task.set_adapter(model, current)
     pairs = read_site(train_path)
-    loss = task.train(model, tokenizer, pairs, steps=int(cfg["local-steps"]), lr=float(cfg["lr"]),
+    loss = task.train(model, tokenizer, pairs, steps=cfg.local_steps, lr=cfg.lr,
                       seed=1000 * round_ + site)
     arrays = task.get_adapter(model)
     if secure_run:  # the server cannot check a masked update, so an honest site bounds its own
-        bound = min(b for b in (float(cfg["max-update-norm"]), float(cfg["dp-clip"])) if b > 0)
-        arrays = applied(current, Privacy(bound).clip(difference(arrays, current)))
+        arrays = applied(current, Privacy(cfg.site_bound()).clip(difference(arrays, current)))
     if poisoned:  # a hostile site, for the robustness test and bench; it ignores any bound
         arrays = type(arrays)((k, (np.random.default_rng(site).normal(0, 5, v.shape)).astype(v.dtype))
                               for k, v in arrays.items())
@@ -54,7 +53,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     site, _, test_path, _ = site_files(context)
-    model, tokenizer = _model(str(settings(context)["base-model"]))
+    model, tokenizer = _model(str(settings(context).base_model))
     task.set_adapter(model, to_numpy(msg.content["arrays"]))
     pairs = read_site(test_path)
     acc = task.accuracy(model, tokenizer, pairs)

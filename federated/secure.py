@@ -25,6 +25,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
+from federated.settings import FlSettings
 from federated.strategy import (Arrays, Outcome, Privacy, Rejection, applied, check_update, difference, per_site_metrics,
                                 reject, to_record)
 
@@ -91,14 +92,14 @@ class SecureFedAvg(FedAvg):
         return ndarrays_to_parameters(list(applied(self._current, delta).values())), metrics
 
 
-def run(grid: Grid, context: Context, cfg: dict[str, Any], initial: Arrays) -> Outcome:
+def run(grid: Grid, context: Context, cfg: FlSettings, initial: Arrays) -> Outcome:
     """All rounds under SecAgg+; evaluation is the plain message path, since
     it sends the global adapter, which every site already holds."""
-    n = int(cfg["num-sites"])
-    strategy = SecureFedAvg(initial=initial, max_update_norm=float(cfg["max-update-norm"]),
-                            privacy=Privacy(float(cfg["dp-clip"]), float(cfg["dp-noise"])),
+    n = cfg.num_sites
+    strategy = SecureFedAvg(initial=initial, max_update_norm=cfg.max_update_norm,
+                            privacy=Privacy(cfg.dp_clip, cfg.dp_noise),
                             min_fit_clients=n, min_available_clients=n, fraction_evaluate=0.0)
-    legacy = LegacyContext(context, config=ServerConfig(num_rounds=int(cfg["num-server-rounds"])), strategy=strategy)
+    legacy = LegacyContext(context, config=ServerConfig(num_rounds=cfg.num_server_rounds), strategy=strategy)
     outcome = Outcome(arrays=initial, rejections=strategy.rejections)
 
     def global_adapter(ctx: Context) -> Arrays:

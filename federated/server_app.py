@@ -6,30 +6,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from federated import secure, task
-from federated.settings import check, settings
+from federated.settings import FlSettings, settings
 from federated.strategy import Arrays, GuardedFedAvg, Outcome, Privacy, record_metrics, to_numpy, to_record
 from federated.traffic import CountingGrid
 
 app = ServerApp()
 
 
-def run_plain(grid: Grid, context: Context, cfg: dict[str, Any], initial: Arrays) -> Outcome:
+def run_plain(grid: Grid, context: Context, cfg: FlSettings, initial: Arrays) -> Outcome:
     """Each site's update reaches the server, which checks it before aggregating."""
-    n = int(cfg["num-sites"])
+    n = cfg.num_sites
     strategy = GuardedFedAvg(
-        method=str(cfg["aggregation"]), max_update_norm=float(cfg["max-update-norm"]),
-        privacy=Privacy(float(cfg["dp-clip"]), float(cfg["dp-noise"])),
-        site_names=dict(enumerate(str(cfg["site-names"]).split(","))),
+        method=cfg.aggregation, max_update_norm=cfg.max_update_norm,
+        privacy=Privacy(cfg.dp_clip, cfg.dp_noise),
+        site_names=dict(enumerate(cfg.site_names)),
         min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n,
         train_metrics_aggr_fn=record_metrics, evaluate_metrics_aggr_fn=record_metrics,
     )
-    result = strategy.start(grid, to_record(initial), num_rounds=int(cfg["num-server-rounds"]),
+    result = strategy.start(grid, to_record(initial), num_rounds=cfg.num_server_rounds,
                             train_config=ConfigRecord({}))
     return Outcome(arrays=to_numpy(result.arrays),
                    train={r: dict(m) for r, m in result.train_metrics_clientapp.items()},  # type: ignore[misc]
@@ -39,13 +38,12 @@ def run_plain(grid: Grid, context: Context, cfg: dict[str, Any], initial: Arrays
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = settings(context)
-    model, _ = task.load(Path(str(cfg["base-model"])))
+    cfg = settings(context)  # refuses settings that cannot run together
+    model, _ = task.load(Path(str(cfg.base_model)))
     counting = CountingGrid(grid)
-    check(cfg)
-    secure_run = bool(cfg["secure-aggregation"])
+    secure_run = cfg.secure_aggregation
     outcome = (secure.run if secure_run else run_plain)(counting, context, cfg, task.get_adapter(model))
-    out = Path(str(cfg["output-dir"]))
+    out = Path(str(cfg.output_dir))
     task.set_adapter(model, outcome.arrays)
     model.save_pretrained(out / "adapter", safe_serialization=True)
     report = {

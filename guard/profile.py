@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
 from common.files import InputError, parse_json, read_bytes, write_bytes
+from common.models import field_error
 
 from guard.detectors import MAX_PACKED_N, FrequencyDetector, NgramDetector, unpack
 from guard.traces import Behaviour
@@ -96,12 +97,6 @@ class Profile:
         write_bytes(path, save(tensors, metadata={"bastion": self.meta.model_dump_json()}))
 
 
-def _field_error(path: Path, exc: ValidationError) -> ProfileError:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
-    return ProfileError(f"{path}: field {where}: {err['msg']}")
-
-
 def _check_arrays(path: Path, arrays: dict[str, np.ndarray], meta: ProfileMeta) -> None:
     def bad(name: str, why: str) -> ProfileError:
         return ProfileError(f"{path}: array {name}: {why}")
@@ -157,7 +152,7 @@ def load_profile(path: Path | str) -> Profile:
     except InputError as exc:
         raise ProfileError(str(exc)) from None
     except ValidationError as exc:
-        raise _field_error(path, exc) from None
+        raise ProfileError(str(field_error(str(path), exc))) from None
     _check_arrays(path, arrays, meta)
     return Profile(
         meta=meta,

@@ -66,3 +66,29 @@ def test_a_run_through_the_node_is_guarded_and_its_alert_streamed(node: Node, tm
     falco = [json.loads(line) for line in (tmp_path / "falco.jsonl").read_text().splitlines()]
     assert falco[0]["output_fields"]["bastion.alert_id"] == rule["id"]
     assert audit.verify(tmp_path / "audit.jsonl").records >= 2  # the policy update and the alert
+
+
+def _state_sizes(node: Node) -> dict[str, int]:
+    guarded, sensor = node.guarded, node.sensor
+    return {
+        "sandboxes": len(guarded.manager.sandboxes()),
+        "guard states": len(guarded.guard._states),
+        "sensor tags": len(sensor._tags),
+        "listeners": len(guarded.manager.listeners),
+        "finishers": len(guarded.manager.finishers),
+        **{f"kernel {m}": len(list(sensor.bpf[m].keys())) for m in ("watched", "stats", "egress_rules", "unix_allow")},
+    }
+
+
+def test_no_per_sandbox_state_outlives_its_run_in_a_long_running_node(node: Node, tmp_path: Path) -> None:
+    client = NodeClient(node.config.local, (tmp_path / "token").read_text().strip())
+    policy = "network: {allow: [{host: 127.0.0.1, ports: [9]}]}\nunix_sockets: [/run/x.sock]\non_violation: deny\n"
+    json.loads(client.run(pb.RunRequest(command=["/bin/true"], policy_yaml=policy)))
+    before = _state_sizes(node)
+    for i in range(40):
+        # half of them leave an alert behind: a refused connection
+        cmd = ["/bin/true"] if i % 2 else ["/usr/bin/python3", "-c", "import socket; socket.socket().connect_ex(('127.0.0.2', 1))"]
+        reply = json.loads(client.run(pb.RunRequest(command=cmd, policy_yaml=policy, labels={"agent": "clinic"})))
+        assert bool(reply["alerts"]) == (i % 2 == 0), reply["alerts"]
+    client.close()
+    assert _state_sizes(node) == before
