@@ -21,11 +21,12 @@ from agents import domain
 from agents.agent import AgentRun
 from agents.config import build_router, load_config
 from agents.interaction_log import InteractionLog
-from bastion.models import build_models, default_models_dir
+from bastion import logs
 from bastion.fleet import Fleet, tool_policies, train_profiles
 from bastion.guarded import GuardedSandboxes
 from bastion.live_tui import watch_live
 from bastion.local_api import serve
+from bastion.models import build_models, default_models_dir
 from bastion.node import sandbox_rows
 from ebpf.sensor import Sensor, require_root
 from guard import audit
@@ -178,6 +179,9 @@ def main(console: Console, tui: bool = False, fl_rounds: int = 1) -> int:
 
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="bastion-demo-"))
+    console.width = min(console.width, 80)  # the story reads on any terminal
+    logs.to_file(workdir / "bastion.log")
+    console.print(f"structured log: {workdir / 'bastion.log'}")
     console.rule("1. the machine")
     if not healthy(run_checks()):
         raise DemoFailed("doctor", "a required kernel capability is missing; run `bastion doctor`")

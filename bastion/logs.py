@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 
@@ -38,5 +39,13 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
 
 def setup(level: str = "warning") -> None:
     handler = _Stderr()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def to_file(path: Path, level: str = "info") -> None:
+    """Send the structured log to a file instead of the terminal (the demo
+    tells its story on the terminal and names the file)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from console.client import NodeClient
-    from sandbox.result import SandboxResult
 
 
 class RunRefused(RuntimeError):
@@ -42,38 +41,48 @@ def local_node() -> NodeClient | None:
         return None
 
 
+MAX_POLICY_BYTES = 1 << 20  # as sandbox.policy's, which this fast path does not import
+
+
 def run_sandboxed(cmd: Sequence[str], policy_file: Path | None, timeout: float | None,
-                  tell: Any = None) -> tuple[SandboxResult, list[dict[str, Any]]]:
-    """The result and the guard's alerts (as JSON objects)."""
+                  tell: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The result and the guard's alerts, as JSON objects. Through a node the
+    policy is checked there; its refusal is then named here, by file."""
     from common.files import read_text
-    from sandbox.policy import MAX_POLICY_BYTES, Policy, parse_policy
-    from sandbox.result import SandboxResult
 
     policy_yaml = read_text(policy_file, MAX_POLICY_BYTES) if policy_file else ""
-    policy = parse_policy(policy_yaml, str(policy_file)) if policy_file else Policy()  # named before anything runs
     node = local_node()
-    if node is not None:
-        import grpc
+    if node is None:
+        return _run_here(cmd, policy_yaml, policy_file, timeout, tell)
+    import grpc
 
-        from console.proto import bastion_pb2 as pb
+    from console.proto import bastion_pb2 as pb
 
-        request = pb.RunRequest(command=list(cmd), policy_yaml=policy_yaml, timeout_s=timeout or 0)
-        try:
-            reply = json.loads(node.run(request))
-        except grpc.RpcError as exc:
-            raise RunRefused(f"the node refused the run: {exc.details()}") from None
-        finally:
-            node.close()
-        return SandboxResult.model_validate(reply["result"]), reply["alerts"]
-    return _run_here(cmd, policy, timeout, tell)
+    request = pb.RunRequest(command=list(cmd), policy_yaml=policy_yaml, timeout_s=timeout or 0)
+    try:
+        reply = json.loads(node.run(request))
+    except grpc.RpcError as exc:
+        if policy_file and exc.details().startswith("policy_yaml: "):
+            _policy(policy_yaml, policy_file)  # the same error, naming the file
+        raise RunRefused(f"the node refused the run: {exc.details()}") from None
+    finally:
+        node.close()
+    return reply["result"], reply["alerts"]
 
 
-def _run_here(cmd: Sequence[str], policy: Any, timeout: float | None,
-              tell: Any) -> tuple[SandboxResult, list[dict[str, Any]]]:
+def _policy(policy_yaml: str, policy_file: Path | None) -> Any:
+    from sandbox.policy import Policy, parse_policy
+
+    return parse_policy(policy_yaml, str(policy_file)) if policy_file else Policy()
+
+
+def _run_here(cmd: Sequence[str], policy_yaml: str, policy_file: Path | None, timeout: float | None,
+              tell: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from bastion.guarded import GuardedSandboxes
     from ebpf.sensor import Sensor, require_root
     from guard.audit import AuditLog, Signer
 
+    policy = _policy(policy_yaml, policy_file)  # named before anything runs
     require_root()
     if tell:
         tell("no node is running: compiling the sensor for this one run (a few seconds; "
@@ -84,26 +93,24 @@ def _run_here(cmd: Sequence[str], policy: Any, timeout: float | None,
             run = guarded.run(cmd, policy, timeout=timeout)
     finally:
         log.close()
-    return run.result, [a.model_dump(mode="json") for a in run.alerts]
+    return run.result.model_dump(mode="json"), [a.model_dump(mode="json") for a in run.alerts]
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from common.files import InputError
-    from sandbox.manager import SandboxError
-    from sandbox.policy import PolicyError
-
     if not args.cmd:
         raise SystemExit("bastion sandbox run: give a command after --, e.g. `bastion sandbox run -- ls /`")
     try:
         result, alerts = run_sandboxed(args.cmd, args.policy, args.timeout,
                                        tell=lambda line: print(f"bastion: {line}", file=sys.stderr))
-    except (PolicyError, InputError, SandboxError, RunRefused) as exc:
+    except (ValueError, RuntimeError) as exc:  # a bad policy or file, a refused start, no root: one line
         raise SystemExit(f"bastion: {exc}") from None
-    sys.stdout.write(result.stdout)
-    sys.stderr.write(result.stderr)
+    from sandbox.status import exit_status
+
+    sys.stdout.write(result.pop("stdout"))
+    sys.stderr.write(result.pop("stderr"))
     if args.json:
-        print(json.dumps({**result.model_dump(mode="json", exclude={"stdout", "stderr"}), "alerts": alerts}))
-    return result.exit_status
+        print(json.dumps({**result, "alerts": alerts}))
+    return exit_status(result["stopped_by"], result["signal"], result["exit_code"])
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -13,10 +13,9 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
-
-import yaml
 
 MAX_DEPTH = 32  # far deeper than any policy, config or profile header
 
@@ -53,6 +52,16 @@ def open_regular(path: Path | str, limit: int) -> IO[bytes]:
         raise
 
 
+def lines(path: Path | str, limit: int, line_limit: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a regular file of at most `limit` bytes, each
+    line at most `line_limit` bytes, read as they come."""
+    with open_regular(path, limit) as fh:
+        for lineno, line in enumerate(iter(lambda: fh.readline(line_limit + 1), b""), 1):
+            if len(line) > line_limit:
+                raise InputError(f"{path}:{lineno}: a line longer than {line_limit} bytes")
+            yield lineno, line
+
+
 def read_bytes(path: Path | str, limit: int) -> bytes:
     """The whole of a regular file of at most `limit` bytes."""
     with open_regular(path, limit) as fh:
@@ -83,6 +92,8 @@ def check_depth(data: Any, source: str, limit: int = MAX_DEPTH) -> Any:
 
 def parse_yaml(text: str, source: str) -> Any:
     """YAML (safe_load: plain data only), with nesting bounded."""
+    import yaml  # here: the command line's fast paths read no YAML
+
     try:
         data = yaml.safe_load(text)
     except RecursionError:

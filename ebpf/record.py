@@ -10,7 +10,7 @@ from typing import IO
 from pydantic import ValidationError
 
 from ebpf.events import EVENT_WIRE, Event
-from common.files import InputError, open_output, open_regular
+from common.files import InputError, lines, open_output
 from common.models import field_error
 
 MAX_EVENTS_BYTES = 4 << 30
@@ -47,21 +47,20 @@ class JsonlWriter:
 
 def read_jsonl(path: Path | str) -> Iterator[Event]:
     """Replay events from a JSONL file, validating every line."""
-    path = Path(path)
+    for lineno, line in _lines(Path(path)):
+        if not line.strip():
+            continue
+        try:
+            event = EVENT_WIRE.validate_json(line)
+        except ValidationError as exc:
+            if exc.errors()[0]["type"] == "json_invalid":
+                raise EventFileError(f"{path}:{lineno}: not valid JSON") from None
+            raise EventFileError(str(field_error(f"{path}:{lineno}", exc))) from None
+        yield event
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     try:
-        fh = open_regular(path, MAX_EVENTS_BYTES)
+        yield from lines(path, MAX_EVENTS_BYTES, MAX_LINE_BYTES)
     except InputError as exc:
         raise EventFileError(str(exc)) from None
-    with fh:
-        for lineno, line in enumerate(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""), 1):
-            if len(line) > MAX_LINE_BYTES:
-                raise EventFileError(f"{path}:{lineno}: a line longer than {MAX_LINE_BYTES} bytes is no event")
-            if not line.strip():
-                continue
-            try:
-                event = EVENT_WIRE.validate_json(line)
-            except ValidationError as exc:
-                if exc.errors()[0]["type"] == "json_invalid":
-                    raise EventFileError(f"{path}:{lineno}: not valid JSON") from None
-                raise EventFileError(str(field_error(f"{path}:{lineno}", exc))) from None
-            yield event

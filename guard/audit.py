@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.files import InputError, open_regular, parse_json
+from common.files import InputError, lines, open_regular, parse_json
 
 GENESIS = "0" * 64
 CHECKPOINT = "checkpoint"
@@ -122,22 +122,22 @@ def load_public_key(path: Path | str) -> Any:
 
 def records(path: Path) -> Iterator[dict[str, Any]]:
     """Every record of a log, parsed, with its line number as `_line`."""
+    for lineno, line in _lines(path):
+        try:
+            record = parse_json(line, f"{path}:{lineno}")
+        except InputError:
+            raise AuditError(f"{path}:{lineno}: record is not valid JSON") from None
+        if not isinstance(record, dict) or not _FIELDS <= record.keys() or not isinstance(record["body"], dict):
+            raise AuditError(f"{path}:{lineno}: record lacks seq, prev, hash, kind or body")
+        record["_line"] = lineno
+        yield record
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     try:
-        fh = open_regular(path, MAX_LOG_BYTES)
+        yield from lines(path, MAX_LOG_BYTES, MAX_RECORD_BYTES)
     except InputError as exc:
         raise AuditError(str(exc)) from None
-    with fh:
-        for lineno, line in enumerate(iter(lambda: fh.readline(MAX_RECORD_BYTES + 1), b""), 1):
-            if len(line) > MAX_RECORD_BYTES:
-                raise AuditError(f"{path}:{lineno}: record is longer than {MAX_RECORD_BYTES} bytes")
-            try:
-                record = parse_json(line, f"{path}:{lineno}")
-            except InputError:
-                raise AuditError(f"{path}:{lineno}: record is not valid JSON") from None
-            if not isinstance(record, dict) or not _FIELDS <= record.keys() or not isinstance(record["body"], dict):
-                raise AuditError(f"{path}:{lineno}: record lacks seq, prev, hash, kind or body")
-            record["_line"] = lineno
-            yield record
 
 
 def _open_for_append(path: Path) -> int:
@@ -292,7 +292,7 @@ def read_heads(path: Path | str, public_key: Any) -> list[dict[str, Any]]:
 
     out = []
     kid = key_id(public_key)
-    for lineno, line in enumerate(_read_lines(Path(path)), 1):
+    for lineno, line in _lines(Path(path)):
         head = parse_json(line, f"{path}:{lineno}") if line.strip() else None
         if head is None:
             continue
@@ -304,14 +304,6 @@ def read_heads(path: Path | str, public_key: Any) -> list[dict[str, Any]]:
             raise AuditError(f"{path}:{lineno}: not a head signed by this node's key") from None
         out.append(head)
     return out
-
-
-def _read_lines(path: Path) -> list[bytes]:
-    try:
-        with open_regular(path, MAX_LOG_BYTES) as fh:
-            return fh.read().splitlines()
-    except InputError as exc:
-        raise AuditError(str(exc)) from None
 
 
 class HeadFile:

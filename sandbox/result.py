@@ -6,8 +6,10 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from common.verdicts import Verdict
+from sandbox.status import STOPPED_EXIT, exit_status
 
-STOPPED_EXIT = 126  # exit status when Bastion stopped the command
+__all__ = ["STOPPED_EXIT", "Denial", "SandboxResult"]
+
 
 
 class Denial(BaseModel):
@@ -42,8 +44,4 @@ class SandboxResult(BaseModel):
 
     @property
     def exit_status(self) -> int:
-        if self.stopped_by is not None:
-            return STOPPED_EXIT
-        if self.signal:
-            return 128 + self.signal
-        return self.exit_code or 0
+        return exit_status(self.stopped_by, self.signal, self.exit_code)
