@@ -15,7 +15,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.domain import ICD10, LEDGER
-from sandbox.policy import Policy, load_policy
 
 SCRIPTS = Path(__file__).parent / "tool_scripts"
 PYTHON = "/usr/bin/python3"
@@ -94,11 +93,3 @@ TOOLS: dict[str, Tool] = {
         Tool("python", "run Python code", Python, "isolated"),
     )
 }
-
-
-POLICIES = Path(__file__).parent / "policies"
-
-
-def default_policies() -> dict[str, Policy]:
-    """The bundled sandbox policies the tools name, by name."""
-    return {p.stem: load_policy(p) for p in sorted(POLICIES.glob("*.yaml"))}

@@ -7,22 +7,29 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import agents
 from agents import domain
 from pydantic import BaseModel
 
 from agents.agent import Agent, ToolOutcome
 from agents.interaction_log import InteractionLog
 from agents.router import Router
-from agents.tools import TOOLS, Tool, default_policies
+from agents.tools import TOOLS, Tool
 from bastion.guarded import GuardedSandboxes, Recording, record_runs
 from ebpf.sensor import Sensor
 from guard.profile import Profile
 from guard.traces import Behaviour
 from guard.training import train
-from sandbox.policy import Destination, Network, Policy
+from sandbox.policy import Destination, Network, Policy, load_policy
 
 AGENTS = {"clinic": ("healthcare",), "finance": ("finance",)}
+POLICIES = Path(agents.__file__).parent / "policies"  # the sandbox policies the tools name
+
+
+def default_policies() -> dict[str, Policy]:
+    return {p.stem: load_policy(p) for p in sorted(POLICIES.glob("*.yaml"))}
 
 
 def tool_policies(approved: list[Destination]) -> dict[str, Policy]:

@@ -120,6 +120,21 @@ def test_lost_events_trigger_the_policy_action(kernel: None) -> None:
     assert result.exit_status == STOPPED_EXIT
 
 
+def test_records_that_cannot_be_decoded_count_as_lost_events(manager: SandboxManager) -> None:
+    """A record the user side cannot read is an event the guard never saw."""
+    import ctypes as ct
+
+    from ebpf.events import EvHdr
+
+    sb = manager.start(["/bin/sleep", "30"], parse_policy(""))
+    bad = bytes(EvHdr(cgroup_id=sb.id, type=99)) + b"garbage"  # a type no program sends
+    manager.sensor._raw.append(bad)
+    manager.sensor._raw.append(b"\x01" * (ct.sizeof(EvHdr) - 1))  # too short to say whose it is
+    result = manager.wait(sb)
+    assert result.stopped_by is not None and "2 events lost" in result.stopped_by, result.stopped_by
+    assert result.exit_status == STOPPED_EXIT and result.events_lost == 2
+
+
 def test_orphaned_sandboxes_are_killed_at_the_next_start(kernel: None, tmp_path: Path) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -196,6 +211,20 @@ def test_cli_runs_a_command_and_reports_json(kernel: None, tmp_path: Path) -> No
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and f"{bad}: field limits.pids" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_the_cli_alone_judges_as_a_node_does(kernel: None) -> None:
+    """Without a node, `sandbox run` is under the same guard: a packet socket
+    is a violation and the policy's kill, not a refusal that lets it run on."""
+    bastion = Path(sys.executable).parent / "bastion"
+    attack = "import socket; socket.socket(17, socket.SOCK_RAW, 0)"
+    out = subprocess.run([str(bastion), "sandbox", "run", "--json", "--", "/usr/bin/python3", "-c", attack],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == STOPPED_EXIT, out.stderr
+    assert "compiling the sensor" in out.stderr
+    report = json.loads(out.stdout.splitlines()[-1])
+    assert report["verdict"] == "kill" and report["stopped_by"].startswith("rule: denied syscall socket")
+    assert [a["rule"] for a in report["alerts"]] == ["denied syscall socket attempted"]
 
 
 def test_cli_exit_status_is_126_when_bastion_stops_the_command(kernel: None) -> None:
