@@ -33,7 +33,11 @@ from tests.attacks import BENIGN, HERE, allowed_api, command, corpus_policy  # n
 
 TRAIN_VARIANTS = {"json_csv.py": ["0", "5", "40", "300"], "sqlite.py": ["0", "10", "200", "1000"], "http_get.py": ["1", "3", "8"]}
 UNSEEN_VARIANTS = {"json_csv.py": ["2", "17", "120"], "sqlite.py": ["3", "60", "500"], "http_get.py": ["2", "5"]}
-ATTACKS = sorted(p.name for p in HERE.iterdir() if p.suffix in (".py", ".sh") and p.name != "__init__.py")
+# Containment cases (a full workdir, a tool outliving its supervisor) are not
+# detection cases: tests/test_containment.py checks them.
+NOT_DETECTION = {"__init__.py", "fill_workdir.py", "outlive_supervisor.py"}
+ATTACKS = sorted(p.name for p in HERE.iterdir() if p.suffix in (".py", ".sh") and p.name not in NOT_DETECTION
+                 and not p.name.startswith("test_"))
 
 
 def benign_commands(variants: dict[str, list[str]], port: int, repeat: int) -> list[list[str]]:
