@@ -28,14 +28,16 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from guard.training import Settings, train
 
     check_output(args.out)  # before the work, not after
-    settings = Settings(ngram_n=args.ngram, window=args.window, stride=args.window // 2, fpr_target=args.fpr)
+    settings = Settings(ngram_n=args.ngram, window=args.window, stride=args.window // 2, fpr_target=args.fpr,
+                        sequence=not args.no_sequence)
     traces, behaviour = _inputs(args, settings.ngram_n)
     with Progress(console=console, transient=True) as progress:
         profile = train(traces, behaviour, args.agent, settings, progress)
     profile.save(args.out)
     t = profile.meta.thresholds
+    sequence = f", sequence {t.sequence:.3f} nats (trace mean {t.sequence_mean:.3f})" if t.sequence else ""
     console.print(f"profile for {args.agent}: {profile.meta.trained_on}; thresholds n-gram {t.ngram:.3f}, "
-                  f"frequency {t.frequency:.3f} -> {args.out}")
+                  f"frequency {t.frequency:.3f}{sequence} -> {args.out}", soft_wrap=True)
     return 0
 
 
@@ -49,7 +51,17 @@ def _score(args: argparse.Namespace, console: Console) -> int:
     from guard.training import score_traces
 
     profile = load_profile(args.profile)
-    traces, _ = _inputs(args, profile.meta.ngram_n)
+    normal = 0
+    if args.normal:
+        from guard.traces import read_trace_dir
+
+        if not args.attack:
+            raise ValueError("--normal: give --attack too, the traces to tell apart from the normal ones")
+        traces = read_trace_dir(args.normal)
+        normal = len(traces)
+        traces += read_trace_dir(args.attack)
+    else:
+        traces, _ = _inputs(args, profile.meta.ngram_n)
     with Progress(console=console, transient=True) as progress:
         rows = score_traces(profile, traces, progress, total=len(traces))
     with open_output(args.out) as fh:
@@ -58,7 +70,14 @@ def _score(args: argparse.Namespace, console: Console) -> int:
         writer.writerows((name, f"{score:.6f}") for name, score in rows)
     flagged = sum(score > profile.meta.thresholds.combined for _, score in rows)
     console.print(f"{len(rows)} traces scored, {flagged} above the threshold "
-                  f"{profile.meta.thresholds.combined:g} -> {args.out}")
+                  f"{profile.meta.thresholds.combined:g} -> {args.out}", soft_wrap=True)
+    if normal:
+        from sklearn.metrics import roc_auc_score
+
+        labels = [0] * normal + [1] * (len(rows) - normal)
+        auc = roc_auc_score(labels, [score for _, score in rows])
+        console.print(f"AUC {auc:.4f}: {normal} normal traces ({args.normal}) against {len(rows) - normal} "
+                      f"attack traces ({args.attack})", soft_wrap=True)
     return 0
 
 
@@ -111,6 +130,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         source = p.add_mutually_exclusive_group(required=True)
         source.add_argument("--from", dest="events", type=Path, nargs="+", help="recorded sensor events (JSONL)")
         source.add_argument("--traces", type=Path, help="a directory of traces: whitespace-separated syscall numbers")
+        if name == "score":
+            source.add_argument("--normal", type=Path, help="a directory of normal traces; with --attack, prints the AUC")
+            p.add_argument("--attack", type=Path, help="a directory of attack traces (with --normal)")
         p.add_argument("--out", type=Path, required=True, help="the profile (train) or the scores CSV (score)")
         p.set_defaults(func=_guarded(func))
         if name == "train":
@@ -118,6 +140,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
             p.add_argument("--ngram", type=int, default=6, help="n-gram length (the sensor's; default 6)")
             p.add_argument("--window", type=int, default=100, help="syscalls per scoring window (default 100)")
             p.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate (default 0.01)")
+            p.add_argument("--no-sequence", action="store_true",
+                           help="leave out the syscall language model (trains in seconds, not a minute or two)")
         else:
             p.add_argument("--profile", type=Path, required=True)
 

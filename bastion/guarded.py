@@ -67,7 +67,9 @@ class GuardedSandboxes:
                  sinks: Sequence[Callable[[Alert], None]] = (), workdirs: Path | None = None) -> None:
         self.profiles = {p.meta.agent: p for p in profiles}
         self.audit = audit
-        self.manager = SandboxManager(sensor, workdirs, ngram_events=bool(self.profiles))
+        self.manager = SandboxManager(sensor, workdirs, ngram_events=bool(self.profiles),
+                                      sequence_events=any(p.meta.sequence and p.meta.sequence.live
+                                                          for p in self.profiles.values()))
         # the manager is the guard's Enforcer
         self.guard = Guard(sensor, self.audit, enforcer=self.manager, assign=self._assign,
                            syscall_name=name_of, sinks=sinks)
@@ -121,8 +123,9 @@ class Recording:
 
 def record_runs(sensor: Sensor, commands: Sequence[Sequence[str]], policy: Policy,
                 on_done: Callable[[Recording], None] | None = None) -> list[Recording]:
-    """Run commands in sandboxes with every n-gram sent (the sensor's known
-    map must be empty): the events profiles are trained and scored from."""
+    """Run commands in sandboxes with every n-gram and every syscall id sent
+    (the sensor's known map must be empty): the events profiles are trained
+    and scored from."""
     if len(sensor.bpf["known"]):
         raise ValueError("the sensor's known n-gram map is loaded; recording runs need it empty")
     runs: dict[str, list[Event]] = {}
@@ -132,7 +135,7 @@ def record_runs(sensor: Sensor, commands: Sequence[Sequence[str]], policy: Polic
         runs.setdefault(sb.name, []).extend(events)
         workdirs[sb.name] = str(sb.workdir)
 
-    manager = SandboxManager(sensor, listeners=[collect], ngram_events=True)
+    manager = SandboxManager(sensor, listeners=[collect], ngram_events=True, sequence_events=True)
     out = []
     try:
         for cmd in commands:

@@ -75,7 +75,7 @@ def run_trace(cmd: Sequence[str], jsonl: Path | None, console: Console, ngram_n:
     def show(batch: list[Event]) -> None:
         for ev in batch:
             kinds[ev.kind] += 1
-            if ev.kind is EventKind.NGRAM:
+            if ev.kind in (EventKind.NGRAM, EventKind.SEQUENCE):
                 continue
             console.print(describe(ev), style=_STYLE.get(ev.kind), markup=False, highlight=False)
         if writer:
@@ -84,7 +84,7 @@ def run_trace(cmd: Sequence[str], jsonl: Path | None, console: Console, ngram_n:
     with Sensor(ngram_n=ngram_n) as sensor:
         cg = Cgroup.create(f"trace-{os.getpid()}")
         try:
-            sensor.watch(cg.id, "trace", detect_novel=ngrams)
+            sensor.watch(cg.id, "trace", detect_novel=ngrams, sequences=ngrams)
             proc = subprocess.Popen(list(cmd), preexec_fn=cg.enter)
             while proc.poll() is None:
                 show(sensor.poll(50))

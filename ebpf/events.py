@@ -36,6 +36,7 @@ class EventKind(enum.StrEnum):
     NGRAM = "ngram"
     DENY = "deny"
     SYSCALL = "syscall"
+    SEQUENCE = "sequence"
 
 
 # enum ev_type in bastion.h
@@ -95,6 +96,14 @@ class EvNgram(ct.Structure):
     _fields_ = [("h", EvHdr), ("gram", Ngram), ("pos", ct.c_uint32), ("_pad", ct.c_uint32)]
 
 
+SEQ_BATCH = 32
+
+
+class EvSeq(ct.Structure):
+    _fields_ = [("h", EvHdr), ("pos", ct.c_uint32), ("n", ct.c_uint16), ("_pad", ct.c_uint16),
+                ("calls", ct.c_uint16 * SEQ_BATCH)]
+
+
 SENSITIVE_WORDS = 8
 
 
@@ -125,6 +134,7 @@ STRUCTS: dict[EventKind, type[ct.Structure]] = {
     EventKind.NGRAM: EvNgram,
     EventKind.DENY: EvNet,
     EventKind.SYSCALL: EvSyscall,
+    EventKind.SEQUENCE: EvSeq,
 }
 
 
@@ -146,13 +156,13 @@ class Event:
     family: int = 0
     addr: str = ""  # IP address as text
     port: int = 0
-    arg: int = 0  # listen backlog; syscall: 1 if seccomp trapped it; ngram: the thread's syscall index
+    arg: int = 0  # listen backlog; syscall: 1 if seccomp trapped it; ngram, sequence: the thread's syscall index
     hook: str = ""  # deny: the egress hook that denied
     child_pid: int = 0
     exit_code: int = -1
     signal: int = 0
     syscall: int = 0  # the sensitive syscall's number
-    ngram: tuple[int, ...] = field(default=())
+    ngram: tuple[int, ...] = field(default=())  # an n-gram, or a sequence event's syscall ids
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form: every non-default field."""
@@ -225,6 +235,10 @@ def decode(record: bytes, ngram_n: int, tags: dict[int, str]) -> Event:
         ev.syscall, ev.arg = raw.nr, raw.trapped
     elif isinstance(raw, EvNgram):
         ev.ngram, ev.arg = tuple(raw.gram.seq[:ngram_n]), raw.pos
+    elif isinstance(raw, EvSeq):
+        if not 0 < raw.n <= SEQ_BATCH:
+            raise ValueError(f"sensor sent a sequence of {raw.n} syscalls")
+        ev.ngram, ev.arg = tuple(raw.calls[:raw.n]), raw.pos
     return ev
 
 

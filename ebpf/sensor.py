@@ -20,6 +20,7 @@ _MAPS_INCLUDE = '#include "maps.bpf.h"'
 
 WATCH_DETECT_NOVEL = 1
 WATCH_QUARANTINE = 2
+WATCH_SEQUENCE = 4
 
 # cgroup sock_addr programs of egress.bpf.c and their attach types.
 EGRESS_PROGRAMS = {
@@ -133,14 +134,16 @@ class Sensor:
 
     # watching ------------------------------------------------------------
     def watch(self, cgroup_id: int, tag: str, detect_novel: bool = False,
-              sensitive: Iterable[int] = ()) -> None:
+              sensitive: Iterable[int] = (), sequences: bool = False) -> None:
         """Start watching a cgroup: from now on its tasks' syscalls are seen.
-        Attempts of the `sensitive` syscall numbers are reported as events."""
+        Attempts of the `sensitive` syscall numbers are reported as events;
+        with `sequences`, every syscall id, in batches per thread."""
         self._next_tag += 1
         self._tags[cgroup_id] = tag
         stats = self.bpf["stats"]
         stats[stats.Key(cgroup_id)] = stats.Leaf()
-        info = WatchInfo(self._next_tag & 0xFFFFFFFF, WATCH_DETECT_NOVEL if detect_novel else 0)
+        flags = (WATCH_DETECT_NOVEL if detect_novel else 0) | (WATCH_SEQUENCE if sequences else 0)
+        info = WatchInfo(self._next_tag & 0xFFFFFFFF, flags)
         for nr in sensitive:
             if not 0 <= nr < 64 * len(info.sensitive):
                 raise SensorError(f"syscall number {nr} is outside the sensitive bitmap")

@@ -42,6 +42,14 @@ def window_starts(length: int, size: int, stride: int) -> np.ndarray:
     return starts
 
 
+def window_means(nll: np.ndarray, size: int) -> np.ndarray:
+    """Mean NLL of every `size`-syscall window; a short sequence is one window."""
+    if len(nll) <= size:
+        return np.array([float(nll.mean()) if len(nll) else 0.0])
+    c = np.concatenate([[0.0], np.cumsum(nll, dtype=np.float64)])
+    return (c[size:] - c[:-size]) / size
+
+
 @dataclass
 class NgramDetector:
     """Mismatch rate over a window and the locality frame count: how many of

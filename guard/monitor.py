@@ -13,17 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from ebpf.events import Event, EventKind
 from ebpf.sensor import WATCH_DETECT_NOVEL, Sensor, SensorError
 from common.verdicts import Verdict
 from guard.alerts import Alert, Evidence
 from guard.audit import AuditLog
+from guard.detectors import window_means
 from guard.profile import Profile
 from guard.rules import Finding, Rules, check, novelty
 
 log = logging.getLogger("bastion.guard")
 
 FREQUENCY_EVERY_S = 0.1  # how often a running sandbox's syscall mix is scored
+AT_THRESHOLD = 1.0  # live, each detector alerts once its calibrated ratio passes its own threshold
 
 
 class Target(Protocol):
@@ -69,6 +73,17 @@ class Assignment:
 
 
 @dataclass
+class _Thread:
+    """One thread's sequence as the model has read it."""
+
+    pid: int
+    state: Any = None  # guard.sequence.LiveState, None before its first syscall
+    next_pos: int = 0  # the position the next batch must start at
+    read: int = 0  # syscalls the model has read since its (re)start
+    tail: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # NLLs of the newest window
+
+
+@dataclass
 class _State:
     target: Target
     assignment: Assignment
@@ -78,6 +93,7 @@ class _State:
     running: bool = False  # the command proper has been exec'd; before that only the launcher ran
     counted: dict[tuple[int, ...], int] = field(default_factory=dict)
     last_frequency: float = 0.0
+    threads: dict[int, _Thread] = field(default_factory=dict)  # tid -> where its sequence stands
     alerts: list[Alert] = field(default_factory=list)
     pending: list[Alert] = field(default_factory=list)  # enforced, not yet in the audit log
 
@@ -128,11 +144,18 @@ class Guard:
         profile = st.assignment.profile
         # once the anomaly verdict holds, more novel n-grams cannot change it
         score_ngrams = profile is not None and st.strongest.rank < st.assignment.response.anomaly.rank
+        sequences: list[Event] = []
+        exited: set[int] = set()
         for ev in events:
             if not st.running:
                 if ev.kind is not EventKind.EXEC or ev.ret != 0:
                     continue
                 st.running = True
+            if ev.kind is EventKind.SEQUENCE:
+                sequences.append(ev)
+                continue
+            if ev.kind is EventKind.EXIT:
+                exited.add(ev.pid)
             if ev.kind is EventKind.NGRAM:
                 finding = self._ngram(st, profile, ev) if score_ngrams else None  # type: ignore[arg-type]
             else:
@@ -144,6 +167,11 @@ class Guard:
                 if score_ngrams and st.strongest.rank >= st.assignment.response.anomaly.rank:
                     score_ngrams = False
                     self._stop_ngrams(st)
+        if profile is not None and profile.sequence is not None and profile.meta.sequence.live:  # type: ignore[union-attr]
+            if sequences and score_ngrams:
+                self._sequence(st, profile, sequences)
+            if exited:
+                self._threads_ended(st, profile, [t for t, th in st.threads.items() if th.pid in exited])
         if profile is not None and time.monotonic() - st.last_frequency >= FREQUENCY_EVERY_S:
             self._frequency(st, profile)
         self._publish(st)
@@ -160,8 +188,11 @@ class Guard:
         """Score the last syscall mix (call before the sandbox's maps are
         freed) and forget the sandbox; returns its alerts."""
         st = self.state(target)
-        if st.assignment.profile is not None:
-            self._frequency(st, st.assignment.profile, final=True)
+        profile = st.assignment.profile
+        if profile is not None:
+            self._frequency(st, profile, final=True)
+            if profile.sequence is not None and st.threads and profile.meta.sequence.live:  # type: ignore[union-attr]
+                self._threads_ended(st, profile, list(st.threads))
             self._publish(st)
         with self._lock:
             self._states.pop(target.id, None)
@@ -172,10 +203,67 @@ class Guard:
         m = profile.meta
         novel = st.novel.setdefault(ev.tid, deque())
         novel.append(ev.arg)
-        combined = profile.ngrams.score_live(novel, ev.arg, m.window) / m.thresholds.ngram
-        if combined <= m.thresholds.combined:
+        combined = float(profile.ratio("ngram", profile.ngrams.score_live(novel, ev.arg, m.window)))
+        if combined <= AT_THRESHOLD:
             return None
-        return Finding("ngram", "syscall sequence unlike the profile", ev, combined, m.thresholds.combined)
+        return Finding("ngram", "syscall sequence unlike the profile", ev, combined, AT_THRESHOLD)
+
+    def _sequence(self, st: _State, profile: Profile, events: list[Event]) -> None:
+        """Read each thread's new syscalls with the model, all threads in one
+        batch, and judge every full window that ends in them."""
+        assert profile.sequence is not None and profile.meta.sequence is not None
+        size = profile.meta.sequence.window
+        by_tid: dict[int, list[Event]] = {}
+        for ev in events:
+            by_tid.setdefault(ev.tid, []).append(ev)
+        tids, batches, states = [], [], []
+        for tid, evs in by_tid.items():
+            th = st.threads.setdefault(tid, _Thread(evs[0].pid))
+            calls: list[int] = []
+            for ev in sorted(evs, key=lambda e: e.arg):
+                if ev.arg != th.next_pos and (th.state is not None or calls):
+                    # lost events: read on from a fresh start
+                    th.state, th.tail, th.read, calls = None, th.tail[:0], 0, []
+                calls += ev.ngram
+                th.next_pos = ev.arg + len(ev.ngram)
+            tids.append(tid)
+            batches.append(np.array(calls, np.int64))
+            states.append(th.state)
+        nlls, new = profile.sequence.step(batches, states)
+        worst: tuple[float, Event | None] = (-np.inf, None)
+        for tid, nll, state in zip(tids, nlls, new):
+            th = st.threads[tid]
+            th.state = state
+            th.read += len(nll)
+            seen = np.concatenate([th.tail, nll])
+            th.tail = seen[-(size - 1):] if size > 1 else seen[:0]
+            if len(seen) >= size:
+                score = float(window_means(seen, size).max())
+                if score > worst[0]:
+                    worst = (score, by_tid[tid][-1])
+        self._judge_sequence(st, profile, *worst)
+
+    def _threads_ended(self, st: _State, profile: Profile, tids: list[int]) -> None:
+        """A thread that ended before filling one window is judged as one
+        window, as training judged short traces; then it is forgotten."""
+        assert profile.meta.sequence is not None
+        worst: tuple[float, Event | None] = (-np.inf, None)
+        for tid in tids:
+            th = st.threads.pop(tid)
+            if 0 < th.read < profile.meta.sequence.window:
+                score = float(th.tail.mean())
+                if score > worst[0]:
+                    worst = (score, Event(kind=EventKind.SEQUENCE, ts_ns=time.monotonic_ns(), cgroup_id=st.target.id,
+                                          pid=th.pid, tid=tid, comm="", arg=th.next_pos - th.read))
+        self._judge_sequence(st, profile, *worst)
+
+    def _judge_sequence(self, st: _State, profile: Profile, score: float, ev: Event | None) -> None:
+        if ev is None:
+            return
+        ratio = float(profile.ratio("sequence", score))
+        if ratio > AT_THRESHOLD:
+            self._act(st, Finding("sequence", "syscall sequence the model finds unlikely", ev, ratio,
+                                  AT_THRESHOLD))
 
     def _frequency(self, st: _State, profile: Profile, final: bool = False) -> None:
         st.last_frequency = time.monotonic()
@@ -191,10 +279,10 @@ class Guard:
             return
         st.counted = counts
         score = float(profile.frequency.score_counts(profile.frequency.counts_of(delta))[0])
-        combined = float(profile.combine(0.0, score))
-        if combined > profile.meta.thresholds.combined:
+        combined = float(profile.ratio("frequency", score))
+        if combined > AT_THRESHOLD:
             self._act(st, Finding("frequency", "syscall mix unlike the profile", None, combined,
-                                  profile.meta.thresholds.combined))
+                                  AT_THRESHOLD))
 
     # response ------------------------------------------------------------
     def _act(self, st: _State, finding: Finding) -> None:

@@ -113,29 +113,37 @@ def after_exec(events: Sequence[Event]) -> list[Event]:
 
 
 def traces_from_events(events: Iterable[Event], ngram_n: int, name: str) -> list[Trace]:
-    """Rebuild each thread's syscall sequence from n-gram events recorded with
-    no known set (training mode). A gap in positions starts a new trace."""
-    by_tid: dict[int, list[Event]] = defaultdict(list)
-    for ev in events:
-        if ev.kind is EventKind.NGRAM:
-            if len(ev.ngram) != ngram_n:
-                raise TraceError(f"{name}: an n-gram of length {len(ev.ngram)}, expected {ngram_n}")
-            by_tid[ev.tid].append(ev)
+    """Rebuild each thread's syscall sequence from recorded sequence events,
+    or, in recordings without them, from n-gram events recorded with no
+    known set (training mode). A gap in positions starts a new trace."""
+    events = list(events)
+    if any(ev.kind is EventKind.SEQUENCE for ev in events):
+        pieces = [(ev.tid, ev.arg, list(ev.ngram)) for ev in events if ev.kind is EventKind.SEQUENCE]
+    else:
+        pieces = []
+        for ev in events:
+            if ev.kind is EventKind.NGRAM:
+                if len(ev.ngram) != ngram_n:
+                    raise TraceError(f"{name}: an n-gram of length {len(ev.ngram)}, expected {ngram_n}")
+                pieces.append((ev.tid, ev.arg - ngram_n + 1, list(ev.ngram)))
+    by_tid: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
+    for tid, start, calls in pieces:
+        by_tid[tid].append((start, calls))
     traces = []
-    for tid, grams in sorted(by_tid.items()):
-        grams.sort(key=lambda e: e.arg)
+    for tid, parts in sorted(by_tid.items()):
+        parts.sort(key=lambda p: p[0])
         segment: list[int] = []
-        last = -2
-        for ev in grams:
-            if ev.arg != last + 1:
+        begin = end = -1  # positions of the segment: [begin, end)
+        for start, calls in parts:
+            if start > end or not segment:  # a gap: a lost event splits the sequence
                 if segment:
-                    traces.append(Trace(f"{name}:tid={tid}:pos={last - len(segment) + 1}", np.array(segment)))
-                segment = list(ev.ngram)
-            else:
-                segment.append(ev.ngram[-1])
-            last = ev.arg
+                    traces.append(Trace(f"{name}:tid={tid}:pos={begin}", np.array(segment)))
+                segment, begin = list(calls), start
+            else:  # n-grams overlap their predecessor; batches follow it
+                segment += calls[end - start:]
+            end = max(end, start + len(calls))
         if segment:
-            traces.append(Trace(f"{name}:tid={tid}:pos={last - len(segment) + 1}", np.array(segment)))
+            traces.append(Trace(f"{name}:tid={tid}:pos={begin}", np.array(segment)))
     return traces
 
 
@@ -147,7 +155,7 @@ def read_event_files(paths: Sequence[Path], ngram_n: int) -> tuple[list[Trace], 
         events = after_exec(list(read_jsonl(path)))
         found = traces_from_events(events, ngram_n, str(path))
         if not found:
-            raise TraceError(f"{path}: no n-gram events; record with `bastion trace --ngrams`")
+            raise TraceError(f"{path}: no sequence or n-gram events; record with `bastion trace --ngrams`")
         traces += found
         seen.update(behaviour_of(events))
     return traces, seen

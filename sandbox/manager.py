@@ -131,17 +131,20 @@ class SandboxManager:
     """Runs commands in sandboxes watched by one sensor."""
 
     def __init__(self, sensor: Sensor, workdirs: Path | None = None, listeners: Sequence[Listener] = (),
-                 finishers: Sequence[Finisher] = (), ngram_events: bool = False) -> None:
+                 finishers: Sequence[Finisher] = (), ngram_events: bool = False,
+                 sequence_events: bool = False) -> None:
         """Listeners get each sandbox's event batches; finishers are called
         when its command has ended, while its sensor maps still exist. With
         ngram_events, n-grams missing from the sensor's known map are sent
-        (all of them while it is empty: the training stream)."""
+        (all of them while it is empty: the training stream); with
+        sequence_events, every syscall id, in batches per thread."""
         self.sensor = sensor
         self.workdirs = workdirs or Path(tempfile.gettempdir()) / "bastion-sandboxes"
         self.workdirs.mkdir(parents=True, exist_ok=True)
         self.listeners = list(listeners)
         self.finishers = list(finishers)
         self.ngram_events = ngram_events
+        self.sequence_events = sequence_events
         self._active: dict[int, Sandbox] = {}
         self._stop = threading.Event()
         self.pump_error: BaseException | None = None
@@ -179,7 +182,7 @@ class SandboxManager:
                 made.append(lambda: remove_workdir(workdir))
             self._allow_paths(ruleset, policy, workdir)
             sb = Sandbox(name, cg, controllers, policy, workdir, owns, list(command), dict(labels or {}), trapped)
-            self.sensor.watch(cg.id, name, detect_novel=self.ngram_events,
+            self.sensor.watch(cg.id, name, detect_novel=self.ngram_events, sequences=self.sequence_events,
                               sensitive=[resolve(n) for n in policy.denied_syscalls])
             made.append(lambda: self.sensor.unwatch(cg.id))
             sb.undecodable_before = self.sensor.decode_errors(cg.id)

@@ -27,6 +27,7 @@ from tests.attacks import BENIGN, HERE, allowed_api, api_requests, command, corp
 
 AGENT = "corpus-tools"
 LABELS = {"agent": AGENT}
+ANOMALY_DETECTORS = ("ngram", "frequency", "sequence")  # what the profile learned, as opposed to the rules
 
 
 def training_commands(api_port: int) -> list[list[str]]:
@@ -128,7 +129,7 @@ def test_staging_then_exfil_to_an_allowed_api_is_quarantined(
     assert "SENT" not in result.stdout
     assert not [p for p in api_requests() if p.startswith("/?d=")], "the staged data left the sandbox"
     alerts = _alerts_on_record(guarded, run)
-    anomaly = [a for a in alerts if a.detector in ("ngram", "frequency")]
+    anomaly = [a for a in alerts if a.detector in ANOMALY_DETECTORS]
     assert anomaly and anomaly[0].action is Verdict.QUARANTINE, alerts
     assert anomaly[0].score > anomaly[0].threshold
     assert [d for d in result.denials if d.kind == "egress"], "the quarantine did not refuse the send"
@@ -148,7 +149,7 @@ def test_fork_bomb_is_contained(guarded: GuardedSandboxes, policy: Policy) -> No
     assert refused, result.denials
     assert result.stopped_by == "wall timeout of 3s"
     assert result.exit_status == STOPPED_EXIT
-    assert any(a.detector in ("ngram", "frequency") for a in _alerts_on_record(guarded, run))
+    assert any(a.detector in ANOMALY_DETECTORS for a in _alerts_on_record(guarded, run))
 
 
 def _benign(guarded: GuardedSandboxes, policy: Policy, cmd: list[str]) -> SandboxResult:
@@ -182,5 +183,5 @@ def test_a_binary_the_tools_never_ran_is_quarantined_but_completes(guarded: Guar
     assert Path("/etc/debian_version").read_text().strip() in result.stdout
     alerts = _alerts_on_record(guarded, run)
     assert any("/usr/bin/sort" in a.rule and a.action is Verdict.ALERT for a in alerts if a.detector == "novelty")
-    assert any(a.action is Verdict.QUARANTINE for a in alerts if a.detector in ("ngram", "frequency"))
+    assert any(a.action is Verdict.QUARANTINE for a in alerts if a.detector in ANOMALY_DETECTORS)
     assert run.verdict is Verdict.QUARANTINE

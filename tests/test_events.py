@@ -23,6 +23,7 @@ C_STRUCTS = {
     "ev_net": events.EvNet,
     "ev_ngram": events.EvNgram,
     "ev_syscall": events.EvSyscall,
+    "ev_seq": events.EvSeq,
     "watch_info": events.WatchInfo,
     "cg_stats": events.CgStats,
 }

@@ -62,8 +62,7 @@ def test_trained_profile_separates_attacks_from_unseen_benign(profile_and_data) 
     assert auc > 0.99
     threshold = profile.meta.thresholds.combined
     assert all(s > threshold for s in attack_scores)
-    windows = np.concatenate([profile.score(t.syscalls) for t in unseen])
-    assert np.mean(windows > threshold) <= 0.02
+    assert sum(s > threshold for s in benign_scores) <= 1  # of 30 unseen benign traces
 
 
 def test_profile_round_trip_keeps_behaviour_and_ngrams(profile_and_data) -> None:  # type: ignore[no-untyped-def]
@@ -134,9 +133,26 @@ def test_sequences_are_rebuilt_from_ngram_positions() -> None:
     calls = list(range(10, 30))
     n = 4
     events = [_gram(7, i + n - 1, calls[i : i + n]) for i in range(len(calls) - n + 1)]
-    del events[8]  # a gap: a lost event splits the sequence
+    del events[9]  # overlapping neighbours still hold every syscall
+    assert [t.syscalls.tolist() for t in traces_from_events(events, n, "run")] == [calls]
+    events = [_gram(7, i + n - 1, calls[i : i + n]) for i in range(len(calls) - n + 1)]
+    del events[8:8 + n]  # syscall 11 is in none of the n-grams left: the sequence splits there
     traces = traces_from_events(reversed(events), n, "run")
-    assert [t.syscalls.tolist() for t in traces] == [calls[:11], calls[9:]]
+    assert [t.syscalls.tolist() for t in traces] == [calls[:11], calls[12:]]
+
+
+def test_sequences_are_rebuilt_from_batches_of_syscall_ids() -> None:
+    def batch(tid: int, pos: int, ids: list[int]) -> Event:
+        return Event(kind=EventKind.SEQUENCE, ts_ns=pos, cgroup_id=1, pid=tid, tid=tid, comm="t", ngram=tuple(ids),
+                     arg=pos)
+
+    calls = list(range(100, 200))
+    events = [batch(7, p, calls[p:p + 32]) for p in range(0, 96, 32)] + [batch(7, 96, calls[96:])]
+    events.append(batch(8, 0, [1, 2, 3]))
+    assert [t.syscalls.tolist() for t in traces_from_events(events[::-1], 6, "run")] == [calls, [1, 2, 3]]
+    del events[1]  # a lost batch splits the thread's sequence
+    traces = traces_from_events(events, 6, "run")
+    assert [t.syscalls.tolist() for t in traces] == [calls[:32], calls[64:], [1, 2, 3]]
 
 
 def test_rules_name_the_violation() -> None:

@@ -13,6 +13,7 @@
 #define ARG_LEN 64
 #define UNIX_PATH_LEN 108  /* sizeof(sun_path): a path is read whole or not trusted */
 #define NGRAM_MAX 8
+#define SEQ_BATCH 32  /* syscall ids per EV_SEQ record; a power of two */
 
 enum ev_type {
     EV_EXEC = 1,
@@ -27,6 +28,7 @@ enum ev_type {
     EV_NGRAM = 10,
     EV_DENY = 11,
     EV_SYSCALL = 12,
+    EV_SEQ = 13,
 };
 
 struct ev_hdr {
@@ -103,9 +105,21 @@ struct ev_ngram {
     u32 _pad;
 };
 
+/* A thread's syscall ids in order, for the sequence model: sent when
+ * SEQ_BATCH have gathered, when the thread makes a novel n-gram, and when it
+ * exits, so the model sees every syscall at one event per batch. */
+struct ev_seq {
+    struct ev_hdr h;
+    u32 pos;  /* the thread's syscall index of calls[0] */
+    u16 n;    /* calls used */
+    u16 _pad;
+    u16 calls[SEQ_BATCH];
+};
+
 /* Values of the `watched` map. */
 #define WATCH_DETECT_NOVEL 1   /* send n-grams missing from `known` as events */
 #define WATCH_QUARANTINE 2     /* egress programs deny everything */
+#define WATCH_SEQUENCE 4       /* send every syscall id, in EV_SEQ batches */
 
 #define SENSITIVE_WORDS 8      /* bitmap of syscall numbers 0..511 */
 

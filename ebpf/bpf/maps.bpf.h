@@ -7,10 +7,30 @@
 
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 256
+/* Send a thread's gathered syscall ids, if any. */
+static __always_inline void flush_batch(struct seq_state *s, u64 cg)
+{
+    if (!s->batch.n)
+        return;
+    fill_hdr(&s->batch.h, EV_SEQ, cg);
+    emit(&s->batch, sizeof(s->batch), cg);
+    s->batch.n = 0;
+}
+
 #endif
 
 #ifndef PID_MAX
 #define PID_MAX 4194304
+/* Send a thread's gathered syscall ids, if any. */
+static __always_inline void flush_batch(struct seq_state *s, u64 cg)
+{
+    if (!s->batch.n)
+        return;
+    fill_hdr(&s->batch.h, EV_SEQ, cg);
+    emit(&s->batch, sizeof(s->batch), cg);
+    s->batch.n = 0;
+}
+
 #endif
 
 BPF_HASH(watched, u64, struct watch_info, 4096);
@@ -37,12 +57,24 @@ BPF_TABLE("lru_hash", u32, union event_buf, pending, 8192);
 
 #ifndef NGRAM_N
 #define NGRAM_N 6
+/* Send a thread's gathered syscall ids, if any. */
+static __always_inline void flush_batch(struct seq_state *s, u64 cg)
+{
+    if (!s->batch.n)
+        return;
+    fill_hdr(&s->batch.h, EV_SEQ, cg);
+    emit(&s->batch, sizeof(s->batch), cg);
+    s->batch.n = 0;
+}
+
 #endif
 
-/* Sliding syscall window of each watched thread, deleted at thread exit. */
+/* Sliding syscall window of each watched thread and its unsent batch of
+ * syscall ids, deleted at thread exit. */
 struct seq_state {
     u16 win[NGRAM_MAX];
     u32 count;  /* syscalls of this thread so far: the position of the newest */
+    struct ev_seq batch;
 };
 BPF_HASH(windows, u32, struct seq_state, 16384);
 
@@ -111,6 +143,16 @@ static __always_inline void finish(u16 type, long ret, u32 size)
         emit(e, size, e->h.cgroup_id);
     }
     pending.delete(&tid);
+}
+
+/* Send a thread's gathered syscall ids, if any. */
+static __always_inline void flush_batch(struct seq_state *s, u64 cg)
+{
+    if (!s->batch.n)
+        return;
+    fill_hdr(&s->batch.h, EV_SEQ, cg);
+    emit(&s->batch, sizeof(s->batch), cg);
+    s->batch.n = 0;
 }
 
 #endif

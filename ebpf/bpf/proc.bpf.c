@@ -41,19 +41,29 @@ TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_execve)
+/* The syscall ids gathered before an exec go out before its event, so the
+ * batches after it hold only the new program's syscalls. */
+static __always_inline void exec_exit(long ret)
 {
     u64 cg;
-    if (watched_cgroup(&cg))
-        finish(EV_EXEC, args->ret, sizeof(struct ev_exec));
+    if (!watched_cgroup(&cg))
+        return;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct seq_state *s = windows.lookup(&tid);
+    if (s)
+        flush_batch(s, cg);
+    finish(EV_EXEC, ret, sizeof(struct ev_exec));
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_execve)
+{
+    exec_exit(args->ret);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
 {
-    u64 cg;
-    if (watched_cgroup(&cg))
-        finish(EV_EXEC, args->ret, sizeof(struct ev_exec));
+    exec_exit(args->ret);
     return 0;
 }
 
@@ -105,7 +115,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         return 0;
     u32 tid = (u32)bpf_get_current_pid_tgid();
     pending.delete(&tid);
-    windows.delete(&tid);
+    struct seq_state *s = windows.lookup(&tid);
+    if (s) {
+        flush_batch(s, cg);
+        windows.delete(&tid);
+    }
     if (!args->group_dead)
         return 0;
     struct ev_exit e = {};

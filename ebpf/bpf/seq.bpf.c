@@ -37,6 +37,15 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         s->win[i] = s->win[i + 1];
     s->win[NGRAM_N - 1] = (u16)nr;
     s->count++;
+    if (w->flags & WATCH_SEQUENCE) {
+        u16 i = s->batch.n;
+        if (i == 0)
+            s->batch.pos = s->count - 1;
+        s->batch.calls[i & (SEQ_BATCH - 1)] = (u16)nr;
+        s->batch.n = i + 1;
+        if (s->batch.n >= SEQ_BATCH)
+            flush_batch(s, cg);
+    }
     if (s->count < NGRAM_N)
         return 0;
 
@@ -54,6 +63,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     }
 
     if ((w->flags & WATCH_DETECT_NOVEL) && !known.lookup(&k.gram)) {
+        flush_batch(s, cg);  /* the model judges the novel n-gram with what led to it */
         struct ev_ngram e = {};
         fill_hdr(&e.h, EV_NGRAM, cg);
         e.gram = k.gram;

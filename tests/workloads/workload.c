@@ -4,6 +4,9 @@
  *   workload basic PATH PORT  open PATH, connect to 127.0.0.1:PORT, exit 7
  *   workload seq K            K rounds of getppid getuid getgid geteuid, exit 0
  *   workload flood PATH N     open and close PATH N times, exit 0
+ *   workload phase MARKS K    for each mark: a marker syscall, then K rounds
+ *                             of seq's loop; exit 0. A mark is p (getpid)
+ *                             or t (gettid)
  */
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -43,6 +46,18 @@ static int flood(const char *path, long n)
     return 0;
 }
 
+/* Benign runs use one marker throughout; a run that mixes them makes only
+ * n-grams the benign runs made, when K >= 2: only the order, over more than
+ * an n-gram, is new. */
+static int phase(const char *marks, long rounds)
+{
+    for (const char *m = marks; *m; m++) {
+        syscall(*m == 't' ? SYS_gettid : SYS_getpid);
+        seq(rounds);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 4 && !strcmp(argv[1], "basic"))
@@ -51,6 +66,8 @@ int main(int argc, char **argv)
         return seq(atol(argv[2]));
     if (argc == 4 && !strcmp(argv[1], "flood"))
         return flood(argv[2], atol(argv[3]));
-    fprintf(stderr, "usage: workload basic PATH PORT | seq K | flood PATH N\n");
+    if (argc == 4 && !strcmp(argv[1], "phase"))
+        return phase(argv[2], atol(argv[3]));
+    fprintf(stderr, "usage: workload basic PATH PORT | seq K | flood PATH N | phase MARKS K\n");
     return 2;
 }
