@@ -21,7 +21,7 @@ from bastion.guarded import GuardedSandboxes, Recording, record_runs
 from ebpf.sensor import Sensor
 from guard.profile import Profile
 from guard.traces import Behaviour
-from guard.training import train
+from guard.training import Settings, train
 from sandbox.policy import Destination, Network, Policy, load_policy
 
 AGENTS = {"clinic": ("healthcare",), "finance": ("finance",)}
@@ -69,7 +69,9 @@ def train_profiles(sensor: Sensor, policies: dict[str, Policy], approved_urls: l
         behaviour = Behaviour()
         for r in recordings:
             behaviour.update(r.behaviour())
-        profiles.append(train([t for r in recordings for t in r.traces(sensor.ngram_n)], behaviour, agent))
+        # the sequence model gets half a minute per agent: the demo and a node's first start wait for it
+        profiles.append(train([t for r in recordings for t in r.traces(sensor.ngram_n)], behaviour, agent,
+                              Settings(sequence_seconds=30)))
     return profiles
 
 

@@ -4,6 +4,9 @@ is ever written over a device, a directory or a symlink's target."""
 
 from __future__ import annotations
 
+import functools
+import tempfile
+
 import json
 import os
 import stat
@@ -20,7 +23,7 @@ from ebpf.record import EventFileError, read_jsonl
 from guard.audit import AuditError, AuditLog, verify
 from guard.profile import ProfileError, load_profile
 from guard.traces import Behaviour, Trace, TraceError, read_trace_file
-from guard.training import train
+from guard.training import Settings, train
 from sandbox.policy import PolicyError, load_policy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,11 +81,19 @@ def test_an_oversized_policy_is_refused(tmp_path: Path) -> None:
         load_policy(policy)
 
 
-def _profile(tmp_path: Path) -> Path:
+@functools.cache
+def _profile_bytes() -> bytes:
     rng = np.random.default_rng(0)
     traces = [Trace(f"t{i}", rng.integers(0, 8, 400)) for i in range(6)]
+    with tempfile.TemporaryDirectory() as tmp:
+        train(traces, Behaviour(), "clinic", Settings(sequence_seconds=5)).save(Path(tmp) / "p.safetensors")
+        return (Path(tmp) / "p.safetensors").read_bytes()
+
+
+def _profile(tmp_path: Path) -> Path:
+    """A fresh copy of one trained profile, for a test to make hostile."""
     path = tmp_path / "p.safetensors"
-    train(traces, Behaviour(), "clinic").save(path)
+    path.write_bytes(_profile_bytes())
     return path
 
 
