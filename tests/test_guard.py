@@ -249,6 +249,18 @@ def test_cli_trains_scores_and_verifies(tmp_path: Path, capsys: pytest.CaptureFi
     by_name = {Path(r.split(",")[0]).name: float(r.split(",")[1]) for r in rows[1:]}
     assert by_name["zz-attack.txt"] == max(by_name.values())
 
+    normal, attack = tmp_path / "normal", tmp_path / "attack"
+    normal.mkdir()
+    attack.mkdir()
+    for i in range(6):
+        (normal / f"n{i}.txt").write_text(" ".join(map(str, _benign(rng, 200 + i).syscalls)))
+        (attack / f"a{i}.txt").write_text(" ".join(map(str, _attack(rng, 300 + i).syscalls)))
+    capsys.readouterr()
+    assert main(["guard", "score", "--profile", str(profile), "--normal", str(normal), "--attack", str(attack),
+                 "--out", str(scores)]) == 0
+    assert "AUC 1.0000: 6 normal traces" in capsys.readouterr().out
+    assert len(scores.read_text().splitlines()) == 13
+
     log = _log(tmp_path)
     assert main(["audit", "verify", str(log)]) == 0
     log.write_text(log.read_text().replace('"a3"', '"a9"'))
