@@ -15,10 +15,12 @@ Run as root:  .venv/bin/python bench/detection.py [--datasets-only] [--datasets 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,8 @@ from guard.training import Settings, train  # noqa: E402
 from sandbox.policy import Policy  # noqa: E402
 from tests.attacks import BENIGN, HERE, allowed_api, command, corpus_policy  # noqa: E402
 
+FALSE_ALARM_RUNS = 200  # live runs of each benign tool, half of them beside a CPU-bound process
+TRAIN_REPEAT = 15  # recorded runs of each training variation: enough held-out traces to calibrate
 TRAIN_VARIANTS = {"json_csv.py": ["0", "5", "40", "300"], "sqlite.py": ["0", "10", "200", "1000"], "http_get.py": ["1", "3", "8"]}
 UNSEEN_VARIANTS = {"json_csv.py": ["2", "17", "120"], "sqlite.py": ["3", "60", "500"], "http_get.py": ["2", "5"]}
 # Containment cases (a full workdir, a tool outliving its supervisor) are not
@@ -73,7 +77,7 @@ def main() -> int:
                         help="a directory of trace sets (normal_train/, normal_test/, attack/ each)")
     parser.add_argument("--datasets-only", action="store_true", help="only the public trace sets (no root needed)")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=150)  # the tables are wide; a log file gets them whole
     if not args.datasets_only:
         corpus(console)
     if args.datasets.is_dir():
@@ -90,7 +94,8 @@ def corpus(console: Console) -> None:
     with Sensor(ngram_n=settings.ngram_n) as sensor, allowed_api() as port, Progress(console=console) as progress:
         policy = corpus_policy(port)
         sink = 1 << 15  # a port nothing listens on: attacks that get out still fail
-        train_runs = record(sensor, benign_commands(TRAIN_VARIANTS, port, 5), policy, "training runs", progress)
+        train_runs = record(sensor, benign_commands(TRAIN_VARIANTS, port, TRAIN_REPEAT), policy, "training runs",
+                            progress)
         unseen_runs = record(sensor, benign_commands(UNSEEN_VARIANTS, port, 2), policy, "unseen benign", progress)
         attack_runs = record(sensor, [attack_command(a, sink, port) for a in ATTACKS], policy, "attacks", progress)
 
@@ -117,8 +122,10 @@ def corpus(console: Console) -> None:
 
         # live: the guard with the profile loaded stops each attack in flight
         live = live_runs(sensor, profile, policy, port, sink, progress, console)
+        alarms = false_alarms(sensor, profile, policy, port, progress)
 
     print_report(console, profile, live, benign_flagged, len(benign_runs), aucs, rate)
+    print_false_alarms(console, alarms)
 
 
 def stide(runs: Sequence[Sequence[np.ndarray]], profile: Profile) -> np.ndarray:
@@ -217,6 +224,58 @@ def live_runs(sensor: Sensor, profile: Profile, policy: Policy, port: int, sink:
             guarded.audit.close()
         records = audit.verify(log).records
     return {"stopped": stopped, "latencies": latencies, "benign_alerts": benign_alerts, "audited": records}
+
+
+@contextmanager
+def cpu_hog() -> Iterator[None]:
+    """A CPU-bound process on the host beside the sandbox, for the length of the block."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def false_alarms(sensor: Sensor, profile: Profile, policy: Policy, port: int, progress: Progress) -> dict:
+    """Every benign tool run FALSE_ALARM_RUNS times live under the guard, with
+    inputs of every size from the trained and unseen variations and more,
+    half of the runs beside a CPU-bound process: alerts per detector, and the
+    enforced ones (quarantine and stronger)."""
+    rng = np.random.default_rng(1)
+    sizes = {"json_csv.py": (0, 2000), "sqlite.py": (0, 2000), "http_get.py": (1, 10)}
+    task = progress.add_task("benign runs for false alarms", total=FALSE_ALARM_RUNS * len(sizes))
+    alerts: dict[str, dict[str, int]] = {tool: {} for tool in sizes}
+    enforced: dict[str, int] = dict.fromkeys(sizes, 0)
+    failed: dict[str, int] = dict.fromkeys(sizes, 0)
+    with tempfile.TemporaryDirectory() as tmp, \
+            GuardedSandboxes(sensor, audit.AuditLog(Path(tmp) / "audit.jsonl"), [profile]) as guarded:
+        labels = {"agent": profile.meta.agent}
+        for tool, (low, high) in sizes.items():
+            for i in range(FALSE_ALARM_RUNS):
+                size = str(int(rng.integers(low, high + 1)))
+                argv = [str(port), size] if tool == "http_get.py" else [size]
+                with cpu_hog() if i % 2 else nullcontext():
+                    run = guarded.run(command(BENIGN / tool, argv), policy, labels=labels)
+                for a in run.alerts:
+                    alerts[tool][a.detector] = alerts[tool].get(a.detector, 0) + 1
+                    enforced[tool] += a.action.enforced
+                failed[tool] += run.result.exit_status != 0
+                progress.advance(task)
+    return {"alerts": alerts, "enforced": enforced, "failed": failed}
+
+
+def print_false_alarms(console: Console, alarms: dict) -> None:
+    detectors = ("rule", "novelty", "ngram", "frequency", "sequence")
+    table = Table(title=f"false alarms per 1,000 benign runs ({FALSE_ALARM_RUNS} live runs of each tool, half beside "
+                        "a CPU-bound process; target: 0 enforced, at most 1 alert)")
+    for col in ("tool", *detectors, "enforced", "failed runs"):
+        table.add_column(col, justify="left" if col == "tool" else "right")
+    per_k = 1000 / FALSE_ALARM_RUNS
+    for tool, counts in alarms["alerts"].items():
+        table.add_row(tool, *(f"{counts.get(d, 0) * per_k:.0f}" for d in detectors),
+                      f"{alarms['enforced'][tool] * per_k:.0f}", str(alarms["failed"][tool]))
+    console.print(table)
 
 
 def print_report(console: Console, profile: Profile, live: dict, benign_flagged: int, benign_runs: int,

@@ -128,7 +128,11 @@ class Profile:
         model's mean over the whole trace."""
         m = self.meta
         ngram = [self.ngrams.windows(t, m.window, m.stride).max() if len(t) >= m.ngram_n else 0.0 for t in traces]
-        freq = [self.frequency.windows(t, m.window, m.stride).max() if len(t) else 0.0 for t in traces]
+        # every trace's windows through the nearest-neighbour model in one call
+        hists = [self.frequency.histograms(t, m.window, m.stride) for t in traces]
+        per_window = self.frequency.score_counts(np.concatenate(hists)) if hists else np.zeros(0)
+        bounds = np.cumsum([0, *(len(h) for h in hists)])
+        freq = [per_window[a:b].max() if len(t) else 0.0 for t, a, b in zip(traces, bounds[:-1], bounds[1:])]
         scores = {"ngram": np.array(ngram), "frequency": np.array(freq)}
         if self.sequence is not None and m.sequence is not None:
             nlls = self.sequence.nll(traces)
