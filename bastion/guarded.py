@@ -123,9 +123,8 @@ class Recording:
 
 def record_runs(sensor: Sensor, commands: Sequence[Sequence[str]], policy: Policy,
                 on_done: Callable[[Recording], None] | None = None) -> list[Recording]:
-    """Run commands in sandboxes with every n-gram and every syscall id sent
-    (the sensor's known map must be empty): the events profiles are trained
-    and scored from."""
+    """Run commands in sandboxes with every syscall id sent (the sensor's
+    known map must be empty): the events profiles are trained and scored from."""
     if len(sensor.bpf["known"]):
         raise ValueError("the sensor's known n-gram map is loaded; recording runs need it empty")
     runs: dict[str, list[Event]] = {}
@@ -135,7 +134,8 @@ def record_runs(sensor: Sensor, commands: Sequence[Sequence[str]], policy: Polic
         runs.setdefault(sb.name, []).extend(events)
         workdirs[sb.name] = str(sb.workdir)
 
-    manager = SandboxManager(sensor, listeners=[collect], ngram_events=True, sequence_events=True)
+    # the syscall ids come in batches; n-gram events as well would send one per syscall
+    manager = SandboxManager(sensor, listeners=[collect], sequence_events=True)
     out = []
     try:
         for cmd in commands:

@@ -77,7 +77,7 @@ class _Thread:
     """One thread's sequence as the model has read it."""
 
     pid: int
-    context: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # what the next batch is read after
+    state: Any = None  # guard.sequence.LiveState, None before its first syscall
     next_pos: int = 0  # the position the next batch must start at
     read: int = 0  # syscalls the model has read since its (re)start
     tail: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # NLLs of the newest window
@@ -216,24 +216,24 @@ class Guard:
         by_tid: dict[int, list[Event]] = {}
         for ev in events:
             by_tid.setdefault(ev.tid, []).append(ev)
-        tids, batches, contexts = [], [], []
+        tids, batches, states = [], [], []
         for tid, evs in by_tid.items():
             th = st.threads.setdefault(tid, _Thread(evs[0].pid))
             calls: list[int] = []
             for ev in sorted(evs, key=lambda e: e.arg):
-                if ev.arg != th.next_pos and (len(th.context) or calls):
+                if ev.arg != th.next_pos and (th.state is not None or calls):
                     # lost events: read on from a fresh start
-                    th.context, th.tail, th.read, calls = th.context[:0], th.tail[:0], 0, []
+                    th.state, th.tail, th.read, calls = None, th.tail[:0], 0, []
                 calls += ev.ngram
                 th.next_pos = ev.arg + len(ev.ngram)
             tids.append(tid)
             batches.append(np.array(calls, np.int64))
-            contexts.append(th.context)
-        nlls, new = profile.sequence.step(contexts, batches)
+            states.append(th.state)
+        nlls, new = profile.sequence.step(batches, states)
         worst: tuple[float, Event | None] = (-np.inf, None)
-        for tid, nll, context in zip(tids, nlls, new):
+        for tid, nll, state in zip(tids, nlls, new):
             th = st.threads[tid]
-            th.context = context
+            th.state = state
             th.read += len(nll)
             seen = np.concatenate([th.tail, nll])
             th.tail = seen[-(size - 1):] if size > 1 else seen[:0]

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 PAD = 0  # input padding and the token before a sequence's first syscall
 UNKNOWN = 1  # a syscall number the training traces never made
 CHUNK = 128  # syscalls per training example
+SCORE_CHUNK = 512  # syscalls per scored chunk: few warm-ups, so offline reads as live does
 CONTEXT = 32  # syscalls of warm-up before each scored chunk
 MAX_VALIDATION = 1024  # held-out chunks scored at each judgement
 EVAL_STEPS = 25
@@ -76,53 +78,82 @@ class SequenceModel:
     def tokens(self, syscalls: np.ndarray) -> np.ndarray:
         return self._index[np.clip(syscalls, 0, 1023)] if len(syscalls) else np.empty(0, np.int64)
 
-    def nll(self, traces: Sequence[np.ndarray], batch: int = 64,
-            scored_from: Sequence[int] | None = None) -> list[np.ndarray]:
-        """Per syscall of each trace, from position scored_from[i] on (0 by
-        default): -log p(syscall | the ones before it). Traces are cut into
-        chunks scored side by side, each after up to CONTEXT syscalls of
-        warm-up, so a batch is wide whatever the lengths; the positions
-        before scored_from are warm-up only."""
-        starts = list(scored_from) if scored_from is not None else [0] * len(traces)
-        out = [np.empty(max(len(t) - s, 0), np.float32) for t, s in zip(traces, starts)]
-        pieces = [(i, s, e) for i, t in enumerate(traces) for s, e in chunks(len(t), starts[i])]
+    def nll(self, traces: Sequence[np.ndarray], batch: int = 64) -> list[np.ndarray]:
+        """Per syscall of each trace: -log p(syscall | the ones before it).
+        Long traces are cut into SCORE_CHUNK-syscall chunks scored side by
+        side, each after CONTEXT syscalls of warm-up, so a batch is wide
+        whatever the lengths; `step` reads a thread whole, as it runs."""
+        out = [np.empty(len(t), np.float32) for t in traces]
+        pieces = [(i, s, e) for i, t in enumerate(traces) for s, e in chunks(len(t), SCORE_CHUNK)]
         tokens = [self.tokens(np.asarray(t)) for t in traces]
         with torch.inference_mode():
             for b in range(0, len(pieces), batch):
                 group = pieces[b:b + batch]
-                inputs, targets = examples([(tokens[i], s, e) for i, s, e in group])
-                used = max(e - max(0, s - CONTEXT) for _, s, e in group)  # short live batches: no padding run
+                inputs, targets = examples([(tokens[i], s, e) for i, s, e in group], SCORE_CHUNK)
+                used = max(e - max(0, s - CONTEXT) for _, s, e in group)  # short traces: no padding run
                 inputs, targets = inputs[:, :used], targets[:, :used]
                 logits, _ = self.net(torch.from_numpy(inputs))
                 logp = torch.log_softmax(logits, dim=-1)
                 picked = -logp.gather(2, torch.from_numpy(targets).clamp(min=0).unsqueeze(-1)).squeeze(-1).numpy()
                 for row, (i, s, e) in enumerate(group):
                     warm = s - max(0, s - CONTEXT)
-                    out[i][s - starts[i]:e - starts[i]] = picked[row, warm:warm + e - s]
+                    out[i][s:e] = picked[row, warm:warm + e - s]
         return out
 
-    def step(self, contexts: Sequence[np.ndarray], batches: Sequence[np.ndarray]
-             ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Read several threads' next syscalls at once, each after its context
-        (what `step` returned for it last time; empty at the thread's start).
-        Returns each new syscall's NLL and each thread's next context: its
-        last CONTEXT + 1 syscalls, or its whole history while shorter, so a
-        thread's first syscalls are read as a start, as in training."""
-        full = [np.concatenate([np.asarray(c, np.int64), np.asarray(b, np.int64)]) for c, b in zip(contexts, batches)]
-        nlls = self.nll(full, scored_from=[len(c) for c in contexts])
-        return nlls, [f[-(CONTEXT + 1):] if len(f) > CONTEXT + 1 else f for f in full]
+    # live ----------------------------------------------------------------
+    def step(self, batches: Sequence[np.ndarray], states: Sequence[LiveState | None]
+             ) -> tuple[list[np.ndarray], list[LiveState]]:
+        """Continue several threads' sequences at once: each thread's next
+        syscalls and its state (None at its start). Returns each syscall's
+        NLL and each thread's new state; the same numbers as `nll` over the
+        whole sequence, without its chunking."""
+        if not all(len(b) for b in batches):  # a thread with nothing new keeps its state
+            live = [i for i, b in enumerate(batches) if len(b)]
+            nlls_live, states_live = self.step([batches[i] for i in live], [states[i] for i in live]) if live else ([], [])
+            nlls: list[np.ndarray] = [np.zeros(0, np.float32) for _ in batches]
+            kept = list(states)
+            for i, x, st in zip(live, nlls_live, states_live):
+                nlls[i], kept[i] = x, st
+            return nlls, kept  # type: ignore[return-value]
+        lengths = [len(b) for b in batches]
+        inputs = np.full((len(batches), max(lengths)), PAD, np.int64)
+        h0 = torch.zeros(1, len(batches), self.net.gru.hidden_size)
+        toks = [self.tokens(np.asarray(b)) for b in batches]
+        for row, (tok, st) in enumerate(zip(toks, states)):
+            inputs[row, 0] = st.last if st else PAD
+            inputs[row, 1:len(tok)] = tok[:-1]
+            if st:
+                h0[0, row] = st.hidden
+        with torch.inference_mode():
+            packed = pack_padded_sequence(self.net.embed(torch.from_numpy(inputs)), lengths, batch_first=True,
+                                          enforce_sorted=False)
+            y, hn = self.net.gru(packed, h0)
+            y, _ = pad_packed_sequence(y, batch_first=True, total_length=inputs.shape[1])
+            logp = torch.log_softmax(self.net.out(y), dim=-1)
+        nlls = [-logp[row, :len(tok)].gather(1, torch.from_numpy(tok).unsqueeze(1)).squeeze(1).numpy()
+                for row, tok in enumerate(toks)]
+        return nlls, [LiveState(hn[0, row].clone(), int(tok[-1])) for row, tok in enumerate(toks)]
 
 
-def chunks(length: int, start: int = 0) -> list[tuple[int, int]]:
-    return [(s, min(s + CHUNK, length)) for s in range(start, length, CHUNK)]
+@dataclass
+class LiveState:
+    """Where one thread's sequence stands: the GRU state after all but its
+    newest syscall, and that syscall's token (the next step's first input)."""
+
+    hidden: torch.Tensor
+    last: int
 
 
-def examples(pieces: Sequence[tuple[np.ndarray, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+def chunks(length: int, size: int = CHUNK) -> list[tuple[int, int]]:
+    return [(s, min(s + size, length)) for s in range(0, length, size)]
+
+
+def examples(pieces: Sequence[tuple[np.ndarray, int, int]], chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """Model inputs and targets for chunks (tokens, start, end) of sequences:
     each row is the CONTEXT syscalls before `start` (inputs only, target -1)
     then the chunk. Input j is the token before target j, PAD at a sequence's
     start; rows are left-aligned and padded on the right."""
-    width = CONTEXT + CHUNK
+    width = CONTEXT + chunk
     inputs = np.full((len(pieces), width), PAD, np.int64)
     targets = np.full((len(pieces), width), -1, np.int64)
     for row, (tok, s, e) in enumerate(pieces):

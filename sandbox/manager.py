@@ -99,6 +99,7 @@ class Sandbox:
     strongest: Verdict = Verdict.ALLOW  # the strongest verdict enforced
     enforced_ns: int = 0  # when it took hold
     lock: threading.Lock = field(default_factory=threading.Lock)
+    removed: bool = False  # its cgroup is being removed: nothing is left to enforce on
 
     @property
     def id(self) -> int:
@@ -337,6 +338,8 @@ class SandboxManager:
                 sb.proc.wait(timeout=5)
         finally:
             self._active.pop(sb.id, None)
+            with sb.lock:  # an enforce the pump began before the pop finishes first
+                sb.removed = True
             stats = self.sensor.unwatch(sb.id)
             sb.cgroup.remove()
             sb.controllers.remove()
@@ -353,7 +356,7 @@ class SandboxManager:
         if not verdict.enforced:
             raise ValueError(f"{verdict.value} is not something the sandbox enforces")
         with sb.lock:
-            if verdict.rank <= sb.strongest.rank:
+            if verdict.rank <= sb.strongest.rank or sb.removed:
                 return sb.enforced_ns
             if verdict is Verdict.QUARANTINE:
                 self.sensor.quarantine(sb.id)
