@@ -8,6 +8,7 @@ number of its directory."""
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -56,8 +57,10 @@ class Cgroup:
             raise CgroupError(f"cannot create cgroup {path}: {exc.strerror}") from exc
         return cls(path)
 
-    @property
+    @functools.cached_property
     def id(self) -> int:
+        """The cgroup's id (its directory's inode), kept after first use: the
+        pump may still name a sandbox whose directory was just removed."""
         return os.stat(self.path).st_ino
 
     @property
