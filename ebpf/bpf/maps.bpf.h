@@ -7,30 +7,10 @@
 
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 256
-/* Send a thread's gathered syscall ids, if any. */
-static __always_inline void flush_batch(struct seq_state *s, u64 cg)
-{
-    if (!s->batch.n)
-        return;
-    fill_hdr(&s->batch.h, EV_SEQ, cg);
-    emit(&s->batch, sizeof(s->batch), cg);
-    s->batch.n = 0;
-}
-
 #endif
 
 #ifndef PID_MAX
 #define PID_MAX 4194304
-/* Send a thread's gathered syscall ids, if any. */
-static __always_inline void flush_batch(struct seq_state *s, u64 cg)
-{
-    if (!s->batch.n)
-        return;
-    fill_hdr(&s->batch.h, EV_SEQ, cg);
-    emit(&s->batch, sizeof(s->batch), cg);
-    s->batch.n = 0;
-}
-
 #endif
 
 BPF_HASH(watched, u64, struct watch_info, 4096);
@@ -57,16 +37,6 @@ BPF_TABLE("lru_hash", u32, union event_buf, pending, 8192);
 
 #ifndef NGRAM_N
 #define NGRAM_N 6
-/* Send a thread's gathered syscall ids, if any. */
-static __always_inline void flush_batch(struct seq_state *s, u64 cg)
-{
-    if (!s->batch.n)
-        return;
-    fill_hdr(&s->batch.h, EV_SEQ, cg);
-    emit(&s->batch, sizeof(s->batch), cg);
-    s->batch.n = 0;
-}
-
 #endif
 
 /* Sliding syscall window of each watched thread and its unsent batch of
@@ -153,6 +123,16 @@ static __always_inline void flush_batch(struct seq_state *s, u64 cg)
     fill_hdr(&s->batch.h, EV_SEQ, cg);
     emit(&s->batch, sizeof(s->batch), cg);
     s->batch.n = 0;
+}
+
+/* Flush the current thread's batch; returns its state, or NULL if it has none. */
+static __always_inline struct seq_state *flush_thread(u64 cg)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct seq_state *s = windows.lookup(&tid);
+    if (s)
+        flush_batch(s, cg);
+    return s;
 }
 
 #endif

@@ -48,10 +48,7 @@ static __always_inline void exec_exit(long ret)
     u64 cg;
     if (!watched_cgroup(&cg))
         return;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct seq_state *s = windows.lookup(&tid);
-    if (s)
-        flush_batch(s, cg);
+    flush_thread(cg);
     finish(EV_EXEC, ret, sizeof(struct ev_exec));
 }
 
@@ -115,11 +112,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         return 0;
     u32 tid = (u32)bpf_get_current_pid_tgid();
     pending.delete(&tid);
-    struct seq_state *s = windows.lookup(&tid);
-    if (s) {
-        flush_batch(s, cg);
+    if (flush_thread(cg))
         windows.delete(&tid);
-    }
     if (!args->group_dead)
         return 0;
     struct ev_exit e = {};
