@@ -68,8 +68,7 @@ class GuardedSandboxes:
         self.profiles = {p.meta.agent: p for p in profiles}
         self.audit = audit
         self.manager = SandboxManager(sensor, workdirs, ngram_events=bool(self.profiles),
-                                      sequence_events=any(p.meta.sequence and p.meta.sequence.live
-                                                          for p in self.profiles.values()))
+                                      sequence_events=any(p.judges_live for p in self.profiles.values()))
         # the manager is the guard's Enforcer
         self.guard = Guard(sensor, self.audit, enforcer=self.manager, assign=self._assign,
                            syscall_name=name_of, sinks=sinks)

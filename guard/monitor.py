@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from guard.audit import AuditLog
 from guard.detectors import window_means
 from guard.profile import Profile
 from guard.rules import Finding, Rules, check, novelty
+
+if TYPE_CHECKING:
+    from guard.sequence import LiveState  # torch, imported only by profiles that hold a model
 
 log = logging.getLogger("bastion.guard")
 
@@ -77,7 +80,7 @@ class _Thread:
     """One thread's sequence as the model has read it."""
 
     pid: int
-    state: Any = None  # guard.sequence.LiveState, None before its first syscall
+    state: LiveState | None = None  # None before its first syscall
     next_pos: int = 0  # the position the next batch must start at
     read: int = 0  # syscalls the model has read since its (re)start
     tail: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # NLLs of the newest window
@@ -167,7 +170,7 @@ class Guard:
                 if score_ngrams and st.strongest.rank >= st.assignment.response.anomaly.rank:
                     score_ngrams = False
                     self._stop_ngrams(st)
-        if profile is not None and profile.sequence is not None and profile.meta.sequence.live:  # type: ignore[union-attr]
+        if profile is not None and profile.judges_live:
             if sequences and score_ngrams:
                 self._sequence(st, profile, sequences)
             if exited:
@@ -191,7 +194,7 @@ class Guard:
         profile = st.assignment.profile
         if profile is not None:
             self._frequency(st, profile, final=True)
-            if profile.sequence is not None and st.threads and profile.meta.sequence.live:  # type: ignore[union-attr]
+            if profile.judges_live and st.threads:
                 self._threads_ended(st, profile, list(st.threads))
             self._publish(st)
         with self._lock:

@@ -109,6 +109,12 @@ class Profile:
     sequence: SequenceModel | None = None
 
     @property
+    def judges_live(self) -> bool:
+        """Whether its sequence model judges running sandboxes (it was
+        calibrated on enough held-out traces), not only traces offline."""
+        return self.sequence is not None and self.meta.sequence is not None and self.meta.sequence.live
+
+    @property
     def behaviour(self) -> Behaviour:
         m = self.meta
         return Behaviour(set(m.binaries), set(m.path_prefixes), set(m.destinations))

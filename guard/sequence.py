@@ -104,17 +104,9 @@ class SequenceModel:
     def step(self, batches: Sequence[np.ndarray], states: Sequence[LiveState | None]
              ) -> tuple[list[np.ndarray], list[LiveState]]:
         """Continue several threads' sequences at once: each thread's next
-        syscalls and its state (None at its start). Returns each syscall's
+        syscalls (at least one) and its state (None at its start). Returns each syscall's
         NLL and each thread's new state; the same numbers as `nll` over the
         whole sequence, without its chunking."""
-        if not all(len(b) for b in batches):  # a thread with nothing new keeps its state
-            live = [i for i, b in enumerate(batches) if len(b)]
-            nlls_live, states_live = self.step([batches[i] for i in live], [states[i] for i in live]) if live else ([], [])
-            nlls: list[np.ndarray] = [np.zeros(0, np.float32) for _ in batches]
-            kept = list(states)
-            for i, x, st in zip(live, nlls_live, states_live):
-                nlls[i], kept[i] = x, st
-            return nlls, kept  # type: ignore[return-value]
         lengths = [len(b) for b in batches]
         inputs = np.full((len(batches), max(lengths)), PAD, np.int64)
         h0 = torch.zeros(1, len(batches), self.net.gru.hidden_size)

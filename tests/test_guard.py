@@ -3,7 +3,6 @@ the audit chain and the command line. No kernel needed."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
 from sklearn.metrics import roc_auc_score
 
 from bastion.cli import main
@@ -22,6 +20,7 @@ from guard.profile import ProfileError, load_profile
 from guard.rules import AllowedDestination, Rules, check
 from guard.traces import Behaviour, Trace, TraceError, read_trace_dir, traces_from_events
 from guard.training import Settings, score_traces, train
+from tests.profiles import rewrite_profile
 
 ROUTINE = [3, 0, 1, 2, 3, 0, 5, 9, 9, 1]
 VARIANT = [3, 0, 4, 4, 1]
@@ -74,20 +73,6 @@ def test_profile_round_trip_keeps_behaviour_and_ngrams(profile_and_data) -> None
     assert tuple(ROUTINE[:6]) in grams and all(len(g) == 6 for g in grams)
 
 
-def _rewrite(src: Path, dst: Path, meta_edit=None, arrays_edit=None) -> Path:  # type: ignore[no-untyped-def]
-    from safetensors import safe_open
-
-    with safe_open(str(src), "np") as fh:
-        meta = json.loads(fh.metadata()["bastion"])
-        arrays = {k: fh.get_tensor(k) for k in fh.keys()}
-    if meta_edit:
-        meta_edit(meta)
-    if arrays_edit:
-        arrays_edit(arrays)
-    save_file(arrays, str(dst), metadata={"bastion": json.dumps(meta)})
-    return dst
-
-
 @pytest.mark.parametrize(
     ("name", "meta_edit", "arrays_edit", "message"),
     [
@@ -102,7 +87,7 @@ def _rewrite(src: Path, dst: Path, meta_edit=None, arrays_edit=None) -> Path:  #
 def test_hostile_profile_is_refused_naming_the_problem(profile_and_data, tmp_path: Path, name: str,  # type: ignore[no-untyped-def]
                                                       meta_edit, arrays_edit, message: str) -> None:
     path, _, _ = profile_and_data
-    bad = _rewrite(path, tmp_path / "bad.safetensors", meta_edit, arrays_edit)
+    bad = rewrite_profile(path, tmp_path / "bad.safetensors", meta_edit, arrays_edit)
     with pytest.raises(ProfileError, match=message) as err:
         load_profile(bad)
     assert str(bad) in str(err.value)
