@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,6 +58,12 @@ class HttpGet(_Args):
     url: str = Field(pattern=r"^https?://", max_length=2000)
 
 
+class HttpRequest(_Args):
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    url: str = Field(pattern=r"^https?://", max_length=2000)
+    body: dict[str, Any] | list[Any] | None = Field(None, description="sent as JSON")
+
+
 class Python(_Args):
     code: str = Field(min_length=1, max_length=20_000)
 
@@ -90,6 +96,8 @@ TOOLS: dict[str, Tool] = {
         Tool("debt_to_income", "debt-to-income ratio", DebtToIncome, "isolated", None, "finance"),
         Tool("query_ledger", "balance and last entries of an account", QueryLedger, "isolated", LEDGER, "finance"),
         Tool("http_get", "call an HTTP API (only approved hosts are reachable)", HttpGet, "api"),
+        Tool("http_request", "call an HTTP API with a method and a JSON body (only approved endpoints)",
+             HttpRequest, "api"),
         Tool("python", "run Python code", Python, "isolated"),
     )
 }

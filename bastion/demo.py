@@ -85,7 +85,8 @@ def run_agents(console: Console, workdir: Path, tui: bool) -> tuple[Tally, Path,
     tally = Tally()
     audit_path = workdir / "audit.jsonl"
     formulary = b'{"formulary": ["metformin", "lisinopril", "atorvastatin"]}'
-    with Sensor() as sensor, serve(formulary) as (port, _paths), socket.socket() as exfil:
+    with Sensor() as sensor, serve(formulary) as api, socket.socket() as exfil:
+        port = api.port
         exfil.bind(("127.0.0.1", 0))
         exfil.listen(4)
         exfil.settimeout(0.2)

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import ConfigDict, TypeAdapter
 
+from ebpf.api import METHOD_NAMES, REASONS
+
 TASK_COMM_LEN = 16
 PATH_LEN = 256
 ARGV_N = 4
@@ -18,6 +20,8 @@ ARG_LEN = 64
 UNIX_PATH_LEN = 108
 NGRAM_MAX = 8
 
+API_ALLOW = 1  # ev_api.verdict
+EACCES = 13
 AF_UNIX = 1
 AF_INET = 2
 AF_INET6 = 10
@@ -37,6 +41,7 @@ class EventKind(enum.StrEnum):
     DENY = "deny"
     SYSCALL = "syscall"
     SEQUENCE = "sequence"
+    API = "api_call"
 
 
 # enum ev_type in bastion.h
@@ -104,6 +109,17 @@ class EvSeq(ct.Structure):
                 ("calls", ct.c_uint16 * SEQ_BATCH)]
 
 
+API_HOST_LEN = 64
+API_TARGET_LEN = 128
+
+
+class EvApi(ct.Structure):
+    _fields_ = [("h", EvHdr), ("dest", ct.c_uint32), ("body", ct.c_uint32), ("port", ct.c_uint16),
+                ("method", ct.c_uint8), ("verdict", ct.c_uint8), ("reason", ct.c_uint8), ("tls", ct.c_uint8),
+                ("rule", ct.c_uint8), ("_pad", ct.c_uint8), ("host", ct.c_char * API_HOST_LEN),
+                ("target", ct.c_char * API_TARGET_LEN)]
+
+
 SENSITIVE_WORDS = 8
 
 
@@ -135,6 +151,7 @@ STRUCTS: dict[EventKind, type[ct.Structure]] = {
     EventKind.DENY: EvNet,
     EventKind.SYSCALL: EvSyscall,
     EventKind.SEQUENCE: EvSeq,
+    EventKind.API: EvApi,
 }
 
 
@@ -163,6 +180,10 @@ class Event:
     signal: int = 0
     syscall: int = 0  # the sensitive syscall's number
     ngram: tuple[int, ...] = field(default=())  # an n-gram, or a sequence event's syscall ids
+    method: str = ""  # api_call: the HTTP method; path holds the target, arg the body bytes
+    host: str = ""  # api_call: the Host header
+    tls: bool = False  # api_call: read from a TLS library's write
+    reason: str = ""  # api_call: why it was stopped (ret is -EACCES then), or "allowed"
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form: every non-default field."""
@@ -235,6 +256,11 @@ def decode(record: bytes, ngram_n: int, tags: dict[int, str]) -> Event:
         ev.syscall, ev.arg = raw.nr, raw.trapped
     elif isinstance(raw, EvNgram):
         ev.ngram, ev.arg = tuple(raw.gram.seq[:ngram_n]), raw.pos
+    elif isinstance(raw, EvApi):
+        ev.method = METHOD_NAMES.get(raw.method, "")
+        ev.host, ev.path, ev.port, ev.arg = _text(raw.host), _text(raw.target), raw.port, raw.body
+        ev.tls, ev.reason = bool(raw.tls), REASONS.get(raw.reason, f"reason {raw.reason}")
+        ev.ret = 0 if raw.verdict == API_ALLOW else -EACCES
     elif isinstance(raw, EvSeq):
         if not 0 < raw.n <= SEQ_BATCH:
             raise ValueError(f"sensor sent a sequence of {raw.n} syscalls")

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ebpf.api import KernelApiDest, host_hash
 from ebpf.events import UNIX_PATH_LEN, CgStats, Event, WatchInfo, cgroup_of, decode
 
 BPF_DIR = Path(__file__).parent / "bpf"
 # One module: the programs share the watched map, the ring buffer and stats.
-SOURCES = ("proc.bpf.c", "file.bpf.c", "net.bpf.c", "sensitive.bpf.c", "seq.bpf.c", "egress.bpf.c")
+SOURCES = ("proc.bpf.c", "file.bpf.c", "net.bpf.c", "sensitive.bpf.c", "seq.bpf.c", "egress.bpf.c", "api.bpf.c")
 _MAPS_INCLUDE = '#include "maps.bpf.h"'
 
 WATCH_DETECT_NOVEL = 1
@@ -31,6 +32,18 @@ EGRESS_PROGRAMS = {
     "egress_unix_connect": 49,  # BPF_CGROUP_UNIX_CONNECT (Linux 6.7)
     "egress_unix_sendmsg": 50,  # BPF_CGROUP_UNIX_SENDMSG
 }
+BPF_CGROUP_SOCK_OPS = 3
+# TLS libraries whose write functions are read in clear. A process that
+# brings its own TLS code is not read: its records on an API destination are
+# dropped. Functions that send records of their own (handshake, reads,
+# shutdown) are marked so that their records pass.
+TLS_LIBRARIES = {
+    "libssl.so.3": (("SSL_write", "SSL_write_ex"),
+                    ("SSL_do_handshake", "SSL_connect", "SSL_read", "SSL_read_ex", "SSL_peek",
+                     "SSL_peek_ex", "SSL_shutdown")),
+    "libgnutls.so.30": (("gnutls_record_send",), ("gnutls_handshake", "gnutls_record_recv", "gnutls_bye")),
+}
+LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib", "/lib")
 UNIX_ALLOW = 1
 UNIX_QUIET = 2
 PROTO_TCP = 1
@@ -112,7 +125,30 @@ class Sensor:
         except Exception as exc:
             raise SensorError(f"loading the BPF programs failed: {exc} (run `bastion doctor`)") from exc
         self._bpf["events"].open_ring_buffer(self._on_event)
+        try:
+            self._start_api()
+        except Exception as exc:
+            self.close()
+            raise SensorError(f"attaching the API call programs failed: {exc} (run `bastion doctor`)") from exc
         return self
+
+    def _start_api(self) -> None:
+        """The SK_MSG verdict on every socket that joins `api_socks`, and
+        the uprobes on each TLS library of this machine."""
+        from bcc import BPF, BPFAttachType, libbcc
+
+        bpf = self._bpf
+        http = bpf.load_func("api_http", BPF.SK_MSG)
+        bpf["api_progs"][ct.c_int(0)] = ct.c_int(http.fd)
+        msg = bpf.load_func("api_msg", BPF.SK_MSG)
+        BPF.attach_func(msg, libbcc.lib.bpf_table_fd(bpf.module, b"api_socks"), BPFAttachType.SK_MSG_VERDICT)
+        for path, (writes, others) in tls_libraries().items():
+            for sym in writes:
+                bpf.attach_uprobe(name=path, sym=sym, fn_name="tls_write")
+            for sym in others:
+                bpf.attach_uprobe(name=path, sym=sym, fn_name="tls_enter")
+            for sym in writes + others:
+                bpf.attach_uretprobe(name=path, sym=sym, fn_name="tls_leave")
 
     def close(self) -> None:
         if self._bpf is not None:
@@ -247,11 +283,13 @@ class Sensor:
         ]
 
     def attach_egress(self, cgroup_fd: int) -> None:
-        """Decide the cgroup's connects and UDP sends in the kernel from now on.
-        Removing the cgroup releases the attachment."""
+        """Decide the cgroup's connects and UDP sends in the kernel from now on,
+        and what its TCP sockets send to API destinations. Removing the
+        cgroup releases the attachments."""
         from bcc import BPF
 
-        for fn, attach in self._egress_programs():
+        ops = self.bpf.load_func("api_sockops", BPF.SOCK_OPS)
+        for fn, attach in [*self._egress_programs(), (ops, BPF_CGROUP_SOCK_OPS)]:
             try:
                 BPF.attach_func(fn, cgroup_fd, attach)
             except Exception as exc:  # an older kernel lacks the unix hooks: no sandbox without them
@@ -281,11 +319,41 @@ class Sensor:
             leaf.protos = rule.protos
             table[key] = leaf
 
+    def set_api(self, cgroup_id: int, dests: Iterable[KernelApiDest]) -> None:
+        """The cgroup's destinations with API rules; on every other one a
+        connected socket keeps the IP:port meaning."""
+        peers, hosts, rules = self.bpf["api_peers"], self.bpf["api_hosts"], self.bpf["api_dests"]
+        for dest in dests:
+            for addr, port in dest.peers:
+                key = peers.Key()
+                key.cgroup_id = cgroup_id
+                mapped = addr if addr.version == 6 else ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + addr.packed)
+                key.addr[:] = list(mapped.packed)
+                key.port = port
+                peers[key] = ct.c_uint32(dest.id)
+            for port in dest.ports:
+                key = hosts.Key()
+                key.cgroup_id, key.host, key.port = cgroup_id, host_hash(dest.host), port
+                hosts[key] = ct.c_uint32(dest.id)
+            key = rules.Key()
+            key.cgroup_id, key.id = cgroup_id, dest.id
+            leaf = rules.Leaf()
+            leaf.host, leaf.id, leaf.nrules = host_hash(dest.host), dest.id, len(dest.rules)
+            for slot, rule in zip(leaf.rules, dest.rules):
+                slot.methods, slot.max_body, slot.tail = rule.methods, rule.max_body, int(rule.tail)
+                slot.nsegs = len(rule.segments)
+                slot.segs[: len(rule.segments)] = list(rule.segments)
+            rules[key] = leaf
+
     def clear_egress(self, cgroup_id: int) -> None:
         table = self.bpf["egress_rules"]
         mine = cgroup_id.to_bytes(8, "little")
         for key in [k for k in table.keys() if bytes(k.cgroup) == mine]:
             del table[key]
+        for name in ("api_peers", "api_hosts", "api_dests"):
+            api = self.bpf[name]
+            for key in [k for k in api.keys() if k.cgroup_id == cgroup_id]:
+                del api[key]
         unix = self.bpf["unix_allow"]
         for key in [k for k in unix.keys() if k.cgroup_id == cgroup_id]:
             del unix[key]
@@ -330,6 +398,17 @@ class Sensor:
             val_arr = (known.Leaf * len(wanted))(*([1] * len(wanted)))
             known.items_update_batch(key_arr, val_arr)
         return len(wanted)
+
+
+def tls_libraries(dirs: Iterable[str] = LIBRARY_DIRS) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Each TLS library file of this machine once (/lib may be /usr/lib)."""
+    found: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    for directory in dirs:
+        for name, funcs in TLS_LIBRARIES.items():
+            path = Path(directory) / name
+            if path.is_file():
+                found.setdefault(str(path.resolve()), funcs)
+    return found
 
 
 def require_root() -> None:

@@ -149,6 +149,7 @@ class Guard:
         score_ngrams = profile is not None and st.strongest.rank < st.assignment.response.anomaly.rank
         sequences: list[Event] = []
         exited: set[int] = set()
+        self._audit_api_calls(st, [ev for ev in events if ev.kind is EventKind.API])
         for ev in events:
             if not st.running:
                 if ev.kind is not EventKind.EXEC or ev.ret != 0:
@@ -178,6 +179,19 @@ class Guard:
         if profile is not None and time.monotonic() - st.last_frequency >= FREQUENCY_EVERY_S:
             self._frequency(st, profile)
         self._publish(st)
+
+    def _audit_api_calls(self, st: _State, calls: list[Event]) -> None:
+        """Every request the kernel read goes to the audit log, allowed or not."""
+        if not calls:
+            return
+        labels = st.target.labels
+        self.audit.append_many("api_call", [
+            {"sandbox": st.target.name, "agent": labels.get("agent"), "step": labels.get("step"),
+             "tool_call": labels.get("tool_call"), "method": ev.method, "host": ev.host, "path": ev.path,
+             "port": ev.port, "tls": ev.tls, "body_bytes": ev.arg, "allowed": ev.ret == 0, "reason": ev.reason,
+             "pid": ev.pid, "ts_ns": ev.ts_ns}
+            for ev in calls
+        ])
 
     def _stop_ngrams(self, st: _State) -> None:
         """Stop the kernel sending novel n-grams that can no longer change

@@ -54,6 +54,13 @@ class Finding:
     threshold: float = 0.0
 
 
+def api_request(ev: Event) -> str:
+    """`POST records.example.org/export`, or what was sent where no request could be read."""
+    if ev.method:
+        return f"{ev.method} {ev.host}{ev.path}"
+    return f"({'TLS' if ev.tls else 'plain'} bytes to port {ev.port})"
+
+
 def _under(path: str, prefixes: list[str]) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
 
@@ -64,6 +71,8 @@ def check(ev: Event, rules: Rules, syscall_name: Callable[[int], str]) -> Findin
     match ev.kind:
         case EventKind.DENY:
             rule = f"egress to {destination(ev)} refused in the kernel ({ev.hook})"
+        case EventKind.API if ev.ret < 0:
+            rule = f"API call {api_request(ev)} stopped in the kernel: {ev.reason}"
         case EventKind.SYSCALL if ev.arg or ev.ret in (-EPERM, -EAFNOSUPPORT):  # seccomp's refusals
             rule = f"denied syscall {syscall_name(ev.syscall)} attempted"
         case EventKind.EXEC if ev.ret == 0 and not _under(ev.path, rules.binaries):

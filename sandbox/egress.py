@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from ebpf.api import API_ANY_SEGMENT, API_NO_LIMIT, METHODS, KernelApiDest, KernelApiRule, fnv1a
 from ebpf.sensor import PROTO_TCP, PROTO_UDP, EgressRule
-from sandbox.policy import Network, Protocol
+from sandbox.policy import ApiRule, Network, Protocol
 
 _PROTOS = {Protocol.TCP: PROTO_TCP, Protocol.UDP: PROTO_UDP, Protocol.ANY: PROTO_TCP | PROTO_UDP}
 
@@ -40,3 +41,30 @@ def tcp_ports(network: Network) -> list[int] | None:
             return None
         ports.update(d.ports)
     return sorted(ports)
+
+
+def _kernel_rule(rule: ApiRule) -> KernelApiRule:
+    segments, tail = rule.segments()
+    methods = 0
+    for m in rule.methods:
+        methods |= 1 << METHODS[m]
+    return KernelApiRule(
+        methods=methods,
+        segments=tuple(API_ANY_SEGMENT if s is None else fnv1a(s.encode()) for s in segments),
+        tail=tail,
+        max_body=API_NO_LIMIT if rule.max_body_bytes is None else rule.max_body_bytes,
+    )
+
+
+def compile_api(network: Network) -> list[KernelApiDest]:
+    """Destinations with API rules as the kernel holds them: reached at each
+    resolved address and port, and named in the Host header by the policy's
+    host (a name, or the IP as written)."""
+    dests = []
+    for d in network.allow:
+        if not d.api:
+            continue
+        peers = tuple((net.network_address, port) for net in d.networks() for port in d.ports)
+        dests.append(KernelApiDest(id=len(dests) + 1, host=d.host, peers=peers, ports=tuple(d.ports),
+                                   rules=tuple(_kernel_rule(r) for r in d.api)))
+    return dests

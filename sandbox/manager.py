@@ -31,13 +31,13 @@ from ebpf.events import AF_UNIX, Event, EventKind
 from ebpf.sensor import CgroupStats, Sensor, SensorError
 from sandbox import landlock
 from sandbox.cgroup import Cgroup, CgroupError, bastion_root
-from sandbox.egress import LIBC_PROBE_SOCKETS, compile_rules, tcp_ports
+from sandbox.egress import LIBC_PROBE_SOCKETS, compile_api, compile_rules, tcp_ports
 from sandbox.landlock import LandlockError
 from sandbox.launch import Launch, mount_tmpfs, umount
 from sandbox.limits import Controllers, v1_leaf
 from common.verdicts import Verdict
 from sandbox.policy import Policy
-from sandbox.result import Denial, SandboxResult
+from sandbox.result import ApiCall, Denial, SandboxResult
 from sandbox.seccomp import SOCKET_REFUSALS, Filter, name_of, resolve
 
 log = logging.getLogger("bastion.sandbox")
@@ -94,6 +94,7 @@ class Sandbox:
     lost_seen: int = 0
     undecodable_before: int = 0  # the sensor's count of unattributable bad records when it started
     denials: list[Denial] = field(default_factory=list)
+    api_calls: list[ApiCall] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     stopped_by: str | None = None
     strongest: Verdict = Verdict.ALLOW  # the strongest verdict enforced
@@ -106,12 +107,19 @@ class Sandbox:
         return self.cgroup.id
 
 
+def api_call(ev: Event) -> ApiCall:
+    return ApiCall(method=ev.method, host=ev.host, path=ev.path, port=ev.port, tls=ev.tls, body_bytes=ev.arg,
+                   allowed=ev.ret == 0, reason=ev.reason, ts_ns=ev.ts_ns, pid=ev.pid)
+
+
 def _denial(ev: Event, sb: Sandbox) -> Denial | None:
     """What the kernel refused, if the event records a refusal: a fact, which
     the guard's rules judge."""
     match ev.kind:
         case EventKind.DENY:
             kind, detail = "egress", f"{ev.path or f'{ev.addr}:{ev.port}'} via {ev.hook}"
+        case EventKind.API if ev.ret < 0:
+            kind, detail = "api", api_call(ev).line()
         case EventKind.SYSCALL if ev.arg:
             kind = "syscall"
             detail = f"a denied syscall this kernel lacks, trapped (one of {', '.join(sb.trapped)})"
@@ -167,6 +175,7 @@ class SandboxManager:
             raise SandboxError("no command to run")
         isolated = policy.network == "none"
         egress = [] if isolated else compile_rules(policy.network)  # type: ignore[arg-type]
+        api = [] if isolated else compile_api(policy.network)  # type: ignore[arg-type]
         name = f"{PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         made: list[Callable[[], object]] = []  # undo steps, newest last
         ruleset = flt = None
@@ -193,6 +202,7 @@ class SandboxManager:
             finally:
                 os.close(fd)
             self.sensor.set_egress(cg.id, egress)
+            self.sensor.set_api(cg.id, api)
             self.sensor.set_unix_sockets(cg.id, policy.unix_sockets, quiet=LIBC_PROBE_SOCKETS)
             if not self.sensor.is_watched(cg.id):
                 raise SandboxError(f"the sensor does not confirm that {name} is watched")
@@ -328,6 +338,7 @@ class SandboxManager:
             events_seen=sb.received,
             events_lost=max(stats.lost, sb.lost_seen),
             denials=sb.denials,
+            api_calls=sb.api_calls,
             actions=sb.actions,
         )
 
@@ -403,6 +414,8 @@ class SandboxManager:
             if sb is None:
                 continue
             for ev in events:
+                if ev.kind is EventKind.API:
+                    sb.api_calls.append(api_call(ev))
                 denial = _denial(ev, sb)
                 if denial is not None:
                     sb.denials.append(denial)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import ipaddress
 import posixpath
+import re
 import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.models import ModelError, load_model, parse_model
 from common.verdicts import Verdict
@@ -67,10 +68,47 @@ class Protocol(StrEnum):
     ANY = "any"
 
 
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()+,;=:@-]+|\{[A-Za-z_][A-Za-z0-9_]*\}")
+MAX_API_SEGMENTS = 8
+
+
+class ApiRule(_Strict):
+    """One endpoint a destination serves to the tool: `{name}` matches one
+    path segment, a trailing `/*` any further segments."""
+
+    methods: list[HttpMethod] = Field(min_length=1)
+    path: str = Field(description='for example "/records/{id}"')
+    max_body_bytes: int | None = Field(None, ge=0, le=100_000_000, description="largest Content-Length")
+
+    @field_validator("path")
+    @classmethod
+    def _template(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError(f"{path!r} does not start with /")
+        parts = path[1:].split("/") if path != "/" else []
+        if parts and parts[-1] == "*":
+            parts = parts[:-1]
+        for part in parts:
+            if not _SEGMENT.fullmatch(part) or part in (".", ".."):
+                raise ValueError(f"{path!r}: segment {part!r} is not a name, a {{name}} or a final *")
+        if len(parts) > MAX_API_SEGMENTS:
+            raise ValueError(f"{path!r} has more than {MAX_API_SEGMENTS} segments")
+        return path
+
+    def segments(self) -> tuple[list[str | None], bool]:
+        """The literal segments (None for a `{name}`) and whether `/*` ends it."""
+        parts = self.path[1:].split("/") if self.path != "/" else []
+        tail = bool(parts) and parts[-1] == "*"
+        return [None if p.startswith("{") else p for p in (parts[:-1] if tail else parts)], tail
+
+
 class Destination(_Strict):
     host: str = Field(description="an IP address, a CIDR, or a hostname resolved at start")
     ports: list[int] = Field(default_factory=list, max_length=8, description="empty means any port")
     protocol: Protocol = Protocol.TCP
+    api: list[ApiRule] = Field(default_factory=list, max_length=16,
+                               description="when given, the only requests allowed (HTTP/1.x, plain or TLS)")
 
     @field_validator("ports")
     @classmethod
@@ -79,6 +117,17 @@ class Destination(_Strict):
             if not 1 <= p <= 65535:
                 raise ValueError(f"port {p} is outside 1..65535")
         return ports
+
+    @model_validator(mode="after")
+    def _api_needs_one_tcp_host(self) -> Destination:
+        if self.api:
+            if self.protocol is not Protocol.TCP:
+                raise ValueError("api: rules need protocol tcp (HTTP/3 over UDP cannot be read)")
+            if not self.ports:
+                raise ValueError("api: rules need the destination's ports")
+            if "/" in self.host:
+                raise ValueError("api: rules need one host, not a network: the Host header must name it")
+        return self
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         try:

@@ -8,17 +8,36 @@ from pydantic import BaseModel, Field
 from common.verdicts import Verdict
 from sandbox.status import STOPPED_EXIT, exit_status
 
-__all__ = ["STOPPED_EXIT", "Denial", "SandboxResult"]
+__all__ = ["STOPPED_EXIT", "ApiCall", "Denial", "SandboxResult"]
 
 
 
 class Denial(BaseModel):
     """Something the sandbox refused, with the evidence the kernel gave."""
 
-    kind: str = Field(description="egress, syscall, open, exec or pids")
+    kind: str = Field(description="egress, api, syscall, open, exec or pids")
     detail: str
     ts_ns: int = 0
     pid: int = 0
+
+
+class ApiCall(BaseModel):
+    """One HTTP request the kernel read on its way out, and what it decided."""
+
+    method: str = Field(description="empty when the bytes were not a readable request")
+    host: str
+    path: str
+    port: int = 0
+    tls: bool = False
+    body_bytes: int = 0
+    allowed: bool
+    reason: str
+    ts_ns: int = 0
+    pid: int = 0
+
+    def line(self) -> str:
+        what = f"{self.method} {self.host}{self.path}" if self.method else f"{'TLS' if self.tls else 'data'} to port {self.port}"
+        return f"{what}: {self.reason}"
 
 
 class SandboxResult(BaseModel):
@@ -40,6 +59,7 @@ class SandboxResult(BaseModel):
     events_seen: int = 0
     events_lost: int = 0
     denials: list[Denial] = Field(default_factory=list)
+    api_calls: list[ApiCall] = Field(default_factory=list)
     actions: list[str] = Field(default_factory=list)
 
     @property

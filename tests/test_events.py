@@ -24,6 +24,7 @@ C_STRUCTS = {
     "ev_ngram": events.EvNgram,
     "ev_syscall": events.EvSyscall,
     "ev_seq": events.EvSeq,
+    "ev_api": events.EvApi,
     "watch_info": events.WatchInfo,
     "cg_stats": events.CgStats,
 }

@@ -29,6 +29,7 @@ enum ev_type {
     EV_DENY = 11,
     EV_SYSCALL = 12,
     EV_SEQ = 13,
+    EV_API = 14,
 };
 
 struct ev_hdr {
@@ -180,5 +181,91 @@ struct unix_key {
 
 #define UNIX_ALLOW 1
 #define UNIX_QUIET 2
+
+/* API calls (api.bpf.c). A request's method, Host header and path are
+ * parsed from its first API_SCAN bytes; path segments are compared as
+ * FNV-1a hashes, so rules need no strings in the kernel. */
+#define API_SCAN 512
+#define API_SEGS 8             /* path segments a rule can name */
+#define API_RULES 16           /* rules per destination */
+#define API_HOST_LEN 64
+#define API_TARGET_LEN 128
+#define API_ANY_SEGMENT 0      /* a rule segment that matches any one segment */
+#define API_NO_LIMIT 0xffffffff
+
+/* Methods: bit (1 << API_x) in api_rule.methods; ev_api.method holds x. */
+#define API_GET 1
+#define API_HEAD 2
+#define API_POST 3
+#define API_PUT 4
+#define API_DELETE 5
+#define API_PATCH 6
+#define API_OPTIONS 7
+
+/* ev_api.verdict */
+#define API_ALLOW 1
+#define API_STOP 2
+
+/* ev_api.reason */
+#define API_OK 0
+#define API_NO_RULE 1          /* no rule of the destination names it */
+#define API_TOO_BIG 2          /* a rule names it, with a smaller max_body_bytes */
+#define API_NOT_NORMAL 3       /* dot segments, encoded or doubled slashes */
+#define API_WRONG_HOST 4       /* the Host header names another destination */
+#define API_UNREADABLE 5       /* not an HTTP/1.x request Bastion can read */
+#define API_NO_REQUEST 6       /* TLS bytes on an API socket that no allowed request wrote */
+
+struct api_rule {
+    u32 methods;
+    u32 max_body;              /* API_NO_LIMIT, or the largest Content-Length */
+    u8 nsegs;
+    u8 tail;                   /* 1: a trailing wildcard segment matches the rest */
+    u8 _pad[6];
+    u64 segs[API_SEGS];
+};
+
+struct api_dest {
+    u64 host;                  /* hash of the lowercased name the Host header must give */
+    u32 id;                    /* 1.., per sandbox */
+    u32 nrules;
+    struct api_rule rules[API_RULES];
+};
+
+/* A destination is found by the socket's peer (plain and TLS) and, for a
+ * TLS library call, by its Host header; both lead to the same id. */
+struct api_peer_key {
+    u64 cgroup_id;
+    u8 addr[16];               /* IPv4-mapped for IPv4, as in egress_key */
+    u32 port;
+    u32 _pad;
+};
+
+struct api_host_key {
+    u64 cgroup_id;
+    u64 host;
+    u32 port;
+    u32 _pad;
+};
+
+struct api_dest_key {
+    u64 cgroup_id;
+    u32 id;
+    u32 _pad;
+};
+
+struct ev_api {
+    struct ev_hdr h;
+    u32 dest;                  /* destination id, 0 when none was found */
+    u32 body;                  /* Content-Length */
+    u16 port;                  /* the socket's peer port (plain) or the Host header's */
+    u8 method;
+    u8 verdict;
+    u8 reason;
+    u8 tls;
+    u8 rule;                   /* index of the rule that allowed it */
+    u8 _pad;
+    char host[API_HOST_LEN];
+    char target[API_TARGET_LEN];
+};
 
 #endif

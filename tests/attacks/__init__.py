@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from bastion.local_api import serve
+from bastion.local_api import LocalApi, serve
 from sandbox.policy import Network, Policy, load_policy
 
 HERE = Path(__file__).parent
@@ -23,20 +23,20 @@ def command(script: Path, args: Sequence[str] = ()) -> list[str]:
     return ["/usr/bin/python3", "-c", source, *args]
 
 
-_requests: list[list[str]] = []  # the paths each allowed API served, live
+_apis: list[LocalApi] = []  # every allowed API served so far
 
 
 def api_requests() -> list[str]:
     """The paths the allowed APIs have been asked for."""
-    return [p for paths in _requests for p in paths]
+    return [p for api in _apis for p in api.paths]
 
 
 @contextlib.contextmanager
 def allowed_api() -> Iterator[int]:
     """The one local API the corpus policy allows; yields its port."""
-    with serve(b"hello from the allowed API") as (port, paths):
-        _requests.append(paths)
-        yield port
+    with serve() as api:
+        _apis.append(api)
+        yield api.port
 
 
 def corpus_policy(api_port: int) -> Policy:

@@ -1,0 +1,70 @@
+"""The kernel's view of API rules: the hash it compares path segments and
+host names by, the method and reason codes of api.bpf.c, and one
+destination's rules as the sensor loads them."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+API_SEGS = 8
+API_RULES = 16
+API_ANY_SEGMENT = 0
+API_NO_LIMIT = 0xFFFFFFFF
+
+METHODS = {"GET": 1, "HEAD": 2, "POST": 3, "PUT": 4, "DELETE": 5, "PATCH": 6, "OPTIONS": 7}
+METHOD_NAMES = {code: name for name, code in METHODS.items()}
+REASONS = {
+    0: "allowed",
+    1: "no API rule of the destination allows it",
+    2: "the body is larger than the rule's max_body_bytes",
+    3: "the path is not in normal form",
+    4: "the Host header names another destination",
+    5: "not an HTTP/1.x request Bastion can read",
+    6: "TLS bytes that no readable, allowed request wrote",
+}
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+
+
+def fnv1a(data: bytes) -> int:
+    """FNV-1a 64, as api.bpf.c computes it byte by byte."""
+    h = _FNV_OFFSET
+    for b in data:
+        h = ((h ^ b) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def host_hash(host: str) -> int:
+    return fnv1a(host.lower().encode())
+
+
+@dataclass(frozen=True, slots=True)
+class KernelApiRule:
+    """One rule: methods as a bitmap of METHODS codes, one hash per path
+    segment (API_ANY_SEGMENT for a `{name}`), and whether further segments
+    may follow."""
+
+    methods: int
+    segments: tuple[int, ...]
+    tail: bool = False
+    max_body: int = API_NO_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class KernelApiDest:
+    """A destination with API rules: the sockets' peers it is reached at, the
+    Host header (name and ports) a request to it must carry, its rules."""
+
+    id: int
+    host: str
+    peers: tuple[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], ...]
+    ports: tuple[int, ...]
+    rules: tuple[KernelApiRule, ...]
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.rules) <= API_RULES:
+            raise ValueError(f"destination {self.host}: between 1 and {API_RULES} API rules, not {len(self.rules)}")
+        for rule in self.rules:
+            if len(rule.segments) > API_SEGS:
+                raise ValueError(f"destination {self.host}: a path of at most {API_SEGS} segments")

@@ -1,0 +1,572 @@
+/* API calls decided in the kernel. A sandbox's TCP sockets join `api_socks`
+ * when they connect (a SOCK_OPS program on the sandbox cgroup); an SK_MSG
+ * program then sees every send on them before it leaves. On a destination
+ * with API rules:
+ *   - plain HTTP/1.x: the request line and Host header are parsed and matched
+ *     against the rules; a request none allows is dropped (the send fails
+ *     with EACCES and the server receives nothing);
+ *   - TLS: uprobes on the TLS libraries' write functions parse the request
+ *     in clear and kill the caller before the library encrypts it; the
+ *     SK_MSG program passes TLS bytes only while the sending thread is inside
+ *     a watched TLS library call for that destination, so a client Bastion
+ *     cannot read (its own TLS code, HTTP/2) gets nothing out.
+ * Every request is sent to user space as EV_API. */
+#include <uapi/linux/ptrace.h>  /* the uprobes' registers: their arguments */
+#include "maps.bpf.h"
+
+#define SIGKILL_ 9
+#define FNV_OFFSET 0xcbf29ce484222325ULL
+#define FNV_PRIME 0x100000001b3ULL
+#define TLS_HANDSHAKE 0x16
+
+BPF_SOCKHASH(api_socks, u64, 65535);
+BPF_HASH(api_peers, struct api_peer_key, u32, 4096);
+BPF_HASH(api_hosts, struct api_host_key, u32, 4096);
+BPF_HASH(api_dests, struct api_dest_key, struct api_dest, 1024);
+
+/* Per socket: its destination id once known, and the bytes still owed to
+ * the body of the last allowed plain request. */
+#define SOCK_UNKNOWN 0
+#define SOCK_FREE 1            /* no API rules: today's IP:port meaning */
+#define SOCK_HTTP 2
+#define SOCK_TLS 3
+struct api_sock {
+    u32 dest;
+    u32 body_left;
+    u8 mode;
+    u8 _pad[7];
+};
+BPF_SK_STORAGE(api_sock_state, struct api_sock);
+BPF_PROG_ARRAY(api_progs, 1);  /* 0: api_http */
+
+/* Per thread while it runs a watched TLS library function: how deep, and
+ * for which destination its current write was allowed (0: handshake, read
+ * or shutdown, which carry no request). */
+struct tls_call {
+    u32 depth;
+    u32 dest;
+    u32 writing;
+    u32 _pad;
+};
+BPF_TABLE("lru_hash", u32, struct tls_call, tls_calls, 16384);
+
+/* Per TLS connection (process, library object): body bytes still owed to
+ * the last allowed request and its destination, so a body written in later
+ * calls passes. */
+struct tls_conn_key {
+    u64 obj;
+    u32 pid;
+    u32 _pad;
+};
+struct tls_body {
+    u32 left;
+    u32 dest;
+};
+BPF_TABLE("lru_hash", struct tls_conn_key, struct tls_body, tls_bodies, 16384);
+
+struct api_req {
+    u64 segs[API_SEGS];
+    u64 host;
+    u32 body;
+    u32 head_len;              /* 0: the blank line after the headers was not seen */
+    u32 nsegs;                 /* may exceed API_SEGS */
+    u16 host_port;
+    u8 method;
+    u8 bad;                    /* not in normal form */
+    u8 unreadable;
+};
+
+static __always_inline u64 fnv(u64 h, u8 c)
+{
+    return (h ^ c) * FNV_PRIME;
+}
+
+static __always_inline u8 lower(u8 c)
+{
+    return c >= 'A' && c <= 'Z' ? c | 0x20 : c;
+}
+
+static __always_inline u8 method_of(u64 word, u32 len)
+{
+    /* the method's bytes, first byte highest */
+    if (len == 3 && word == 0x474554) return API_GET;
+    if (len == 4 && word == 0x48454144) return API_HEAD;
+    if (len == 4 && word == 0x504f5354) return API_POST;
+    if (len == 3 && word == 0x505554) return API_PUT;
+    if (len == 6 && word == 0x44454c455445) return API_DELETE;
+    if (len == 5 && word == 0x5041544348) return API_PATCH;
+    if (len == 7 && word == 0x4f5054494f4e53) return API_OPTIONS;
+    return 0;
+}
+
+/* Parser states */
+#define P_METHOD 0
+#define P_TARGET 1
+#define P_SEGMENT 2
+#define P_QUERY 3
+#define P_VERSION 4
+#define P_LINE 5
+#define P_NAME 6
+#define P_HOST 7
+#define P_PORT 8
+#define P_LENGTH 9
+#define P_SKIP 10
+#define P_END 11
+
+/* FNV-1a of the lowercased header names (ebpf/api.py checks them) */
+#define H_HOST 0x4077f8cc7eaf4d6fULL
+#define H_CONTENT_LENGTH 0x2d69a1e6ee916e7dULL
+#define H_TRANSFER_ENCODING 0x8640bd735e9d802cULL
+
+/* The parser's variables live in map memory, not registers: the verifier
+ * then sees every iteration of the byte loop alike and prunes, where
+ * precise counters in registers would make it walk each path of each byte. */
+struct parse_state {
+    u64 word, seg, name;
+    u32 state, n, seglen, tlen, hlen, dots, seen_host, seen_length;
+    u8 prev1, prev2;
+};
+
+struct api_scratch {
+    u8 buf[API_SCAN + 1];      /* the bytes read, then a NUL */
+    struct api_req req;
+    struct parse_state ps;
+    struct ev_api ev;
+};
+BPF_PERCPU_ARRAY(api_scratch, struct api_scratch, 1);
+
+/* Parse the request at the start of s->buf (len bytes) into s->req and the
+ * event's host and target. */
+static __always_inline void parse(struct api_scratch *s, u32 len)
+{
+    volatile struct api_req *r = &s->req;
+    volatile struct parse_state *p = &s->ps;
+    __builtin_memset(&s->req, 0, sizeof(s->req));
+    __builtin_memset(&s->ps, 0, sizeof(s->ps));
+    p->state = P_METHOD;
+
+    /* The loop ends at a NUL rather than at len, which would become a
+     * precise bound the verifier tracks through every iteration; a NUL
+     * cannot be part of a request line or header. */
+    s->buf[len] = 0;
+    for (u32 i = 0; i < API_SCAN; i++) {
+        u8 c = s->buf[i];
+        if (!c || p->state == P_END)
+            break;
+        u32 state = p->state;
+        if (state == P_METHOD) {
+            if (c == ' ') {
+                r->method = method_of(p->word, p->n);
+                p->state = r->method ? P_TARGET : P_END;
+            } else if (++p->n > 7) {
+                p->state = P_END;
+            } else {
+                p->word = (p->word << 8) | c;
+            }
+        } else if (state == P_TARGET) {
+            /* origin form only: an absolute URL or `*` (HTTP/2's preface) is not read */
+            if (c != '/') {
+                p->state = P_END;
+            } else {
+                p->state = P_SEGMENT;
+                p->seg = FNV_OFFSET;
+                p->seglen = 0;
+                p->dots = 0;
+                s->ev.target[0] = c;
+                p->tlen = 1;
+            }
+        } else if (state == P_SEGMENT || state == P_QUERY) {
+            u32 t = p->tlen;
+            if (t < API_TARGET_LEN - 1 && c != ' ') {
+                s->ev.target[t & (API_TARGET_LEN - 1)] = c;
+                p->tlen = t + 1;
+            }
+            if (state == P_SEGMENT && (c == '/' || c == '?' || c == ' ')) {
+                /* a segment ends: empty (`//`, a trailing `/`) or dots only is not normal form */
+                u32 seglen = p->seglen;
+                if (seglen == 0 && (c == '/' || r->nsegs > 0))
+                    r->bad = 1;
+                if (seglen && p->dots == seglen && seglen <= 2)
+                    r->bad = 1;
+                if (seglen) {
+                    u32 k = r->nsegs;
+                    if (k < API_SEGS)
+                        r->segs[k & (API_SEGS - 1)] = p->seg;
+                    r->nsegs = k + 1;
+                }
+                p->seg = FNV_OFFSET;
+                p->seglen = 0;
+                p->dots = 0;
+                if (c == '?')
+                    p->state = P_QUERY;
+                else if (c == ' ')
+                    p->state = P_VERSION;
+            } else if (state == P_SEGMENT) {
+                /* encoded slashes, backslashes and encoded dots are not normal form */
+                u8 p1 = p->prev1, p2 = p->prev2;
+                if (c == '\\' || (p2 == '%' && ((p1 == '2' && (lower(c) == 'f' || lower(c) == 'e'))
+                                                || (p1 == '5' && lower(c) == 'c'))))
+                    r->bad = 1;
+                p->seg = fnv(p->seg, c);
+                p->seglen++;
+                if (c == '.')
+                    p->dots++;
+            } else if (c == ' ') {
+                p->state = P_VERSION;
+            }
+        } else if (state == P_VERSION || state == P_SKIP) {
+            if (c == '\n')
+                p->state = P_LINE;
+        } else if (state == P_LINE) {
+            if (c == '\n') {
+                r->head_len = i + 1;
+                p->state = P_END;
+            } else if (c != '\r') {
+                p->name = fnv(FNV_OFFSET, lower(c));
+                p->state = P_NAME;
+            }
+        } else if (state == P_NAME) {
+            if (c == ':') {
+                u64 name = p->name;
+                if (name == H_HOST) {
+                    r->bad |= p->seen_host;  /* two Host headers: which one would the server use? */
+                    p->seen_host = 1;
+                    p->state = P_HOST;
+                } else if (name == H_CONTENT_LENGTH) {
+                    r->bad |= p->seen_length;
+                    p->seen_length = 1;
+                    p->state = P_LENGTH;
+                } else {
+                    if (name == H_TRANSFER_ENCODING)
+                        r->unreadable = 1;  /* a chunked body's end is not counted */
+                    p->state = P_SKIP;
+                }
+            } else if (c == '\n') {
+                p->state = P_END;
+            } else {
+                p->name = fnv(p->name, lower(c));
+            }
+        } else if (state == P_HOST) {
+            u32 h = p->hlen;
+            if (c == ' ' || c == '\t') {
+                if (h)
+                    p->state = P_SKIP;
+            } else if (c == ':') {
+                p->state = P_PORT;
+            } else if (c == '\r') {
+                p->state = P_SKIP;
+            } else if (c == '\n') {
+                p->state = P_LINE;
+            } else {
+                r->host = fnv(h ? r->host : FNV_OFFSET, lower(c));
+                if (h < API_HOST_LEN - 1)
+                    s->ev.host[h & (API_HOST_LEN - 1)] = lower(c);
+                p->hlen = h + 1;
+            }
+        } else if (state == P_PORT || state == P_LENGTH) {
+            if (c >= '0' && c <= '9') {
+                if (state == P_PORT)
+                    r->host_port = r->host_port * 10 + (c - '0');
+                else if (r->body < 100000000)
+                    r->body = r->body * 10 + (c - '0');
+            } else if (c == '\n') {
+                p->state = P_LINE;
+            } else if (c != ' ' && c != '\r') {
+                r->bad = 1;
+                p->state = P_SKIP;
+            }
+        }
+        p->prev2 = p->prev1;
+        p->prev1 = c;
+        /* nothing may stay in a register from one byte to the next */
+        asm volatile("" ::: "memory");
+    }
+    asm volatile("" ::: "memory");
+    if (!r->head_len || !r->method)
+        r->unreadable = 1;
+}
+
+/* Which rule of d allows the request: its index, or -reason. */
+static __always_inline int match(struct api_dest *d, struct api_req *r)
+{
+    int reason = API_NO_RULE;
+    if (r->bad)
+        return -API_NOT_NORMAL;
+    if (r->host != d->host)
+        return -API_WRONG_HOST;
+    for (u32 i = 0; i < API_RULES; i++) {
+        if (i >= d->nrules)
+            break;
+        struct api_rule *rule = &d->rules[i];
+        if (!(rule->methods & (1 << r->method)))
+            continue;
+        if (rule->tail ? r->nsegs < rule->nsegs : r->nsegs != rule->nsegs)
+            continue;
+        int same = 1;
+#pragma unroll
+        for (u32 j = 0; j < API_SEGS; j++)
+            if (j < rule->nsegs && rule->segs[j] != API_ANY_SEGMENT && rule->segs[j] != r->segs[j])
+                same = 0;
+        if (!same)
+            continue;
+        if (r->body > rule->max_body) {
+            reason = API_TOO_BIG;
+            continue;
+        }
+        return i;
+    }
+    return -reason;
+}
+
+/* How many bytes of a send to parse, in a form the verifier can bound. */
+static __always_inline u32 scan_len(u32 size)
+{
+    u32 len = size;
+    asm volatile("if %0 <= %1 goto +1\n%0 = %1" : "+r"(len) : "i"(API_SCAN));
+    return len;
+}
+
+static __always_inline struct api_scratch *scratch_for(u64 cg)
+{
+    u32 zero = 0;
+    struct api_scratch *s = api_scratch.lookup(&zero);
+    if (!s)
+        return NULL;
+    __builtin_memset(&s->ev, 0, sizeof(s->ev));
+    fill_hdr(&s->ev.h, EV_API, cg);
+    return s;
+}
+
+/* Decide the request in s and send its event; returns 1 if allowed. */
+static __always_inline int judge(struct api_scratch *s, struct api_dest *d, u64 cg, u8 tls, u16 port)
+{
+    struct api_req *r = &s->req;
+    struct ev_api *e = &s->ev;
+    int m = r->unreadable ? -API_UNREADABLE : d ? match(d, r) : -API_WRONG_HOST;
+    e->dest = d ? d->id : 0;
+    e->body = r->body;
+    e->port = port;
+    e->method = r->method;
+    e->tls = tls;
+    e->verdict = m >= 0 ? API_ALLOW : API_STOP;
+    e->reason = m >= 0 ? API_OK : -m;
+    e->rule = m >= 0 ? m : 0xff;
+    emit(e, sizeof(*e), cg);
+    return m >= 0;
+}
+
+static __always_inline struct api_dest *dest_by_id(u64 cg, u32 id)
+{
+    struct api_dest_key k = {.cgroup_id = cg, .id = id};
+    return api_dests.lookup(&k);
+}
+
+/* Sockets of sandbox cgroups join the sockhash when they connect. */
+int api_sockops(struct bpf_sock_ops *skops)
+{
+    if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+        u64 cookie = bpf_get_socket_cookie(skops);
+        api_socks.sock_hash_update(skops, &cookie, BPF_ANY);
+    }
+    return 1;
+}
+
+static __always_inline u32 peer_dest(struct sk_msg_md *msg, u64 cg)
+{
+    struct api_peer_key k = {.cgroup_id = cg};
+    if (msg->family == 2) {
+        u32 ip = msg->remote_ip4;
+        k.addr[10] = 0xff;
+        k.addr[11] = 0xff;
+        __builtin_memcpy(&k.addr[12], &ip, 4);
+    } else {
+        u32 ip[4] = {msg->remote_ip6[0], msg->remote_ip6[1], msg->remote_ip6[2], msg->remote_ip6[3]};
+        __builtin_memcpy(k.addr, ip, 16);
+    }
+    k.port = __builtin_bswap16((u16)(msg->remote_port >> 16));
+    u32 *id = api_peers.lookup(&k);
+    return id ? *id : 0;
+}
+
+/* A send on a plain HTTP socket of an API destination: the body still
+ * owed to the last allowed request, or a new request to judge. A program of
+ * its own (entered by tail call) so the verifier walks the parser once. */
+int api_http(struct sk_msg_md *msg)
+{
+    struct bpf_sock *sk = msg->sk;
+    if (!sk)
+        return SK_DROP;
+    struct api_sock *st = api_sock_state.sk_storage_get(sk, 0, 0);
+    if (!st)
+        return SK_DROP;
+    u64 cg = bpf_get_current_cgroup_id();
+    u32 size = msg->size;
+    if (st->body_left >= size) {
+        st->body_left -= size;
+        return SK_PASS;
+    }
+    struct api_scratch *s = scratch_for(cg);
+    if (!s)
+        return SK_DROP;
+    u32 len = scan_len(size);
+    bpf_msg_pull_data(msg, 0, len, 0);
+    void *data = msg->data, *end = msg->data_end;
+    if (data + len > end || bpf_probe_read_kernel(s->buf, len, data))
+        len = 0;
+    /* bytes owed to a body, then a new request in the same send: not read */
+    if (st->body_left)
+        len = 0;
+    parse(s, len);
+    struct api_req *r = &s->req;
+    if (!r->unreadable && size - r->head_len > r->body)
+        r->unreadable = 1;  /* a second request pipelined behind the first */
+    if (!judge(s, dest_by_id(cg, st->dest), cg, 0, __builtin_bswap16((u16)(msg->remote_port >> 16))))
+        return SK_DROP;
+    st->body_left = r->body - (size - r->head_len);
+    return SK_PASS;
+}
+
+int api_msg(struct sk_msg_md *msg)
+{
+    struct bpf_sock *sk = msg->sk;
+    if (!sk)
+        return SK_DROP;
+    struct api_sock *st = api_sock_state.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!st)
+        return SK_DROP;
+    if (st->mode == SOCK_FREE)
+        return SK_PASS;
+    u64 cg;
+    struct watch_info *w = watched_cgroup(&cg);
+    if (st->mode == SOCK_UNKNOWN) {
+        st->dest = w ? peer_dest(msg, cg) : 0;
+        if (!st->dest) {
+            st->mode = SOCK_FREE;
+            return SK_PASS;
+        }
+        u8 first = 0;
+        bpf_msg_pull_data(msg, 0, 1, 0);
+        if (msg->data + 1 <= msg->data_end)
+            first = *(u8 *)msg->data;
+        st->mode = first == TLS_HANDSHAKE ? SOCK_TLS : SOCK_HTTP;
+    }
+    /* an API socket of a sandbox no longer watched, or quarantined, sends nothing */
+    if (!w || (w->flags & WATCH_QUARANTINE))
+        return SK_DROP;
+    if (st->mode == SOCK_HTTP) {
+        api_progs.call(msg, 0);
+        return SK_DROP;  /* the tail call failed: nothing unjudged leaves */
+    }
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct tls_call *call = tls_calls.lookup(&tid);
+    if (call && (call->writing ? call->dest == st->dest : 1))
+        return SK_PASS;
+    struct api_scratch *s = scratch_for(cg);
+    if (s) {
+        s->ev.dest = st->dest;
+        s->ev.tls = 1;
+        s->ev.verdict = API_STOP;
+        s->ev.reason = API_NO_REQUEST;
+        s->ev.rule = 0xff;
+        s->ev.port = __builtin_bswap16((u16)(msg->remote_port >> 16));
+        emit(&s->ev, sizeof(s->ev), cg);
+    }
+    return SK_DROP;
+}
+
+/* TLS library functions that write no request: the handshake, reads and
+ * shutdown may send records of their own. */
+int tls_enter(struct pt_regs *ctx)
+{
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct tls_call *call = tls_calls.lookup(&tid);
+    if (call) {
+        call->depth++;
+    } else {
+        struct tls_call fresh = {.depth = 1};
+        tls_calls.update(&tid, &fresh);
+    }
+    return 0;
+}
+
+int tls_leave(struct pt_regs *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct tls_call *call = tls_calls.lookup(&tid);
+    if (!call)
+        return 0;
+    if (call->depth > 1) {
+        call->depth--;
+        call->writing = 0;
+    } else {
+        tls_calls.delete(&tid);
+    }
+    return 0;
+}
+
+static __always_inline void stop_caller(void)
+{
+    bpf_send_signal(SIGKILL_);
+}
+
+/* SSL_write(ssl, buf, num), SSL_write_ex(ssl, buf, num, written),
+ * gnutls_record_send(session, data, size): the request in clear. */
+int tls_write(struct pt_regs *ctx)
+{
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    struct tls_conn_key ck = {.obj = PT_REGS_PARM1(ctx), .pid = id >> 32};
+    const void *buf = (const void *)PT_REGS_PARM2(ctx);
+    u32 size = (u32)PT_REGS_PARM3(ctx);
+    struct tls_call fresh = {.depth = 1, .writing = 1};
+    struct tls_call *call = tls_calls.lookup(&tid);
+    struct tls_body *owed = tls_bodies.lookup(&ck);
+    if (owed && owed->left >= size) {
+        /* the body of an allowed request */
+        owed->left -= size;
+        fresh.depth = call ? call->depth + 1 : 1;
+        fresh.dest = owed->dest;
+        tls_calls.update(&tid, &fresh);
+        return 0;
+    }
+    struct api_scratch *s = scratch_for(cg);
+    if (!s) {
+        stop_caller();
+        return 0;
+    }
+    u32 len = scan_len(size);
+    if (owed && owed->left)
+        len = 0;  /* part body, part something else */
+    if (len && bpf_probe_read_user(s->buf, len, buf))
+        len = 0;
+    parse(s, len);
+    struct api_req *r = &s->req;
+    if (!r->unreadable && size - r->head_len > r->body)
+        r->unreadable = 1;
+    struct api_host_key hk = {.cgroup_id = cg, .host = r->host, .port = r->host_port ? r->host_port : 443};
+    u32 *dest_id = r->unreadable ? NULL : api_hosts.lookup(&hk);
+    struct api_dest *d = dest_id ? dest_by_id(cg, *dest_id) : NULL;
+    /* A request to a host without API rules, or one that cannot be read,
+     * goes on with no destination: the SK_MSG program lets its records out
+     * only on sockets without API rules. */
+    if (d) {
+        if (!judge(s, d, cg, 1, hk.port)) {
+            stop_caller();
+            return 0;
+        }
+        struct tls_body left = {.left = r->body - (size - r->head_len), .dest = d->id};
+        tls_bodies.update(&ck, &left);
+        fresh.dest = d->id;
+    }
+    if (call) {
+        fresh.depth = call->depth + 1;
+    }
+    tls_calls.update(&tid, &fresh);
+    return 0;
+}

@@ -1,0 +1,222 @@
+"""API calls decided in the kernel: a tool allowed to reach the records API
+may call only the endpoints its policy names, over plain HTTP and over TLS.
+Each stopped call is checked three ways: the server received nothing, the
+alert names the step, method and path, and the audit log holds the call."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.tools import TOOLS
+from bastion.guarded import GuardedRun, GuardedSandboxes
+from bastion.local_api import LocalApi, api_rules, serve
+from common.verdicts import Verdict
+from ebpf.api import API_ANY_SEGMENT, METHODS, fnv1a
+from ebpf.sensor import Sensor
+from guard import audit
+from guard.audit import AuditLog
+from sandbox.egress import compile_api
+from sandbox.policy import Network, Policy, PolicyError, parse_policy
+from sandbox.result import STOPPED_EXIT
+
+LABELS = {"agent": "clinic", "step": "task-7/2", "tool_call": "http_request"}
+CURL = Path("/usr/bin/curl")
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[LocalApi]:
+    with serve() as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def policy(api: LocalApi) -> Policy:
+    rules = "\n".join(f"        - {r}" for r in api_rules()).replace("'", '"')
+    ca_dir = api.ca_file.parent
+    return parse_policy(f"""
+name: records-api
+network:
+  allow:
+    - host: 127.0.0.1
+      ports: [{api.port}, {api.tls_port}]
+      api:
+{rules}
+filesystem:
+  read_only: [/usr, /bin, /lib, /lib64, /etc, /dev/urandom, {ca_dir}]
+env:
+  set: {{HOME: /nonexistent, SSL_CERT_FILE: {api.ca_file}, CURL_CA_BUNDLE: {api.ca_file}}}
+limits: {{wall_timeout_s: 15, pids: 32}}
+on_violation: kill
+""", "records-api policy")
+
+
+@pytest.fixture(scope="module")
+def guarded(sensor: Sensor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardedSandboxes]:
+    log = AuditLog(tmp_path_factory.mktemp("audit") / "audit.jsonl")
+    with GuardedSandboxes(sensor, log) as g:
+        yield g
+    log.close()
+
+
+def _request(guarded: GuardedSandboxes, policy: Policy, method: str, url: str,
+             body: dict[str, object] | None = None) -> GuardedRun:
+    tool = TOOLS["http_request"]
+    args = tool.args.model_validate({"method": method, "url": url, "body": body})
+    return guarded.run(tool.command(args), policy, labels=LABELS)
+
+
+def _curl(guarded: GuardedSandboxes, policy: Policy, method: str, url: str, body: str) -> GuardedRun:
+    return guarded.run([str(CURL), "-sS", "-X", method, "-H", "Content-Type: application/json",
+                        "--data", body, url], policy, labels=LABELS)
+
+
+def _base(api: LocalApi, tls: bool) -> str:
+    return f"https://127.0.0.1:{api.tls_port}" if tls else f"http://127.0.0.1:{api.port}"
+
+
+def _audited_calls(guarded: GuardedSandboxes, sandbox: str) -> list[dict[str, object]]:
+    return [b for b in audit.read(guarded.audit.path, "api_call") if b["sandbox"] == sandbox]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_allowed_calls_pass_with_their_replies(guarded: GuardedSandboxes, policy: Policy, api: LocalApi,
+                                               tls: bool) -> None:
+    before = len(api.received)
+    get = _request(guarded, policy, "GET", f"{_base(api, tls)}/records/17")
+    post = _request(guarded, policy, "POST", f"{_base(api, tls)}/notes", {"text": "seen in clinic"})
+
+    assert get.result.exit_status == 0, get.result.stderr
+    assert '"status": 200' in get.result.stdout and "penicillin" in get.result.stdout
+    assert post.result.exit_status == 0, post.result.stderr
+    assert '"status": 201' in post.result.stdout and '\\"stored\\": 26' in post.result.stdout
+    assert [(r.method, r.path) for r in api.received[before:]] == [("GET", "/records/17"), ("POST", "/notes")]
+    assert not get.alerts and not post.alerts
+    for run, (method, path) in ((get, ("GET", "/records/17")), (post, ("POST", "/notes"))):
+        calls = run.result.api_calls
+        assert [(c.method, c.path, c.tls, c.allowed) for c in calls] == [(method, path, tls, True)]
+        logged = _audited_calls(guarded, run.result.sandbox)
+        assert [(b["method"], b["path"], b["allowed"]) for b in logged] == [(method, path, True)]
+
+
+def _assert_stopped(guarded: GuardedSandboxes, run: GuardedRun, api: LocalApi, before: int, what: str) -> None:
+    """The call never reached the server, the tool was killed, and the alert
+    and the audit record name the step and the call."""
+    assert api.received[before:] == [], f"the server received {api.received[before:]}"
+    result = run.result
+    assert result.exit_status == STOPPED_EXIT or result.signal == 9, (result.stdout, result.stderr)
+    assert [d for d in result.denials if d.kind == "api"], result.denials
+    alert = next(a for a in run.alerts if a.detector == "rule")
+    assert what in alert.rule and alert.step == LABELS["step"] and alert.agent == "clinic", alert.rule
+    assert run.verdict is Verdict.KILL
+    logged_alerts = [b for b in audit.read(guarded.audit.path, "alert") if b["id"] == alert.id]
+    assert logged_alerts and logged_alerts[0]["step"] == LABELS["step"]
+    calls = [b for b in _audited_calls(guarded, result.sandbox) if not b["allowed"]]
+    assert calls and calls[0]["step"] == LABELS["step"]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_injected_export_to_the_allowed_host_is_stopped(guarded: GuardedSandboxes, policy: Policy,
+                                                        api: LocalApi, tls: bool) -> None:
+    before = len(api.received)
+    run = _request(guarded, policy, "POST", f"{_base(api, tls)}/patients/export", {"mrn": "77120934"})
+    _assert_stopped(guarded, run, api, before, "POST 127.0.0.1/patients/export")
+
+
+@pytest.mark.skipif(not CURL.exists(), reason="curl is not installed")
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_curl_export_is_stopped_and_its_allowed_calls_pass(guarded: GuardedSandboxes, policy: Policy,
+                                                            api: LocalApi, tls: bool) -> None:
+    before = len(api.received)
+    ok = _curl(guarded, policy, "POST", f"{_base(api, tls)}/notes", '{"text": "ok"}')
+    assert ok.result.exit_status == 0 and '"stored"' in ok.result.stdout, ok.result.stderr
+    assert [(r.method, r.path) for r in api.received[before:]] == [("POST", "/notes")]
+    run = _curl(guarded, policy, "POST", f"{_base(api, tls)}/patients/export", '{"mrn": "77120934"}')
+    _assert_stopped(guarded, run, api, before + 1, "POST 127.0.0.1/patients/export")
+
+
+# Requests a parser-confusion attack would try; each on a raw socket to the plain port.
+HOSTILE_REQUESTS = {
+    "dot segments": b"GET /records/../patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "encoded slash": b"GET /records/1%2f..%2fpatients HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "doubled slash": b"GET //records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "two Host headers": b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n",
+    "another host": b"GET /records/17 HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+    "HTTP/2": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "chunked body": b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "body over the limit": b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000,
+    "pipelined second request": (b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                                 b"POST /patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"),
+}
+RAW_SEND = """
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(bytes.fromhex(sys.argv[2]))
+print(s.recv(100))
+"""
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_REQUESTS))
+def test_requests_outside_normal_form_are_stopped(guarded: GuardedSandboxes, policy: Policy, api: LocalApi,
+                                                  name: str) -> None:
+    before = len(api.received)
+    run = guarded.run(["/usr/bin/python3", "-c", RAW_SEND, str(api.port), HOSTILE_REQUESTS[name].hex()],
+                      policy, labels=LABELS)
+    _assert_stopped(guarded, run, api, before, "stopped in the kernel")
+
+
+TLS_OF_ITS_OWN = """
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+# a client with TLS code of its own: a ClientHello-shaped record the TLS
+# libraries Bastion reads never wrote
+s.sendall(bytes([0x16, 0x03, 0x01, 0x00, 0x05]) + b"hello")
+print(s.recv(100))
+"""
+
+
+def test_a_tls_client_bastion_cannot_read_is_stopped(guarded: GuardedSandboxes, policy: Policy,
+                                                     api: LocalApi) -> None:
+    before = len(api.received)
+    run = guarded.run(["/usr/bin/python3", "-c", TLS_OF_ITS_OWN, str(api.tls_port)], policy, labels=LABELS)
+    _assert_stopped(guarded, run, api, before, "TLS bytes that no readable, allowed request wrote")
+
+
+@pytest.mark.parametrize("entry, field", [
+    ('{host: 10.0.0.0/8, ports: [80], api: [{methods: [GET], path: "/x"}]}', "one host"),
+    ('{host: 127.0.0.1, ports: [80], protocol: udp, api: [{methods: [GET], path: "/x"}]}', "protocol tcp"),
+    ('{host: 127.0.0.1, api: [{methods: [GET], path: "/x"}]}', "ports"),
+    ('{host: 127.0.0.1, ports: [80], api: [{methods: [GET], path: "/a/../b"}]}', "'..'"),
+    ('{host: 127.0.0.1, ports: [80], api: [{methods: [GET], path: "records"}]}', "does not start with /"),
+    ('{host: 127.0.0.1, ports: [80], api: [{methods: [FETCH], path: "/x"}]}', "methods"),
+])
+def test_malformed_api_rules_are_refused_naming_the_field(entry: str, field: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_policy(f"network: {{allow: [{entry}]}}", "p.yaml")
+    message = str(err.value)
+    assert "p.yaml" in message and "network.allow" in message and field in message, message
+    assert "\n" not in message
+
+
+def test_a_template_matches_one_segment_per_name_and_any_rest_after_a_star() -> None:
+    policy = parse_policy('network: {allow: [{host: 127.0.0.1, ports: [80], api: ['
+                          '{methods: [GET], path: "/records/{id}"}, {methods: [GET, PUT], path: "/files/*"}]}]}')
+    assert isinstance(policy.network, Network)
+    (dest,) = compile_api(policy.network)
+    records, files = dest.rules
+    assert records.segments == (fnv1a(b"records"), API_ANY_SEGMENT) and not records.tail
+    assert records.methods == 1 << METHODS["GET"]
+    assert files.segments == (fnv1a(b"files"),) and files.tail
+    assert dest.peers == ((ipaddress.ip_address("127.0.0.1"), 80),)
+
+
+def test_unwatched_sockets_are_not_touched(sensor: Sensor, api: LocalApi) -> None:
+    """Outside a sandbox, nothing of this is in the way: the host's own call to a
+    path the sandboxes may not use goes through."""
+    with socket.create_connection(("127.0.0.1", api.port)) as s:
+        s.sendall(b"POST /patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+        assert b"200" in s.recv(100)
