@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ebpf.api import endpoint_hash
 from ebpf.events import Event
 from ebpf.sensor import Sensor
 from common.verdicts import Verdict
@@ -43,7 +44,7 @@ def rules_for(policy: Policy, workdir: Path) -> Rules:
 
 def response_for(policy: Policy) -> ResponseMap:
     return ResponseMap(violation=policy.on_violation, anomaly=policy.response.anomaly,
-                       novelty=policy.response.novelty)
+                       novelty=policy.response.novelty, api=policy.response.api)
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,24 @@ class GuardedSandboxes:
                            syscall_name=name_of, sinks=sinks)
         self.guard.load_profiles(list(self.profiles.values()))
         self.manager.listeners.append(self.guard)
+        self.manager.preparers.append(self._learned_endpoints)
 
     def _assign(self, sb: Sandbox) -> Assignment:
         agent = sb.labels.get("agent")
         return Assignment(rules_for(sb.policy, sb.workdir), response_for(sb.policy), self.profiles.get(agent or ""))
+
+    def _learned_endpoints(self, sb: Sandbox) -> None:
+        """Where the agent's profile learned API calls, only the endpoints it
+        saw pass in the kernel; the guard judges any other while it is held."""
+        profile = self.profiles.get(sb.labels.get("agent") or "")
+        if profile is None or not profile.meta.endpoints:
+            return
+        by_host: dict[str, list[int]] = {}
+        for key in profile.meta.endpoints:
+            method, host, path = key.split(" ", 2)
+            by_host.setdefault(host, []).append(endpoint_hash(method, path))
+        for dest in sb.api_dests:
+            self.manager.sensor.learn_endpoints(sb.id, dest.id, by_host.get(dest.host.lower(), []))
 
     def run(self, command: Sequence[str], policy: Policy, timeout: float | None = None,
             labels: dict[str, str] | None = None) -> GuardedRun:

@@ -48,6 +48,7 @@ def api_rules() -> list[dict[str, object]]:
         {"methods": ["GET"], "path": "/"},
         {"methods": ["GET"], "path": "/formulary"},
         {"methods": ["GET"], "path": "/records/{id}"},
+        {"methods": ["GET"], "path": "/records/{id}/allergies"},
         {"methods": ["POST"], "path": "/notes", "max_body_bytes": 4096},
         {"methods": ["GET"], "path": "/ledger/accounts/{account}"},
     ]

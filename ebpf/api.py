@@ -22,7 +22,13 @@ REASONS = {
     4: "the Host header names another destination",
     5: "not an HTTP/1.x request Bastion can read",
     6: "TLS bytes that no readable, allowed request wrote",
+    7: "an endpoint the profile never saw: held for the guard",
+    8: "the sandbox is quarantined",
 }
+API_ALLOW, API_STOP, API_HOLD = 1, 2, 3
+ID_SEGMENT = 1
+ID_MIN_HEX = 8
+_HEXISH = frozenset(b"0123456789abcdefABCDEF-")
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 
@@ -37,6 +43,35 @@ def fnv1a(data: bytes) -> int:
 
 def host_hash(host: str) -> int:
     return fnv1a(host.lower().encode())
+
+
+def is_id(segment: bytes) -> bool:
+    """A number, or a long hex id (a UUID): one of many of its kind."""
+    digits = sum(48 <= b <= 57 for b in segment)
+    return digits == len(segment) or (len(segment) >= ID_MIN_HEX and digits > 0
+                                      and all(b in _HEXISH for b in segment))
+
+
+def path_segments(target: str) -> list[str]:
+    """The path's segments, without the query."""
+    path = target.split("?", 1)[0]
+    return [s for s in path.split("/") if s]
+
+
+def template(target: str) -> str:
+    """The path with ids generalised: /records/17?x=1 -> /records/{}."""
+    return "/" + "/".join("{}" if is_id(s.encode()) else s for s in path_segments(target))
+
+
+def endpoint_hash(method: str, target: str) -> int:
+    """The endpoint's hash as api.bpf.c computes it from a request (or
+    from its template)."""
+    h = ((_FNV_OFFSET ^ METHODS[method]) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    for seg in path_segments(target):
+        raw = seg.encode()
+        word = ID_SEGMENT if seg == "{}" or is_id(raw) else fnv1a(raw)  # "{}": a template's id
+        h = ((h ^ word) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return h
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ConfigDict, TypeAdapter
 
-from ebpf.api import METHOD_NAMES, REASONS
+from ebpf.api import API_ALLOW, API_HOLD, METHOD_NAMES, REASONS
 
 TASK_COMM_LEN = 16
 PATH_LEN = 256
@@ -20,8 +20,8 @@ ARG_LEN = 64
 UNIX_PATH_LEN = 108
 NGRAM_MAX = 8
 
-API_ALLOW = 1  # ev_api.verdict
 EACCES = 13
+EAGAIN = 11
 AF_UNIX = 1
 AF_INET = 2
 AF_INET6 = 10
@@ -114,7 +114,8 @@ API_TARGET_LEN = 128
 
 
 class EvApi(ct.Structure):
-    _fields_ = [("h", EvHdr), ("dest", ct.c_uint32), ("body", ct.c_uint32), ("port", ct.c_uint16),
+    _fields_ = [("h", EvHdr), ("endpoint", ct.c_uint64), ("dest", ct.c_uint32), ("body", ct.c_uint32),
+                ("port", ct.c_uint16),
                 ("method", ct.c_uint8), ("verdict", ct.c_uint8), ("reason", ct.c_uint8), ("tls", ct.c_uint8),
                 ("rule", ct.c_uint8), ("_pad", ct.c_uint8), ("host", ct.c_char * API_HOST_LEN),
                 ("target", ct.c_char * API_TARGET_LEN)]
@@ -183,7 +184,9 @@ class Event:
     method: str = ""  # api_call: the HTTP method; path holds the target, arg the body bytes
     host: str = ""  # api_call: the Host header
     tls: bool = False  # api_call: read from a TLS library's write
-    reason: str = ""  # api_call: why it was stopped (ret is -EACCES then), or "allowed"
+    reason: str = ""  # api_call: why it was stopped (ret -EACCES) or held (ret -EAGAIN), or "allowed"
+    api_dest: int = 0  # api_call: the destination's id in the sandbox's rules
+    endpoint: int = 0  # api_call: the kernel's hash of the method and path template
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form: every non-default field."""
@@ -260,7 +263,8 @@ def decode(record: bytes, ngram_n: int, tags: dict[int, str]) -> Event:
         ev.method = METHOD_NAMES.get(raw.method, "")
         ev.host, ev.path, ev.port, ev.arg = _text(raw.host), _text(raw.target), raw.port, raw.body
         ev.tls, ev.reason = bool(raw.tls), REASONS.get(raw.reason, f"reason {raw.reason}")
-        ev.ret = 0 if raw.verdict == API_ALLOW else -EACCES
+        ev.api_dest, ev.endpoint = raw.dest, raw.endpoint
+        ev.ret = {API_ALLOW: 0, API_HOLD: -EAGAIN}.get(raw.verdict, -EACCES)
     elif isinstance(raw, EvSeq):
         if not 0 < raw.n <= SEQ_BATCH:
             raise ValueError(f"sensor sent a sequence of {raw.n} syscalls")

@@ -345,12 +345,41 @@ class Sensor:
                 slot.segs[: len(rule.segments)] = list(rule.segments)
             rules[key] = leaf
 
+    def learn_endpoints(self, cgroup_id: int, dest_id: int, endpoints: Iterable[int]) -> None:
+        """The destination's calls were learned: only these endpoint hashes
+        pass in the kernel; an allowed call to any other is held."""
+        learned = self.bpf["api_learned"]
+        key = learned.Key()
+        key.cgroup_id, key.id = cgroup_id, dest_id
+        for endpoint in endpoints:
+            self.allow_endpoint(cgroup_id, dest_id, endpoint)
+        learned[key] = ct.c_uint8(1)
+
+    def allow_endpoint(self, cgroup_id: int, dest_id: int, endpoint: int) -> None:
+        known = self.bpf["api_known"]
+        key = known.Key()
+        key.cgroup_id, key.dest, key.endpoint = cgroup_id, dest_id, endpoint
+        known[key] = ct.c_uint8(1)
+
+    def release_thread(self, tid: int) -> bool:
+        """Let a thread held in a TLS write send again (its process is still
+        stopped: the caller continues it). False if it holds nothing."""
+        calls = self.bpf["tls_calls"]
+        key = calls.Key(tid)
+        try:
+            call = calls[key]
+        except KeyError:
+            return False
+        call.held = 0
+        calls[key] = call
+        return True
+
     def clear_egress(self, cgroup_id: int) -> None:
         table = self.bpf["egress_rules"]
         mine = cgroup_id.to_bytes(8, "little")
         for key in [k for k in table.keys() if bytes(k.cgroup) == mine]:
             del table[key]
-        for name in ("api_peers", "api_hosts", "api_dests"):
+        for name in ("api_peers", "api_hosts", "api_dests", "api_learned", "api_known"):
             api = self.bpf[name]
             for key in [k for k in api.keys() if k.cgroup_id == cgroup_id]:
                 del api[key]

@@ -22,13 +22,15 @@ from guard.alerts import Alert, Evidence
 from guard.audit import AuditLog
 from guard.detectors import window_means
 from guard.profile import Profile
-from guard.rules import Finding, Rules, check, novelty
+from guard.endpoints import ALERT_AT, unseen_call_score
+from guard.rules import Finding, Rules, api_request, check, novelty
 
 if TYPE_CHECKING:
     from guard.sequence import LiveState  # torch, imported only by profiles that hold a model
 
 log = logging.getLogger("bastion.guard")
 
+EAGAIN = 11  # an api_call event's ret while the kernel holds the call
 FREQUENCY_EVERY_S = 0.1  # how often a running sandbox's syscall mix is scored
 AT_THRESHOLD = 1.0  # live, each detector alerts once its calibrated ratio passes its own threshold
 
@@ -51,6 +53,9 @@ class Enforcer(Protocol):
 
     def enforce(self, target: Any, verdict: Verdict, reason: str) -> int: ...
 
+    def resume(self, target: Any, pid: int) -> None:
+        """Continue a process of the sandbox that the kernel stopped (SIGSTOP)."""
+
 
 @dataclass(frozen=True)
 class ResponseMap:
@@ -59,10 +64,13 @@ class ResponseMap:
     violation: Verdict = Verdict.KILL
     anomaly: Verdict = Verdict.QUARANTINE
     novelty: Verdict = Verdict.ALERT
+    api: Verdict = Verdict.QUARANTINE
 
     def verdict(self, detector: str) -> Verdict:
         if detector == "rule":
             return self.violation
+        if detector == "api":
+            return self.api
         return self.novelty if detector == "novelty" else self.anomaly
 
 
@@ -162,6 +170,9 @@ class Guard:
                 exited.add(ev.pid)
             if ev.kind is EventKind.NGRAM:
                 finding = self._ngram(st, profile, ev) if score_ngrams else None  # type: ignore[arg-type]
+            elif ev.kind is EventKind.API and ev.ret == -EAGAIN:
+                self._held_call(st, profile, ev)
+                continue
             else:
                 finding = check(ev, st.assignment.rules, self.syscall_name)
                 if finding is None and profile is not None:
@@ -179,6 +190,24 @@ class Guard:
         if profile is not None and time.monotonic() - st.last_frequency >= FREQUENCY_EVERY_S:
             self._frequency(st, profile)
         self._publish(st)
+
+    def _held_call(self, st: _State, profile: Profile | None, ev: Event) -> None:
+        """An allowed call to an endpoint the profile never saw, held by the
+        kernel: score it, act, and let it go unless the verdict stops the
+        sandbox; a call scored like the learned ones is decided in the
+        kernel from now on."""
+        learned = profile.meta.endpoints if profile is not None else {}
+        score = unseen_call_score(learned, ev.method, ev.host, ev.path, ev.arg)
+        what = f"API call {api_request(ev)} never seen in training"
+        if score >= 1.0:
+            self._act(st, Finding("api", f"{what}, unlike every learned call", ev, score, 1.0))
+        else:
+            if score >= ALERT_AT:
+                self._act(st, Finding("novelty", what, ev, score, 1.0))
+            self.sensor.allow_endpoint(st.target.id, ev.api_dest, ev.endpoint)
+        if ev.tls and st.strongest.rank < Verdict.FREEZE.rank:
+            self.sensor.release_thread(ev.tid)
+            self.enforcer.resume(st.target, ev.pid)
 
     def _audit_api_calls(self, st: _State, calls: list[Event]) -> None:
         """Every request the kernel read goes to the audit log, allowed or not."""

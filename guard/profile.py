@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from guard.sequence import SequenceModel
 
 FORMAT = "bastion-profile/2"
+ENDPOINT_KEY = r"^(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS) [^ /]+ /[^ ]*$"
 MAX_BYTES = 256 << 20
 
 
@@ -88,6 +89,9 @@ class ProfileMeta(BaseModel):
     binaries: list[str] = Field(default_factory=list, max_length=10_000)
     path_prefixes: list[str] = Field(default_factory=list, max_length=10_000)
     destinations: list[str] = Field(default_factory=list, max_length=10_000)
+    endpoints: dict[Annotated[str, StringConstraints(pattern=ENDPOINT_KEY, max_length=400)],
+                    Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=10_000,
+                                                         description="API calls seen: largest body per endpoint")
     trained_on: dict[str, int] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -117,7 +121,7 @@ class Profile:
     @property
     def behaviour(self) -> Behaviour:
         m = self.meta
-        return Behaviour(set(m.binaries), set(m.path_prefixes), set(m.destinations))
+        return Behaviour(set(m.binaries), set(m.path_prefixes), set(m.destinations), dict(m.endpoints))
 
     def known_ngrams(self) -> list[tuple[int, ...]]:
         """The n-grams for the sensor's `known` map."""

@@ -71,7 +71,7 @@ def check(ev: Event, rules: Rules, syscall_name: Callable[[int], str]) -> Findin
     match ev.kind:
         case EventKind.DENY:
             rule = f"egress to {destination(ev)} refused in the kernel ({ev.hook})"
-        case EventKind.API if ev.ret < 0:
+        case EventKind.API if ev.ret == -EACCES:
             rule = f"API call {api_request(ev)} stopped in the kernel: {ev.reason}"
         case EventKind.SYSCALL if ev.arg or ev.ret in (-EPERM, -EAFNOSUPPORT):  # seccomp's refusals
             rule = f"denied syscall {syscall_name(ev.syscall)} attempted"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ebpf.api import template
 from ebpf.events import Event, EventKind
 from ebpf.record import read_jsonl
 from common.files import InputError, read_bytes
@@ -41,11 +42,14 @@ class Behaviour:
     binaries: set[str] = field(default_factory=set)
     path_prefixes: set[str] = field(default_factory=set)
     destinations: set[str] = field(default_factory=set)
+    endpoints: dict[str, int] = field(default_factory=dict)  # "METHOD host /template" -> largest body seen
 
     def update(self, other: Behaviour) -> None:
         self.binaries |= other.binaries
         self.path_prefixes |= other.path_prefixes
         self.destinations |= other.destinations
+        for key, body in other.endpoints.items():
+            self.endpoints[key] = max(body, self.endpoints.get(key, 0))
 
 
 def read_trace_file(path: Path) -> Trace:
@@ -100,7 +104,15 @@ def behaviour_of(events: Iterable[Event], workdir: str | None = None) -> Behavio
                 seen.path_prefixes.add(path_prefix(ev.path, workdir))
             case EventKind.CONNECT | EventKind.SENDTO:
                 seen.destinations.add(destination(ev))
+            case EventKind.API if ev.method:
+                key = endpoint_key(ev.method, ev.host, ev.path)
+                seen.endpoints[key] = max(ev.arg, seen.endpoints.get(key, 0))
     return seen
+
+
+def endpoint_key(method: str, host: str, target: str) -> str:
+    """How a profile names an endpoint: `GET records.example.org /records/{}`."""
+    return f"{method} {host} {template(target)}"
 
 
 def after_exec(events: Sequence[Event]) -> list[Event]:

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from ebpf.api import KernelApiDest
 from ebpf.events import AF_UNIX, Event, EventKind
 from ebpf.sensor import CgroupStats, Sensor, SensorError
 from sandbox import landlock
@@ -95,6 +97,7 @@ class Sandbox:
     undecodable_before: int = 0  # the sensor's count of unattributable bad records when it started
     denials: list[Denial] = field(default_factory=list)
     api_calls: list[ApiCall] = field(default_factory=list)
+    api_dests: list[KernelApiDest] = field(default_factory=list)  # its destinations with API rules
     actions: list[str] = field(default_factory=list)
     stopped_by: str | None = None
     strongest: Verdict = Verdict.ALLOW  # the strongest verdict enforced
@@ -152,6 +155,7 @@ class SandboxManager:
         self.workdirs.mkdir(parents=True, exist_ok=True)
         self.listeners = list(listeners)
         self.finishers = list(finishers)
+        self.preparers: list[Finisher] = []  # called once its maps are set, before its command starts
         self.ngram_events = ngram_events
         self.sequence_events = sequence_events
         self._active: dict[int, Sandbox] = {}
@@ -203,6 +207,9 @@ class SandboxManager:
                 os.close(fd)
             self.sensor.set_egress(cg.id, egress)
             self.sensor.set_api(cg.id, api)
+            sb.api_dests = api
+            for prepare in self.preparers:
+                prepare(sb)
             self.sensor.set_unix_sockets(cg.id, policy.unix_sockets, quiet=LIBC_PROBE_SOCKETS)
             if not self.sensor.is_watched(cg.id):
                 raise SandboxError(f"the sensor does not confirm that {name} is watched")
@@ -381,6 +388,13 @@ class SandboxManager:
             sb.enforced_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         log.warning("sandbox action", extra={"fields": {"sandbox": sb.name, "action": verdict.value, "reason": reason}})
         return sb.enforced_ns
+
+    def resume(self, sb: Sandbox, pid: int) -> None:
+        """SIGCONT to a process of the sandbox the kernel stopped; a pid that
+        has left the sandbox's cgroup is not signalled."""
+        with sb.lock:
+            if not sb.removed and pid in sb.cgroup.pids():
+                os.kill(pid, signal.SIGCONT)
 
     def thaw(self, sb: Sandbox) -> None:
         sb.cgroup.freeze(False)

@@ -177,8 +177,10 @@ class Response(_Strict):
 
     anomaly: Verdict = Field(Verdict.QUARANTINE, description="syscall sequence or mix unlike the profile")
     novelty: Verdict = Field(Verdict.ALERT, description="a binary, path or destination never seen in training")
+    api: Verdict = Field(Verdict.QUARANTINE, description="an API call to an endpoint never seen in training, "
+                                                         "unlike every call that was")
 
-    _kinds = field_validator("anomaly", "novelty")(_not_deny)
+    _kinds = field_validator("anomaly", "novelty", "api")(_not_deny)
 
 
 class User(_Strict):

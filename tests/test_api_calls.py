@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.tools import TOOLS
 from bastion.guarded import GuardedRun, GuardedSandboxes
-from bastion.local_api import LocalApi, api_rules, serve
+from bastion.local_api import LocalApi, serve
 from common.verdicts import Verdict
 from ebpf.api import API_ANY_SEGMENT, METHODS, fnv1a
 from ebpf.sensor import Sensor
@@ -23,8 +22,8 @@ from guard.audit import AuditLog
 from sandbox.egress import compile_api
 from sandbox.policy import Network, Policy, PolicyError, parse_policy
 from sandbox.result import STOPPED_EXIT
+from tests.apis import LABELS, api_policy, base, request
 
-LABELS = {"agent": "clinic", "step": "task-7/2", "tool_call": "http_request"}
 CURL = Path("/usr/bin/curl")
 
 
@@ -36,23 +35,7 @@ def api() -> Iterator[LocalApi]:
 
 @pytest.fixture(scope="module")
 def policy(api: LocalApi) -> Policy:
-    rules = "\n".join(f"        - {r}" for r in api_rules()).replace("'", '"')
-    ca_dir = api.ca_file.parent
-    return parse_policy(f"""
-name: records-api
-network:
-  allow:
-    - host: 127.0.0.1
-      ports: [{api.port}, {api.tls_port}]
-      api:
-{rules}
-filesystem:
-  read_only: [/usr, /bin, /lib, /lib64, /etc, /dev/urandom, {ca_dir}]
-env:
-  set: {{HOME: /nonexistent, SSL_CERT_FILE: {api.ca_file}, CURL_CA_BUNDLE: {api.ca_file}}}
-limits: {{wall_timeout_s: 15, pids: 32}}
-on_violation: kill
-""", "records-api policy")
+    return api_policy(api)
 
 
 @pytest.fixture(scope="module")
@@ -63,20 +46,9 @@ def guarded(sensor: Sensor, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     log.close()
 
 
-def _request(guarded: GuardedSandboxes, policy: Policy, method: str, url: str,
-             body: dict[str, object] | None = None) -> GuardedRun:
-    tool = TOOLS["http_request"]
-    args = tool.args.model_validate({"method": method, "url": url, "body": body})
-    return guarded.run(tool.command(args), policy, labels=LABELS)
-
-
 def _curl(guarded: GuardedSandboxes, policy: Policy, method: str, url: str, body: str) -> GuardedRun:
     return guarded.run([str(CURL), "-sS", "-X", method, "-H", "Content-Type: application/json",
                         "--data", body, url], policy, labels=LABELS)
-
-
-def _base(api: LocalApi, tls: bool) -> str:
-    return f"https://127.0.0.1:{api.tls_port}" if tls else f"http://127.0.0.1:{api.port}"
 
 
 def _audited_calls(guarded: GuardedSandboxes, sandbox: str) -> list[dict[str, object]]:
@@ -87,8 +59,8 @@ def _audited_calls(guarded: GuardedSandboxes, sandbox: str) -> list[dict[str, ob
 def test_allowed_calls_pass_with_their_replies(guarded: GuardedSandboxes, policy: Policy, api: LocalApi,
                                                tls: bool) -> None:
     before = len(api.received)
-    get = _request(guarded, policy, "GET", f"{_base(api, tls)}/records/17")
-    post = _request(guarded, policy, "POST", f"{_base(api, tls)}/notes", {"text": "seen in clinic"})
+    get = request(guarded, policy, "GET", f"{base(api, tls)}/records/17")
+    post = request(guarded, policy, "POST", f"{base(api, tls)}/notes", {"text": "seen in clinic"})
 
     assert get.result.exit_status == 0, get.result.stderr
     assert '"status": 200' in get.result.stdout and "penicillin" in get.result.stdout
@@ -123,7 +95,7 @@ def _assert_stopped(guarded: GuardedSandboxes, run: GuardedRun, api: LocalApi, b
 def test_injected_export_to_the_allowed_host_is_stopped(guarded: GuardedSandboxes, policy: Policy,
                                                         api: LocalApi, tls: bool) -> None:
     before = len(api.received)
-    run = _request(guarded, policy, "POST", f"{_base(api, tls)}/patients/export", {"mrn": "77120934"})
+    run = request(guarded, policy, "POST", f"{base(api, tls)}/patients/export", {"mrn": "77120934"})
     _assert_stopped(guarded, run, api, before, "POST 127.0.0.1/patients/export")
 
 
@@ -132,10 +104,10 @@ def test_injected_export_to_the_allowed_host_is_stopped(guarded: GuardedSandboxe
 def test_curl_export_is_stopped_and_its_allowed_calls_pass(guarded: GuardedSandboxes, policy: Policy,
                                                             api: LocalApi, tls: bool) -> None:
     before = len(api.received)
-    ok = _curl(guarded, policy, "POST", f"{_base(api, tls)}/notes", '{"text": "ok"}')
+    ok = _curl(guarded, policy, "POST", f"{base(api, tls)}/notes", '{"text": "ok"}')
     assert ok.result.exit_status == 0 and '"stored"' in ok.result.stdout, ok.result.stderr
     assert [(r.method, r.path) for r in api.received[before:]] == [("POST", "/notes")]
-    run = _curl(guarded, policy, "POST", f"{_base(api, tls)}/patients/export", '{"mrn": "77120934"}')
+    run = _curl(guarded, policy, "POST", f"{base(api, tls)}/patients/export", '{"mrn": "77120934"}')
     _assert_stopped(guarded, run, api, before + 1, "POST 127.0.0.1/patients/export")
 
 

@@ -17,12 +17,19 @@
 #define SIGKILL_ 9
 #define FNV_OFFSET 0xcbf29ce484222325ULL
 #define FNV_PRIME 0x100000001b3ULL
+#define SIGSTOP_ 19
 #define TLS_HANDSHAKE 0x16
+#define ID_SEGMENT 1           /* what an id segment adds to an endpoint hash */
+#define ID_MIN_HEX 8           /* shorter hex words are names ("cafe", "add") */
 
 BPF_SOCKHASH(api_socks, u64, 65535);
 BPF_HASH(api_peers, struct api_peer_key, u32, 4096);
 BPF_HASH(api_hosts, struct api_host_key, u32, 4096);
 BPF_HASH(api_dests, struct api_dest_key, struct api_dest, 1024);
+/* Destinations whose calls the agent's profile learned, and the endpoints it
+ * learned there: an allowed call to any other endpoint is held for the guard. */
+BPF_HASH(api_learned, struct api_dest_key, u8, 1024);
+BPF_HASH(api_known, struct api_known_key, u8, 16384);
 
 /* Per socket: its destination id once known, and the bytes still owed to
  * the body of the last allowed plain request. */
@@ -46,7 +53,7 @@ struct tls_call {
     u32 depth;
     u32 dest;
     u32 writing;
-    u32 _pad;
+    u32 held;                  /* stopped until the guard releases it: nothing passes */
 };
 BPF_TABLE("lru_hash", u32, struct tls_call, tls_calls, 16384);
 
@@ -67,6 +74,7 @@ BPF_TABLE("lru_hash", struct tls_conn_key, struct tls_body, tls_bodies, 16384);
 struct api_req {
     u64 segs[API_SEGS];
     u64 host;
+    u64 endpoint;              /* method and path, ids generalised (ebpf/api.py endpoint_hash) */
     u32 body;
     u32 head_len;              /* 0: the blank line after the headers was not seen */
     u32 nsegs;                 /* may exceed API_SEGS */
@@ -123,7 +131,7 @@ static __always_inline u8 method_of(u64 word, u32 len)
  * precise counters in registers would make it walk each path of each byte. */
 struct parse_state {
     u64 word, seg, name;
-    u32 state, n, seglen, tlen, hlen, dots, seen_host, seen_length;
+    u32 state, n, seglen, tlen, hlen, dots, digits, hexish, seen_host, seen_length;
     u8 prev1, prev2;
 };
 
@@ -157,6 +165,7 @@ static __always_inline void parse(struct api_scratch *s, u32 len)
         if (state == P_METHOD) {
             if (c == ' ') {
                 r->method = method_of(p->word, p->n);
+                r->endpoint = fnv(FNV_OFFSET, r->method);
                 p->state = r->method ? P_TARGET : P_END;
             } else if (++p->n > 7) {
                 p->state = P_END;
@@ -170,8 +179,7 @@ static __always_inline void parse(struct api_scratch *s, u32 len)
             } else {
                 p->state = P_SEGMENT;
                 p->seg = FNV_OFFSET;
-                p->seglen = 0;
-                p->dots = 0;
+                p->seglen = p->dots = p->digits = p->hexish = 0;
                 s->ev.target[0] = c;
                 p->tlen = 1;
             }
@@ -193,10 +201,13 @@ static __always_inline void parse(struct api_scratch *s, u32 len)
                     if (k < API_SEGS)
                         r->segs[k & (API_SEGS - 1)] = p->seg;
                     r->nsegs = k + 1;
+                    /* a number, or a long hex id, is any one of its kind */
+                    u32 digits = p->digits;
+                    int id = digits == seglen || (seglen >= ID_MIN_HEX && p->hexish == seglen && digits);
+                    r->endpoint = (r->endpoint ^ (id ? ID_SEGMENT : p->seg)) * FNV_PRIME;
                 }
                 p->seg = FNV_OFFSET;
-                p->seglen = 0;
-                p->dots = 0;
+                p->seglen = p->dots = p->digits = p->hexish = 0;
                 if (c == '?')
                     p->state = P_QUERY;
                 else if (c == ' ')
@@ -211,6 +222,10 @@ static __always_inline void parse(struct api_scratch *s, u32 len)
                 p->seglen++;
                 if (c == '.')
                     p->dots++;
+                if (c >= '0' && c <= '9')
+                    p->digits++;
+                if ((c >= '0' && c <= '9') || (lower(c) >= 'a' && lower(c) <= 'f') || c == '-')
+                    p->hexish++;
             } else if (c == ' ') {
                 p->state = P_VERSION;
             }
@@ -337,22 +352,43 @@ static __always_inline struct api_scratch *scratch_for(u64 cg)
     return s;
 }
 
-/* Decide the request in s and send its event; returns 1 if allowed. */
-static __always_inline int judge(struct api_scratch *s, struct api_dest *d, u64 cg, u8 tls, u16 port)
+/* Whether the agent's profile knows the request's endpoint, where it learned any. */
+static __always_inline int learned_or_known(u64 cg, struct api_dest *d, struct api_req *r)
+{
+    struct api_dest_key dk = {.cgroup_id = cg, .id = d->id};
+    if (!api_learned.lookup(&dk))
+        return 1;
+    struct api_known_key kk = {.cgroup_id = cg, .endpoint = r->endpoint, .dest = d->id};
+    return api_known.lookup(&kk) != NULL;
+}
+
+/* Decide the request in s and send its event: API_ALLOW, API_STOP or API_HOLD. */
+static __always_inline int judge(struct api_scratch *s, struct api_dest *d, u64 cg, u8 tls, u16 port,
+                                 int quarantined)
 {
     struct api_req *r = &s->req;
     struct ev_api *e = &s->ev;
     int m = r->unreadable ? -API_UNREADABLE : d ? match(d, r) : -API_WRONG_HOST;
+    int verdict = m >= 0 ? API_ALLOW : API_STOP;
+    if (verdict == API_ALLOW && quarantined) {
+        verdict = API_STOP;
+        m = -API_QUARANTINED;
+    }
+    if (verdict == API_ALLOW && !learned_or_known(cg, d, r)) {
+        verdict = API_HOLD;
+        m = -API_UNSEEN;
+    }
     e->dest = d ? d->id : 0;
+    e->endpoint = r->endpoint;
     e->body = r->body;
     e->port = port;
     e->method = r->method;
     e->tls = tls;
-    e->verdict = m >= 0 ? API_ALLOW : API_STOP;
+    e->verdict = verdict;
     e->reason = m >= 0 ? API_OK : -m;
     e->rule = m >= 0 ? m : 0xff;
     emit(e, sizeof(*e), cg);
-    return m >= 0;
+    return verdict;
 }
 
 static __always_inline struct api_dest *dest_by_id(u64 cg, u32 id)
@@ -399,8 +435,11 @@ int api_http(struct sk_msg_md *msg)
     struct api_sock *st = api_sock_state.sk_storage_get(sk, 0, 0);
     if (!st)
         return SK_DROP;
-    u64 cg = bpf_get_current_cgroup_id();
+    u64 cg;
+    struct watch_info *w = watched_cgroup(&cg);
     u32 size = msg->size;
+    if (!w || (w->flags & WATCH_QUARANTINE))
+        st->body_left = 0;  /* judged afresh: the request it belongs to is stopped */
     if (st->body_left >= size) {
         st->body_left -= size;
         return SK_PASS;
@@ -420,7 +459,9 @@ int api_http(struct sk_msg_md *msg)
     struct api_req *r = &s->req;
     if (!r->unreadable && size - r->head_len > r->body)
         r->unreadable = 1;  /* a second request pipelined behind the first */
-    if (!judge(s, dest_by_id(cg, st->dest), cg, 0, __builtin_bswap16((u16)(msg->remote_port >> 16))))
+    /* a held plain request is dropped: the guard's verdict decides the next one */
+    if (judge(s, dest_by_id(cg, st->dest), cg, 0, __builtin_bswap16((u16)(msg->remote_port >> 16)),
+              !w || (w->flags & WATCH_QUARANTINE)) != API_ALLOW)
         return SK_DROP;
     st->body_left = r->body - (size - r->head_len);
     return SK_PASS;
@@ -450,23 +491,22 @@ int api_msg(struct sk_msg_md *msg)
             first = *(u8 *)msg->data;
         st->mode = first == TLS_HANDSHAKE ? SOCK_TLS : SOCK_HTTP;
     }
-    /* an API socket of a sandbox no longer watched, or quarantined, sends nothing */
-    if (!w || (w->flags & WATCH_QUARANTINE))
-        return SK_DROP;
     if (st->mode == SOCK_HTTP) {
         api_progs.call(msg, 0);
         return SK_DROP;  /* the tail call failed: nothing unjudged leaves */
     }
+    /* an API socket of a sandbox no longer watched, or quarantined, sends nothing */
+    int quarantined = !w || (w->flags & WATCH_QUARANTINE);
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct tls_call *call = tls_calls.lookup(&tid);
-    if (call && (call->writing ? call->dest == st->dest : 1))
+    if (!quarantined && call && !call->held && (call->writing ? call->dest == st->dest : 1))
         return SK_PASS;
     struct api_scratch *s = scratch_for(cg);
     if (s) {
         s->ev.dest = st->dest;
         s->ev.tls = 1;
         s->ev.verdict = API_STOP;
-        s->ev.reason = API_NO_REQUEST;
+        s->ev.reason = quarantined ? API_QUARANTINED : API_NO_REQUEST;
         s->ev.rule = 0xff;
         s->ev.port = __builtin_bswap16((u16)(msg->remote_port >> 16));
         emit(&s->ev, sizeof(s->ev), cg);
@@ -517,7 +557,9 @@ static __always_inline void stop_caller(void)
 int tls_write(struct pt_regs *ctx)
 {
     u64 cg;
-    if (!watched_cgroup(&cg))
+    struct watch_info *w = watched_cgroup(&cg);
+    /* a quarantined sandbox's records are dropped by api_msg, with an event */
+    if (!w || (w->flags & WATCH_QUARANTINE))
         return 0;
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
@@ -556,9 +598,15 @@ int tls_write(struct pt_regs *ctx)
      * goes on with no destination: the SK_MSG program lets its records out
      * only on sockets without API rules. */
     if (d) {
-        if (!judge(s, d, cg, 1, hk.port)) {
+        int verdict = judge(s, d, cg, 1, hk.port, 0);
+        if (verdict == API_STOP) {
             stop_caller();
             return 0;
+        }
+        if (verdict == API_HOLD) {
+            /* stopped before the library runs; the guard releases or kills it */
+            fresh.held = 1;
+            bpf_send_signal(SIGSTOP_);
         }
         struct tls_body left = {.left = r->body - (size - r->head_len), .dest = d->id};
         tls_bodies.update(&ck, &left);

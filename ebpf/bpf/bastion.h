@@ -205,6 +205,7 @@ struct unix_key {
 /* ev_api.verdict */
 #define API_ALLOW 1
 #define API_STOP 2
+#define API_HOLD 3             /* plain: dropped; TLS: the caller stopped (SIGSTOP) */
 
 /* ev_api.reason */
 #define API_OK 0
@@ -214,6 +215,8 @@ struct unix_key {
 #define API_WRONG_HOST 4       /* the Host header names another destination */
 #define API_UNREADABLE 5       /* not an HTTP/1.x request Bastion can read */
 #define API_NO_REQUEST 6       /* TLS bytes on an API socket that no allowed request wrote */
+#define API_UNSEEN 7           /* allowed by the policy, but an endpoint the profile never saw */
+#define API_QUARANTINED 8      /* the sandbox is quarantined: no egress at all */
 
 struct api_rule {
     u32 methods;
@@ -253,8 +256,16 @@ struct api_dest_key {
     u32 _pad;
 };
 
+struct api_known_key {
+    u64 cgroup_id;
+    u64 endpoint;
+    u32 dest;
+    u32 _pad;
+};
+
 struct ev_api {
     struct ev_hdr h;
+    u64 endpoint;              /* hash of the method and path, ids generalised */
     u32 dest;                  /* destination id, 0 when none was found */
     u32 body;                  /* Content-Length */
     u16 port;                  /* the socket's peer port (plain) or the Host header's */

@@ -1,0 +1,42 @@
+"""Judging an API call the agent's profile never saw, while the kernel holds
+it: its distance to the nearest call the profile learned on the same host,
+over the method, the path template and the body size."""
+
+from __future__ import annotations
+
+import math
+
+from ebpf.api import template
+
+ALERT_AT = 0.25  # below: allowed quietly; up to 1: allowed with an alert; 1 and above: the policy's response
+METHOD_WEIGHT = 0.5
+BODY_WEIGHT = 0.25  # per doubling beyond the largest body the endpoint was seen with
+NO_LEARNED_CALL = 2.0
+
+
+def _segments(path: str) -> list[str]:
+    return [s for s in path.split("/") if s]
+
+
+def _distance(method: str, segments: list[str], body: int, l_method: str, l_segments: list[str],
+              l_body: int) -> float:
+    shared = 0
+    for a, b in zip(segments, l_segments):
+        if a != b:
+            break
+        shared += 1
+    path = 1.0 - shared / max(len(segments), len(l_segments), 1)
+    growth = max(0.0, math.log2((body + 1) / (l_body + 1)))
+    return (METHOD_WEIGHT if method != l_method else 0.0) + path + BODY_WEIGHT * growth
+
+
+def unseen_call_score(endpoints: dict[str, int], method: str, host: str, target: str, body: int) -> float:
+    """0 for a call like one learned on the same host; 1 or more for one
+    unlike all of them, or on a host where no call was learned."""
+    segments = _segments(template(target))
+    scores = []
+    for key, learned_body in endpoints.items():
+        l_method, l_host, l_path = key.split(" ", 2)
+        if l_host == host:
+            scores.append(_distance(method, segments, body, l_method, _segments(l_path), learned_body))
+    return min(scores, default=NO_LEARNED_CALL)
