@@ -46,7 +46,8 @@ class EventKind(enum.StrEnum):
 
 # enum ev_type in bastion.h
 _KIND_BY_TYPE = {i + 1: kind for i, kind in enumerate(EventKind)}
-DENY_HOOKS = {1: "connect4", 2: "connect6", 3: "sendmsg4", 4: "sendmsg6", 5: "unix_connect", 6: "unix_sendmsg"}
+DENY_HOOKS = {1: "connect4", 2: "connect6", 3: "sendmsg4", 4: "sendmsg6", 5: "unix_connect", 6: "unix_sendmsg",
+              7: "fastopen"}
 
 
 class EvHdr(ct.Structure):

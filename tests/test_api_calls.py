@@ -192,3 +192,61 @@ def test_unwatched_sockets_are_not_touched(sensor: Sensor, api: LocalApi) -> Non
     with socket.create_connection(("127.0.0.1", api.port)) as s:
         s.sendall(b"POST /patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
         assert b"200" in s.recv(100)
+
+
+# Ways around the SK_MSG program an attacker would try: data in the SYN (TCP
+# Fast Open, by a send or by a socket option), a send racing the handshake, and
+# bytes spliced from a file.
+EXPORT = b"POST /patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
+AROUND_THE_CHECKS = {
+    "fast open send": """
+import socket, sys
+s = socket.socket()
+s.sendto(bytes.fromhex(sys.argv[2]), socket.MSG_FASTOPEN, ("127.0.0.1", int(sys.argv[1])))
+print(s.recv(100))
+""",
+    "fast open socket option": """
+import socket, sys
+s = socket.socket()
+try:
+    s.setsockopt(socket.IPPROTO_TCP, 30, 1)  # TCP_FASTOPEN_CONNECT
+except OSError as exc:
+    print("refused:", exc, flush=True)
+s.connect(("127.0.0.1", int(sys.argv[1])))
+s.sendall(bytes.fromhex(sys.argv[2]))
+print(s.recv(100))
+""",
+    "send during the handshake": """
+import socket, sys
+s = socket.socket()
+s.setblocking(False)
+try:
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+except BlockingIOError:
+    pass
+s.setblocking(True)
+s.sendall(bytes.fromhex(sys.argv[2]))
+print(s.recv(100))
+""",
+    "sendfile": """
+import os, socket, sys
+with open("request", "wb") as f:
+    f.write(bytes.fromhex(sys.argv[2]))
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+with open("request", "rb") as f:
+    os.sendfile(s.fileno(), f.fileno(), 0, 1000)
+print(s.recv(100))
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(AROUND_THE_CHECKS))
+def test_sends_that_avoid_a_connected_socket_are_stopped(guarded: GuardedSandboxes, policy: Policy,
+                                                         api: LocalApi, name: str) -> None:
+    before = len(api.received)
+    run = guarded.run(["/usr/bin/python3", "-c", AROUND_THE_CHECKS[name], str(api.port), EXPORT.hex()],
+                      policy, labels=LABELS)
+    assert api.received[before:] == [], f"the server received {api.received[before:]}"
+    alert = next(a for a in run.alerts if a.detector == "rule")
+    assert "stopped in the kernel" in alert.rule or "(fastopen)" in alert.rule, alert.rule
+    assert [b for b in audit.read(guarded.audit.path, "alert") if b["id"] == alert.id]

@@ -170,6 +170,7 @@ struct egress_rule {
 #define DENY_SENDMSG6 4
 #define DENY_UNIX_CONNECT 5
 #define DENY_UNIX_SENDMSG 6
+#define DENY_FASTOPEN 7        /* a TCP connect made by a send (TCP Fast Open) */
 
 /* Unix sockets a sandbox may reach: (cgroup id, path as the thread passed
  * it, zero-padded). Values: UNIX_ALLOW, or UNIX_QUIET for libc's probes

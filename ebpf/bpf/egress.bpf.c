@@ -23,6 +23,17 @@ static __always_inline int port_allowed(struct egress_rule *r, u16 port)
     return 0;
 }
 
+/* Whether the current thread is inside connect(): net.bpf.c parked its
+ * EV_CONNECT at sys_enter. A TCP connect hook reached any other way is TCP
+ * Fast Open (sendto or sendmsg with MSG_FASTOPEN), whose data would leave in
+ * the SYN, before the socket joins the API checks. */
+static __always_inline int in_connect(void)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    union event_buf *p = pending.lookup(&tid);
+    return p && p->h.type == EV_CONNECT;
+}
+
 static __always_inline int decide(struct bpf_sock_addr *ctx, struct egress_key *k, u16 port, u32 hook)
 {
     u64 cg;
@@ -34,7 +45,9 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct egress_key *
         struct egress_rule *r = egress_rules.lookup(k);
         u8 proto = ctx->protocol == IPPROTO_TCP_ ? PROTO_TCP
                  : ctx->protocol == IPPROTO_UDP_ ? PROTO_UDP : 0;
-        if (r && (r->protos & proto) && port_allowed(r, port))
+        if (proto == PROTO_TCP && !in_connect())
+            hook = DENY_FASTOPEN;
+        else if (r && (r->protos & proto) && port_allowed(r, port))
             return 1;
     }
     struct ev_net e = {};
