@@ -76,6 +76,16 @@ def _cgroup_connect() -> str:
         cg.remove()
 
 
+def _api_programs() -> str:
+    cg = Cgroup.create(f"doctor-{uuid.uuid4().hex[:8]}")
+    fd = cg.open_fd()
+    try:
+        return probe.attach_api_programs(fd)
+    finally:
+        os.close(fd)
+        cg.remove()
+
+
 def _btf() -> str:
     if not Path("/sys/kernel/btf/vmlinux").exists():
         raise RuntimeError("/sys/kernel/btf/vmlinux is missing")
@@ -118,6 +128,7 @@ CHECKS: list[tuple[str, bool, Callable[[], str], str]] = [
     ("bcc", True, _bcc, SETUP + " (installs python3-bpfcc and links it into .venv)"),
     ("tracepoint programs", True, probe.load_tracepoints, "needs CONFIG_BPF_EVENTS and CAP_BPF"),
     ("cgroup sock_addr programs", True, _cgroup_connect, "needs CONFIG_CGROUP_BPF"),
+    ("API call programs", True, _api_programs, "needs CONFIG_BPF_STREAM_PARSER (sk_msg) and CONFIG_UPROBE_EVENTS"),
     ("BTF", False, _btf, "kernel built without CONFIG_DEBUG_INFO_BTF: not needed by BCC"),
     ("landlock", True, _landlock, "boot with lsm=...,landlock"),
     ("seccomp", True, _seccomp, "apt-get install libseccomp2; kernel needs CONFIG_SECCOMP_FILTER"),

@@ -81,6 +81,7 @@ def serve(body: bytes = b"hello from the allowed API", certs_dir: Path | None = 
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK stall
 
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

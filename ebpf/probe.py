@@ -3,7 +3,9 @@ sensor uses, so `bastion doctor` checks features by using them."""
 
 from __future__ import annotations
 
-from ebpf.sensor import BPF_DIR
+from pathlib import Path
+
+from ebpf.sensor import BPF_CGROUP_SOCK_OPS, BPF_DIR, tls_libraries
 
 CGROUP_INET4_CONNECT = 10
 
@@ -29,5 +31,27 @@ def attach_cgroup_connect(cgroup_fd: int) -> str:
         BPF.attach_func(fn, cgroup_fd, CGROUP_INET4_CONNECT)
         BPF.detach_func(fn, cgroup_fd, CGROUP_INET4_CONNECT)
         return "cgroup/connect4 attached and detached"
+    finally:
+        bpf.cleanup()
+
+
+def attach_api_programs(cgroup_fd: int) -> str:
+    """Attach a sock_ops program to a cgroup and an sk_msg program to a
+    sockhash (the plain HTTP checks), and a uprobe to each TLS library's
+    write (the TLS checks)."""
+    from bcc import BPF, BPFAttachType, libbcc
+
+    bpf = BPF(src_file=str(BPF_DIR / "probe.bpf.c"))
+    try:
+        ops = bpf.load_func("probe_sockops", BPF.SOCK_OPS)
+        BPF.attach_func(ops, cgroup_fd, BPF_CGROUP_SOCK_OPS)
+        BPF.detach_func(ops, cgroup_fd, BPF_CGROUP_SOCK_OPS)
+        msg = bpf.load_func("probe_msg", BPF.SK_MSG)
+        BPF.attach_func(msg, libbcc.lib.bpf_table_fd(bpf.module, b"probe_socks"), BPFAttachType.SK_MSG_VERDICT)
+        libraries = tls_libraries()
+        for path, (writes, _others) in libraries.items():
+            bpf.attach_uprobe(name=path, sym=writes[0], fn_name="probe_uprobe")
+        names = ", ".join(Path(p).name for p in libraries) or "no TLS library found: TLS calls cannot be read"
+        return f"sock_ops, sk_msg attached; uprobes on {names}"
     finally:
         bpf.cleanup()

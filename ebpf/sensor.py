@@ -138,8 +138,9 @@ class Sensor:
         from bcc import BPF, BPFAttachType, libbcc
 
         bpf = self._bpf
-        http = bpf.load_func("api_http", BPF.SK_MSG)
-        bpf["api_progs"][ct.c_int(0)] = ct.c_int(http.fd)
+        for i, name in enumerate(("api_http", "api_http_headers")):
+            bpf["api_progs"][ct.c_int(i)] = ct.c_int(bpf.load_func(name, BPF.SK_MSG).fd)
+        bpf["tls_progs"][ct.c_int(0)] = ct.c_int(bpf.load_func("tls_headers", BPF.KPROBE).fd)
         msg = bpf.load_func("api_msg", BPF.SK_MSG)
         BPF.attach_func(msg, libbcc.lib.bpf_table_fd(bpf.module, b"api_socks"), BPFAttachType.SK_MSG_VERDICT)
         for path, (writes, others) in tls_libraries().items():
@@ -233,8 +234,11 @@ class Sensor:
         return batch
 
     def poll(self, timeout_ms: int = 100) -> list[Event]:
-        """Wait up to timeout_ms for events and return everything pending."""
+        """Wait up to timeout_ms for events and return everything pending,
+        including records sent without a wakeup (an allowed API call's),
+        which a wait alone does not collect."""
         self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()
         return self._decode_pending()
 
     def drain(self) -> list[Event]:

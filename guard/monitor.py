@@ -157,7 +157,6 @@ class Guard:
         score_ngrams = profile is not None and st.strongest.rank < st.assignment.response.anomaly.rank
         sequences: list[Event] = []
         exited: set[int] = set()
-        self._audit_api_calls(st, [ev for ev in events if ev.kind is EventKind.API])
         for ev in events:
             if not st.running:
                 if ev.kind is not EventKind.EXEC or ev.ret != 0:
@@ -189,6 +188,8 @@ class Guard:
                 self._threads_ended(st, profile, [t for t, th in st.threads.items() if th.pid in exited])
         if profile is not None and time.monotonic() - st.last_frequency >= FREQUENCY_EVERY_S:
             self._frequency(st, profile)
+        # after the batch's verdicts: a held call is released before any fsync
+        self._audit_api_calls(st, [ev for ev in events if ev.kind is EventKind.API])
         self._publish(st)
 
     def _held_call(self, st: _State, profile: Profile | None, ev: Event) -> None:

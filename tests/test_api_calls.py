@@ -250,3 +250,13 @@ def test_sends_that_avoid_a_connected_socket_are_stopped(guarded: GuardedSandbox
     alert = next(a for a in run.alerts if a.detector == "rule")
     assert "stopped in the kernel" in alert.rule or "(fastopen)" in alert.rule, alert.rule
     assert [b for b in audit.read(guarded.audit.path, "alert") if b["id"] == alert.id]
+
+
+def test_the_kernel_header_hashes_are_the_header_names() -> None:
+    """api.bpf.c compares header names by their FNV-1a hash."""
+    from ebpf.sensor import BPF_DIR
+
+    source = (BPF_DIR / "api.bpf.c").read_text()
+    for name in ("host", "content-length", "transfer-encoding"):
+        define = f"H_{name.upper().replace('-', '_')} {fnv1a(name.encode()):#018x}ULL"
+        assert define in source, define

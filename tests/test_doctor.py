@@ -13,7 +13,7 @@ def test_doctor_reports_every_capability_ok_on_this_machine(kernel: None) -> Non
     out = subprocess.run([str(bastion), "doctor", "--json"], capture_output=True, text=True, timeout=120)
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert {"root", "cgroup v2", "tracefs", "kernel headers", "bcc", "tracepoint programs",
-            "cgroup sock_addr programs", "landlock", "seccomp"} <= rows.keys()
+            "cgroup sock_addr programs", "API call programs", "landlock", "seccomp"} <= rows.keys()
     failed = [r for r in rows.values() if r["required"] and not r["ok"]]
     assert failed == [] and out.returncode == 0, failed
 

@@ -44,7 +44,12 @@ struct api_sock {
     u8 _pad[7];
 };
 BPF_SK_STORAGE(api_sock_state, struct api_sock);
-BPF_PROG_ARRAY(api_progs, 1);  /* 0: api_http */
+/* Programs entered by tail call: each parser loop is verified on its own. */
+#define PROG_HTTP 0
+#define PROG_HTTP_HEADERS 1
+#define PROG_TLS_HEADERS 0
+BPF_PROG_ARRAY(api_progs, 2);  /* SK_MSG: api_http, api_http_headers */
+BPF_PROG_ARRAY(tls_progs, 1);  /* uprobes: tls_headers */
 
 /* Per thread while it runs a watched TLS library function: how deep, and
  * for which destination its current write was allowed (0: handshake, read
@@ -121,42 +126,70 @@ static __always_inline u8 method_of(u64 word, u32 len)
 #define P_SKIP 10
 #define P_END 11
 
-/* FNV-1a of the lowercased header names (ebpf/api.py checks them) */
+/* FNV-1a of the lowercased header names (tests/test_api_calls.py checks them) */
 #define H_HOST 0x4077f8cc7eaf4d6fULL
 #define H_CONTENT_LENGTH 0x2d69a1e6ee916e7dULL
 #define H_TRANSFER_ENCODING 0x8640bd735e9d802cULL
 
 /* The parser's variables live in map memory, not registers: the verifier
- * then sees every iteration of the byte loop alike and prunes, where
- * precise counters in registers would make it walk each path of each byte. */
+ * then sees every iteration of a byte loop alike and prunes, where precise
+ * counters in registers would make it walk each path of each byte. The
+ * request line and the headers are parsed by two programs, joined by a tail
+ * call, so that each is verified on its own. */
 struct parse_state {
     u64 word, seg, name;
     u32 state, n, seglen, tlen, hlen, dots, digits, hexish, seen_host, seen_length;
+    u32 pos;                   /* where the headers start */
+    u32 size;                  /* bytes in the send or write */
     u8 prev1, prev2;
 };
 
 struct api_scratch {
-    u8 buf[API_SCAN + 1];      /* the bytes read, then a NUL */
+    u8 buf[API_SCAN + 8];      /* the bytes read, then NULs */
     struct api_req req;
     struct parse_state ps;
     struct ev_api ev;
 };
 BPF_PERCPU_ARRAY(api_scratch, struct api_scratch, 1);
 
-/* Parse the request at the start of s->buf (len bytes) into s->req and the
- * event's host and target. */
-static __always_inline void parse(struct api_scratch *s, u32 len)
+/* Ends one path segment: checks its form, keeps its hash, and folds it
+ * (or, for an id, the id marker) into the endpoint hash. */
+static __always_inline void end_segment(volatile struct api_req *r, volatile struct parse_state *p, u8 c)
+{
+    u32 seglen = p->seglen;
+    /* empty (`//`, a trailing `/`) or dots only is not normal form */
+    if (seglen == 0 && (c == '/' || r->nsegs > 0))
+        r->bad = 1;
+    if (seglen && p->dots == seglen && seglen <= 2)
+        r->bad = 1;
+    if (seglen) {
+        u32 k = r->nsegs;
+        if (k < API_SEGS)
+            r->segs[k & (API_SEGS - 1)] = p->seg;
+        r->nsegs = k + 1;
+        /* a number, or a long hex id, is any one of its kind */
+        u32 digits = p->digits;
+        int id = digits == seglen || (seglen >= ID_MIN_HEX && p->hexish == seglen && digits);
+        r->endpoint = (r->endpoint ^ (id ? ID_SEGMENT : p->seg)) * FNV_PRIME;
+    }
+    p->seg = FNV_OFFSET;
+    p->seglen = p->dots = p->digits = p->hexish = 0;
+}
+
+/* Parse the request line at the start of s->buf (len bytes read) into
+ * s->req and the event's target; p->pos is where the headers start, 0 if
+ * the line is not one Bastion reads. */
+static __always_inline void parse_line(struct api_scratch *s, u32 len)
 {
     volatile struct api_req *r = &s->req;
     volatile struct parse_state *p = &s->ps;
     __builtin_memset(&s->req, 0, sizeof(s->req));
     __builtin_memset(&s->ps, 0, sizeof(s->ps));
-    p->state = P_METHOD;
-
-    /* The loop ends at a NUL rather than at len, which would become a
+    /* The loops end at a NUL rather than at len, which would become a
      * precise bound the verifier tracks through every iteration; a NUL
      * cannot be part of a request line or header. */
     s->buf[len] = 0;
+    p->state = P_METHOD;
     for (u32 i = 0; i < API_SCAN; i++) {
         u8 c = s->buf[i];
         if (!c || p->state == P_END)
@@ -179,35 +212,22 @@ static __always_inline void parse(struct api_scratch *s, u32 len)
             } else {
                 p->state = P_SEGMENT;
                 p->seg = FNV_OFFSET;
-                p->seglen = p->dots = p->digits = p->hexish = 0;
                 s->ev.target[0] = c;
                 p->tlen = 1;
             }
-        } else if (state == P_SEGMENT || state == P_QUERY) {
+        } else if (state == P_VERSION) {
+            if (c == '\n') {
+                p->pos = i + 1;
+                p->state = P_END;
+            }
+        } else {
             u32 t = p->tlen;
             if (t < API_TARGET_LEN - 1 && c != ' ') {
                 s->ev.target[t & (API_TARGET_LEN - 1)] = c;
                 p->tlen = t + 1;
             }
             if (state == P_SEGMENT && (c == '/' || c == '?' || c == ' ')) {
-                /* a segment ends: empty (`//`, a trailing `/`) or dots only is not normal form */
-                u32 seglen = p->seglen;
-                if (seglen == 0 && (c == '/' || r->nsegs > 0))
-                    r->bad = 1;
-                if (seglen && p->dots == seglen && seglen <= 2)
-                    r->bad = 1;
-                if (seglen) {
-                    u32 k = r->nsegs;
-                    if (k < API_SEGS)
-                        r->segs[k & (API_SEGS - 1)] = p->seg;
-                    r->nsegs = k + 1;
-                    /* a number, or a long hex id, is any one of its kind */
-                    u32 digits = p->digits;
-                    int id = digits == seglen || (seglen >= ID_MIN_HEX && p->hexish == seglen && digits);
-                    r->endpoint = (r->endpoint ^ (id ? ID_SEGMENT : p->seg)) * FNV_PRIME;
-                }
-                p->seg = FNV_OFFSET;
-                p->seglen = p->dots = p->digits = p->hexish = 0;
+                end_segment(r, p, c);
                 if (c == '?')
                     p->state = P_QUERY;
                 else if (c == ' ')
@@ -229,7 +249,35 @@ static __always_inline void parse(struct api_scratch *s, u32 len)
             } else if (c == ' ') {
                 p->state = P_VERSION;
             }
-        } else if (state == P_VERSION || state == P_SKIP) {
+        }
+        p->prev2 = p->prev1;
+        p->prev1 = c;
+        /* nothing may stay in a register from one byte to the next */
+        asm volatile("" ::: "memory");
+    }
+    asm volatile("" ::: "memory");
+    if (!r->method || p->state != P_END)
+        p->pos = 0;
+}
+
+/* Parse the headers from p->pos on: Host, Content-Length, Transfer-Encoding,
+ * and where they end; marks the request unreadable where that fails. */
+static __always_inline void parse_headers(struct api_scratch *s)
+{
+    volatile struct api_req *r = &s->req;
+    volatile struct parse_state *p = &s->ps;
+    u32 start = p->pos;
+    p->state = P_LINE;
+    for (u32 j = 0; j < API_SCAN; j++) {
+        u32 i = start + j;
+        if (!start || i >= API_SCAN)
+            break;
+        asm volatile("%0 &= %1" : "+r"(i) : "i"(API_SCAN - 1));  /* a bound the verifier sees */
+        u8 c = s->buf[i];
+        if (!c || p->state == P_END)
+            break;
+        u32 state = p->state;
+        if (state == P_SKIP) {
             if (c == '\n')
                 p->state = P_LINE;
         } else if (state == P_LINE) {
@@ -278,7 +326,7 @@ static __always_inline void parse(struct api_scratch *s, u32 len)
                     s->ev.host[h & (API_HOST_LEN - 1)] = lower(c);
                 p->hlen = h + 1;
             }
-        } else if (state == P_PORT || state == P_LENGTH) {
+        } else {  /* P_PORT, P_LENGTH */
             if (c >= '0' && c <= '9') {
                 if (state == P_PORT)
                     r->host_port = r->host_port * 10 + (c - '0');
@@ -291,14 +339,13 @@ static __always_inline void parse(struct api_scratch *s, u32 len)
                 p->state = P_SKIP;
             }
         }
-        p->prev2 = p->prev1;
-        p->prev1 = c;
-        /* nothing may stay in a register from one byte to the next */
         asm volatile("" ::: "memory");
     }
     asm volatile("" ::: "memory");
     if (!r->head_len || !r->method)
         r->unreadable = 1;
+    else if (p->size - r->head_len > r->body)
+        r->unreadable = 1;  /* a second request behind the first in one send */
 }
 
 /* Which rule of d allows the request: its index, or -reason. */
@@ -387,7 +434,9 @@ static __always_inline int judge(struct api_scratch *s, struct api_dest *d, u64 
     e->verdict = verdict;
     e->reason = m >= 0 ? API_OK : -m;
     e->rule = m >= 0 ? m : 0xff;
-    emit(e, sizeof(*e), cg);
+    /* An allowed call's event can wait for the pump's next read; waking it
+     * costs the caller an interrupt. A stopped or held one cannot wait. */
+    emit_with(e, sizeof(*e), cg, verdict == API_ALLOW ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP);
     return verdict;
 }
 
@@ -425,8 +474,8 @@ static __always_inline u32 peer_dest(struct sk_msg_md *msg, u64 cg)
 }
 
 /* A send on a plain HTTP socket of an API destination: the body still
- * owed to the last allowed request, or a new request to judge. A program of
- * its own (entered by tail call) so the verifier walks the parser once. */
+ * owed to the last allowed request, or a new request, whose line is parsed
+ * here and whose headers in api_http_headers. */
 int api_http(struct sk_msg_md *msg)
 {
     struct bpf_sock *sk = msg->sk;
@@ -455,15 +504,31 @@ int api_http(struct sk_msg_md *msg)
     /* bytes owed to a body, then a new request in the same send: not read */
     if (st->body_left)
         len = 0;
-    parse(s, len);
+    parse_line(s, len);
+    s->ps.size = size;
+    api_progs.call(msg, PROG_HTTP_HEADERS);
+    return SK_DROP;  /* the tail call failed: nothing unjudged leaves */
+}
+
+int api_http_headers(struct sk_msg_md *msg)
+{
+    struct bpf_sock *sk = msg->sk;
+    if (!sk)
+        return SK_DROP;
+    struct api_sock *st = api_sock_state.sk_storage_get(sk, 0, 0);
+    u32 zero = 0;
+    struct api_scratch *s = api_scratch.lookup(&zero);
+    if (!st || !s)
+        return SK_DROP;
+    u64 cg;
+    struct watch_info *w = watched_cgroup(&cg);
+    parse_headers(s);
     struct api_req *r = &s->req;
-    if (!r->unreadable && size - r->head_len > r->body)
-        r->unreadable = 1;  /* a second request pipelined behind the first */
     /* a held plain request is dropped: the guard's verdict decides the next one */
     if (judge(s, dest_by_id(cg, st->dest), cg, 0, __builtin_bswap16((u16)(msg->remote_port >> 16)),
               !w || (w->flags & WATCH_QUARANTINE)) != API_ALLOW)
         return SK_DROP;
-    st->body_left = r->body - (size - r->head_len);
+    st->body_left = r->body - (s->ps.size - r->head_len);
     return SK_PASS;
 }
 
@@ -492,7 +557,7 @@ int api_msg(struct sk_msg_md *msg)
         st->mode = first == TLS_HANDSHAKE ? SOCK_TLS : SOCK_HTTP;
     }
     if (st->mode == SOCK_HTTP) {
-        api_progs.call(msg, 0);
+        api_progs.call(msg, PROG_HTTP);
         return SK_DROP;  /* the tail call failed: nothing unjudged leaves */
     }
     /* an API socket of a sandbox no longer watched, or quarantined, sends nothing */
@@ -553,7 +618,8 @@ static __always_inline void stop_caller(void)
 }
 
 /* SSL_write(ssl, buf, num), SSL_write_ex(ssl, buf, num, written),
- * gnutls_record_send(session, data, size): the request in clear. */
+ * gnutls_record_send(session, data, size): the request in clear. Its line is
+ * parsed here, its headers in tls_headers. */
 int tls_write(struct pt_regs *ctx)
 {
     u64 cg;
@@ -564,16 +630,13 @@ int tls_write(struct pt_regs *ctx)
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
     struct tls_conn_key ck = {.obj = PT_REGS_PARM1(ctx), .pid = id >> 32};
-    const void *buf = (const void *)PT_REGS_PARM2(ctx);
     u32 size = (u32)PT_REGS_PARM3(ctx);
-    struct tls_call fresh = {.depth = 1, .writing = 1};
-    struct tls_call *call = tls_calls.lookup(&tid);
     struct tls_body *owed = tls_bodies.lookup(&ck);
     if (owed && owed->left >= size) {
         /* the body of an allowed request */
         owed->left -= size;
-        fresh.depth = call ? call->depth + 1 : 1;
-        fresh.dest = owed->dest;
+        struct tls_call *call = tls_calls.lookup(&tid);
+        struct tls_call fresh = {.depth = call ? call->depth + 1 : 1, .writing = 1, .dest = owed->dest};
         tls_calls.update(&tid, &fresh);
         return 0;
     }
@@ -585,15 +648,33 @@ int tls_write(struct pt_regs *ctx)
     u32 len = scan_len(size);
     if (owed && owed->left)
         len = 0;  /* part body, part something else */
-    if (len && bpf_probe_read_user(s->buf, len, buf))
+    if (len && bpf_probe_read_user(s->buf, len, (const void *)PT_REGS_PARM2(ctx)))
         len = 0;
-    parse(s, len);
+    parse_line(s, len);
+    s->ps.size = size;
+    tls_progs.call(ctx, PROG_TLS_HEADERS);
+    stop_caller();  /* the tail call failed: nothing unjudged goes out */
+    return 0;
+}
+
+int tls_headers(struct pt_regs *ctx)
+{
+    u64 cg;
+    u32 zero = 0;
+    struct api_scratch *s = api_scratch.lookup(&zero);
+    if (!watched_cgroup(&cg) || !s) {
+        stop_caller();
+        return 0;
+    }
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    struct tls_conn_key ck = {.obj = PT_REGS_PARM1(ctx), .pid = id >> 32};
+    parse_headers(s);
     struct api_req *r = &s->req;
-    if (!r->unreadable && size - r->head_len > r->body)
-        r->unreadable = 1;
     struct api_host_key hk = {.cgroup_id = cg, .host = r->host, .port = r->host_port ? r->host_port : 443};
     u32 *dest_id = r->unreadable ? NULL : api_hosts.lookup(&hk);
     struct api_dest *d = dest_id ? dest_by_id(cg, *dest_id) : NULL;
+    struct tls_call fresh = {.depth = 1, .writing = 1};
     /* A request to a host without API rules, or one that cannot be read,
      * goes on with no destination: the SK_MSG program lets its records out
      * only on sockets without API rules. */
@@ -608,13 +689,13 @@ int tls_write(struct pt_regs *ctx)
             fresh.held = 1;
             bpf_send_signal(SIGSTOP_);
         }
-        struct tls_body left = {.left = r->body - (size - r->head_len), .dest = d->id};
+        struct tls_body left = {.left = r->body - (s->ps.size - r->head_len), .dest = d->id};
         tls_bodies.update(&ck, &left);
         fresh.dest = d->id;
     }
-    if (call) {
+    struct tls_call *call = tls_calls.lookup(&tid);
+    if (call)
         fresh.depth = call->depth + 1;
-    }
     tls_calls.update(&tid, &fresh);
     return 0;
 }

@@ -75,15 +75,20 @@ static __always_inline void fill_hdr(struct ev_hdr *h, u16 type, u64 cg)
 }
 
 /* Send one event and count it as sent or lost for its cgroup. */
-static __always_inline void emit(void *data, u32 size, u64 cg)
+static __always_inline void emit_with(void *data, u32 size, u64 cg, u64 flags)
 {
     struct cg_stats *st = stats.lookup(&cg);
-    if (events.ringbuf_output(data, size, 0) == 0) {
+    if (events.ringbuf_output(data, size, flags) == 0) {
         if (st)
             st->events++;
     } else if (st) {
         st->lost++;
     }
+}
+
+static __always_inline void emit(void *data, u32 size, u64 cg)
+{
+    emit_with(data, size, cg, 0);
 }
 
 static __always_inline union event_buf *begin(u16 type, u64 cg)

@@ -17,3 +17,20 @@ int probe_connect4(struct bpf_sock_addr *ctx)
 {
     return 1;
 }
+
+BPF_SOCKHASH(probe_socks, u64, 4);
+
+int probe_sockops(struct bpf_sock_ops *skops)
+{
+    return 1;
+}
+
+int probe_msg(struct sk_msg_md *msg)
+{
+    return SK_PASS;
+}
+
+int probe_uprobe(void *ctx)
+{
+    return 0;
+}

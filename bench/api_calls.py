@@ -1,0 +1,242 @@
+"""What deciding API calls in the kernel costs each call, side by side in one
+run: the same keep-alive client, plain HTTP and TLS, run
+
+  - unwatched (a plain process: the floor),
+  - in a sandbox whose policy allows the host by IP:port only,
+  - in a sandbox whose policy has API rules (SK_MSG parses each plain
+    request; the libssl uprobes parse each TLS one),
+
+and the held path: TLS calls to endpoints the agent's profile never saw,
+each stopped (SIGSTOP) while the guard scores it, then released.
+
+    .venv/bin/python bench/api_calls.py [--calls 2000] [--held 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes as ct
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bastion.guarded import GuardedSandboxes, record_runs  # noqa: E402
+from bastion.local_api import LocalApi, serve  # noqa: E402
+from common.verdicts import Verdict  # noqa: E402
+from ebpf.sensor import Sensor  # noqa: E402
+from guard.audit import AuditLog  # noqa: E402
+from guard.traces import Behaviour  # noqa: E402
+from guard.training import Settings, train  # noqa: E402
+from sandbox.policy import Network, Policy  # noqa: E402
+from tests.apis import api_policy  # noqa: E402
+
+# Times each request of a keep-alive connection: the send (where the kernel
+# decides) and the whole round trip. argv: port, tls, ca, calls, paths (comma-separated).
+CLIENT = r"""
+import http.client, json, ssl, sys, time
+port, tls, ca, calls, paths = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3], int(sys.argv[4]), sys.argv[5].split(",")
+if tls:
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ssl.create_default_context(cafile=ca))
+else:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+sends, trips = [], []
+for i in range(calls):
+    t = time.perf_counter_ns()
+    conn.request("GET", paths[i % len(paths)])
+    sent = time.perf_counter_ns()
+    conn.getresponse().read()
+    sends.append(sent - t)
+    trips.append(time.perf_counter_ns() - t)
+print(json.dumps([sends, trips]))
+"""
+
+
+API_PROGRAMS = ("api_msg", "api_http", "api_http_headers", "tls_write", "tls_headers", "tls_enter", "tls_leave")
+BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+class ProgInfo(ct.Structure):
+    """struct bpf_prog_info up to run_cnt (linux/bpf.h)."""
+
+    _fields_ = [("type", ct.c_uint32), ("id", ct.c_uint32), ("tag", ct.c_uint8 * 8),
+                ("jited_prog_len", ct.c_uint32), ("xlated_prog_len", ct.c_uint32),
+                ("jited_prog_insns", ct.c_uint64), ("xlated_prog_insns", ct.c_uint64), ("load_time", ct.c_uint64),
+                ("created_by_uid", ct.c_uint32), ("nr_map_ids", ct.c_uint32), ("map_ids", ct.c_uint64),
+                ("name", ct.c_char * 16), ("ifindex", ct.c_uint32), ("gpl_compatible", ct.c_uint32),
+                ("netns_dev", ct.c_uint64), ("netns_ino", ct.c_uint64), ("nr_jited_ksyms", ct.c_uint32),
+                ("nr_jited_func_lens", ct.c_uint32), ("jited_ksyms", ct.c_uint64), ("jited_func_lens", ct.c_uint64),
+                ("btf_id", ct.c_uint32), ("func_info_rec_size", ct.c_uint32), ("func_info", ct.c_uint64),
+                ("nr_func_info", ct.c_uint32), ("nr_line_info", ct.c_uint32), ("line_info", ct.c_uint64),
+                ("jited_line_info", ct.c_uint64), ("nr_jited_line_info", ct.c_uint32),
+                ("line_info_rec_size", ct.c_uint32), ("jited_line_info_rec_size", ct.c_uint32),
+                ("nr_prog_tags", ct.c_uint32), ("prog_tags", ct.c_uint64), ("run_time_ns", ct.c_uint64),
+                ("run_cnt", ct.c_uint64)]
+
+
+def program_time_ns(sensor: Sensor) -> int:
+    """Time the kernel has spent in the API programs since bpf_stats was on
+    (a tail-called program's time counts in its caller's)."""
+    from bcc import libbcc
+
+    total = 0
+    for name in API_PROGRAMS:
+        fn = sensor.bpf.funcs.get(name.encode())
+        if fn is None:
+            continue
+        info = ProgInfo()
+        size = ct.c_uint32(ct.sizeof(info))
+        if libbcc.lib.bpf_obj_get_info_by_fd(fn.fd, ct.byref(info), ct.byref(size)) != 0:
+            raise SystemExit(f"cannot read the kernel's statistics of {name}")
+        total += info.run_time_ns
+    return total
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1]
+
+
+def _client(api: LocalApi, tls: bool, calls: int, paths: list[str]) -> list[str]:
+    port = api.tls_port if tls else api.port
+    return ["/usr/bin/python3", "-c", CLIENT, str(port), "1" if tls else "0", str(api.ca_file), str(calls),
+            ",".join(paths)]
+
+
+def _timings(stdout: str) -> tuple[list[float], list[float]]:
+    """Microseconds per call: the sends, and the round trips."""
+    sends, trips = json.loads(stdout.strip().splitlines()[-1])
+    return [ns / 1000 for ns in sends], [ns / 1000 for ns in trips]
+
+
+def _ip_port_only(policy: Policy) -> Policy:
+    assert isinstance(policy.network, Network)
+    allow = [d.model_copy(update={"api": []}) for d in policy.network.allow]
+    return policy.model_copy(update={"network": policy.network.model_copy(update={"allow": allow})})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=2000, help="requests per client run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every mode")
+    parser.add_argument("--held", type=int, default=50, help="held TLS calls, each to a new endpoint")
+    args = parser.parse_args()
+    console = Console()
+    sends: dict[tuple[str, bool], list[float]] = {}
+    trips: dict[tuple[str, bool], list[float]] = {}
+    in_programs = {False: 0, True: 0}  # ns the kernel spent in the API programs, by transport
+    stats_were = BPF_STATS.read_text().strip()
+    BPF_STATS.write_text("1")  # the kernel counts each program's run time only while this is on
+    try:
+        held = _measure(args, console, sends, trips, in_programs)
+    finally:
+        BPF_STATS.write_text(stats_were)
+    _report(args, console, sends, trips, in_programs, held)
+    return 0
+
+
+def _measure(args: argparse.Namespace, console: Console, sends: dict[tuple[str, bool], list[float]],
+             trips: dict[tuple[str, bool], list[float]], in_programs: dict[bool, int]) -> list[float]:
+    paths = ["/records/17", "/records/250", "/formulary"]
+    with Sensor() as sensor, serve() as api, tempfile.TemporaryDirectory() as tmp:
+        rules = api_policy(api)
+        free = _ip_port_only(rules)
+        log = AuditLog(Path(tmp) / "audit.jsonl")
+        with GuardedSandboxes(sensor, log) as guarded:
+            with console.status("interleaved client runs") as status:
+                for r in range(args.rounds):
+                    for tls in (False, True):
+                        status.update(f"round {r + 1} of {args.rounds}, {'TLS' if tls else 'plain'}")
+                        cmd = _client(api, tls, args.calls, paths)
+                        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                        _keep(sends, trips, ("unwatched", tls), out)
+                        for mode, policy in (("sandbox, IP:port only", free), ("sandbox, API rules", rules)):
+                            before = program_time_ns(sensor)
+                            run = guarded.run(cmd, policy, labels={"agent": "bench"})
+                            if policy is rules:
+                                in_programs[tls] += program_time_ns(sensor) - before
+                            if run.result.exit_status != 0:
+                                raise SystemExit(f"{mode}: the client failed: {run.result.stderr[-400:]}")
+                            _keep(sends, trips, (mode, tls), run.result.stdout)
+        held = _held_calls(sensor, api, rules, args.held, Path(tmp))
+        log.close()
+    return held
+
+
+def _report(args: argparse.Namespace, console: Console, sends: dict[tuple[str, bool], list[float]],
+            trips: dict[tuple[str, bool], list[float]], in_programs: dict[bool, int], held: list[float]) -> None:
+
+    table = Table(title=f"GET over keep-alive, {args.rounds} x {args.calls} calls per mode and transport, µs: "
+                        "the send (where the kernel decides) and the round trip")
+    for col in ("transport", "mode", "send p50", "send p99", "send p50 added", "round trip p50", "round trip p99",
+                "calls/s"):
+        table.add_column(col, justify="right")
+    for tls in (False, True):
+        floor = statistics.median(sends[("unwatched", tls)])
+        for mode in ("unwatched", "sandbox, IP:port only", "sandbox, API rules"):
+            s, t = sends[(mode, tls)], trips[(mode, tls)]
+            table.add_row("TLS" if tls else "plain", mode, f"{statistics.median(s):.1f}", f"{pct(s, 99):.1f}",
+                          "floor" if mode == "unwatched" else f"{statistics.median(s) - floor:+.1f}",
+                          f"{statistics.median(t):.0f}", f"{pct(t, 99):.0f}", f"{1e6 / statistics.mean(t):,.0f}")
+    console.print(table)
+    added = {tls: statistics.median(sends[("sandbox, API rules", tls)])
+             - statistics.median(sends[("sandbox, IP:port only", tls)]) for tls in (False, True)}
+    calls = args.rounds * args.calls
+    console.print(f"API rules add per allowed call (send p50 against the same sandbox with IP:port only): "
+                  f"plain {added[False]:+.1f} µs, TLS {added[True]:+.1f} µs (target: at most 20); "
+                  f"the kernel's own count of time in the API programs per call: plain "
+                  f"{in_programs[False] / calls / 1000:.1f} µs, TLS {in_programs[True] / calls / 1000:.1f} µs "
+                  "(TLS: the client's and the unwatched server's SSL calls; the uprobe traps themselves are "
+                  "not in it)")
+    rules_p50 = statistics.median(sends[("sandbox, API rules", True)])
+    console.print(f"held TLS calls (SIGSTOP, scored, released), {len(held)} each to a new endpoint: send "
+                  f"p50 {statistics.median(held):.0f} µs, p99 {pct(held, 99):.0f} µs, against {rules_p50:.0f} µs "
+                  f"for an allowed call in the same sandbox (target: at most 2,000)")
+
+
+def _keep(sends: dict[tuple[str, bool], list[float]], trips: dict[tuple[str, bool], list[float]],
+          key: tuple[str, bool], stdout: str) -> None:
+    s, t = _timings(stdout)
+    sends.setdefault(key, []).extend(s)
+    trips.setdefault(key, []).extend(t)
+
+
+def _held_calls(sensor: Sensor, api: LocalApi, policy: Policy, n: int, tmp: Path) -> list[float]:
+    """Each call's time when the kernel holds it for the guard: a profile that
+    learned /records/{id} judges calls to /records/{id}/<new name> (allowed by
+    the policy's /records/{id}/* rule) like it, so each is released."""
+    assert isinstance(policy.network, Network)
+    dest = policy.network.allow[0]
+    wider = dest.model_copy(update={"api": [*dest.api, dest.api[0].model_copy(update={"path": "/records/{id}/*"})]})
+    policy = policy.model_copy(update={"network": policy.network.model_copy(update={"allow": [wider]})})
+    behaviour, traces = Behaviour(), []
+    for r in record_runs(sensor, [_client(api, True, 20, ["/records/17"])] * 8, policy):
+        behaviour.update(r.behaviour())
+        traces += r.traces(sensor.ngram_n)
+    if set(behaviour.endpoints) != {"GET 127.0.0.1 /records/{}"}:
+        raise SystemExit(f"held calls: the profile learned {sorted(behaviour.endpoints)}")
+    profile = train(traces, behaviour, "bench-held", Settings(sequence=False))
+    log = AuditLog(tmp / "held.jsonl")
+    times: list[float] = []
+    policy = policy.model_copy(update={"response": policy.response.model_copy(update={"anomaly": Verdict.ALERT})})
+    with GuardedSandboxes(sensor, log, [profile]) as guarded:
+        run = guarded.run(_client(api, True, n, [f"/records/17/note{i}" for i in range(n)]), policy,
+                          labels={"agent": "bench-held"})
+        if run.result.exit_status != 0:
+            raise SystemExit(f"held calls: the client failed: {run.result.stderr[-400:]}")
+        times = _timings(run.result.stdout)[0]
+        held = [c for c in run.result.api_calls if "never saw" in c.reason]
+        if len(held) != n:
+            raise SystemExit(f"held calls: {len(held)} of {n} calls were held")
+    log.close()
+    return times
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
