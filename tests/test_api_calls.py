@@ -111,6 +111,23 @@ def test_curl_export_is_stopped_and_its_allowed_calls_pass(guarded: GuardedSandb
     _assert_stopped(guarded, run, api, before + 1, "POST 127.0.0.1/patients/export")
 
 
+WGET = Path("/usr/bin/wget")
+
+
+@pytest.mark.skipif(not WGET.exists(), reason="wget is not installed")
+def test_gnutls_client_export_is_stopped_and_its_allowed_calls_pass(guarded: GuardedSandboxes, policy: Policy,
+                                                                    api: LocalApi) -> None:
+    """wget speaks TLS through GnuTLS, whose record writes are probed like libssl's."""
+    before = len(api.received)
+    wget = [str(WGET), "-q", "-O", "-", f"--ca-certificate={api.ca_file}"]
+    ok = guarded.run([*wget, f"{base(api, True)}/records/17"], policy, labels=LABELS)
+    assert ok.result.exit_status == 0 and "penicillin" in ok.result.stdout, ok.result.stderr
+    assert [c.tls and c.allowed for c in ok.result.api_calls] == [True]
+    run = guarded.run([*wget, "--post-data", '{"mrn": "77120934"}', f"{base(api, True)}/patients/export"],
+                      policy, labels=LABELS)
+    _assert_stopped(guarded, run, api, before + 1, "POST 127.0.0.1/patients/export")
+
+
 # Requests a parser-confusion attack would try; each on a raw socket to the plain port.
 HOSTILE_REQUESTS = {
     "dot segments": b"GET /records/../patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
