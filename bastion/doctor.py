@@ -66,24 +66,19 @@ def _bcc() -> str:
     return f"bcc {getattr(bcc, '__version__', '?')} from {Path(bcc.__file__).parent}"
 
 
-def _cgroup_connect() -> str:
-    cg = Cgroup.create(f"doctor-{uuid.uuid4().hex[:8]}")
-    fd = cg.open_fd()
-    try:
-        return probe.attach_cgroup_connect(fd)
-    finally:
-        os.close(fd)
-        cg.remove()
+def _in_a_fresh_cgroup(attach: Callable[[int], str]) -> Callable[[], str]:
+    """A check that attaches programs to a cgroup made for it, then removes it."""
+    def check() -> str:
+        cg = Cgroup.create(f"doctor-{uuid.uuid4().hex[:8]}")
+        fd = cg.open_fd()
+        try:
+            return attach(fd)
+        finally:
+            os.close(fd)
+            cg.remove()
+    return check
 
 
-def _api_programs() -> str:
-    cg = Cgroup.create(f"doctor-{uuid.uuid4().hex[:8]}")
-    fd = cg.open_fd()
-    try:
-        return probe.attach_api_programs(fd)
-    finally:
-        os.close(fd)
-        cg.remove()
 
 
 def _btf() -> str:
@@ -127,8 +122,9 @@ CHECKS: list[tuple[str, bool, Callable[[], str], str]] = [
     ("kernel headers", True, _headers, SETUP + " (installs linux-headers-amd64 and links it)"),
     ("bcc", True, _bcc, SETUP + " (installs python3-bpfcc and links it into .venv)"),
     ("tracepoint programs", True, probe.load_tracepoints, "needs CONFIG_BPF_EVENTS and CAP_BPF"),
-    ("cgroup sock_addr programs", True, _cgroup_connect, "needs CONFIG_CGROUP_BPF"),
-    ("API call programs", True, _api_programs, "needs CONFIG_BPF_STREAM_PARSER (sk_msg) and CONFIG_UPROBE_EVENTS"),
+    ("cgroup sock_addr programs", True, _in_a_fresh_cgroup(probe.attach_cgroup_connect), "needs CONFIG_CGROUP_BPF"),
+    ("API call programs", True, _in_a_fresh_cgroup(probe.attach_api_programs),
+     "needs CONFIG_BPF_STREAM_PARSER (sk_msg) and CONFIG_UPROBE_EVENTS"),
     ("BTF", False, _btf, "kernel built without CONFIG_DEBUG_INFO_BTF: not needed by BCC"),
     ("landlock", True, _landlock, "boot with lsm=...,landlock"),
     ("seccomp", True, _seccomp, "apt-get install libseccomp2; kernel needs CONFIG_SECCOMP_FILTER"),

@@ -71,3 +71,20 @@ def nothing_arrived(sink: socket.socket) -> bool:
     except TimeoutError:
         return True
     return False
+
+
+@pytest.fixture(scope="module")
+def records_api() -> Iterator["LocalApi"]:  # noqa: F821
+    """The records and ledger API on loopback, one per test module."""
+    from bastion.local_api import serve
+
+    with serve() as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def records_policy(records_api: "LocalApi") -> "Policy":  # noqa: F821
+    """A tool's policy allowing the records API's endpoints, its CA trusted."""
+    from tests.apis import api_policy
+
+    return api_policy(records_api)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bastion.guarded import GuardedRun, GuardedSandboxes
-from bastion.local_api import LocalApi, serve
+from bastion.local_api import LocalApi
 from common.verdicts import Verdict
 from ebpf.api import API_ANY_SEGMENT, METHODS, fnv1a
 from ebpf.sensor import Sensor
@@ -22,20 +22,9 @@ from guard.audit import AuditLog
 from sandbox.egress import compile_api
 from sandbox.policy import Network, Policy, PolicyError, parse_policy
 from sandbox.result import STOPPED_EXIT
-from tests.apis import LABELS, api_policy, base, request
+from tests.apis import LABELS, base, request
 
 CURL = Path("/usr/bin/curl")
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[LocalApi]:
-    with serve() as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def policy(api: LocalApi) -> Policy:
-    return api_policy(api)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +35,9 @@ def guarded(sensor: Sensor, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     log.close()
 
 
-def _curl(guarded: GuardedSandboxes, policy: Policy, method: str, url: str, body: str) -> GuardedRun:
+def _curl(guarded: GuardedSandboxes, records_policy: Policy, method: str, url: str, body: str) -> GuardedRun:
     return guarded.run([str(CURL), "-sS", "-X", method, "-H", "Content-Type: application/json",
-                        "--data", body, url], policy, labels=LABELS)
+                        "--data", body, url], records_policy, labels=LABELS)
 
 
 def _audited_calls(guarded: GuardedSandboxes, sandbox: str) -> list[dict[str, object]]:
@@ -56,17 +45,17 @@ def _audited_calls(guarded: GuardedSandboxes, sandbox: str) -> list[dict[str, ob
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-def test_allowed_calls_pass_with_their_replies(guarded: GuardedSandboxes, policy: Policy, api: LocalApi,
+def test_allowed_calls_pass_with_their_replies(guarded: GuardedSandboxes, records_policy: Policy, records_api: LocalApi,
                                                tls: bool) -> None:
-    before = len(api.received)
-    get = request(guarded, policy, "GET", f"{base(api, tls)}/records/17")
-    post = request(guarded, policy, "POST", f"{base(api, tls)}/notes", {"text": "seen in clinic"})
+    before = len(records_api.received)
+    get = request(guarded, records_policy, "GET", f"{base(records_api, tls)}/records/17")
+    post = request(guarded, records_policy, "POST", f"{base(records_api, tls)}/notes", {"text": "seen in clinic"})
 
     assert get.result.exit_status == 0, get.result.stderr
     assert '"status": 200' in get.result.stdout and "penicillin" in get.result.stdout
     assert post.result.exit_status == 0, post.result.stderr
     assert '"status": 201' in post.result.stdout and '\\"stored\\": 26' in post.result.stdout
-    assert [(r.method, r.path) for r in api.received[before:]] == [("GET", "/records/17"), ("POST", "/notes")]
+    assert [(r.method, r.path) for r in records_api.received[before:]] == [("GET", "/records/17"), ("POST", "/notes")]
     assert not get.alerts and not post.alerts
     for run, (method, path) in ((get, ("GET", "/records/17")), (post, ("POST", "/notes"))):
         calls = run.result.api_calls
@@ -75,10 +64,10 @@ def test_allowed_calls_pass_with_their_replies(guarded: GuardedSandboxes, policy
         assert [(b["method"], b["path"], b["allowed"]) for b in logged] == [(method, path, True)]
 
 
-def _assert_stopped(guarded: GuardedSandboxes, run: GuardedRun, api: LocalApi, before: int, what: str) -> None:
+def _assert_stopped(guarded: GuardedSandboxes, run: GuardedRun, records_api: LocalApi, before: int, what: str) -> None:
     """The call never reached the server, the tool was killed, and the alert
     and the audit record name the step and the call."""
-    assert api.received[before:] == [], f"the server received {api.received[before:]}"
+    assert records_api.received[before:] == [], f"the server received {records_api.received[before:]}"
     result = run.result
     assert result.exit_status == STOPPED_EXIT or result.signal == 9, (result.stdout, result.stderr)
     assert [d for d in result.denials if d.kind == "api"], result.denials
@@ -92,40 +81,40 @@ def _assert_stopped(guarded: GuardedSandboxes, run: GuardedRun, api: LocalApi, b
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-def test_injected_export_to_the_allowed_host_is_stopped(guarded: GuardedSandboxes, policy: Policy,
-                                                        api: LocalApi, tls: bool) -> None:
-    before = len(api.received)
-    run = request(guarded, policy, "POST", f"{base(api, tls)}/patients/export", {"mrn": "77120934"})
-    _assert_stopped(guarded, run, api, before, "POST 127.0.0.1/patients/export")
+def test_injected_export_to_the_allowed_host_is_stopped(guarded: GuardedSandboxes, records_policy: Policy,
+                                                        records_api: LocalApi, tls: bool) -> None:
+    before = len(records_api.received)
+    run = request(guarded, records_policy, "POST", f"{base(records_api, tls)}/patients/export", {"mrn": "77120934"})
+    _assert_stopped(guarded, run, records_api, before, "POST 127.0.0.1/patients/export")
 
 
 @pytest.mark.skipif(not CURL.exists(), reason="curl is not installed")
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-def test_curl_export_is_stopped_and_its_allowed_calls_pass(guarded: GuardedSandboxes, policy: Policy,
-                                                            api: LocalApi, tls: bool) -> None:
-    before = len(api.received)
-    ok = _curl(guarded, policy, "POST", f"{base(api, tls)}/notes", '{"text": "ok"}')
+def test_curl_export_is_stopped_and_its_allowed_calls_pass(guarded: GuardedSandboxes, records_policy: Policy,
+                                                            records_api: LocalApi, tls: bool) -> None:
+    before = len(records_api.received)
+    ok = _curl(guarded, records_policy, "POST", f"{base(records_api, tls)}/notes", '{"text": "ok"}')
     assert ok.result.exit_status == 0 and '"stored"' in ok.result.stdout, ok.result.stderr
-    assert [(r.method, r.path) for r in api.received[before:]] == [("POST", "/notes")]
-    run = _curl(guarded, policy, "POST", f"{base(api, tls)}/patients/export", '{"mrn": "77120934"}')
-    _assert_stopped(guarded, run, api, before + 1, "POST 127.0.0.1/patients/export")
+    assert [(r.method, r.path) for r in records_api.received[before:]] == [("POST", "/notes")]
+    run = _curl(guarded, records_policy, "POST", f"{base(records_api, tls)}/patients/export", '{"mrn": "77120934"}')
+    _assert_stopped(guarded, run, records_api, before + 1, "POST 127.0.0.1/patients/export")
 
 
 WGET = Path("/usr/bin/wget")
 
 
 @pytest.mark.skipif(not WGET.exists(), reason="wget is not installed")
-def test_gnutls_client_export_is_stopped_and_its_allowed_calls_pass(guarded: GuardedSandboxes, policy: Policy,
-                                                                    api: LocalApi) -> None:
+def test_gnutls_client_export_is_stopped_and_its_allowed_calls_pass(guarded: GuardedSandboxes, records_policy: Policy,
+                                                                    records_api: LocalApi) -> None:
     """wget speaks TLS through GnuTLS, whose record writes are probed like libssl's."""
-    before = len(api.received)
-    wget = [str(WGET), "-q", "-O", "-", f"--ca-certificate={api.ca_file}"]
-    ok = guarded.run([*wget, f"{base(api, True)}/records/17"], policy, labels=LABELS)
+    before = len(records_api.received)
+    wget = [str(WGET), "-q", "-O", "-", f"--ca-certificate={records_api.ca_file}"]
+    ok = guarded.run([*wget, f"{base(records_api, True)}/records/17"], records_policy, labels=LABELS)
     assert ok.result.exit_status == 0 and "penicillin" in ok.result.stdout, ok.result.stderr
     assert [c.tls and c.allowed for c in ok.result.api_calls] == [True]
-    run = guarded.run([*wget, "--post-data", '{"mrn": "77120934"}', f"{base(api, True)}/patients/export"],
-                      policy, labels=LABELS)
-    _assert_stopped(guarded, run, api, before + 1, "POST 127.0.0.1/patients/export")
+    run = guarded.run([*wget, "--post-data", '{"mrn": "77120934"}', f"{base(records_api, True)}/patients/export"],
+                      records_policy, labels=LABELS)
+    _assert_stopped(guarded, run, records_api, before + 1, "POST 127.0.0.1/patients/export")
 
 
 # Requests a parser-confusion attack would try; each on a raw socket to the plain port.
@@ -150,12 +139,12 @@ print(s.recv(100))
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_REQUESTS))
-def test_requests_outside_normal_form_are_stopped(guarded: GuardedSandboxes, policy: Policy, api: LocalApi,
+def test_requests_outside_normal_form_are_stopped(guarded: GuardedSandboxes, records_policy: Policy, records_api: LocalApi,
                                                   name: str) -> None:
-    before = len(api.received)
-    run = guarded.run(["/usr/bin/python3", "-c", RAW_SEND, str(api.port), HOSTILE_REQUESTS[name].hex()],
-                      policy, labels=LABELS)
-    _assert_stopped(guarded, run, api, before, "stopped in the kernel")
+    before = len(records_api.received)
+    run = guarded.run(["/usr/bin/python3", "-c", RAW_SEND, str(records_api.port), HOSTILE_REQUESTS[name].hex()],
+                      records_policy, labels=LABELS)
+    _assert_stopped(guarded, run, records_api, before, "stopped in the kernel")
 
 
 TLS_OF_ITS_OWN = """
@@ -168,11 +157,11 @@ print(s.recv(100))
 """
 
 
-def test_a_tls_client_bastion_cannot_read_is_stopped(guarded: GuardedSandboxes, policy: Policy,
-                                                     api: LocalApi) -> None:
-    before = len(api.received)
-    run = guarded.run(["/usr/bin/python3", "-c", TLS_OF_ITS_OWN, str(api.tls_port)], policy, labels=LABELS)
-    _assert_stopped(guarded, run, api, before, "TLS bytes that no readable, allowed request wrote")
+def test_a_tls_client_bastion_cannot_read_is_stopped(guarded: GuardedSandboxes, records_policy: Policy,
+                                                     records_api: LocalApi) -> None:
+    before = len(records_api.received)
+    run = guarded.run(["/usr/bin/python3", "-c", TLS_OF_ITS_OWN, str(records_api.tls_port)], records_policy, labels=LABELS)
+    _assert_stopped(guarded, run, records_api, before, "TLS bytes that no readable, allowed request wrote")
 
 
 @pytest.mark.parametrize("entry, field", [
@@ -203,10 +192,10 @@ def test_a_template_matches_one_segment_per_name_and_any_rest_after_a_star() -> 
     assert dest.peers == ((ipaddress.ip_address("127.0.0.1"), 80),)
 
 
-def test_unwatched_sockets_are_not_touched(sensor: Sensor, api: LocalApi) -> None:
+def test_unwatched_sockets_are_not_touched(sensor: Sensor, records_api: LocalApi) -> None:
     """Outside a sandbox, nothing of this is in the way: the host's own call to a
     path the sandboxes may not use goes through."""
-    with socket.create_connection(("127.0.0.1", api.port)) as s:
+    with socket.create_connection(("127.0.0.1", records_api.port)) as s:
         s.sendall(b"POST /patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
         assert b"200" in s.recv(100)
 
@@ -258,12 +247,12 @@ print(s.recv(100))
 
 
 @pytest.mark.parametrize("name", sorted(AROUND_THE_CHECKS))
-def test_sends_that_avoid_a_connected_socket_are_stopped(guarded: GuardedSandboxes, policy: Policy,
-                                                         api: LocalApi, name: str) -> None:
-    before = len(api.received)
-    run = guarded.run(["/usr/bin/python3", "-c", AROUND_THE_CHECKS[name], str(api.port), EXPORT.hex()],
-                      policy, labels=LABELS)
-    assert api.received[before:] == [], f"the server received {api.received[before:]}"
+def test_sends_that_avoid_a_connected_socket_are_stopped(guarded: GuardedSandboxes, records_policy: Policy,
+                                                         records_api: LocalApi, name: str) -> None:
+    before = len(records_api.received)
+    run = guarded.run(["/usr/bin/python3", "-c", AROUND_THE_CHECKS[name], str(records_api.port), EXPORT.hex()],
+                      records_policy, labels=LABELS)
+    assert records_api.received[before:] == [], f"the server received {records_api.received[before:]}"
     alert = next(a for a in run.alerts if a.detector == "rule")
     assert "stopped in the kernel" in alert.rule or "(fastopen)" in alert.rule, alert.rule
     assert [b for b in audit.read(guarded.audit.path, "alert") if b["id"] == alert.id]

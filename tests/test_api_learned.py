@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from bastion.guarded import GuardedSandboxes, record_runs
-from bastion.local_api import LocalApi, serve
+from bastion.local_api import LocalApi
 from common.verdicts import Verdict
 from ebpf.sensor import Sensor
 from guard import audit
@@ -21,29 +21,18 @@ from guard.audit import AuditLog
 from guard.traces import Behaviour
 from guard.training import Settings, train
 from sandbox.policy import Policy
-from tests.apis import LABELS, api_policy, base, http_request_command, request
+from tests.apis import LABELS, base, http_request_command, request
 
 
 @pytest.fixture(scope="module")
-def api() -> Iterator[LocalApi]:
-    with serve() as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def policy(api: LocalApi) -> Policy:
-    return api_policy(api)
-
-
-@pytest.fixture(scope="module")
-def learned(sensor: Sensor, policy: Policy, api: LocalApi, tmp_path_factory: pytest.TempPathFactory
+def learned(sensor: Sensor, records_policy: Policy, records_api: LocalApi, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[GuardedSandboxes]:
     """Sandboxes held to a profile that saw the clinic read records and post
     notes, over both transports, and nothing else."""
     calls = [("GET", f"/records/{n}", None) for n in (3, 17, 250)] + [("POST", "/notes", {"text": "ok"})]
-    commands = [http_request_command(m, f"{base(api, tls)}{path}", b) for tls in (False, True)
+    commands = [http_request_command(m, f"{base(records_api, tls)}{path}", b) for tls in (False, True)
                 for m, path, b in calls] * 2
-    runs = record_runs(sensor, commands, policy)
+    runs = record_runs(sensor, commands, records_policy)
     assert all(r.result.exit_status == 0 for r in runs), [r.result.stderr for r in runs]
     behaviour = Behaviour()
     for r in runs:
@@ -58,16 +47,16 @@ def learned(sensor: Sensor, policy: Policy, api: LocalApi, tmp_path_factory: pyt
 
 
 @pytest.fixture(scope="module")
-def only_api_stops(policy: Policy) -> Policy:
+def only_api_stops(records_policy: Policy) -> Policy:
     """The policy with syscall anomalies only alerting: here the API judgement alone decides."""
-    return policy.model_copy(update={"response": policy.response.model_copy(update={"anomaly": Verdict.ALERT})})
+    return records_policy.model_copy(update={"response": records_policy.response.model_copy(update={"anomaly": Verdict.ALERT})})
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 def test_a_learned_endpoint_passes_in_the_kernel(learned: GuardedSandboxes, only_api_stops: Policy,
-                                                 api: LocalApi, tls: bool) -> None:
+                                                 records_api: LocalApi, tls: bool) -> None:
     policy = only_api_stops
-    run = request(learned, policy, "GET", f"{base(api, tls)}/records/9041")
+    run = request(learned, policy, "GET", f"{base(records_api, tls)}/records/9041")
     assert run.result.exit_status == 0 and "penicillin" in run.result.stdout, run.result.stderr
     assert [(c.path, c.allowed, c.reason) for c in run.result.api_calls] == [("/records/9041", True, "allowed")]
     assert not [a for a in run.alerts if a.detector in ("api", "novelty")]
@@ -75,12 +64,12 @@ def test_a_learned_endpoint_passes_in_the_kernel(learned: GuardedSandboxes, only
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 def test_an_allowed_endpoint_unlike_every_learned_call_is_held_and_stopped(
-        learned: GuardedSandboxes, only_api_stops: Policy, api: LocalApi, tls: bool) -> None:
+        learned: GuardedSandboxes, only_api_stops: Policy, records_api: LocalApi, tls: bool) -> None:
     """The policy allows the ledger; the clinic's profile never called it."""
     policy = only_api_stops
-    before = len(api.received)
-    run = request(learned, policy, "GET", f"{base(api, tls)}/ledger/accounts/AB-1042")
-    assert api.received[before:] == [], f"the server received {api.received[before:]}"
+    before = len(records_api.received)
+    run = request(learned, policy, "GET", f"{base(records_api, tls)}/ledger/accounts/AB-1042")
+    assert records_api.received[before:] == [], f"the server received {records_api.received[before:]}"
     (held,) = [c for c in run.result.api_calls if c.path == "/ledger/accounts/AB-1042"]
     assert not held.allowed and "never saw" in held.reason
     alert = next(a for a in run.alerts if a.detector == "api")
@@ -92,16 +81,16 @@ def test_an_allowed_endpoint_unlike_every_learned_call_is_held_and_stopped(
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 def test_an_unseen_endpoint_like_a_learned_one_is_released_with_an_alert(
-        learned: GuardedSandboxes, only_api_stops: Policy, api: LocalApi, tls: bool) -> None:
+        learned: GuardedSandboxes, only_api_stops: Policy, records_api: LocalApi, tls: bool) -> None:
     policy = only_api_stops
-    before = len(api.received)
-    url = f"{base(api, tls)}/records/17/allergies"
+    before = len(records_api.received)
+    url = f"{base(records_api, tls)}/records/17/allergies"
     run = request(learned, policy, "GET", url)
     alert = next(a for a in run.alerts if a.detector == "novelty")
     assert "/records/17/allergies never seen in training" in alert.rule and alert.score < 1
     if tls:  # held (SIGSTOP), judged, continued: the reply is intact
         assert run.result.exit_status == 0, run.result.stderr
-        assert [(r.method, r.path) for r in api.received[before:]] == [("GET", "/records/17/allergies")]
+        assert [(r.method, r.path) for r in records_api.received[before:]] == [("GET", "/records/17/allergies")]
     else:  # dropped while held; judged like the learned calls, so the next one passes in the kernel
-        assert api.received[before:] == []
+        assert records_api.received[before:] == []
     assert any("never saw" in c.reason for c in run.result.api_calls)
