@@ -19,7 +19,7 @@ from guard.audit import AuditLog
 from guard.monitor import Assignment, Guard, ResponseMap
 from guard.profile import Profile
 from guard.rules import AllowedDestination, Rules
-from guard.traces import Behaviour, Trace, after_exec, behaviour_of, traces_from_events
+from guard.traces import Behaviour, Trace, after_exec, behaviour_of, split_endpoint_key, traces_from_events
 from sandbox.manager import Sandbox, SandboxManager
 from sandbox.policy import Network, Policy
 from sandbox.result import SandboxResult
@@ -89,7 +89,7 @@ class GuardedSandboxes:
             return
         by_host: dict[str, list[int]] = {}
         for key in profile.meta.endpoints:
-            method, host, path = key.split(" ", 2)
+            method, host, path = split_endpoint_key(key)
             by_host.setdefault(host, []).append(endpoint_hash(method, path))
         for dest in sb.api_dests:
             self.manager.sensor.learn_endpoints(sb.id, dest.id, by_host.get(dest.host.lower(), []))

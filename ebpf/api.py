@@ -45,6 +45,13 @@ def host_hash(host: str) -> int:
     return fnv1a(host.lower().encode())
 
 
+def describe_request(method: str, host: str, target: str, tls: bool, port: int) -> str:
+    """`POST records.example.org/export`, or what was sent where no request could be read."""
+    if method:
+        return f"{method} {host}{target}"
+    return f"({'TLS' if tls else 'plain'} bytes to port {port})"
+
+
 def is_id(segment: bytes) -> bool:
     """A number, or a long hex id (a UUID): one of many of its kind."""
     digits = sum(48 <= b <= 57 for b in segment)

@@ -311,7 +311,7 @@ class Sensor:
             net = rule.network
             addr = net.network_address
             if isinstance(addr, ipaddress.IPv4Address):
-                addr = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + addr.packed)
+                addr = _ipv4_mapped(addr)
                 key.prefixlen = 64 + 96 + net.prefixlen
             else:
                 key.prefixlen = 64 + net.prefixlen
@@ -331,8 +331,7 @@ class Sensor:
             for addr, port in dest.peers:
                 key = peers.Key()
                 key.cgroup_id = cgroup_id
-                mapped = addr if addr.version == 6 else ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + addr.packed)
-                key.addr[:] = list(mapped.packed)
+                key.addr[:] = list((addr if addr.version == 6 else _ipv4_mapped(addr)).packed)
                 key.port = port
                 peers[key] = ct.c_uint32(dest.id)
             for port in dest.ports:
@@ -431,6 +430,11 @@ class Sensor:
             val_arr = (known.Leaf * len(wanted))(*([1] * len(wanted)))
             known.items_update_batch(key_arr, val_arr)
         return len(wanted)
+
+
+def _ipv4_mapped(addr: ipaddress.IPv4Address) -> ipaddress.IPv6Address:
+    """::ffff:a.b.c.d, the form IPv4 takes in the kernel maps that hold both families."""
+    return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + addr.packed)
 
 
 def tls_libraries(dirs: Iterable[str] = LIBRARY_DIRS) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:

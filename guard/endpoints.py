@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import math
 
-from ebpf.api import template
+from ebpf.api import path_segments, template
+from guard.traces import split_endpoint_key
 
 ALERT_AT = 0.25  # below: allowed quietly; up to 1: allowed with an alert; 1 and above: the policy's response
 METHOD_WEIGHT = 0.5
 BODY_WEIGHT = 0.25  # per doubling beyond the largest body the endpoint was seen with
 NO_LEARNED_CALL = 2.0
-
-
-def _segments(path: str) -> list[str]:
-    return [s for s in path.split("/") if s]
 
 
 def _distance(method: str, segments: list[str], body: int, l_method: str, l_segments: list[str],
@@ -33,10 +30,10 @@ def _distance(method: str, segments: list[str], body: int, l_method: str, l_segm
 def unseen_call_score(endpoints: dict[str, int], method: str, host: str, target: str, body: int) -> float:
     """0 for a call like one learned on the same host; 1 or more for one
     unlike all of them, or on a host where no call was learned."""
-    segments = _segments(template(target))
+    segments = path_segments(template(target))
     scores = []
     for key, learned_body in endpoints.items():
-        l_method, l_host, l_path = key.split(" ", 2)
+        l_method, l_host, l_path = split_endpoint_key(key)
         if l_host == host:
-            scores.append(_distance(method, segments, body, l_method, _segments(l_path), learned_body))
+            scores.append(_distance(method, segments, body, l_method, path_segments(l_path), learned_body))
     return min(scores, default=NO_LEARNED_CALL)

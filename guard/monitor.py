@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ebpf.events import Event, EventKind
+from ebpf.events import EAGAIN, Event, EventKind  # EAGAIN: an api_call's ret while the kernel holds it
 from ebpf.sensor import WATCH_DETECT_NOVEL, Sensor, SensorError
 from common.verdicts import Verdict
 from guard.alerts import Alert, Evidence
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bastion.guard")
 
-EAGAIN = 11  # an api_call event's ret while the kernel holds the call
 FREQUENCY_EVERY_S = 0.1  # how often a running sandbox's syscall mix is scored
 AT_THRESHOLD = 1.0  # live, each detector alerts once its calibrated ratio passes its own threshold
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ebpf.api import describe_request
 from ebpf.events import AF_INET, AF_INET6, Event, EventKind
 from guard.traces import Behaviour, WORKDIR, destination, path_prefix
 
@@ -55,10 +56,7 @@ class Finding:
 
 
 def api_request(ev: Event) -> str:
-    """`POST records.example.org/export`, or what was sent where no request could be read."""
-    if ev.method:
-        return f"{ev.method} {ev.host}{ev.path}"
-    return f"({'TLS' if ev.tls else 'plain'} bytes to port {ev.port})"
+    return describe_request(ev.method, ev.host, ev.path, ev.tls, ev.port)
 
 
 def _under(path: str, prefixes: list[str]) -> bool:

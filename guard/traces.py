@@ -115,6 +115,12 @@ def endpoint_key(method: str, host: str, target: str) -> str:
     return f"{method} {host} {template(target)}"
 
 
+def split_endpoint_key(key: str) -> tuple[str, str, str]:
+    """The method, host and path template of an endpoint_key."""
+    method, host, path = key.split(" ", 2)
+    return method, host, path
+
+
 def after_exec(events: Sequence[Event]) -> list[Event]:
     """The events from the sandbox's first successful exec on: before it,
     only Bastion's own launcher ran (entering cgroups, applying Landlock)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from common.verdicts import Verdict
+from ebpf.api import describe_request
 from sandbox.status import STOPPED_EXIT, exit_status
 
 __all__ = ["STOPPED_EXIT", "ApiCall", "Denial", "SandboxResult"]
@@ -36,8 +37,7 @@ class ApiCall(BaseModel):
     pid: int = 0
 
     def line(self) -> str:
-        what = f"{self.method} {self.host}{self.path}" if self.method else f"{'TLS' if self.tls else 'data'} to port {self.port}"
-        return f"{what}: {self.reason}"
+        return f"{describe_request(self.method, self.host, self.path, self.tls, self.port)}: {self.reason}"
 
 
 class SandboxResult(BaseModel):
