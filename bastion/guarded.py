@@ -14,7 +14,7 @@ from ebpf.api import endpoint_hash
 from ebpf.events import Event
 from ebpf.sensor import Sensor
 from common.verdicts import Verdict
-from guard.alerts import Alert
+from guard.alerts import Alert, ApiCallRecord
 from guard.audit import AuditLog
 from guard.monitor import Assignment, Guard, ResponseMap
 from guard.profile import Profile
@@ -65,14 +65,15 @@ class GuardedSandboxes:
     then to the sinks. Sandboxes labelled agent=NAME are held to NAME's profile."""
 
     def __init__(self, sensor: Sensor, audit: AuditLog, profiles: Iterable[Profile] = (),
-                 sinks: Sequence[Callable[[Alert], None]] = (), workdirs: Path | None = None) -> None:
+                 sinks: Sequence[Callable[[Alert], None]] = (), workdirs: Path | None = None,
+                 api_sinks: Sequence[Callable[[ApiCallRecord], None]] = ()) -> None:
         self.profiles = {p.meta.agent: p for p in profiles}
         self.audit = audit
         self.manager = SandboxManager(sensor, workdirs, ngram_events=bool(self.profiles),
                                       sequence_events=any(p.judges_live for p in self.profiles.values()))
         # the manager is the guard's Enforcer
         self.guard = Guard(sensor, self.audit, enforcer=self.manager, assign=self._assign,
-                           syscall_name=name_of, sinks=sinks)
+                           syscall_name=name_of, sinks=sinks, api_sinks=api_sinks)
         self.guard.load_profiles(list(self.profiles.values()))
         self.manager.listeners.append(self.guard)
         self.manager.preparers.append(self._learned_endpoints)

@@ -21,6 +21,7 @@ from bastion.guarded import GuardedSandboxes
 from ebpf.events import Event
 from ebpf.sensor import Sensor, require_root
 from console.alert_store import AlertStore
+from console.api_feed import ApiCallFeed
 from common.verdicts import Severity, Verdict
 from guard.alerts import Alert
 from guard.audit import AuditError, AuditLog, HeadFile, Signer, verify
@@ -121,7 +122,9 @@ class Node:
         self.store = AlertStore(self.audit)
         sinks = [self.store.add, self.metrics.observe_alert] + ([self.falco] if self.falco else [])
         self.sensor = Sensor().start()
-        self.guarded = GuardedSandboxes(self.sensor, self.audit, [load_profile(p) for p in profiles], sinks)
+        self.api_calls = ApiCallFeed()
+        self.guarded = GuardedSandboxes(self.sensor, self.audit, [load_profile(p) for p in profiles], sinks,
+                                        api_sinks=[self.api_calls.add])
         if self.guarded.manager.orphans:
             self.audit.append("cleanup", {"orphans": self.guarded.manager.orphans,
                                           "why": "their supervising node had died"})
@@ -129,12 +132,12 @@ class Node:
         self.guarded.manager.finishers.append(self._lost)
         hooks = NodeHooks(status=self.status, update_policy=self.update_policy, run_sandbox=self.run_sandbox)
         token = read_or_make_token(config.token_file)
-        self.services = [Service(self.store, hooks, token, config.local)]
+        self.services = [Service(self.store, hooks, token, config.local, api_calls=self.api_calls)]
         if config.listen:
             if not (config.tls_cert and config.tls_key):
                 raise ValueError("listen: a network address needs tls_cert and tls_key")
             tls = Tls(read_bytes(config.tls_cert, 1 << 20), read_bytes(config.tls_key, 1 << 20))
-            self.services.append(Service(self.store, hooks, token, config.listen, tls))
+            self.services.append(Service(self.store, hooks, token, config.listen, tls, api_calls=self.api_calls))
         if config.metrics_port:
             self.metrics.serve(config.metrics_port)
         log.info("node started", extra={"fields": {"local": config.local, "listen": config.listen,
@@ -162,7 +165,8 @@ class Node:
     def status(self) -> pb.Status:
         return pb.Status(sandboxes=sandbox_rows(self.guarded), events_per_s=self.rate.per_second(),
                          events_total=self.rate.total, lost_total=self.lost_total, profiles=sorted(self.guarded.profiles),
-                         policies=sorted(self.policies), alerts_total=len(self.store))
+                         policies=sorted(self.policies), alerts_total=len(self.store),
+                         api_calls_allowed=self.api_calls.allowed, api_calls_stopped=self.api_calls.stopped)
 
     def update_policy(self, name: str, text: str) -> None:
         if not _NAME.match(name):

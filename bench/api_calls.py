@@ -47,6 +47,7 @@ if tls:
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=ssl.create_default_context(cafile=ca))
 else:
     conn = http.client.HTTPConnection("127.0.0.1", port)
+conn.connect()  # the TCP and TLS handshakes are not a call's cost
 sends, trips = [], []
 for i in range(calls):
     t = time.perf_counter_ns()
@@ -194,10 +195,11 @@ def _report(args: argparse.Namespace, console: Console, sends: dict[tuple[str, b
                   f"{in_programs[False] / calls / 1000:.1f} µs, TLS {in_programs[True] / calls / 1000:.1f} µs "
                   "(TLS: the client's and the unwatched server's SSL calls; the uprobe traps themselves are "
                   "not in it)")
-    rules_p50 = statistics.median(sends[("sandbox, API rules", True)])
+    allowed = sends[("sandbox, API rules", True)]
     console.print(f"held TLS calls (SIGSTOP, scored, released), {len(held)} each to a new endpoint: send "
-                  f"p50 {statistics.median(held):.0f} µs, p99 {pct(held, 99):.0f} µs, against {rules_p50:.0f} µs "
-                  f"for an allowed call in the same sandbox (target: at most 2,000)")
+                  f"p50 {statistics.median(held):.0f} µs, p99 {pct(held, 99):.0f} µs (target: at most 2,000), "
+                  f"{sum(h > 2000 for h in held)} over 2 ms; against an allowed call in the same sandbox: "
+                  f"p50 {statistics.median(allowed):.0f} µs, p99 {pct(allowed, 99):.0f} µs")
 
 
 def _keep(sends: dict[tuple[str, bool], list[float]], trips: dict[tuple[str, bool], list[float]],

@@ -50,6 +50,11 @@ class NodeClient:
         """Alerts after `after_id`, then live ones; cancel() the iterator to stop."""
         return self.stub.WatchAlerts(pb.WatchRequest(after_id=after_id))  # type: ignore[no-any-return]
 
+    def watch_api_calls(self, from_seq: int = 0) -> Iterator[pb.ApiCallMessage]:
+        """API calls from audit sequence number `from_seq` among those the node
+        keeps, then live ones; cancel() the iterator to stop."""
+        return self.stub.WatchApiCalls(pb.WatchApiCallsRequest(from_seq=from_seq))  # type: ignore[no-any-return]
+
     def alerts(self, **filters: Any) -> list[pb.AlertMessage]:
         return list(self.stub.ListAlerts(pb.ListRequest(**filters)).alerts)
 

@@ -1,5 +1,6 @@
 """The guard node's gRPC service: alerts for analysts (stream with resume,
-list, acknowledge, resolve), status, policy updates and sandboxed runs.
+list, acknowledge, resolve), the stream of API calls, status, policy updates
+and sandboxed runs.
 
 A bearer token is required on every call and failures are audited; TLS when
 a certificate is given; request sizes and concurrent streams are bounded.
@@ -20,8 +21,9 @@ from typing import Any
 import grpc
 
 from console.alert_store import AlertStore, Filters, Review, UnknownAlert
+from console.api_feed import ApiCallFeed
 from common.verdicts import Severity
-from guard.alerts import Alert
+from guard.alerts import Alert, ApiCallRecord
 from guard.audit import AuditLog
 from console.proto import bastion_pb2 as pb
 from console.proto import bastion_pb2_grpc as pb_grpc
@@ -57,9 +59,20 @@ def to_message(seq: int, alert: Alert, review: Review) -> pb.AlertMessage:
     )
 
 
+def api_call_message(call: ApiCallRecord) -> pb.ApiCallMessage:
+    return pb.ApiCallMessage(
+        seq=call.seq, time=call.time, sandbox=call.sandbox, agent=call.agent or "", step=call.step or "",
+        tool_call=call.tool_call or "", method=call.method, host=call.host, path=call.path, port=call.port,
+        tls=call.tls, body_bytes=call.body_bytes, allowed=call.allowed, held=call.held, reason=call.reason,
+        pid=call.pid,
+    )
+
+
 class _Servicer(pb_grpc.GuardNodeServicer):
-    def __init__(self, store: AlertStore, hooks: NodeHooks, stopping: threading.Event) -> None:
+    def __init__(self, store: AlertStore, api_calls: ApiCallFeed, hooks: NodeHooks,
+                 stopping: threading.Event) -> None:
         self.store = store
+        self.api_calls = api_calls
         self.hooks = hooks
         self.stopping = stopping
         self.streams = threading.BoundedSemaphore(MAX_STREAMS)
@@ -76,6 +89,19 @@ class _Servicer(pb_grpc.GuardNodeServicer):
                 if self.store.wait_beyond(seq, WAIT_S):
                     yield to_message(seq, *self.store.get(seq))
                     seq += 1
+        finally:
+            self.streams.release()
+
+    def WatchApiCalls(self, request: pb.WatchApiCallsRequest,  # noqa: N802
+                      context: grpc.ServicerContext) -> Iterator[pb.ApiCallMessage]:
+        if not self.streams.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {MAX_STREAMS} streams at once")
+        try:
+            seq = max(request.from_seq, 0)
+            while context.is_active() and not self.stopping.is_set():
+                for call in self.api_calls.wait_from(seq, WAIT_S):
+                    yield api_call_message(call)
+                    seq = call.seq + 1
         finally:
             self.streams.release()
 
@@ -203,7 +229,7 @@ class Service:
     """The running gRPC server."""
 
     def __init__(self, store: AlertStore, hooks: NodeHooks, token: str, address: str,
-                 tls: Tls | None = None, workers: int = MAX_STREAMS + 8) -> None:
+                 tls: Tls | None = None, workers: int = MAX_STREAMS + 8, api_calls: ApiCallFeed | None = None) -> None:
         if not token:
             raise ValueError("a bearer token is required")
         self.stopping = threading.Event()
@@ -215,7 +241,8 @@ class Service:
                      ("grpc.max_concurrent_streams", MAX_STREAMS * 2)],
             maximum_concurrent_rpcs=workers,
         )
-        pb_grpc.add_GuardNodeServicer_to_server(_Servicer(store, hooks, self.stopping), self.server)
+        feed = ApiCallFeed() if api_calls is None else api_calls
+        pb_grpc.add_GuardNodeServicer_to_server(_Servicer(store, feed, hooks, self.stopping), self.server)
         if tls is not None:
             creds = grpc.ssl_server_credentials([(tls.private_key, tls.cert_chain)])
             self.port = self.server.add_secure_port(address, creds)

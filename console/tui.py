@@ -6,11 +6,15 @@ call, action and latency); filters (the service's own filter code); keys to
 acknowledge, resolve and propose an allowlist change, each sent to the node
 that raised the alert; a status bar per node. Each node's stream resumes
 after the last alert seen from it when its connection drops, so nothing is
-missed."""
+missed. A second tab follows every node's API calls, allowed and stopped,
+newest first."""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 from textual import on, work
@@ -18,15 +22,17 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
-from textual.widgets import Footer, Header
+from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from console.alert_store import Filters
 from console.client import NodeClient
 from console.proposal import propose
 from console.proto import bastion_pb2 as pb
-from console.widgets import AlertDetail, AlertTable, Entry, FilterBar, StatusBar, status_line
+from console.widgets import (AlertDetail, AlertTable, ApiCallTable, CallEntry, Entry, FilterBar, StatusBar,
+                             status_line)
 
 RECONNECT_S = 1.0
+CALLS_SHOWN = 2000
 
 
 class AlertsApp(App[None]):
@@ -44,6 +50,7 @@ class AlertsApp(App[None]):
         Binding("r", "resolve", "Resolve"),
         Binding("p", "propose", "Propose allowlist change"),
         Binding("slash", "focus_filter", "Filter"),
+        Binding("t", "next_tab", "Alerts / API calls"),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -56,23 +63,30 @@ class AlertsApp(App[None]):
         self.analyst = analyst
         self.alerts: dict[str, Entry] = {}
         self.last_id = {node: "" for node in clients}
-        self._dirty = False
+        self.calls: deque[CallEntry] = deque(maxlen=CALLS_SHOWN)  # newest last
+        self.next_call = {node: 0 for node in clients}  # the audit seq each node's call stream resumes at
+        self._dirty = self._calls_dirty = False
         self._stop = threading.Event()
         self._streams: dict[str, grpc.RpcError] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield FilterBar()
-        with Horizontal():
-            yield AlertTable(id="table", cursor_type="row", zebra_stripes=True)
-            with Vertical(id="detail"):
-                yield AlertDetail("select an alert", id="detail-body")
+        with TabbedContent(id="tabs"):
+            with TabPane("Alerts", id="alerts"):
+                yield FilterBar()
+                with Horizontal():
+                    yield AlertTable(id="table", cursor_type="row", zebra_stripes=True)
+                    with Vertical(id="detail"):
+                        yield AlertDetail("select an alert", id="detail-body")
+            with TabPane("API calls", id="api-calls"):
+                yield ApiCallTable(id="calls", cursor_type="row", zebra_stripes=True)
         yield StatusBar("connecting...", id="status")
         yield Footer()
 
     def on_mount(self) -> None:
         for node in self.clients:
             self.follow_node(node)
+            self.follow_api_calls(node)
         self.set_interval(0.2, self._refresh_if_dirty)
         self.set_interval(1.0, self.poll_status)
 
@@ -81,16 +95,16 @@ class AlertsApp(App[None]):
         for stream in list(self._streams.values()):
             stream.cancel()  # type: ignore[attr-defined]
 
-    # data ------------------------------------------------------------------
-    @work(thread=True)
-    def follow_node(self, node: str) -> None:
-        """Follow one node's alert stream, resuming after its last alert."""
+    def _follow(self, node: str, kind: str, open_stream: Callable[[], Iterator[Any]],
+                receive: Callable[[str, Any], None]) -> None:
+        """Follow one of a node's streams, reopening it where `open_stream`
+        says when the connection drops."""
         while not self._stop.is_set():
             try:
-                stream = self.clients[node].watch(self.last_id[node])
-                self._streams[node] = stream  # type: ignore[assignment]
-                for alert in stream:
-                    self.call_from_thread(self.add_alert, node, alert)
+                stream = open_stream()
+                self._streams[f"{node}/{kind}"] = stream  # type: ignore[assignment]
+                for message in stream:
+                    self.call_from_thread(receive, node, message)
             except grpc.RpcError as exc:
                 if self._stop.is_set():
                     return
@@ -98,11 +112,28 @@ class AlertsApp(App[None]):
                                                                   f"retrying")
             self._stop.wait(RECONNECT_S)
 
+    # data ------------------------------------------------------------------
+    @work(thread=True)
+    def follow_node(self, node: str) -> None:
+        """Follow one node's alert stream, resuming after its last alert."""
+        self._follow(node, "alerts", lambda: self.clients[node].watch(self.last_id[node]), self.add_alert)
+
+    @work(thread=True)
+    def follow_api_calls(self, node: str) -> None:
+        """Follow one node's API calls, resuming after the last one seen."""
+        self._follow(node, "api-calls", lambda: self.clients[node].watch_api_calls(self.next_call[node]),
+                     self.add_call)
+
     def add_alert(self, node: str, alert: pb.AlertMessage) -> None:
         entry = Entry(node, alert)
         self.alerts[entry.key] = entry
         self.last_id[node] = alert.id
         self._dirty = True
+
+    def add_call(self, node: str, call: pb.ApiCallMessage) -> None:
+        self.calls.append(CallEntry(node, call))
+        self.next_call[node] = call.seq + 1
+        self._calls_dirty = True
 
     @work(thread=True, exclusive=True, group="status")
     def poll_status(self) -> None:
@@ -125,6 +156,9 @@ class AlertsApp(App[None]):
     def _refresh_if_dirty(self) -> None:
         if self._dirty:
             self.refresh_table()
+        if self._calls_dirty:
+            self._calls_dirty = False
+            self.query_one(ApiCallTable).entries = list(reversed(self.calls))
 
     def refresh_table(self) -> None:
         self._dirty = False
@@ -172,6 +206,10 @@ class AlertsApp(App[None]):
         proposal = propose(entry.message.detector, entry.message.rule)
         self._review(resolve=False, comment=f"proposed allowlist change:\n{proposal}")
         self.query_one(AlertDetail).proposal = proposal
+
+    def action_next_tab(self) -> None:
+        tabs = self.query_one(TabbedContent)
+        tabs.active = "api-calls" if tabs.active == "alerts" else "alerts"
 
     def action_focus_filter(self) -> None:
         self.query_one("#text").focus()

@@ -130,6 +130,45 @@ class AlertTable(DataTable[object]):
             self.move_cursor(row=keys.index(keep))
 
 
+@dataclass(frozen=True)
+class CallEntry:
+    """One API call as the TUI holds it: the node that saw it, and the message."""
+
+    node: str
+    message: pb.ApiCallMessage
+
+    @property
+    def key(self) -> str:
+        return f"{self.node}/{self.message.seq}"
+
+    def verdict(self) -> Text:
+        c = self.message
+        if c.allowed:
+            return Text("released" if c.held else "allowed", style="green")
+        return Text("stopped", style="bold red")
+
+    def request(self) -> str:
+        c = self.message
+        return f"{c.method or '?'} {'https' if c.tls else 'http'}://{c.host}{c.path}"
+
+
+class ApiCallTable(DataTable[object]):
+    """The newest API calls first: who made them, the request and the verdict."""
+
+    entries: reactive[list[CallEntry]] = reactive(list, always_update=True, init=False)
+
+    def on_mount(self) -> None:
+        for col in ("time", "node", "sandbox", "agent", "tool call", "verdict", "request", "bytes", "why"):
+            self.add_column(col, key=col)
+
+    def watch_entries(self, entries: list[CallEntry]) -> None:
+        self.clear()
+        for e in entries:
+            c = e.message
+            self.add_row(datetime.fromtimestamp(c.time).strftime("%H:%M:%S"), e.node, c.sandbox, c.agent or "-",
+                         c.tool_call or "-", e.verdict(), e.request(), str(c.body_bytes), c.reason, key=e.key)
+
+
 class AlertDetail(Static):
     """The selected alert in full, and a proposed allowlist change if any."""
 
@@ -158,5 +197,7 @@ class StatusBar(Static):
 
 def status_line(st: pb.Status) -> str:
     lost = f"[bold red]{st.lost_total} lost[/]" if st.lost_total else "0 lost"
+    stopped = f"[bold red]{st.api_calls_stopped} stopped[/]" if st.api_calls_stopped else "0 stopped"
     return (f"{st.events_per_s:,.0f} events/s · {st.events_total:,} events · {lost} · {len(st.sandboxes)} sandboxes · "
-            f"{st.alerts_total} alerts · profiles: {', '.join(st.profiles) or '-'}")
+            f"{st.alerts_total} alerts · API calls {st.api_calls_allowed} allowed, {stopped} · "
+            f"profiles: {', '.join(st.profiles) or '-'}")

@@ -46,3 +46,27 @@ class Alert(BaseModel):
             return None
         # an action taken before this event was already in force when it happened
         return max(self.enforced_ts_ns - self.event_ts_ns, 0) / 1e6
+
+
+class ApiCallRecord(BaseModel):
+    """One HTTP request the kernel read on its way out of a sandbox and what
+    became of it: the audit log's `api_call` record and the node's stream."""
+
+    model_config = ConfigDict(extra="forbid")
+    seq: int = Field(-1, description="the record's sequence number in the audit log")
+    time: float = Field(default_factory=time.time, description="wall clock, seconds since the epoch")
+    sandbox: str
+    agent: str | None = None
+    step: str | None = None
+    tool_call: str | None = None
+    method: str = Field(description="empty when the bytes were not a readable request")
+    host: str
+    path: str
+    port: int = 0
+    tls: bool = False
+    body_bytes: int = 0
+    allowed: bool = Field(description="the request left the sandbox (a held call: once released)")
+    held: bool = Field(False, description="the kernel held it for the guard's judgement")
+    reason: str
+    pid: int = 0
+    ts_ns: int = 0

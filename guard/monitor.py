@@ -18,7 +18,7 @@ import numpy as np
 from ebpf.events import EAGAIN, Event, EventKind  # EAGAIN: an api_call's ret while the kernel holds it
 from ebpf.sensor import WATCH_DETECT_NOVEL, Sensor, SensorError
 from common.verdicts import Verdict
-from guard.alerts import Alert, Evidence
+from guard.alerts import Alert, ApiCallRecord, Evidence
 from guard.audit import AuditLog
 from guard.detectors import window_means
 from guard.profile import Profile
@@ -118,13 +118,15 @@ class Guard:
 
     def __init__(self, sensor: Sensor, audit: AuditLog, enforcer: Enforcer,
                  assign: Callable[[Target], Assignment], syscall_name: Callable[[int], str] = str,
-                 sinks: Sequence[Callable[[Alert], None]] = ()) -> None:
+                 sinks: Sequence[Callable[[Alert], None]] = (),
+                 api_sinks: Sequence[Callable[[ApiCallRecord], None]] = ()) -> None:
         self.sensor = sensor
         self.audit = audit
         self.enforcer = enforcer
         self.assign = assign
         self.syscall_name = syscall_name
         self.sinks = list(sinks)
+        self.api_sinks = list(api_sinks)
         self._states: dict[int, _State] = {}
         self._lock = threading.Lock()
 
@@ -155,6 +157,7 @@ class Guard:
         # once the anomaly verdict holds, more novel n-grams cannot change it
         score_ngrams = profile is not None and st.strongest.rank < st.assignment.response.anomaly.rank
         sequences: list[Event] = []
+        calls: list[tuple[Event, bool]] = []  # each API call, and whether it left the sandbox
         exited: set[int] = set()
         for ev in events:
             if not st.running:
@@ -169,9 +172,11 @@ class Guard:
             if ev.kind is EventKind.NGRAM:
                 finding = self._ngram(st, profile, ev) if score_ngrams else None  # type: ignore[arg-type]
             elif ev.kind is EventKind.API and ev.ret == -EAGAIN:
-                self._held_call(st, profile, ev)
+                calls.append((ev, self._held_call(st, profile, ev)))
                 continue
             else:
+                if ev.kind is EventKind.API:
+                    calls.append((ev, ev.ret == 0))
                 finding = check(ev, st.assignment.rules, self.syscall_name)
                 if finding is None and profile is not None:
                     finding = novelty(ev, profile.behaviour, workdir)
@@ -188,14 +193,14 @@ class Guard:
         if profile is not None and time.monotonic() - st.last_frequency >= FREQUENCY_EVERY_S:
             self._frequency(st, profile)
         # after the batch's verdicts: a held call is released before any fsync
-        self._audit_api_calls(st, [ev for ev in events if ev.kind is EventKind.API])
+        self._audit_api_calls(st, calls)
         self._publish(st)
 
-    def _held_call(self, st: _State, profile: Profile | None, ev: Event) -> None:
+    def _held_call(self, st: _State, profile: Profile | None, ev: Event) -> bool:
         """An allowed call to an endpoint the profile never saw, held by the
         kernel: score it, act, and let it go unless the verdict stops the
         sandbox; a call scored like the learned ones is decided in the
-        kernel from now on."""
+        kernel from now on. True when the call goes on its way."""
         learned = profile.meta.endpoints if profile is not None else {}
         score = unseen_call_score(learned, ev.method, ev.host, ev.path, ev.arg)
         what = f"API call {api_request(ev)} never seen in training"
@@ -205,22 +210,32 @@ class Guard:
             if score >= ALERT_AT:
                 self._act(st, Finding("novelty", what, ev, score, 1.0))
             self.sensor.allow_endpoint(st.target.id, ev.api_dest, ev.endpoint)
-        if ev.tls and st.strongest.rank < Verdict.FREEZE.rank:
+        if not ev.tls:
+            return False  # dropped; a retry passes if the endpoint was allowed
+        if st.strongest.rank < Verdict.FREEZE.rank:
+            # a quarantined sandbox's TLS records are dropped in the kernel after the release
             self.sensor.release_thread(ev.tid)
             self.enforcer.resume(st.target, ev.pid)
+        return score < 1.0 and st.strongest.rank < Verdict.QUARANTINE.rank
 
-    def _audit_api_calls(self, st: _State, calls: list[Event]) -> None:
-        """Every request the kernel read goes to the audit log, allowed or not."""
+    def _audit_api_calls(self, st: _State, calls: list[tuple[Event, bool]]) -> None:
+        """Every request the kernel read goes to the audit log, allowed or
+        not, and then to the API-call sinks with its place in the log."""
         if not calls:
             return
         labels = st.target.labels
-        self.audit.append_many("api_call", [
-            {"sandbox": st.target.name, "agent": labels.get("agent"), "step": labels.get("step"),
-             "tool_call": labels.get("tool_call"), "method": ev.method, "host": ev.host, "path": ev.path,
-             "port": ev.port, "tls": ev.tls, "body_bytes": ev.arg, "allowed": ev.ret == 0, "reason": ev.reason,
-             "pid": ev.pid, "ts_ns": ev.ts_ns}
-            for ev in calls
-        ])
+        records = [
+            ApiCallRecord(sandbox=st.target.name, agent=labels.get("agent"), step=labels.get("step"),
+                          tool_call=labels.get("tool_call"), method=ev.method, host=ev.host, path=ev.path,
+                          port=ev.port, tls=ev.tls, body_bytes=ev.arg, allowed=allowed, held=ev.ret == -EAGAIN,
+                          reason=ev.reason, pid=ev.pid, ts_ns=ev.ts_ns)
+            for ev, allowed in calls
+        ]
+        seqs = self.audit.append_many("api_call", [r.model_dump(mode="json", exclude={"seq"}) for r in records])
+        for record, seq in zip(records, seqs, strict=True):
+            record.seq = seq
+            for sink in self.api_sinks:
+                sink(record)
 
     def _stop_ngrams(self, st: _State) -> None:
         """Stop the kernel sending novel n-grams that can no longer change

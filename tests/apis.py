@@ -12,8 +12,12 @@ LABELS = {"agent": "clinic", "step": "task-7/2", "tool_call": "http_request"}
 
 def api_policy(api: LocalApi) -> Policy:
     """The records API's endpoints allowed, on both its ports, its CA trusted."""
+    return parse_policy(api_policy_yaml(api), "records-api policy")
+
+
+def api_policy_yaml(api: LocalApi) -> str:
     rules = "\n".join(f"        - {r}" for r in api_rules()).replace("'", '"')
-    return parse_policy(f"""
+    return f"""
 name: records-api
 network:
   allow:
@@ -27,7 +31,7 @@ env:
   set: {{HOME: /nonexistent, SSL_CERT_FILE: {api.ca_file}, CURL_CA_BUNDLE: {api.ca_file}}}
 limits: {{wall_timeout_s: 15, pids: 32}}
 on_violation: kill
-""", "records-api policy")
+"""
 
 
 def base(api: LocalApi, tls: bool) -> str:

@@ -1,5 +1,6 @@
 """A real guard node (sensor, guard, sandboxes) serving a client over its
-unix socket: a sandboxed run's alert reaches the stream, Falco and the audit log."""
+unix socket: a sandboxed run's alert reaches the stream, Falco and the audit
+log; its API calls reach their own stream."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bastion.local_api import LocalApi
 from bastion.node import Node, NodeConfig
 from guard import audit
 from console.client import NodeClient
 from console.proto import bastion_pb2 as pb
+from tests.apis import LABELS, api_policy_yaml, base, http_request_command
 from tests.attacks import HERE, POLICY, command
 
 
@@ -92,3 +95,42 @@ def test_no_per_sandbox_state_outlives_its_run_in_a_long_running_node(node: Node
         assert bool(reply["alerts"]) == (i % 2 == 0), reply["alerts"]
     client.close()
     assert _state_sizes(node) == before
+
+
+def test_api_calls_through_the_node_are_streamed_with_their_audit_records(node: Node, tmp_path: Path,
+                                                                          records_api: LocalApi) -> None:
+    client = NodeClient(node.config.local, (tmp_path / "token").read_text().strip())
+    streamed: list[pb.ApiCallMessage] = []
+    stream = client.watch_api_calls()
+
+    def read() -> None:
+        try:
+            streamed.extend(stream)
+        except grpc.RpcError as exc:
+            assert exc.code() is grpc.StatusCode.CANCELLED
+
+    threading.Thread(target=read, daemon=True).start()
+    policy = api_policy_yaml(records_api)
+    for method, path in (("GET", "/records/17"), ("POST", "/patients/export")):
+        command = http_request_command(method, f"{base(records_api, False)}{path}", {"id": 17})
+        json.loads(client.run(pb.RunRequest(command=command, policy_yaml=policy, labels=LABELS)))
+    for _ in range(100):
+        if len(streamed) >= 2:
+            break
+        threading.Event().wait(0.05)
+    stream.cancel()
+
+    got = [(c.method, c.path, c.allowed, c.tool_call, c.step) for c in streamed]
+    assert got == [("GET", "/records/17", True, "http_request", "task-7/2"),
+                   ("POST", "/patients/export", False, "http_request", "task-7/2")]
+    assert "no API rule" in streamed[1].reason
+    logged = {r["seq"]: r["body"] for r in audit.records(tmp_path / "audit.jsonl") if r["kind"] == "api_call"}
+    assert [(logged[c.seq]["method"], logged[c.seq]["path"]) for c in streamed] == [(m, p) for m, p, *_ in got]
+    status = client.status()
+    assert (status.api_calls_allowed, status.api_calls_stopped) == (1, 1)
+
+    # a client that saw the first call resumes with the second
+    resumed = client.watch_api_calls(from_seq=streamed[0].seq + 1)
+    assert next(resumed).path == "/patients/export"
+    resumed.cancel()
+    client.close()

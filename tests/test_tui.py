@@ -1,5 +1,6 @@
 """The alert TUI driven by textual's pilot against a real service on
-loopback; a screenshot is saved to test-artifacts/tui.svg."""
+loopback; screenshots are saved to test-artifacts/tui.svg and
+tui-api-calls.svg."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import Input, Static, TabbedContent
 
 from guard import audit
 from console.alert_store import AlertStore
+from console.api_feed import ApiCallFeed
 from common.verdicts import Severity
 from console.client import NodeClient
 from console.service import Service
 from console.tui import AlertsApp
+from console.widgets import AlertTable, ApiCallTable
+from guard.alerts import ApiCallRecord
 from tests.test_service import HOOKS, TOKEN, make_alert, publish
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -55,7 +59,7 @@ def test_review_alerts_in_the_tui(node: tuple[AlertStore, NodeClient]) -> None:
     async def drive() -> None:
         app = AlertsApp({"node-a": client}, analyst="kim")
         async with app.run_test(size=(160, 40)) as pilot:
-            table = app.query_one(DataTable)
+            table = app.query_one(AlertTable)
             await _until(pilot, lambda: table.row_count == 3)
             # most severe first
             assert [app.alerts[i].message.severity for i in app.shown] == ["critical", "high", "low"]
@@ -116,10 +120,10 @@ def test_the_demo_shows_alerts_live_while_the_batch_runs(tmp_path: Path) -> None
 
     async def analyst(pilot) -> None:  # type: ignore[no-untyped-def]
         app = pilot.app
-        await _until(pilot, lambda: app.query_one(DataTable).row_count == 1)
-        seen["first"] = app.query_one(DataTable).get_row_at(0)
+        await _until(pilot, lambda: app.query_one(AlertTable).row_count == 1)
+        seen["first"] = app.query_one(AlertTable).get_row_at(0)
         shown.set()
-        await _until(pilot, lambda: app.query_one(DataTable).row_count == 2)
+        await _until(pilot, lambda: app.query_one(AlertTable).row_count == 2)
         await _until(pilot, lambda: "2 alerts" in _text(app, "#status"))
         await pilot.press("q")
 
@@ -164,7 +168,7 @@ def test_one_view_of_several_nodes(tmp_path: Path) -> None:
     async def drive() -> None:
         app = AlertsApp(clients, analyst="kim")
         async with app.run_test(size=(160, 40)) as pilot:
-            table = app.query_one(DataTable)
+            table = app.query_one(AlertTable)
             await _until(pilot, lambda: table.row_count == 2)
             assert [app.alerts[k].node for k in app.shown] == ["host2", "host1"]
             assert "host2" in str(table.get_row_at(0)) and "sbx-two" in str(table.get_row_at(0))
@@ -186,3 +190,39 @@ def test_one_view_of_several_nodes(tmp_path: Path) -> None:
         client.close()
     for store in stores.values():
         store.log.close()
+
+
+def _call(seq: int, method: str, path: str, allowed: bool, held: bool = False) -> ApiCallRecord:
+    return ApiCallRecord(seq=seq, sandbox=f"sbx-{seq}", agent="clinic", tool_call="http_request", method=method,
+                         host="records.example.org", path=path, port=443, tls=True, allowed=allowed, held=held,
+                         reason="allowed by an API rule" if allowed else "no API rule of the destination allows it")
+
+
+def test_the_api_calls_tab_follows_the_nodes_calls(tmp_path: Path) -> None:
+    log = audit.AuditLog(tmp_path / "audit.jsonl")
+    feed = ApiCallFeed()
+    feed.add(_call(4, "GET", "/records/17", allowed=True))
+    feed.add(_call(5, "POST", "/patients/export", allowed=False))
+    svc = Service(AlertStore(log), HOOKS, TOKEN, "127.0.0.1:0", api_calls=feed)
+    client = NodeClient(f"127.0.0.1:{svc.port}", TOKEN)
+
+    async def drive() -> None:
+        app = AlertsApp({"node-a": client}, analyst="kim")
+        async with app.run_test(size=(160, 40)) as pilot:
+            await pilot.press("t")
+            assert app.query_one(TabbedContent).active == "api-calls"
+            calls = app.query_one(ApiCallTable)
+            await _until(pilot, lambda: calls.row_count == 2)
+            newest = " ".join(map(str, calls.get_row_at(0)))
+            assert "stopped" in newest and "POST https://records.example.org/patients/export" in newest
+            feed.add(_call(9, "GET", "/records/18/notes", allowed=True, held=True))  # live
+            await _until(pilot, lambda: calls.row_count == 3)
+            assert "released" in " ".join(map(str, calls.get_row_at(0)))
+            app.save_screenshot("tui-api-calls.svg", str(ARTIFACTS))
+            await pilot.press("t")
+            assert app.query_one(TabbedContent).active == "alerts"
+
+    asyncio.run(drive())
+    client.close()
+    svc.stop(0)
+    log.close()

@@ -129,7 +129,7 @@ class SandboxStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., agent: _Optional[str] = ..., running_s: _Optional[float] = ..., events: _Optional[int] = ..., lost: _Optional[int] = ..., verdict: _Optional[str] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("sandboxes", "events_per_s", "events_total", "lost_total", "profiles", "policies", "alerts_total")
+    __slots__ = ("sandboxes", "events_per_s", "events_total", "lost_total", "profiles", "policies", "alerts_total", "api_calls_allowed", "api_calls_stopped")
     SANDBOXES_FIELD_NUMBER: _ClassVar[int]
     EVENTS_PER_S_FIELD_NUMBER: _ClassVar[int]
     EVENTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,8 @@ class Status(_message.Message):
     PROFILES_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     ALERTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    API_CALLS_ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    API_CALLS_STOPPED_FIELD_NUMBER: _ClassVar[int]
     sandboxes: _containers.RepeatedCompositeFieldContainer[SandboxStatus]
     events_per_s: float
     events_total: int
@@ -144,7 +146,9 @@ class Status(_message.Message):
     profiles: _containers.RepeatedScalarFieldContainer[str]
     policies: _containers.RepeatedScalarFieldContainer[str]
     alerts_total: int
-    def __init__(self, sandboxes: _Optional[_Iterable[_Union[SandboxStatus, _Mapping]]] = ..., events_per_s: _Optional[float] = ..., events_total: _Optional[int] = ..., lost_total: _Optional[int] = ..., profiles: _Optional[_Iterable[str]] = ..., policies: _Optional[_Iterable[str]] = ..., alerts_total: _Optional[int] = ...) -> None: ...
+    api_calls_allowed: int
+    api_calls_stopped: int
+    def __init__(self, sandboxes: _Optional[_Iterable[_Union[SandboxStatus, _Mapping]]] = ..., events_per_s: _Optional[float] = ..., events_total: _Optional[int] = ..., lost_total: _Optional[int] = ..., profiles: _Optional[_Iterable[str]] = ..., policies: _Optional[_Iterable[str]] = ..., alerts_total: _Optional[int] = ..., api_calls_allowed: _Optional[int] = ..., api_calls_stopped: _Optional[int] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
     __slots__ = ("name", "yaml")
@@ -186,3 +190,45 @@ class RunResponse(_message.Message):
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     result_json: str
     def __init__(self, result_json: _Optional[str] = ...) -> None: ...
+
+class WatchApiCallsRequest(_message.Message):
+    __slots__ = ("from_seq",)
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    from_seq: int
+    def __init__(self, from_seq: _Optional[int] = ...) -> None: ...
+
+class ApiCallMessage(_message.Message):
+    __slots__ = ("seq", "time", "sandbox", "agent", "step", "tool_call", "method", "host", "path", "port", "tls", "body_bytes", "allowed", "held", "reason", "pid")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    BODY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    time: float
+    sandbox: str
+    agent: str
+    step: str
+    tool_call: str
+    method: str
+    host: str
+    path: str
+    port: int
+    tls: bool
+    body_bytes: int
+    allowed: bool
+    held: bool
+    reason: str
+    pid: int
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[float] = ..., sandbox: _Optional[str] = ..., agent: _Optional[str] = ..., step: _Optional[str] = ..., tool_call: _Optional[str] = ..., method: _Optional[str] = ..., host: _Optional[str] = ..., path: _Optional[str] = ..., port: _Optional[int] = ..., tls: bool = ..., body_bytes: _Optional[int] = ..., allowed: bool = ..., held: bool = ..., reason: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...

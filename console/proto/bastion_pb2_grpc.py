@@ -69,6 +69,11 @@ class GuardNodeStub(object):
                 request_serializer=console_dot_proto_dot_bastion__pb2.RunRequest.SerializeToString,
                 response_deserializer=console_dot_proto_dot_bastion__pb2.RunResponse.FromString,
                 _registered_method=True)
+        self.WatchApiCalls = channel.unary_stream(
+                '/bastion.v1.GuardNode/WatchApiCalls',
+                request_serializer=console_dot_proto_dot_bastion__pb2.WatchApiCallsRequest.SerializeToString,
+                response_deserializer=console_dot_proto_dot_bastion__pb2.ApiCallMessage.FromString,
+                _registered_method=True)
 
 
 class GuardNodeServicer(object):
@@ -117,6 +122,14 @@ class GuardNodeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchApiCalls(self, request, context):
+        """The sandboxes' API calls, allowed and stopped, from `from_seq` (their
+        sequence numbers in the audit log) among the recent ones kept, then live.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GuardNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +167,11 @@ def add_GuardNodeServicer_to_server(servicer, server):
                     servicer.RunSandbox,
                     request_deserializer=console_dot_proto_dot_bastion__pb2.RunRequest.FromString,
                     response_serializer=console_dot_proto_dot_bastion__pb2.RunResponse.SerializeToString,
+            ),
+            'WatchApiCalls': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchApiCalls,
+                    request_deserializer=console_dot_proto_dot_bastion__pb2.WatchApiCallsRequest.FromString,
+                    response_serializer=console_dot_proto_dot_bastion__pb2.ApiCallMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +363,33 @@ class GuardNode(object):
             '/bastion.v1.GuardNode/RunSandbox',
             console_dot_proto_dot_bastion__pb2.RunRequest.SerializeToString,
             console_dot_proto_dot_bastion__pb2.RunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchApiCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/bastion.v1.GuardNode/WatchApiCalls',
+            console_dot_proto_dot_bastion__pb2.WatchApiCallsRequest.SerializeToString,
+            console_dot_proto_dot_bastion__pb2.ApiCallMessage.FromString,
             options,
             channel_credentials,
             insecure,
