@@ -32,6 +32,7 @@ from bastion.node import sandbox_rows
 from ebpf.sensor import Sensor, require_root
 from guard import audit
 from console.alert_store import AlertStore
+from console.api_feed import ApiCallFeed
 from guard.alerts import Alert
 from guard.audit import AuditLog, Signer
 from console.proto import bastion_pb2 as pb
@@ -129,7 +130,9 @@ def run_agents(console: Console, workdir: Path, tui: bool) -> tuple[Tally, Path,
         log = AuditLog(audit_path, Signer.load_or_create(workdir / "node.key"))
         store = AlertStore(log)
         interactions = InteractionLog(workdir / "interactions.jsonl")
-        with GuardedSandboxes(sensor, log, profiles, sinks=[store.add, tally.alerts.append]) as guarded:
+        calls = ApiCallFeed()
+        with GuardedSandboxes(sensor, log, profiles, sinks=[store.add, tally.alerts.append],
+                              api_sinks=[calls.add]) as guarded:
             guarded.manager.listeners.append(lambda sb, events: tally.count(len(events)))
             guarded.manager.finishers.append(lambda sb: tally.lose(sb.lost_seen))
             fleet = Fleet(guarded, build_router(config), policies, interactions)
@@ -145,9 +148,10 @@ def run_agents(console: Console, workdir: Path, tui: bool) -> tuple[Tally, Path,
                 def status() -> pb.Status:
                     return pb.Status(sandboxes=sandbox_rows(guarded), events_total=tally.events,
                                      lost_total=tally.lost, profiles=sorted(guarded.profiles),
-                                     alerts_total=len(store))
+                                     alerts_total=len(store), api_calls_allowed=calls.allowed,
+                                     api_calls_stopped=calls.stopped)
 
-                watch_live(console, store, status, run_batch)
+                watch_live(console, store, status, run_batch, api_calls=calls)
             else:
                 with Progress(console=console) as progress:
                     task = progress.add_task("agents at work in monitored sandboxes", total=len(work))

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from console.alert_store import AlertStore
+from console.api_feed import ApiCallFeed
 from console.client import NodeClient
 from console.proto import bastion_pb2 as pb
 from console.service import NodeHooks, RequestError, Service
@@ -27,13 +28,14 @@ def _read_only(*_: object) -> str:
 
 
 def watch_live(console: Console, store: AlertStore, status: Callable[[], pb.Status], batch: Batch,
-               auto_pilot: Callable[[Any], Coroutine[Any, Any, None]] | None = None) -> None:
-    """Serve the store on loopback, run the batch in a thread and the TUI in
-    the foreground; re-raises what the batch raised. auto_pilot drives the
-    TUI headless (tests)."""
+               auto_pilot: Callable[[Any], Coroutine[Any, Any, None]] | None = None,
+               api_calls: ApiCallFeed | None = None) -> None:
+    """Serve the store (and the API calls) on loopback, run the batch in a
+    thread and the TUI in the foreground; re-raises what the batch raised.
+    auto_pilot drives the TUI headless (tests)."""
     token = secrets.token_urlsafe(16)
     service = Service(store, NodeHooks(status=status, update_policy=_read_only, run_sandbox=_read_only),
-                      token, "127.0.0.1:0")
+                      token, "127.0.0.1:0", api_calls=api_calls)
     app = AlertsApp({"this host": NodeClient(f"127.0.0.1:{service.port}", token)}, "demo")
     failure: list[BaseException] = []
 
