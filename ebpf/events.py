@@ -76,7 +76,7 @@ class EvExit(ct.Structure):
 
 
 class EvOpen(ct.Structure):
-    _fields_ = [("h", EvHdr), ("flags", ct.c_int32), ("_pad", ct.c_uint32), ("path", ct.c_char * PATH_LEN)]
+    _fields_ = [("h", EvHdr), ("flags", ct.c_int32), ("path_len", ct.c_uint32), ("path", ct.c_char * PATH_LEN)]
 
 
 class EvNet(ct.Structure):
@@ -135,6 +135,7 @@ class CgStats(ct.Structure):
         ("events", ct.c_uint64),
         ("lost", ct.c_uint64),
         ("ngram_overflow", ct.c_uint64),
+        ("opens_repeated", ct.c_uint64),
     ]
 
 
@@ -219,12 +220,17 @@ def cgroup_of(record: bytes) -> int:
     return EvHdr.from_buffer_copy(record).cgroup_id if len(record) >= ct.sizeof(EvHdr) else 0
 
 
+_OPEN_PATH = EvOpen.path.offset
+
+
 def decode(record: bytes, ngram_n: int, tags: dict[int, str]) -> Event:
     """Decode one ring-buffer record into an Event."""
     if len(record) < ct.sizeof(EvHdr):
         raise ValueError(f"sensor sent a short record ({len(record)} bytes)")
     hdr = EvHdr.from_buffer_copy(record)
     kind = _KIND_BY_TYPE.get(hdr.type)
+    if kind is EventKind.OPEN and _OPEN_PATH <= len(record) < ct.sizeof(EvOpen):
+        record = record.ljust(ct.sizeof(EvOpen), b"\0")  # sent up to the path's end
     if kind is None or len(record) < ct.sizeof(STRUCTS[kind]):
         raise ValueError(f"sensor sent an unknown or short record (type {hdr.type}, {len(record)} bytes)")
     raw = STRUCTS[kind].from_buffer_copy(record)

@@ -72,6 +72,7 @@ class CgroupStats:
     events: int = 0
     lost: int = 0
     ngram_overflow: int = 0
+    opens_repeated: int = 0
 
 
 def module_text() -> str:
@@ -91,7 +92,9 @@ class Sensor:
     Use one per process: `start()` compiles and attaches everything (about two
     seconds), after which watching a cgroup is a map update."""
 
-    def __init__(self, ngram_n: int = 6, ringbuf_pages: int = 256) -> None:
+    # 4 MiB: a burst of about 100k distinct opens (each record as long as its
+    # path) waits there while the pump catches up
+    def __init__(self, ngram_n: int = 6, ringbuf_pages: int = 1024) -> None:
         if not 2 <= ngram_n <= 8:
             raise ValueError(f"ngram_n must be between 2 and 8, not {ngram_n}")
         if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):

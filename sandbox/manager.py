@@ -344,6 +344,7 @@ class SandboxManager:
             syscalls=stats.syscalls,
             events_seen=sb.received,
             events_lost=max(stats.lost, sb.lost_seen),
+            opens_repeated=stats.opens_repeated,
             denials=sb.denials,
             api_calls=sb.api_calls,
             actions=sb.actions,

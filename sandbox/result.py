@@ -58,6 +58,8 @@ class SandboxResult(BaseModel):
     syscalls: int = 0
     events_seen: int = 0
     events_lost: int = 0
+    opens_repeated: int = Field(0, description="opens of a path already sent (same flags and outcome), "
+                                               "counted in the kernel instead of sent")
     denials: list[Denial] = Field(default_factory=list)
     api_calls: list[ApiCall] = Field(default_factory=list)
     actions: list[str] = Field(default_factory=list)

@@ -120,6 +120,33 @@ def test_lost_events_trigger_the_policy_action(kernel: None) -> None:
     assert result.exit_status == STOPPED_EXIT
 
 
+def test_a_benign_tool_that_opens_200k_files_completes_under_on_event_loss_kill(manager: SandboxManager) -> None:
+    """A thousand library files read 200 times, then 20,000 names that do not
+    exist, each a new event: the kernel counts the repeats, and the ring
+    holds the burst of new paths while the pump catches up."""
+    script = (
+        "import glob\n"
+        "files = sorted(glob.glob('/usr/lib/python3*/**/*.py', recursive=True))[:1000]\n"
+        "assert len(files) == 1000\n"
+        "for _ in range(200):\n"
+        "    for f in files:\n"
+        "        open(f, 'rb').close()\n"
+        "for i in range(20000):\n"
+        "    try:\n"
+        "        open(f'/usr/lib/bastion-missing-{i}', 'rb')\n"
+        "    except FileNotFoundError:\n"
+        "        pass\n"
+        "print('done')\n"
+    )
+    policy = parse_policy("on_event_loss: kill\nlimits: {wall_timeout_s: 120}\n")
+    assert policy.on_event_loss is Verdict.KILL
+    result = manager.run(["/usr/bin/python3", "-c", script], policy)
+    assert result.exit_status == 0 and result.stdout.strip() == "done", (result.stopped_by, result.stderr)
+    assert result.events_lost == 0 and result.stopped_by is None
+    assert result.opens_repeated >= 199 * 1000
+    assert result.events_seen >= 20_000 + 1000  # every distinct path was sent
+
+
 def test_records_that_cannot_be_decoded_count_as_lost_events(manager: SandboxManager) -> None:
     """A record the user side cannot read is an event the guard never saw."""
     import ctypes as ct

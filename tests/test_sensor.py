@@ -3,6 +3,7 @@ events with the right fields; unwatched processes send nothing."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -153,13 +154,31 @@ def test_without_known_set_novel_mode_sends_loop_ngrams(sensor: Sensor, cgroup: 
     assert positions == list(range(sensor.ngram_n - 1, sensor.ngram_n - 1 + len(positions)))
 
 
+def test_repeated_opens_are_counted_in_the_kernel_not_sent(sensor: Sensor, cgroup: Cgroup, workload: Path,
+                                                           tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.write_text("x")
+    sensor.watch(cgroup.id, "repeats")
+    pid, _ = run_in(cgroup, [str(workload), "flood", str(target), "5000"])
+    missing = [run_in(cgroup, [str(workload), "flood", str(tmp_path / "missing"), "3"])[0] for _ in range(2)]
+    time.sleep(0.2)
+    events = sensor.drain()
+    stats = sensor.unwatch(cgroup.id)
+    opens = [(e.pid, e.path, e.ret) for e in events if e.kind is EventKind.OPEN and e.path.startswith(str(tmp_path))]
+    # the first open of each (path, flags, outcome) is sent with its result, in full; the rest are counted
+    assert [(p, path) for p, path, _ in opens] == [(pid, str(target)), (missing[0], str(tmp_path / "missing"))]
+    assert opens[0][2] >= 0 and opens[1][2] == -errno.ENOENT
+    assert stats.opens_repeated == 4999 + 5
+
+
 def test_lost_events_are_counted_when_the_buffer_is_tiny(cgroup: Cgroup, workload: Path, tmp_path: Path) -> None:
     target = tmp_path / "f"
     target.write_text("x")
     opens = 2000
     with Sensor(ringbuf_pages=1) as tiny:
         tiny.watch(cgroup.id, "flood")
-        pid, _ = run_in(cgroup, [str(workload), "flood", str(target), str(opens)])  # nobody reads meanwhile
+        # every open a new path, each an event; nobody reads meanwhile
+        pid, _ = run_in(cgroup, [str(workload), "spread", str(target), str(opens)])
         received = tiny.drain()
         stats = tiny.unwatch(cgroup.id)
     mine = [e for e in received if e.pid == pid]

@@ -61,10 +61,11 @@ struct ev_exit {
     s32 signal;           /* fatal default-action signal delivered, 0 if none */
 };
 
+/* Sent only up to the path's NUL: the record is as long as its path. */
 struct ev_open {
     struct ev_hdr h;
     s32 flags;
-    u32 _pad;
+    u32 path_len;  /* bytes of path, its NUL included */
     char path[PATH_LEN];
 };
 
@@ -136,6 +137,7 @@ struct cg_stats {
     u64 events;
     u64 lost;
     u64 ngram_overflow;
+    u64 opens_repeated;  /* opens counted in the kernel instead of sent again */
 };
 
 struct ngram_key {

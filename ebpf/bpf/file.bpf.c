@@ -1,5 +1,20 @@
-/* File opens: path, flags and the resulting fd or error. */
+/* File opens: path, flags and the resulting fd or error. A sandbox's
+ * repeated opens of one path with the same flags and outcome are counted
+ * instead of sent again, so a busy benign tool cannot fill the ring with
+ * what the guard has already judged. */
 #include "maps.bpf.h"
+
+struct open_key {
+    u64 cgroup_id;
+    s32 flags;
+    s32 outcome;  /* 0 when it opened, else the error */
+    char path[PATH_LEN];
+};
+
+/* LRU: a sandbox with many distinct paths evicts old ones, which are then
+ * sent again (never lost); keys carry the cgroup id, which is not reused. */
+BPF_TABLE("lru_hash", struct open_key, u8, opens_seen, 16384);
+BPF_PERCPU_ARRAY(open_key_scratch, struct open_key, 1);
 
 static __always_inline void open_enter(const char *filename, int flags)
 {
@@ -10,15 +25,51 @@ static __always_inline void open_enter(const char *filename, int flags)
     if (!e)
         return;
     e->open.flags = flags;
-    bpf_probe_read_user_str(e->open.path, sizeof(e->open.path), filename);
+    /* zeroed past the name: the path is part of the repeat key */
+    __builtin_memset(e->open.path, 0, sizeof(e->open.path));
+    long len = bpf_probe_read_user_str(e->open.path, sizeof(e->open.path), filename);
+    e->open.path_len = len > 0 ? len : 0;
     park(e);
+}
+
+/* The open already sent by this sandbox, with these flags and outcome? */
+static __always_inline int seen_before(union event_buf *e, long ret)
+{
+    u32 zero = 0;
+    struct open_key *k = open_key_scratch.lookup(&zero);
+    if (!k)
+        return 0;
+    k->cgroup_id = e->h.cgroup_id;
+    k->flags = e->open.flags;
+    k->outcome = ret < 0 ? (s32)ret : 0;
+    __builtin_memcpy(k->path, e->open.path, sizeof(k->path));
+    if (opens_seen.lookup(k)) {
+        struct cg_stats *st = stats.lookup(&k->cgroup_id);
+        if (st)
+            st->opens_repeated++;
+        return 1;
+    }
+    u8 one = 1;
+    opens_seen.update(k, &one);
+    return 0;
 }
 
 static __always_inline void open_exit(long ret)
 {
     u64 cg;
-    if (watched_cgroup(&cg))
-        finish(EV_OPEN, ret, sizeof(struct ev_open));
+    if (!watched_cgroup(&cg))
+        return;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    union event_buf *e = pending.lookup(&tid);
+    if (e && e->h.type == EV_OPEN && !seen_before(e, ret)) {
+        e->h.ret = ret;
+        u32 len = e->open.path_len;
+        if (len > PATH_LEN)
+            len = PATH_LEN;
+        emit(e, offsetof(struct ev_open, path) + len, e->h.cgroup_id);
+    }
+    if (e)
+        pending.delete(&tid);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_openat)

@@ -6,7 +6,7 @@
 #include "bastion.h"
 
 #ifndef RINGBUF_PAGES
-#define RINGBUF_PAGES 256
+#define RINGBUF_PAGES 1024
 #endif
 
 #ifndef PID_MAX

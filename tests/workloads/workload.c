@@ -4,6 +4,8 @@
  *   workload basic PATH PORT  open PATH, connect to 127.0.0.1:PORT, exit 7
  *   workload seq K            K rounds of getppid getuid getgid geteuid, exit 0
  *   workload flood PATH N     open and close PATH N times, exit 0
+ *   workload spread PATH N    open PATH.0 ... PATH.<N-1> (each a distinct
+ *                             path, missing or not), closing those that open
  *   workload phase MARKS K    for each mark: a marker syscall, then K rounds
  *                             of seq's loop; exit 0. A mark is p (getpid)
  *                             or t (gettid)
@@ -46,6 +48,18 @@ static int flood(const char *path, long n)
     return 0;
 }
 
+static int spread(const char *path, long n)
+{
+    char name[256];
+    for (long i = 0; i < n; i++) {
+        snprintf(name, sizeof(name), "%s.%ld", path, i);
+        int fd = open(name, O_RDONLY);
+        if (fd >= 0)
+            close(fd);
+    }
+    return 0;
+}
+
 /* Benign runs use one marker throughout; a run that mixes them makes only
  * n-grams the benign runs made, when K >= 2: only the order, over more than
  * an n-gram, is new. */
@@ -66,6 +80,8 @@ int main(int argc, char **argv)
         return seq(atol(argv[2]));
     if (argc == 4 && !strcmp(argv[1], "flood"))
         return flood(argv[2], atol(argv[3]));
+    if (argc == 4 && !strcmp(argv[1], "spread"))
+        return spread(argv[2], atol(argv[3]));
     if (argc == 4 && !strcmp(argv[1], "phase"))
         return phase(argv[2], atol(argv[3]));
     fprintf(stderr, "usage: workload basic PATH PORT | seq K | flood PATH N | phase MARKS K\n");
