@@ -7,6 +7,7 @@ import time
 import uuid
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.api_calls import ApiRequest
 from common.verdicts import Severity, Verdict
 
 
@@ -48,9 +49,10 @@ class Alert(BaseModel):
         return max(self.enforced_ts_ns - self.event_ts_ns, 0) / 1e6
 
 
-class ApiCallRecord(BaseModel):
-    """One HTTP request the kernel read on its way out of a sandbox and what
-    became of it: the audit log's `api_call` record and the node's stream."""
+class ApiCallRecord(ApiRequest):
+    """What became of one API call, with the agent's step that made it: the
+    audit log's `api_call` record and the node's stream. `allowed`: the
+    request left the sandbox (a held call: once released)."""
 
     model_config = ConfigDict(extra="forbid")
     seq: int = Field(-1, description="the record's sequence number in the audit log")
@@ -59,14 +61,4 @@ class ApiCallRecord(BaseModel):
     agent: str | None = None
     step: str | None = None
     tool_call: str | None = None
-    method: str = Field(description="empty when the bytes were not a readable request")
-    host: str
-    path: str
-    port: int = 0
-    tls: bool = False
-    body_bytes: int = 0
-    allowed: bool = Field(description="the request left the sandbox (a held call: once released)")
     held: bool = Field(False, description="the kernel held it for the guard's judgement")
-    reason: str
-    pid: int = 0
-    ts_ns: int = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from common.api_calls import ApiRequest
 from common.verdicts import Verdict
 from ebpf.api import describe_request
 from sandbox.status import STOPPED_EXIT, exit_status
@@ -22,19 +23,8 @@ class Denial(BaseModel):
     pid: int = 0
 
 
-class ApiCall(BaseModel):
+class ApiCall(ApiRequest):
     """One HTTP request the kernel read on its way out, and what it decided."""
-
-    method: str = Field(description="empty when the bytes were not a readable request")
-    host: str
-    path: str
-    port: int = 0
-    tls: bool = False
-    body_bytes: int = 0
-    allowed: bool
-    reason: str
-    ts_ns: int = 0
-    pid: int = 0
 
     def line(self) -> str:
         return f"{describe_request(self.method, self.host, self.path, self.tls, self.port)}: {self.reason}"
