@@ -15,12 +15,15 @@ each stopped (SIGSTOP) while the guard scores it, then released.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes as ct
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -29,7 +32,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bastion.guarded import GuardedSandboxes, record_runs  # noqa: E402
-from bastion.local_api import LocalApi, serve  # noqa: E402
+from bastion.local_api import LocalApi  # noqa: E402
 from common.verdicts import Verdict  # noqa: E402
 from ebpf.sensor import Sensor  # noqa: E402
 from guard.audit import AuditLog  # noqa: E402
@@ -104,6 +107,31 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1]
 
 
+# The records API in a process of its own, as on another host: in the bench's
+# process its threads would take the interpreter lock from the guard's pump.
+SERVER = r"""
+import json, sys
+from bastion.local_api import serve
+with serve() as api:
+    print(json.dumps([api.port, api.tls_port, str(api.ca_file)]), flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def serve_apart() -> Iterator[LocalApi]:
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert server.stdin is not None and server.stdout is not None
+    try:
+        port, tls_port, ca = json.loads(server.stdout.readline())
+        yield LocalApi(port, tls_port, Path(ca))
+    finally:
+        server.stdin.close()
+        server.wait(timeout=10)
+
+
 def _client(api: LocalApi, tls: bool, calls: int, paths: list[str]) -> list[str]:
     port = api.tls_port if tls else api.port
     return ["/usr/bin/python3", "-c", CLIENT, str(port), "1" if tls else "0", str(api.ca_file), str(calls),
@@ -145,7 +173,7 @@ def main() -> int:
 def _measure(args: argparse.Namespace, console: Console, sends: dict[tuple[str, bool], list[float]],
              trips: dict[tuple[str, bool], list[float]], in_programs: dict[bool, int]) -> list[float]:
     paths = ["/records/17", "/records/250", "/formulary"]
-    with Sensor() as sensor, serve() as api, tempfile.TemporaryDirectory() as tmp:
+    with Sensor() as sensor, serve_apart() as api, tempfile.TemporaryDirectory() as tmp:
         rules = api_policy(api)
         free = _ip_port_only(rules)
         log = AuditLog(Path(tmp) / "audit.jsonl")

@@ -406,8 +406,7 @@ class SandboxManager:
     # the pump ------------------------------------------------------------
     def _run_pump(self) -> None:
         try:
-            # the pump must keep up even when a sandbox saturates the CPUs (a fork bomb)
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
+            _pump_priority()
             next_check = 0.0
             while not self._stop.is_set():
                 self._route(self.sensor.poll(20))
@@ -455,6 +454,20 @@ class SandboxManager:
         for sb in list(self._active.values()):
             self.enforce(sb, Verdict.KILL, "manager closing")
             self._cleanup(sb)
+
+
+def _pump_priority() -> None:
+    """The pump must keep up even when sandboxes saturate the CPUs (a fork
+    bomb), and a call the kernel holds waits on it: the lowest real-time
+    priority runs it as soon as events arrive, ahead of every ordinary task
+    (the kernel's real-time throttling still leaves the others 5%). Threads
+    it starts (torch's workers, for one) are ordinary again, so none of them
+    spins at that priority. Where that is refused, a high nice value."""
+    tid = threading.get_native_id()
+    try:
+        os.sched_setscheduler(tid, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+    except PermissionError:
+        os.setpriority(os.PRIO_PROCESS, tid, -10)
 
 
 def _cpu_seconds(cg: Cgroup) -> float:
