@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,26 @@ class CgroupStats:
     opens_repeated: int = 0
 
 
+def _loader() -> Any:
+    """BCC's BPF class, attaching at load only the programs that run on
+    process events (fork, exit, signals): those on every syscall are the
+    Sensor's to attach while a cgroup is watched."""
+    from bcc import BPF, lib
+
+    class Loader(BPF):  # type: ignore[misc]
+        def _trace_autoload(self) -> None:
+            for i in range(lib.bpf_num_functions(self.module)):
+                name = lib.bpf_function_name(self.module, i)
+                if name.startswith(b"tracepoint__") and not name.startswith(_SYSCALL_TRACEPOINT):
+                    self.attach_tracepoint(tp=name[len(b"tracepoint__"):].replace(b"__", b":"), fn_name=name)
+
+    return Loader
+
+
+_SYSCALL_TRACEPOINT = b"tracepoint__syscalls__"
+_RAW_TRACEPOINT = b"raw_tracepoint__"
+
+
 def module_text() -> str:
     """The sensor's C source as one text.
 
@@ -89,8 +110,10 @@ def module_text() -> str:
 class Sensor:
     """Kernel event source for watched cgroups.
 
-    Use one per process: `start()` compiles and attaches everything (about two
-    seconds), after which watching a cgroup is a map update."""
+    Use one per process: `start()` compiles everything and attaches the
+    programs on process events (about two seconds). Watching the first cgroup
+    attaches those on every syscall (about 2 ms); after the last is unwatched
+    they are detached in the background, so an idle host pays nothing."""
 
     # 4 MiB: a burst of about 100k distinct opens (each record as long as its
     # path) waits there while the pump catches up
@@ -107,13 +130,19 @@ class Sensor:
         self._raw: list[bytes] = []
         self._decode_errors: dict[int, int] = {}  # by cgroup id, 0 when even the header was unreadable
         self._attempts: set[str] = set()
+        # The programs on every syscall of the host (tracepoint or raw
+        # tracepoint name -> function) cost every process a slower syscall
+        # path: attached while a cgroup is watched, detached after the last.
+        self._syscall_hooks: dict[bytes, bytes] = {}
+        self._attached: dict[tuple[bytes, bytes], int] = {}  # (tracepoint, function) -> descriptor
+        self._hooks_lock = threading.Lock()
 
     # lifecycle -----------------------------------------------------------
     def start(self) -> Sensor:
         if self._bpf is not None:
             return self
         try:
-            from bcc import BPF  # Debian's python3-bpfcc; see the Makefile
+            from bcc import lib  # Debian's python3-bpfcc; see the Makefile
         except ImportError as exc:
             raise SensorError("BCC is not importable: run `make setup` (installs python3-bpfcc)") from exc
         pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
@@ -124,10 +153,16 @@ class Sensor:
             f"-DPID_MAX={pid_max}",
         ]
         try:
-            self._bpf = BPF(text=module_text(), cflags=cflags)
+            self._bpf = _loader()(text=module_text(), cflags=cflags)
         except Exception as exc:
             raise SensorError(f"loading the BPF programs failed: {exc} (run `bastion doctor`)") from exc
         self._bpf["events"].open_ring_buffer(self._on_event)
+        for i in range(lib.bpf_num_functions(self._bpf.module)):
+            name = lib.bpf_function_name(self._bpf.module, i)
+            if name.startswith(_SYSCALL_TRACEPOINT):
+                self._syscall_hooks[b"syscalls:" + name[len(_SYSCALL_TRACEPOINT):]] = name
+            elif name.startswith(_RAW_TRACEPOINT):
+                self._syscall_hooks[name[len(_RAW_TRACEPOINT):]] = name
         try:
             self._start_api()
         except Exception as exc:
@@ -155,10 +190,59 @@ class Sensor:
                 bpf.attach_uretprobe(name=path, sym=sym, fn_name="tls_leave")
 
     def close(self) -> None:
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
-            self._attempts.clear()
+        with self._hooks_lock:
+            if self._bpf is not None:
+                for hook in list(self._attached):
+                    self._detach(hook)
+                self._bpf.cleanup()
+                self._bpf = None
+                self._attempts.clear()
+                self._syscall_hooks.clear()
+
+    # the programs on every syscall -----------------------------------------
+    def _wanted_hooks(self) -> list[tuple[bytes, bytes]]:
+        """(tracepoint, function) pairs; a raw tracepoint's function is named for it."""
+        return [*self._syscall_hooks.items(),
+                *((f"syscalls:sys_exit_{tp}".encode(), b"sensitive_exit") for tp in sorted(self._attempts))]
+
+    def _hook(self) -> None:
+        """Attach every per-syscall program not attached yet (about 2 ms in
+        all); call with the lock held. The descriptors are the sensor's, not
+        BCC's, which keys them by tracepoint and so holds one per tracepoint."""
+        bpf = self.bpf
+        for tp, fn in self._wanted_hooks():
+            if (tp, fn) in self._attached:
+                continue
+            if fn.startswith(_RAW_TRACEPOINT):
+                bpf.attach_raw_tracepoint(tp=tp, fn_name=fn)
+                self._attached[(tp, fn)] = bpf.raw_tracepoint_fds.pop(tp)
+            else:
+                bpf.attach_tracepoint(tp=tp, fn_name=fn)
+                self._attached[(tp, fn)] = bpf.tracepoint_fds.pop(tp)
+
+    def _detach(self, hook: tuple[bytes, bytes]) -> None:
+        from bcc import lib
+
+        fd = self._attached.pop(hook)
+        if hook[1].startswith(_RAW_TRACEPOINT):
+            os.close(fd)
+        else:
+            lib.bpf_close_perf_event_fd(fd)
+
+    def _unhook_when_idle(self) -> None:
+        """Detach the per-syscall programs one by one while nothing is
+        watched. Each detach waits for the kernel's RCU grace period (about
+        35 ms), so it runs in the background and yields to a new watch."""
+        while True:
+            with self._hooks_lock:
+                if self._bpf is None or self._tags or not self._attached:
+                    return
+                self._detach(next(iter(self._attached)))
+
+    def syscall_hooks_attached(self) -> int:
+        """How many of the per-syscall programs are attached now."""
+        with self._hooks_lock:
+            return len(self._attached)
 
     def __enter__(self) -> Sensor:
         return self.start()
@@ -178,8 +262,10 @@ class Sensor:
         """Start watching a cgroup: from now on its tasks' syscalls are seen.
         Attempts of the `sensitive` syscall numbers are reported as events;
         with `sequences`, every syscall id, in batches per thread."""
+        with self._hooks_lock:
+            self._hook()
+            self._tags[cgroup_id] = tag
         self._next_tag += 1
-        self._tags[cgroup_id] = tag
         stats = self.bpf["stats"]
         stats[stats.Key(cgroup_id)] = stats.Leaf()
         flags = (WATCH_DETECT_NOVEL if detect_novel else 0) | (WATCH_SEQUENCE if sequences else 0)
@@ -216,8 +302,12 @@ class Sensor:
         for k in stale:
             del counts[k]
         self.clear_egress(cgroup_id)
-        self._tags.pop(cgroup_id, None)
         self._decode_errors.pop(cgroup_id, None)
+        with self._hooks_lock:
+            self._tags.pop(cgroup_id, None)
+            idle = not self._tags
+        if idle:
+            threading.Thread(target=self._unhook_when_idle, name="sensor-unhook", daemon=True).start()
         return final
 
     # reading -------------------------------------------------------------
@@ -276,8 +366,10 @@ class Sensor:
             if not (TRACEFS_SYSCALLS / f"sys_exit_{tp}").is_dir():
                 missing.append(name)
                 continue
-            self.bpf.attach_tracepoint(tp=f"syscalls:sys_exit_{tp}", fn_name="sensitive_exit")
-            self._attempts.add(tp)
+            with self._hooks_lock:
+                self._attempts.add(tp)
+                if self._tags:  # else attached with the others at the next watch
+                    self._hook()
         return missing
 
     # egress --------------------------------------------------------------

@@ -8,6 +8,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,37 @@ def test_without_known_set_novel_mode_sends_loop_ngrams(sensor: Sensor, cgroup: 
     # positions let user space rebuild the thread's whole syscall sequence
     positions = [e.arg for e in grams if e.tid == pid]
     assert positions == list(range(sensor.ngram_n - 1, sensor.ngram_n - 1 + len(positions)))
+
+
+def test_the_programs_on_every_syscall_are_attached_only_while_a_cgroup_is_watched(
+        sensor: Sensor, cgroup: Cgroup, workload: Path, tmp_path: Path) -> None:
+    """With nothing watched the host's syscalls pay nothing for the sensor."""
+    def idle() -> bool:
+        return sensor.syscall_hooks_attached() == 0
+
+    _until(idle)
+    target = tmp_path / "f"
+    target.write_text("x")
+    sensor.watch(cgroup.id, "hooks")
+    assert sensor.syscall_hooks_attached() >= 27  # the syscall tracepoints and the raw sys_enter, before any run
+    pid, _ = run_in(cgroup, [str(workload), "flood", str(target), "1"])
+    time.sleep(0.1)
+    assert (pid, str(target)) in [(e.pid, e.path) for e in sensor.drain() if e.kind is EventKind.OPEN]
+    sensor.unwatch(cgroup.id)
+    _until(idle)
+    # and again: the next watch attaches them before anything runs
+    sensor.watch(cgroup.id, "hooks again")
+    pid, _ = run_in(cgroup, [str(workload), "flood", str(target), "1"])
+    time.sleep(0.1)
+    assert (pid, str(target)) in [(e.pid, e.path) for e in sensor.drain() if e.kind is EventKind.OPEN]
+    sensor.unwatch(cgroup.id)
+
+
+def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.05)
 
 
 def test_repeated_opens_are_counted_in_the_kernel_not_sent(sensor: Sensor, cgroup: Cgroup, workload: Path,

@@ -6,13 +6,15 @@
 
 struct open_key {
     u64 cgroup_id;
+    u32 tag;  /* of this watch: a cgroup watched again starts afresh */
     s32 flags;
     s32 outcome;  /* 0 when it opened, else the error */
+    u32 _pad;
     char path[PATH_LEN];
 };
 
 /* LRU: a sandbox with many distinct paths evicts old ones, which are then
- * sent again (never lost); keys carry the cgroup id, which is not reused. */
+ * sent again (never lost); a watch's entries age out after it ends. */
 BPF_TABLE("lru_hash", struct open_key, u8, opens_seen, 16384);
 BPF_PERCPU_ARRAY(open_key_scratch, struct open_key, 1);
 
@@ -33,13 +35,15 @@ static __always_inline void open_enter(const char *filename, int flags)
 }
 
 /* The open already sent by this sandbox, with these flags and outcome? */
-static __always_inline int seen_before(union event_buf *e, long ret)
+static __always_inline int seen_before(union event_buf *e, long ret, u32 tag)
 {
     u32 zero = 0;
     struct open_key *k = open_key_scratch.lookup(&zero);
     if (!k)
         return 0;
     k->cgroup_id = e->h.cgroup_id;
+    k->tag = tag;
+    k->_pad = 0;
     k->flags = e->open.flags;
     k->outcome = ret < 0 ? (s32)ret : 0;
     __builtin_memcpy(k->path, e->open.path, sizeof(k->path));
@@ -57,11 +61,12 @@ static __always_inline int seen_before(union event_buf *e, long ret)
 static __always_inline void open_exit(long ret)
 {
     u64 cg;
-    if (!watched_cgroup(&cg))
+    struct watch_info *w = watched_cgroup(&cg);
+    if (!w)
         return;
     u32 tid = (u32)bpf_get_current_pid_tgid();
     union event_buf *e = pending.lookup(&tid);
-    if (e && e->h.type == EV_OPEN && !seen_before(e, ret)) {
+    if (e && e->h.type == EV_OPEN && !seen_before(e, ret, w->tag)) {
         e->h.ret = ret;
         u32 len = e->open.path_len;
         if (len > PATH_LEN)
