@@ -112,6 +112,7 @@ class GuardedSandboxes:
     def close(self) -> None:
         """Stop the sandboxes; the audit log stays open for its owner."""
         self.manager.close()
+        self.guard.close()
         self.manager.sensor.load_known([])
 
     def __enter__(self) -> GuardedSandboxes:

@@ -7,6 +7,7 @@ import ctypes as ct
 import ipaddress
 import os
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,7 @@ def _loader() -> Any:
 
 
 _SYSCALL_TRACEPOINT = b"tracepoint__syscalls__"
+IDLE_S = 2.0  # nothing watched this long: the per-syscall programs are detached
 _RAW_TRACEPOINT = b"raw_tracepoint__"
 
 
@@ -112,8 +114,9 @@ class Sensor:
 
     Use one per process: `start()` compiles everything and attaches the
     programs on process events (about two seconds). Watching the first cgroup
-    attaches those on every syscall (about 2 ms); after the last is unwatched
-    they are detached in the background, so an idle host pays nothing."""
+    attaches those on every syscall (about 2 ms); once none has been watched
+    for IDLE_S they are detached in the background, so an idle host pays
+    nothing."""
 
     # 4 MiB: a burst of about 100k distinct opens (each record as long as its
     # path) waits there while the pump catches up
@@ -136,6 +139,7 @@ class Sensor:
         self._syscall_hooks: dict[bytes, bytes] = {}
         self._attached: dict[tuple[bytes, bytes], int] = {}  # (tracepoint, function) -> descriptor
         self._hooks_lock = threading.Lock()
+        self._idle_since = 0.0
 
     # lifecycle -----------------------------------------------------------
     def start(self) -> Sensor:
@@ -229,13 +233,15 @@ class Sensor:
         else:
             lib.bpf_close_perf_event_fd(fd)
 
-    def _unhook_when_idle(self) -> None:
-        """Detach the per-syscall programs one by one while nothing is
-        watched. Each detach waits for the kernel's RCU grace period (about
-        35 ms), so it runs in the background and yields to a new watch."""
+    def _unhook_when_idle(self, since: float) -> None:
+        """Once nothing has been watched for IDLE_S, detach the per-syscall
+        programs one by one. Each detach waits for the kernel's RCU grace
+        period (about 35 ms), so it runs in the background, yields to a new
+        watch, and waits out a pause between sandboxes run one after another."""
+        time.sleep(IDLE_S)
         while True:
             with self._hooks_lock:
-                if self._bpf is None or self._tags or not self._attached:
+                if self._bpf is None or self._tags or self._idle_since != since or not self._attached:
                     return
                 self._detach(next(iter(self._attached)))
 
@@ -306,8 +312,11 @@ class Sensor:
         with self._hooks_lock:
             self._tags.pop(cgroup_id, None)
             idle = not self._tags
+            if idle:
+                self._idle_since = time.monotonic()
         if idle:
-            threading.Thread(target=self._unhook_when_idle, name="sensor-unhook", daemon=True).start()
+            threading.Thread(target=self._unhook_when_idle, args=(self._idle_since,), name="sensor-unhook",
+                             daemon=True).start()
         return final
 
     # reading -------------------------------------------------------------

@@ -20,6 +20,7 @@ from ebpf.sensor import WATCH_DETECT_NOVEL, Sensor, SensorError
 from common.verdicts import Verdict
 from guard.alerts import Alert, ApiCallRecord, Evidence
 from guard.audit import AuditLog
+from guard.call_log import ApiCallLog
 from guard.detectors import window_means
 from guard.profile import Profile
 from guard.endpoints import ALERT_AT, unseen_call_score
@@ -126,7 +127,7 @@ class Guard:
         self.assign = assign
         self.syscall_name = syscall_name
         self.sinks = list(sinks)
-        self.api_sinks = list(api_sinks)
+        self.api_calls = ApiCallLog(audit, api_sinks)
         self._states: dict[int, _State] = {}
         self._lock = threading.Lock()
 
@@ -192,7 +193,7 @@ class Guard:
                 self._threads_ended(st, profile, [t for t, th in st.threads.items() if th.pid in exited])
         if profile is not None and time.monotonic() - st.last_frequency >= FREQUENCY_EVERY_S:
             self._frequency(st, profile)
-        # after the batch's verdicts: a held call is released before any fsync
+        # after the batch's verdicts, on the log's own thread: a held call is released before any fsync
         self._audit_api_calls(st, calls)
         self._publish(st)
 
@@ -224,18 +225,13 @@ class Guard:
         if not calls:
             return
         labels = st.target.labels
-        records = [
+        self.api_calls.put([
             ApiCallRecord(sandbox=st.target.name, agent=labels.get("agent"), step=labels.get("step"),
                           tool_call=labels.get("tool_call"), method=ev.method, host=ev.host, path=ev.path,
                           port=ev.port, tls=ev.tls, body_bytes=ev.arg, allowed=allowed, held=ev.ret == -EAGAIN,
                           reason=ev.reason, pid=ev.pid, ts_ns=ev.ts_ns)
             for ev, allowed in calls
-        ]
-        seqs = self.audit.append_many("api_call", [r.model_dump(mode="json", exclude={"seq"}) for r in records])
-        for record, seq in zip(records, seqs, strict=True):
-            record.seq = seq
-            for sink in self.api_sinks:
-                sink(record)
+        ])
 
     def _stop_ngrams(self, st: _State) -> None:
         """Stop the kernel sending novel n-grams that can no longer change
@@ -255,9 +251,13 @@ class Guard:
             if profile.judges_live and st.threads:
                 self._threads_ended(st, profile, list(st.threads))
             self._publish(st)
+        self.api_calls.flush()  # its API calls are in the log when its run returns
         with self._lock:
             self._states.pop(target.id, None)
         return st.alerts
+
+    def close(self) -> None:
+        self.api_calls.close()
 
     # detectors -----------------------------------------------------------
     def _ngram(self, st: _State, profile: Profile, ev: Event) -> Finding | None:
