@@ -8,6 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -20,6 +21,8 @@ from console.proto import bastion_pb2 as pb
 from tests.apis import LABELS, api_policy_yaml, base, http_request_command
 from tests.attacks import HERE, POLICY, command
 
+T = TypeVar("T")
+
 
 @pytest.fixture
 def node(kernel: None, tmp_path: Path) -> Iterator[Node]:
@@ -31,18 +34,24 @@ def node(kernel: None, tmp_path: Path) -> Iterator[Node]:
     n.close()
 
 
-def test_a_run_through_the_node_is_guarded_and_its_alert_streamed(node: Node, tmp_path: Path) -> None:
-    client = NodeClient(node.config.local, (tmp_path / "token").read_text().strip())
-    streamed: list[pb.AlertMessage] = []
-    stream = client.watch()
+def _collect(stream: Iterator[T]) -> list[T]:
+    """A list that a thread fills from the stream until the test cancels it."""
+    got: list[T] = []
 
     def read() -> None:
         try:
-            streamed.extend(stream)
-        except grpc.RpcError as exc:  # the test cancels the stream at the end
+            got.extend(stream)
+        except grpc.RpcError as exc:
             assert exc.code() is grpc.StatusCode.CANCELLED
 
     threading.Thread(target=read, daemon=True).start()
+    return got
+
+
+def test_a_run_through_the_node_is_guarded_and_its_alert_streamed(node: Node, tmp_path: Path) -> None:
+    client = NodeClient(node.config.local, (tmp_path / "token").read_text().strip())
+    stream = client.watch()
+    streamed: list[pb.AlertMessage] = _collect(stream)
 
     with pytest.raises(grpc.RpcError) as err:
         client.update_policy("corpus", "network: everywhere\n")
@@ -100,16 +109,8 @@ def test_no_per_sandbox_state_outlives_its_run_in_a_long_running_node(node: Node
 def test_api_calls_through_the_node_are_streamed_with_their_audit_records(node: Node, tmp_path: Path,
                                                                           records_api: LocalApi) -> None:
     client = NodeClient(node.config.local, (tmp_path / "token").read_text().strip())
-    streamed: list[pb.ApiCallMessage] = []
     stream = client.watch_api_calls()
-
-    def read() -> None:
-        try:
-            streamed.extend(stream)
-        except grpc.RpcError as exc:
-            assert exc.code() is grpc.StatusCode.CANCELLED
-
-    threading.Thread(target=read, daemon=True).start()
+    streamed: list[pb.ApiCallMessage] = _collect(stream)
     policy = api_policy_yaml(records_api)
     for method, path in (("GET", "/records/17"), ("POST", "/patients/export")):
         command = http_request_command(method, f"{base(records_api, False)}{path}", {"id": 17})
