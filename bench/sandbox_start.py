@@ -60,8 +60,10 @@ def main() -> int:
         p50 = statistics.median(values)
         table.add_row(label, f"{p50 * 1e3:.1f} ms", f"{pct(values, 95) * 1e3:.1f} ms", f"{p50 / p50_plain:.1f}x")
     console.print(table)
-    p50 = statistics.median(sandboxed) * 1e3
-    console.print(f"target: sandbox p50 <= 25 ms: {'met' if p50 <= 25 else 'MISSED'} ({p50:.1f} ms)")
+    p50, p95 = statistics.median(sandboxed) * 1e3, pct(sandboxed, 95) * 1e3
+    console.print(f"targets (issue 16): sandbox p50 <= 10 ms: {'met' if p50 <= 10 else 'MISSED'} ({p50:.1f} ms); "
+                  f"p95 <= 20 ms: {'met' if p95 <= 20 else 'MISSED'} ({p95:.1f} ms); "
+                  f"the floor, a plain subprocess: p50 {p50_plain * 1e3:.1f} ms")
     return 0
 
 
