@@ -77,25 +77,40 @@ class CgroupStats:
     opens_repeated: int = 0
 
 
+IDLE_S = 2.0  # nothing watched this long: the per-syscall programs are detached
+# BCC's names for TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE functions
+_TRACEPOINT, _RAW_TRACEPOINT = b"tracepoint__", b"raw_tracepoint__"
+
+
+def _programs(module: Any) -> dict[bytes, tuple[bytes, bool]]:
+    """The module's tracepoint programs: function -> (tracepoint, whether it
+    runs on every syscall of the host)."""
+    from bcc import lib
+
+    found = {}
+    for i in range(lib.bpf_num_functions(module)):
+        name = lib.bpf_function_name(module, i)
+        if name.startswith(_TRACEPOINT):
+            tp = name[len(_TRACEPOINT):].replace(b"__", b":")
+            found[name] = (tp, tp.startswith(b"syscalls:"))
+        elif name.startswith(_RAW_TRACEPOINT):
+            found[name] = (name[len(_RAW_TRACEPOINT):], True)
+    return found
+
+
 def _loader() -> Any:
     """BCC's BPF class, attaching at load only the programs that run on
     process events (fork, exit, signals): those on every syscall are the
     Sensor's to attach while a cgroup is watched."""
-    from bcc import BPF, lib
+    from bcc import BPF
 
     class Loader(BPF):  # type: ignore[misc]
         def _trace_autoload(self) -> None:
-            for i in range(lib.bpf_num_functions(self.module)):
-                name = lib.bpf_function_name(self.module, i)
-                if name.startswith(b"tracepoint__") and not name.startswith(_SYSCALL_TRACEPOINT):
-                    self.attach_tracepoint(tp=name[len(b"tracepoint__"):].replace(b"__", b":"), fn_name=name)
+            for fn, (tp, every_syscall) in _programs(self.module).items():
+                if not every_syscall:
+                    self.attach_tracepoint(tp=tp, fn_name=fn)
 
     return Loader
-
-
-_SYSCALL_TRACEPOINT = b"tracepoint__syscalls__"
-IDLE_S = 2.0  # nothing watched this long: the per-syscall programs are detached
-_RAW_TRACEPOINT = b"raw_tracepoint__"
 
 
 def module_text() -> str:
@@ -146,7 +161,7 @@ class Sensor:
         if self._bpf is not None:
             return self
         try:
-            from bcc import lib  # Debian's python3-bpfcc; see the Makefile
+            import bcc  # noqa: F401 - Debian's python3-bpfcc; see the Makefile
         except ImportError as exc:
             raise SensorError("BCC is not importable: run `make setup` (installs python3-bpfcc)") from exc
         pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
@@ -161,12 +176,8 @@ class Sensor:
         except Exception as exc:
             raise SensorError(f"loading the BPF programs failed: {exc} (run `bastion doctor`)") from exc
         self._bpf["events"].open_ring_buffer(self._on_event)
-        for i in range(lib.bpf_num_functions(self._bpf.module)):
-            name = lib.bpf_function_name(self._bpf.module, i)
-            if name.startswith(_SYSCALL_TRACEPOINT):
-                self._syscall_hooks[b"syscalls:" + name[len(_SYSCALL_TRACEPOINT):]] = name
-            elif name.startswith(_RAW_TRACEPOINT):
-                self._syscall_hooks[name[len(_RAW_TRACEPOINT):]] = name
+        self._syscall_hooks = {tp: fn for fn, (tp, every_syscall) in _programs(self._bpf.module).items()
+                               if every_syscall}
         try:
             self._start_api()
         except Exception as exc:
