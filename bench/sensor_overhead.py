@@ -125,15 +125,15 @@ def main() -> int:
         other.remove()
 
     med = {k: statistics.median(v) for k, v in times.items()}
+    added = {k: (m - med["a"]) * 1e9 / n for k, m in med.items()}  # ns per syscall over no sensor
     table = Table(title=f"sensor overhead: {n:,} syscalls per run, median of {args.reps} interleaved runs")
     for col in ("mode", "run time", "ns per syscall", "added ns per syscall", "ratio to (a)"):
         table.add_column(col, justify="right")
     labels = {"a": "(a) no sensor", "f": "(f) floor: empty program", "i": "(i) loaded, nothing watched",
               "b": "(b) unwatched, a sandbox elsewhere", "c": "(c) watched"}
     for key, label in labels.items():
-        added = (med[key] - med["a"]) * 1e9 / n
         table.add_row(label, f"{med[key] * 1e3:.1f} ms", f"{med[key] * 1e9 / n:.1f}",
-                      "-" if key == "a" else f"{added:.1f}", f"{med[key] / med['a']:.2f}x")
+                      "-" if key == "a" else f"{added[key]:.1f}", f"{med[key] / med['a']:.2f}x")
     console.print(table)
 
     rate = n / med["c"]
@@ -148,10 +148,7 @@ def main() -> int:
                      f"{f.stats.events:,}", f"{f.stats.opens_repeated:,}", f"{f.received:,}", f"{f.stats.lost:,}")
     console.print(loss)
     lost_floods = sum(f.stats.lost for f in floods.values())
-    added_b = (med["b"] - med["a"]) * 1e9 / n
-    added_c = (med["c"] - med["a"]) * 1e9 / n
-    added_f = (med["f"] - med["a"]) * 1e9 / n
-    added_i = (med["i"] - med["a"]) * 1e9 / n
+    added_b, added_c, added_f, added_i = added["b"], added["c"], added["f"], added["i"]
     ok = {"b": added_b <= 1.1 * added_f, "c": added_c <= 1.6 * added_f}
     console.print(
         f"targets (issue 16), against the floor measured in this run ({added_f:.1f} ns): (i) nothing "
