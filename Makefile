@@ -18,6 +18,8 @@ host:
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile -r requirements.lock
+	# xgrammar asks for triton (1 GB) for its CUDA kernels; on CPU it never imports it
+	$(PY) -m pip install -q --no-compile --no-deps xgrammar==0.2.8
 	$(PY) -m pip install -q --no-deps -e .
 	ln -sfn /usr/lib/python3/dist-packages/bcc "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc"
 	touch $@

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from agents.backends import Completion
 from agents.interaction_log import InteractionLog
-from agents.prompt import CallError, Turn, json_schema, parse, render
+from agents.prompt import CallError, Turn, context, json_schema, parse, render
 from agents.router import Router
 from agents.tools import TOOLS, Tool
 from common.verdicts import Verdict
@@ -103,14 +103,16 @@ class Agent:
                         confidence=decision.confidence, answer="")
             run.steps.append(step)
             call = None
+            grounds = context(task, turns)
+            schema = json_schema(grounds)
             for attempt in range(self.max_retries + 1):
                 prompt = render(task, turns, step.error)
-                completion = self.router.complete(decision, prompt, json_schema())
+                completion = self.router.complete(decision, prompt, schema)
                 step.answer, step.retries = completion.text, attempt
                 step.latency_s += completion.latency_s
                 self._log_lm(run, step, decision.backend, prompt, completion)
                 try:
-                    call = parse(completion.text)
+                    call = parse(completion.text, grounds)
                     step.error = ""
                     break
                 except CallError as exc:
@@ -128,7 +130,7 @@ class Agent:
             if self.log:
                 self.log.tool_call(agent=self.name, run=run.id, step=step.id, tool=call.tool, args=step.args,
                                    output=step.outcome.output, verdict=step.outcome.verdict,
-                                   alerts=step.outcome.alerts)
+                                   alerts=step.outcome.alerts, ok=step.outcome.ok)
             turns.append(Turn(completion.text, step.outcome.ok, step.outcome.summary()))
         run.ended = "step limit"
         return run

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from agents.prompt import END
+from agents.prompt import END, LEAD, choices, with_arg
 
 
 class BackendError(RuntimeError):
@@ -41,9 +41,17 @@ def _check_model_dir(path: Path) -> None:
 
 
 class TransformersBackend:
-    """A local Hugging Face model directory, greedy decoding up to END."""
+    """A local Hugging Face model directory, greedy decoding up to END; given
+    the answer's JSON schema, decoding follows it (xgrammar, the grammar
+    engine vLLM uses), so the answer always parses and validates.
 
-    def __init__(self, name: str, model_dir: Path, adapter_dir: Path | None = None, device: str = "cpu") -> None:
+    Greedy decoding picks a number from its first digit: of 107 and 98 as
+    the systolic pressure, a small model's "1" wins. So where the schema
+    lets an argument be one of several numbers or identifiers, each is
+    tried in the whole answer, and the value of the likeliest answer kept."""
+
+    def __init__(self, name: str, model_dir: Path, adapter_dir: Path | None = None, device: str = "cpu",
+                 constrained: bool = True) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,18 +71,57 @@ class TransformersBackend:
             model = PeftModel.from_pretrained(model, adapter_dir)
         self.model = model.to(device).eval()
         self._torch = torch
+        self._grammars = None
+        if constrained:
+            from agents.answer_grammar import AnswerGrammars
+
+            self._grammars = AnswerGrammars(self.tokenizer, model.config.vocab_size)
 
     def complete(self, prompt: str, max_tokens: int = 128, json_schema: dict[str, Any] | None = None) -> Completion:
         started = time.perf_counter()
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+        if self._grammars is None:
+            json_schema = None
+        constrain = [] if json_schema is None else [self._grammars.processor(json_schema)]
         with self._torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=max_tokens, do_sample=False,
                                       eos_token_id=self.tokenizer.eos_token_id,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+                                      pad_token_id=self.tokenizer.pad_token_id, logits_processor=constrain)
         new = out[0, enc["input_ids"].shape[1]:]
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        return Completion(text.split(END, 1)[0].strip(), int(enc["input_ids"].shape[1]), int(len(new)),
-                          time.perf_counter() - started)
+        text = self.tokenizer.decode(new, skip_special_tokens=True).split(END, 1)[0].strip()
+        if json_schema is not None:
+            text = self._choose(enc["input_ids"][0].tolist(), text, choices(text, json_schema))
+        return Completion(text, int(enc["input_ids"].shape[1]), int(len(new)), time.perf_counter() - started)
+
+    def _choose(self, prompt: list[int], text: str, fields: list[tuple[str, list[object]]]) -> str:
+        """Each field set to its likeliest value, every variant scored in one batch."""
+        if not fields:
+            return text
+        variants = [(name, v) for name, values in fields for v in values]
+        scores = self._scores(prompt, [with_arg(text, name, v) for name, v in variants])
+        best: dict[str, tuple[float, object]] = {}
+        for (name, v), score in zip(variants, scores):
+            if name not in best or score > best[name][0]:
+                best[name] = (score, v)
+        for name, (_, v) in best.items():
+            text = with_arg(text, name, v)
+        return text
+
+    def _scores(self, prompt: list[int], answers: list[str]) -> list[float]:
+        """The log-likelihood of each answer after the prompt, in one batch."""
+        torch = self._torch
+        tails = [self.tokenizer(f"{LEAD}{a} {END}", add_special_tokens=False)["input_ids"] for a in answers]
+        width = len(prompt) + max(map(len, tails))
+        ids = torch.full((len(tails), width), self.tokenizer.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for i, tail in enumerate(tails):
+            ids[i, :len(prompt) + len(tail)] = torch.tensor(prompt + tail)
+            mask[i, :len(prompt) + len(tail)] = 1
+        with torch.inference_mode():
+            logp = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.log_softmax(-1)
+        return [float(logp[i, len(prompt) - 1:len(prompt) + len(t) - 1]
+                      .gather(-1, torch.tensor(t, device=self.device).unsqueeze(-1)).sum())
+                for i, t in enumerate(tails)]
 
 
 class OpenAICompatibleBackend:
@@ -82,7 +129,8 @@ class OpenAICompatibleBackend:
     --lora-modules NAME=ADAPTER` (the adapter is chosen by model name) or
     `transformers serve MODEL_DIR`. The prompt format is the agents' own,
     so the raw completions endpoint is used; vLLM also gets the answer's
-    JSON schema as guided decoding when `structured` is set."""
+    JSON schema as its structured output (`structured_outputs.json`, the
+    field of the vLLM the `gpu` extra pins) when `structured` is set."""
 
     def __init__(self, name: str, base_url: str, model: str, api_key: str = "", timeout_s: float = 60,
                  structured: bool = False) -> None:
@@ -97,7 +145,7 @@ class OpenAICompatibleBackend:
         body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
                                 "temperature": 0, "stop": [END]}
         if json_schema is not None and self.structured:
-            body["guided_json"] = json_schema
+            body["structured_outputs"] = {"json": json_schema}
         request = urllib.request.Request(
             f"{self.base_url}/v1/completions", data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json",

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agents.backends import Backend, OpenAICompatibleBackend, TransformersBackend
 from agents.router import Route, Router, TaskClassifier
 from common.models import ModelError, load_model
+from sandbox.policy import Destination
 
 
 class ConfigError(ValueError):
@@ -26,6 +27,7 @@ class TransformersSpec(_Strict):
     path: Path
     adapter: Path | None = None
     device: str = "cpu"
+    constrained: bool = Field(True, description="decode only answers the tools' schemas allow (xgrammar)")
     cost_per_1k_tokens: float = Field(0.0, ge=0)
 
 
@@ -34,7 +36,7 @@ class OpenAISpec(_Strict):
     base_url: str = Field(pattern=r"^https?://")
     model: str
     api_key: str = ""
-    structured: bool = Field(False, description="send the answer's JSON schema (vLLM guided decoding)")
+    structured: bool = Field(False, description="send the answer's JSON schema (vLLM structured outputs)")
     cost_per_1k_tokens: float = Field(0.0, ge=0)
 
 
@@ -52,7 +54,8 @@ class AgentsConfig(_Strict):
     classifier: Path
     max_steps: int = Field(4, ge=1, le=32)
     max_retries: int = Field(2, ge=0, le=10)
-    approved_hosts: list[str] = Field(default_factory=list, description="where http_get may go")
+    approved: list[Destination] = Field(default_factory=list, max_length=64,
+                                        description="where http_get and http_request may go (none: nowhere)")
 
     def resolve(self, base: Path) -> AgentsConfig:
         """Relative paths are relative to the config file."""
@@ -76,7 +79,7 @@ def load_config(path: Path) -> AgentsConfig:
 
 def build_backend(name: str, spec: TransformersSpec | OpenAISpec) -> Backend:
     if isinstance(spec, TransformersSpec):
-        return TransformersBackend(name, spec.path, spec.adapter, spec.device)
+        return TransformersBackend(name, spec.path, spec.adapter, spec.device, spec.constrained)
     return OpenAICompatibleBackend(name, spec.base_url, spec.model, spec.api_key, structured=spec.structured)
 
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from agents.grounding import narrowed, ungrounded
 from agents.tools import TOOLS
 
 DONE = json.dumps({"done": True})
 END = "</call>"
+LEAD = " "  # an answer follows "<call>" after a space
+SEPARATORS = (", ", ": ")  # json.dumps's, which the answers are written in
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,14 @@ class ToolCall:
     args: BaseModel
 
 
-def parse(answer: str) -> ToolCall | None:
-    """The validated tool call, or None when the model says it is done."""
+def context(task: str, turns: list[Turn] = ()) -> str:  # type: ignore[assignment]
+    """What a call's copied arguments may come from: the request and the results so far."""
+    return "\n".join([task, *(t.result for t in turns if t.ok)])
+
+
+def parse(answer: str, grounded_in: str | None = None) -> ToolCall | None:
+    """The validated tool call, or None when the model says it is done; with
+    `grounded_in`, its copied arguments must also be found in that text."""
     text = answer.split(END, 1)[0].strip()
     try:
         data = json.loads(text)
@@ -61,16 +71,45 @@ def parse(answer: str) -> ToolCall | None:
     if tool is None:
         raise CallError(f"unknown tool {data.get('tool')!r}; tools: {', '.join(TOOLS)}")
     try:
-        return ToolCall(tool.name, tool.args.model_validate(data.get("args", {})))
+        args = tool.args.model_validate(data.get("args", {}))
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise CallError(f"{tool.name} args.{where}: {err['msg']}") from None
+    if grounded_in is not None and (why := ungrounded(args, grounded_in)):
+        raise CallError(f"{tool.name} {why}")
+    return ToolCall(tool.name, args)
 
 
-def json_schema() -> dict[str, object]:
-    """The JSON schema of an answer, for servers with structured output."""
-    calls = [{"type": "object", "properties": {"tool": {"const": name}, "args": t.args.model_json_schema()},
-              "required": ["tool", "args"]} for name, t in TOOLS.items()]
-    done = {"type": "object", "properties": {"done": {"const": True}}, "required": ["done"]}
+def json_schema(grounded_in: str) -> dict[str, object]:
+    """The JSON schema of an answer, its copied arguments limited to values
+    found in `grounded_in`: for decoders that follow a schema. A tool whose
+    required copied argument has no such value is left out."""
+    calls = [{"type": "object", "properties": {"tool": {"const": name}, "args": args},
+              "required": ["tool", "args"], "additionalProperties": False}
+             for name, t in TOOLS.items() if (args := narrowed(t.args, grounded_in)) is not None]
+    done = {"type": "object", "properties": {"done": {"const": True}}, "required": ["done"],
+            "additionalProperties": False}
     return {"anyOf": [*calls, done]}
+
+
+def choices(answer: str, schema: dict[str, Any]) -> list[tuple[str, list[object]]]:
+    """The arguments of a schema-decoded answer that pick one of several
+    numbers or single words (copied identifiers), with what they may be;
+    quoted text is left as decoded."""
+    call = json.loads(answer)
+    alts = [a for a in schema.get("anyOf", []) if "tool" in call
+            and a["properties"].get("tool", {}).get("const") == call["tool"]]
+    if not alts:  # done
+        return []
+    props = alts[0]["properties"]["args"]["properties"]
+    return [(name, prop["enum"]) for name, prop in props.items()
+            if name in call["args"] and len(prop.get("enum", ())) > 1
+            and all(not isinstance(v, str) or len(v.split()) == 1 for v in prop["enum"])]
+
+
+def with_arg(answer: str, name: str, value: object) -> str:
+    """The answer with one argument set to `value`, written as answers are."""
+    call = json.loads(answer)
+    call["args"][name] = value
+    return json.dumps(call, separators=SEPARATORS)

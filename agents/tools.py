@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.domain import ICD10, LEDGER
+from agents.grounding import COPIED
 
 SCRIPTS = Path(__file__).parent / "tool_scripts"
 PYTHON = "/usr/bin/python3"
@@ -25,42 +26,43 @@ class _Args(BaseModel):
 
 
 class LookupCode(_Args):
-    code: str = Field(pattern=r"^[A-Za-z][0-9]{2}(\.[0-9A-Za-z]{1,4})?$", description="an ICD-10 code")
+    code: str = Field(pattern=r"^[A-Za-z][0-9]{2}(\.[0-9A-Za-z]{1,4})?$", description="an ICD-10 code",
+                      json_schema_extra=COPIED)
 
 
 class TriageScore(_Args):
-    heart_rate: int = Field(ge=20, le=250)
-    resp_rate: int = Field(ge=4, le=60)
-    temp_c: float = Field(ge=30, le=45)
-    systolic_bp: int = Field(ge=50, le=260)
-    spo2: int = Field(ge=50, le=100)
+    heart_rate: int = Field(ge=20, le=250, json_schema_extra=COPIED)
+    resp_rate: int = Field(ge=4, le=60, json_schema_extra=COPIED)
+    temp_c: float = Field(ge=30, le=45, json_schema_extra=COPIED)
+    systolic_bp: int = Field(ge=50, le=260, json_schema_extra=COPIED)
+    spo2: int = Field(ge=50, le=100, json_schema_extra=COPIED)
 
 
 class WriteNote(_Args):
-    patient_id: str = Field(pattern=r"^P[0-9]{4,8}$")
-    text: str = Field(min_length=1, max_length=2000)
+    patient_id: str = Field(pattern=r"^P[0-9]{4,8}$", json_schema_extra=COPIED)
+    text: str = Field(min_length=1, max_length=2000, json_schema_extra=COPIED)
 
 
 class ParseLoanApplication(_Args):
-    document: str = Field(min_length=1, max_length=20_000)
+    document: str = Field(min_length=1, max_length=20_000, json_schema_extra=COPIED)
 
 
 class DebtToIncome(_Args):
-    monthly_debt: float = Field(ge=0)
-    monthly_income: float = Field(gt=0)
+    monthly_debt: float = Field(ge=0, json_schema_extra=COPIED)
+    monthly_income: float = Field(gt=0, json_schema_extra=COPIED)
 
 
 class QueryLedger(_Args):
-    account: str = Field(pattern=r"^[A-Z]{2}-[0-9]{3,6}$")
+    account: str = Field(pattern=r"^[A-Z]{2}-[0-9]{3,6}$", json_schema_extra=COPIED)
 
 
 class HttpGet(_Args):
-    url: str = Field(pattern=r"^https?://", max_length=2000)
+    url: str = Field(pattern=r"^https?://", max_length=2000, json_schema_extra=COPIED)
 
 
 class HttpRequest(_Args):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
-    url: str = Field(pattern=r"^https?://", max_length=2000)
+    url: str = Field(pattern=r"^https?://", max_length=2000, json_schema_extra=COPIED)
     body: dict[str, Any] | list[Any] | None = Field(None, description="sent as JSON")
 
 

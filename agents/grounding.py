@@ -1,0 +1,112 @@
+"""Grounded arguments: a tool argument marked as copied (identifiers, codes,
+numbers, quoted text) must be a value found in the request or in an earlier
+tool result of the same task. The answer's schema is narrowed to those
+values, so a constrained decoder can only copy them; every call is checked
+against them too, so no backend can invent one."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+COPIED = {"copied": True}  # a field's json_schema_extra: its value is copied from the task
+
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w]|\.\d)")
+_WORD = re.compile(r"\S+")
+_EDGES = "\"'()[]{}<>,.;:!?"
+MAX_SPAN_WORDS = 64  # quoted text longer than this is not copied from the task
+MAX_ENUM = 1024  # more values than this are checked after decoding, not given to the decoder
+
+
+def copied_fields(args: type[BaseModel]) -> list[str]:
+    return [name for name, f in args.model_fields.items() if f.json_schema_extra == COPIED]
+
+
+@functools.cache
+def _adapter(args: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    field = args.model_fields[name]
+    return TypeAdapter(Annotated[field.annotation, field])
+
+
+def _valid(args: type[BaseModel], name: str, value: object) -> bool:
+    try:
+        _adapter(args, name).validate_python(value, strict=True)
+    except ValidationError:
+        return False
+    return True
+
+
+def _words(context: str) -> list[str]:
+    """Each whitespace-separated word, also without the punctuation around it."""
+    out = []
+    for m in _WORD.finditer(context):
+        w = m[0]
+        out += [w, w.strip(_EDGES), w.rstrip(_EDGES)]
+    return out
+
+
+def _spans(context: str) -> list[str]:
+    """Every run of whole words that ends where a clause does (punctuation
+    or the end of a line), as written and without that punctuation."""
+    words = [(m.start(), m.end()) for m in _WORD.finditer(context)]
+    ends = {i for i, (_, end) in enumerate(words)
+            if context[end - 1] in _EDGES or end == len(context) or context[end] == "\n"}
+    out = []
+    for i, (start, _) in enumerate(words):
+        for j in range(i, min(i + MAX_SPAN_WORDS, len(words))):
+            if j in ends:
+                text = context[start:words[j][1]]
+                out += [text, text.rstrip(_EDGES)]
+    return out
+
+
+@functools.cache
+def _schema(args: type[BaseModel]) -> dict[str, Any]:
+    return args.model_json_schema()
+
+
+def candidates(args: type[BaseModel], name: str, context: str) -> list[object]:
+    """The values of a copied field that the context holds and the field accepts, in order of appearance."""
+    prop = _schema(args)["properties"][name]
+    kinds = {prop.get("type")} | {alt.get("type") for alt in prop.get("anyOf", [])}
+    raw: list[object]
+    if "integer" in kinds:
+        raw = [int(n) for n in _NUMBER.findall(context) if "." not in n]
+    elif "number" in kinds:
+        raw = [float(n) for n in _NUMBER.findall(context)]
+    elif "pattern" in prop:  # an identifier or a code: one word
+        raw = _words(context)
+    else:
+        raw = _spans(context)
+    return [v for v in dict.fromkeys(raw) if v != "" and _valid(args, name, v)]
+
+
+def narrowed(args: type[BaseModel], context: str) -> dict[str, Any] | None:
+    """The arguments' JSON schema with each copied field limited to the
+    context's values; None when a required copied field has none."""
+    schema = copy.deepcopy(_schema(args))
+    required = set(schema.get("required", []))
+    for name in copied_fields(args):
+        values = candidates(args, name, context)
+        if len(values) > MAX_ENUM:
+            continue
+        if values:
+            schema["properties"][name] = {"enum": values}
+        elif name in required:
+            return None
+        else:
+            del schema["properties"][name]
+    return schema
+
+
+def ungrounded(args: BaseModel, context: str) -> str | None:
+    """The first copied field whose value the context does not hold, with why."""
+    for name in copied_fields(type(args)):
+        value = getattr(args, name)
+        if value is not None and value not in candidates(type(args), name, context):
+            return f"args.{name}: {value!r} is not in the request or an earlier result"
+    return None
