@@ -27,14 +27,15 @@ class Cluster:
     repetitiveness: float
     top_tool: str
     top_tool_share: float
+    members: tuple[int, ...]  # indices of its requests
 
     @property
     def specialist_fits(self) -> bool:
         return self.share >= MIN_SHARE and self.repetitiveness >= MIN_REPETITIVENESS and self.top_tool_share >= 0.6
 
 
-def requests_of(log: Path) -> tuple[list[str], list[str]]:
-    """Each agent run's request once, with the first tool it called."""
+def runs_of(log: Path) -> tuple[list[str], list[str], list[str]]:
+    """Each agent run's id and request once, with the first tool it called."""
     tasks: dict[str, str] = {}
     tools: dict[str, str] = {}
     for r in read_log(log):
@@ -43,7 +44,7 @@ def requests_of(log: Path) -> tuple[list[str], list[str]]:
         elif r["type"] == "tool":
             tools.setdefault(r["run"], r["tool"])
     runs = list(tasks)
-    return [tasks[r] for r in runs], [tools.get(r, "-") for r in runs]
+    return runs, [tasks[r] for r in runs], [tools.get(r, "-") for r in runs]
 
 
 def cluster(texts: list[str], tools: list[str], max_k: int = 8, seed: int = 0) -> list[Cluster]:
@@ -66,5 +67,6 @@ def cluster(texts: list[str], tools: list[str], max_k: int = 8, seed: int = 0) -
         sims = emb[idx] @ centroid
         tool, count = Counter(tools[i] for i in idx).most_common(1)[0]
         out.append(Cluster(size=len(idx), share=len(idx) / len(texts), example=texts[idx[int(np.argmax(sims))]],
-                           repetitiveness=float(sims.mean()), top_tool=tool, top_tool_share=count / len(idx)))
+                           repetitiveness=float(sims.mean()), top_tool=tool, top_tool_share=count / len(idx),
+                           members=tuple(int(i) for i in idx)))
     return out

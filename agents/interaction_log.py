@@ -36,10 +36,11 @@ class InteractionLog:
                      "latency_s": round(latency_s, 4)})
 
     def tool_call(self, *, agent: str, run: str, step: str, tool: str, args: str, output: str, verdict: str,
-                  alerts: list[str]) -> None:
+                  alerts: list[str], ok: bool) -> None:
+        """`ok`: the tool ran and succeeded, unstopped; the call can teach a specialist."""
         self._write({"type": "tool", "agent": agent, "run": run, "step": step, "tool": tool,
                      "args": self.redact(args), "output": self.redact(output[:2000]), "verdict": verdict,
-                     "alerts": alerts})
+                     "alerts": alerts, "ok": ok})
 
     def close(self) -> None:
         self._fh.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +37,20 @@ def set_adapter(model: PeftModel, arrays: dict[str, np.ndarray]) -> None:
 
 
 def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], steps: int,
-          lr: float = 2e-3, batch: int = 16, seed: int = 0) -> float:
+          lr: float = 2e-3, batch: int = 16, seed: int = 0, on_step: Callable[[int], None] | None = None) -> float:
     """Local LoRA steps on (prompt, answer) pairs; returns the mean loss."""
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
         loss = model(**make_batch(tokenizer, rng.sample(pairs, min(batch, len(pairs))))).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
+        if on_step:
+            on_step(step)
     model.eval()
     return float(np.mean(losses)) if losses else 0.0
 
