@@ -4,6 +4,7 @@ stopped in the kernel, alerted with the agent's step, and the agent ends cleanly
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +77,9 @@ def test_invalid_calls_are_retried_and_never_run(sensor: Sensor, tmp_path: Path,
     from bastion.fleet import GuardedToolRunner
 
     quick = load_config(build_models(tmp_path / "quick", Console(quiet=True), quick=True))
+    # unconstrained, as a server without structured output would be
+    quick = quick.model_copy(update={"backends": {name: b.model_copy(update={"constrained": False})
+                                                  for name, b in quick.backends.items()}})
     log = InteractionLog(tmp_path / "log.jsonl")
     runner = GuardedToolRunner(fleet.guarded, fleet.policies)
     agent = Agent("clinic", build_router(quick), runner, log, max_retries=2)
@@ -86,3 +90,30 @@ def test_invalid_calls_are_retried_and_never_run(sensor: Sensor, tmp_path: Path,
     records = list(read_log(tmp_path / "log.jsonl"))
     assert [r["type"] for r in records] == ["lm"] * 3
     assert "<error>" in records[1]["prompt"]  # the error went back to the model
+
+
+def test_agents_run_takes_one_request_through_router_agent_sandbox_and_guard(
+        kernel: None, exfil_sink: socket.socket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion import paths
+    from bastion.cli import main
+
+    monkeypatch.setattr(paths, "CLI_AUDIT_LOG", tmp_path / "audit.jsonl")
+    monkeypatch.setattr(paths, "SIGNING_KEY", tmp_path / "node.key")
+    assert main(["agents", "run", "--json", "Can you tell me what ICD code J45.909 stands for?"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["agent"], out["route"]) == ("clinic", "specialist")
+    assert out["steps"][0] == {"tool": "lookup_code", "args": {"code": "J45.909"}, "verdict": "allow",
+                               "output": out["steps"][0]["output"], "alerts": []}
+    assert "asthma" in out["answer"].lower()
+
+    # no API is approved in the built config: a fetch is stopped in the kernel, and said so
+    port = exfil_sink.getsockname()[1]
+    assert main(["agents", "run", "--json", f"Fetch http://127.0.0.1:{port}/upload"]) == 126
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    stopped = out["steps"][0]
+    assert stopped["tool"] == "http_get" and stopped["args"] == {"url": f"http://127.0.0.1:{port}/upload"}
+    assert stopped["verdict"] == "kill" and stopped["alerts"], stopped
+    assert nothing_arrived(exfil_sink)
+    alerts = list(audit.read(tmp_path / "audit.jsonl", "alert"))
+    assert alerts and alerts[0]["tool_call"] == "http_get"

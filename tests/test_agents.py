@@ -4,23 +4,26 @@ small built model, through transformers, peft and a real `transformers serve`.""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agents import domain
-from agents.analyze import cluster, requests_of
+from agents.analyze import cluster, runs_of
 from agents.backends import BackendError, OpenAICompatibleBackend, TransformersBackend
 from agents.config import ConfigError, build_router, load_config
 from agents.interaction_log import InteractionLog, read_log
-from agents.prompt import CallError, parse, render
+from agents.prompt import CallError, json_schema, parse, render
 from agents.redact import Redactor
 from agents.router import TaskClassifier
 from bastion.cli import main
@@ -51,6 +54,49 @@ def test_tool_calls_are_validated_naming_the_problem() -> None:
             parse(answer)
 
 
+def test_copied_arguments_must_come_from_the_request_or_an_earlier_result() -> None:
+    request = "Add a note to P19091: follow up in two weeks"
+    good = '{"tool": "write_note", "args": {"patient_id": "P19091", "text": "follow up in two weeks"}}'
+    assert parse(good, request) is not None
+    invented = good.replace("P19091", "P11111")
+    assert parse(invented) is not None  # well-formed; only the request can tell it was invented
+    with pytest.raises(CallError, match=r"write_note args.patient_id: 'P11111' is not in the request"):
+        parse(invented, request)
+    with pytest.raises(CallError, match="args.text"):
+        parse(good.replace("two weeks", "two days"), request)
+    # what an earlier tool result held counts as grounds too
+    assert parse(invented, f"{request}\nfound patient P11111") is not None
+    # the schema a decoder follows offers only the request's values, and no tool it cannot fill
+    schema = json_schema("Triage: HR 43, RR 12, temp 37.5, BP 108, SpO2 93.")
+    tools = {a["properties"]["tool"]["const"]: a["properties"]["args"] for a in schema["anyOf"]
+             if "tool" in a["properties"]}
+    assert tools["triage_score"]["properties"]["spo2"] == {"enum": [93]}
+    assert tools["triage_score"]["properties"]["temp_c"] == {"enum": [43.0, 37.5]}
+    assert "write_note" not in tools and "lookup_code" not in tools and "python" in tools
+
+
+def test_constrained_decoding_gives_only_valid_grounded_calls(quick_models: Path) -> None:
+    """An untrained model writes anything; constrained to the schema it
+    writes only calls that parse, validate and copy the request's values,
+    digits exactly as the request has them."""
+    model = quick_models / "tool-caller"
+    free, constrained = TransformersBackend("free", model, constrained=False), TransformersBackend("c", model)
+    tasks = [t for t in domain.tasks(60, seed=31) if t.domain != "generic"][:12]
+    invalid = 0
+    for task in tasks:
+        schema = json_schema(task.text)
+        try:
+            parse(free.complete(render(task.text), json_schema=schema).text, task.text)
+        except CallError:
+            invalid += 1
+        answer = constrained.complete(render(task.text), json_schema=schema).text
+        call = parse(answer, task.text)
+        if call is not None:
+            for value in json.loads(answer)["args"].values():
+                assert json.dumps(value) in answer, (task.text, answer)  # 39.1, not 39.100000000000001
+    assert invalid > 0, "the untrained model should fail without the constraint, or this test shows nothing"
+
+
 def _write_log(path: Path) -> None:
     log = InteractionLog(path)
     for i, task in enumerate(domain.tasks(90, seed=5)):
@@ -58,7 +104,7 @@ def _write_log(path: Path) -> None:
                     task=task.text, prompt=render(task.text), completion=task.call(), prompt_tokens=10,
                     completion_tokens=10, latency_s=0.01)
         log.tool_call(agent="clinic", run=f"r{i}", step=f"r{i}-1", tool=task.tool, args=json.dumps(task.args),
-                      output="{}", verdict="allow", alerts=[])
+                      output="{}", verdict="allow", alerts=[], ok=True)
     log.close()
 
 
@@ -77,7 +123,7 @@ def test_interaction_log_is_redacted_and_a_fine_tuning_set(tmp_path: Path) -> No
 def test_analyze_finds_repetitive_clusters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "interactions.jsonl"
     _write_log(path)
-    texts, tools = requests_of(path)
+    _runs, texts, tools = runs_of(path)
     clusters = cluster(texts, tools)
     assert sum(c.size for c in clusters) == 90 and len(clusters) >= 2
     assert any(c.specialist_fits for c in clusters)
@@ -166,6 +212,36 @@ def test_openai_compatible_backend_against_transformers_serve(served: tuple[str,
         OpenAICompatibleBackend("nowhere", f"http://127.0.0.1:{_free_port()}", model).complete(prompt)
 
 
+def test_vllm_gets_the_schema_in_its_structured_outputs_field() -> None:
+    """vLLM 0.33 (the gpu extra's pin) reads `structured_outputs.json`; `guided_json` was removed in 0.12."""
+    seen: list[dict[str, object]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            body = json.dumps({"choices": [{"text": '{"done": true} </call>'}], "usage": {}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        schema = json_schema("What is the balance of account AC-1001?")
+        got = OpenAICompatibleBackend("vllm", url, "m", structured=True).complete(render("x"), json_schema=schema)
+        OpenAICompatibleBackend("plain", url, "m").complete(render("x"), json_schema=schema)
+    finally:
+        server.shutdown()
+    assert got.text == '{"done": true}'
+    assert seen[0]["structured_outputs"] == {"json": schema} and "guided_json" not in seen[0]
+    assert "structured_outputs" not in seen[1]
+
+
 def test_config_builds_the_router_and_names_bad_fields(quick_models: Path, tmp_path: Path) -> None:
     router = build_router(load_config(quick_models / "agents.yaml"))
     assert set(router.routes) == {"specialist", "generalist"}
@@ -175,3 +251,40 @@ def test_config_builds_the_router_and_names_bad_fields(quick_models: Path, tmp_p
     bad.write_text((quick_models / "agents.yaml").read_text().replace("escalate_below: 0.6", "escalate_below: 7"))
     with pytest.raises(ConfigError, match="field escalate_below"):
         load_config(bad)
+
+
+def test_specialize_fine_tunes_a_cluster_and_routes_only_when_as_accurate(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    from bastion.models import build_models, default_models_dir
+    from bastion.specialize import specialize
+
+    config = tmp_path / "agents.yaml"
+    config.write_text(yaml.safe_dump(load_config(build_models(default_models_dir(), Console(quiet=True)))
+                                     .model_dump(mode="json")))
+    log = InteractionLog(tmp_path / "interactions.jsonl")
+    wanted = {"query_ledger", "lookup_code"}
+    for i, task in enumerate(t for t in domain.tasks(400, seed=8) if t.tool in wanted):
+        log.lm_call(agent="desk", run=f"r{i}", step=f"r{i}-1", route="generalist", backend="generalist",
+                    task=task.text, prompt=render(task.text), completion=task.call(), prompt_tokens=30,
+                    completion_tokens=20, latency_s=0.05)
+        log.tool_call(agent="desk", run=f"r{i}", step=f"r{i}-1", tool=task.tool, args=json.dumps(task.args),
+                      output="{}", verdict="allow", alerts=[], ok=i % 5 != 0)  # a fifth failed: not taught
+    log.close()
+
+    done = specialize(tmp_path / "interactions.jsonl", 1, config, tmp_path / "adapters", steps=40)
+    assert (tmp_path / "adapters" / "cluster-1" / "adapter_model.safetensors").is_file()
+    assert done.held_out >= 2 and done.trained_on > done.held_out
+    assert done.routed == (done.specialist.exact >= done.generalist.exact)
+    routed = load_config(config)
+    assert ("cluster-1" in routed.backends) == done.routed
+    if done.routed:
+        assert routed.backends["cluster-1"].adapter == tmp_path / "adapters" / "cluster-1"
+        route = next(r for r in routed.routes if r.name == "cluster-1")
+        assert route.task_types == [done.task_type]
+        assert all(done.task_type not in r.task_types for r in routed.routes if r.name != "cluster-1")
+
+    assert main(["agents", "specialize", str(tmp_path / "interactions.jsonl"), "--cluster", "9",
+                 "--config", str(config)]) == 2
+    assert "--cluster 9: " in capsys.readouterr().out
