@@ -65,15 +65,16 @@ def value(schema: dict[str, Any]) -> Grammar:
 
 
 class AnswerGrammars:
-    """Compiles an answer's grammar for one tokenizer, into the logits
-    processor of one generate() call."""
+    """Compiles an answer's grammar for one tokenizer into a matcher that
+    follows one decoding: which tokens may come next, and which text is
+    forced (a key, a closing brace), so the model need not be asked."""
 
     def __init__(self, tokenizer: Any, vocab_size: int) -> None:
         info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
                                                        stop_token_ids=[tokenizer.eos_token_id])
         self._compiler = xgrammar.GrammarCompiler(info)
+        self.vocab_size = vocab_size
 
-    def processor(self, schema: dict[str, Any]) -> Any:
-        """xgrammar's logits processors are single-use: one per generate()."""
+    def matcher(self, schema: dict[str, Any]) -> xgrammar.GrammarMatcher:
         compiled = self._compiler.compile_grammar(Grammar.concat(_literal(LEAD), value(schema)))
-        return xgrammar.contrib.hf.LogitsProcessor(compiled)
+        return xgrammar.GrammarMatcher(compiled, terminate_without_stop_token=True)

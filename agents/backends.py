@@ -80,21 +80,55 @@ class TransformersBackend:
     def complete(self, prompt: str, max_tokens: int = 128, json_schema: dict[str, Any] | None = None) -> Completion:
         started = time.perf_counter()
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
-        if self._grammars is None:
-            json_schema = None
-        constrain = [] if json_schema is None else [self._grammars.processor(json_schema)]
-        with self._torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=max_tokens, do_sample=False,
-                                      eos_token_id=self.tokenizer.eos_token_id,
-                                      pad_token_id=self.tokenizer.pad_token_id, logits_processor=constrain)
-        new = out[0, enc["input_ids"].shape[1]:]
-        text = self.tokenizer.decode(new, skip_special_tokens=True).split(END, 1)[0].strip()
-        if json_schema is not None:
-            text = self._choose(enc["input_ids"][0].tolist(), text, choices(text, json_schema))
-        return Completion(text, int(enc["input_ids"].shape[1]), int(len(new)), time.perf_counter() - started)
+        prompt_ids = enc["input_ids"][0].tolist()
+        if self._grammars is None or json_schema is None:
+            with self._torch.inference_mode():
+                out = self.model.generate(**enc, max_new_tokens=max_tokens, do_sample=False,
+                                          eos_token_id=self.tokenizer.eos_token_id,
+                                          pad_token_id=self.tokenizer.pad_token_id)
+            new = out[0, len(prompt_ids):].tolist()
+            text = self.tokenizer.decode(new, skip_special_tokens=True).split(END, 1)[0].strip()
+        else:
+            new = self._follow(prompt_ids, self._grammars.matcher(json_schema), max_tokens)
+            text = self._choose(prompt_ids, self.tokenizer.decode(new).strip(), json_schema)
+        return Completion(text, len(prompt_ids), len(new), time.perf_counter() - started)
 
-    def _choose(self, prompt: list[int], text: str, fields: list[tuple[str, list[object]]]) -> str:
-        """Each field set to its likeliest value, every variant scored in one batch."""
+    def _follow(self, prompt: list[int], matcher: Any, max_tokens: int) -> list[int]:
+        """Greedy decoding within the grammar. Text the grammar forces is
+        appended without asking the model (jump-forward decoding, as vLLM and
+        SGLang do), then fed to it in one forward pass."""
+        import xgrammar
+
+        torch = self._torch
+        mask = xgrammar.allocate_token_bitmask(1, self._grammars.vocab_size)
+        new: list[int] = []
+        feed, past = prompt, None
+        with torch.inference_mode():
+            while not matcher.is_terminated() and len(new) < max_tokens:
+                if forced := matcher.find_jump_forward_string():
+                    matcher.accept_string(forced)
+                    tokens = self.tokenizer(forced, add_special_tokens=False)["input_ids"]
+                    new += tokens
+                    feed = feed + tokens
+                    if matcher.is_terminated():
+                        break
+                out = self.model(input_ids=torch.tensor([feed], device=self.device), past_key_values=past,
+                                 use_cache=True)
+                past = out.past_key_values
+                logits = out.logits[:, -1, :].float().cpu()
+                matcher.fill_next_token_bitmask(mask)
+                xgrammar.apply_token_bitmask_inplace(logits, mask)
+                token = int(logits.argmax())
+                if token == self.tokenizer.eos_token_id or not matcher.accept_token(token):
+                    break
+                new.append(token)
+                feed = [token]
+        return new
+
+    def _choose(self, prompt: list[int], text: str, schema: dict[str, Any]) -> str:
+        """Each field that may be one of several values set to its likeliest,
+        every variant scored in one batch."""
+        fields = choices(text, schema)
         if not fields:
             return text
         variants = [(name, v) for name, values in fields for v in values]

@@ -85,7 +85,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=200, help="generated held-out requests (default 200)")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     config = load_config(build_models(default_models_dir(), console))
     sets = {
         "generated": [t for t in domain.tasks(args.tasks * 3, seed=4242) if t.domain in ("healthcare", "finance")]
