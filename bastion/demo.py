@@ -84,8 +84,8 @@ def batch(port: int, exfil_port: int, n: int = 6) -> list[Work]:
 
 def hijacked_calls(console: Console, runner: GuardedToolRunner, port: int, tally: Tally) -> None:
     """The calls an agent hijacked through the allowed API would make, run as
-    its tool calls: the tiny models do not yet copy a URL from a request
-    faithfully, so an injection through the LM would not reach the API at all."""
+    its tool calls directly, so the demo shows the kernel's API rules at
+    work whatever the model makes of an injection."""
     calls = {
         "exfiltration through the allowed API": f"http://127.0.0.1:{port}/patients/export?mrn=55102284",
         "an allowed endpoint the clinic never used": f"http://127.0.0.1:{port}/records/31877465",
@@ -241,8 +241,11 @@ def main(console: Console, tui: bool = False, fl_rounds: int = 1) -> int:
     before = sum(report["before"].values()) / len(report["before"])
     after = report["rounds"][-1]["evaluate"].get("accuracy", 0.0)
     loss_before, loss_after = report["heldout_loss"]
+    last = report["rounds"][-1]["evaluate"]
+    gained = [s for i, s in enumerate(report["before"]) if last.get(f"accuracy-site-{i}", 0.0) > report["before"][s]]
     console.print(f"across the sites' held-out requests: exact tool calls {before:.0%} -> {after:.0%}, "
-                  f"loss {loss_before:.3f} -> {loss_after:.3f} after {fl_rounds} federated round(s)")
+                  f"loss {loss_before:.3f} -> {loss_after:.3f} after {fl_rounds} federated round(s); "
+                  f"{len(gained)} of {len(report['before'])} sites gained ({', '.join(gained) or 'none'})")
     if loss_after >= loss_before:
         raise DemoFailed("federated", "the federated adapter did not improve on the sites' held-out requests")
     console.rule(f"done in {time.monotonic() - started:.0f} s — everything is under {workdir}")

@@ -41,6 +41,22 @@ def round_table(report: dict[str, Any], sites: list[str], before: dict[str, floa
     return table
 
 
+def gain_table(report: dict[str, Any], sites: list[str], sizes: dict[str, int]) -> Table:
+    """Each site's exact tool calls before and after, with 95% Wilson intervals."""
+    from common.stats import share_with_interval
+
+    last = report["rounds"][-1]["evaluate"] if report["rounds"] else {}
+    table = Table(title="each site's held-out requests: base model against the federated adapter")
+    for col in ("site", "requests", "base [95% CI]", "federated [95% CI]", "gain"):
+        table.add_column(col, justify="right")
+    for i, s in enumerate(sites):
+        n = sizes[s]
+        before, after = round(report["before"][s] * n), round(last.get(f"accuracy-site-{i}", 0.0) * n)
+        table.add_row(s, str(n), share_with_interval(before, n), share_with_interval(after, n),
+                      f"{(after - before) / n:+.1%}")
+    return table
+
+
 def run_federated(console: Console, sites: int, rounds: int, out: Path, simulation: bool,
                   poisoned: tuple[int, ...] = (), **options: Any) -> dict[str, Any]:
     from federated.sites import site_names
@@ -71,7 +87,9 @@ def run_federated(console: Console, sites: int, rounds: int, out: Path, simulati
 
     heldout = [pair for path in tests.values() for pair in read_site(path)]
     report["heldout_loss"] = (heldout_loss(base, None, heldout), heldout_loss(base, out / "adapter", heldout))
+    report["test_sizes"] = {n: len(read_site(path)) for n, path in tests.items()}
     console.print(round_table(report, names, report["before"]))
+    console.print(gain_table(report, names, report["test_sizes"]))
     if report["secure_aggregation"]:
         readable = sum(r["readable_updates"] for r in report["rounds"])
         console.print(f"SecAgg+: the server read {readable} of the sites' updates; it saw only their masked sum")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,18 +30,10 @@ from agents.backends import TransformersBackend  # noqa: E402
 from agents.config import TransformersSpec, load_config  # noqa: E402
 from agents.prompt import CallError, json_schema, parse, render  # noqa: E402
 from bastion.models import build_models, default_models_dir  # noqa: E402
+from common.stats import share_with_interval  # noqa: E402
 
 HANDWRITTEN = Path(__file__).parent / "data" / "handwritten.jsonl"
 TARGET_EXACT, TARGET_P50_S = 0.90, 0.070
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass
@@ -66,8 +57,7 @@ class Score:
             json.loads(call.args.model_dump_json()) == task.args
 
     def exact_cell(self) -> str:
-        low, high = wilson(self.exact, self.n)
-        return f"{self.exact / self.n:.1%} [{low:.1%}, {high:.1%}]"
+        return share_with_interval(self.exact, self.n)
 
     def p50(self) -> float:
         return float(np.percentile(self.latencies, 50))

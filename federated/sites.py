@@ -70,7 +70,7 @@ def read_site(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def make_sites(directory: Path, n_sites: int, train: int = 240, test: int = 30) -> dict[str, tuple[Path, Path]]:
+def make_sites(directory: Path, n_sites: int, train: int = 240, test: int = 60) -> dict[str, tuple[Path, Path]]:
     """Train and test files for each synthetic site."""
     out = {}
     for i, name in enumerate(site_names(n_sites)):

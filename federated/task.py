@@ -15,7 +15,8 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from agents.model_builder import batch as make_batch
-from agents.prompt import CallError, parse
+from agents.decoding import Decoder
+from agents.prompt import CallError, json_schema, parse
 
 # small on purpose: what travels each round is this adapter, about 1% of the model
 LORA = LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
@@ -56,14 +57,12 @@ def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tupl
 
 
 def accuracy(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> float:
-    """Share of prompts whose greedy answer is the exactly right call."""
+    """Share of prompts answered with exactly the right call, decoded as the
+    agents decode: within the tools' schemas, arguments grounded in the prompt."""
+    decoder = Decoder(model, tokenizer)
     right = 0
     for prompt, answer in pairs:
-        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=128, do_sample=False, eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id)
-        text = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        text, _, _ = decoder.decode(prompt, json_schema=json_schema(prompt))
         right += _same_call(text, answer)
     return right / len(pairs) if pairs else 0.0
 
