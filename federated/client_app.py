@@ -11,21 +11,27 @@ import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from federated import secure, task
+from federated import secure
 from federated.settings import settings, site_files
 from federated.sites import read_site
 from federated.strategy import Privacy, applied, difference, to_numpy, to_record
 
 app = ClientApp()
+# torch, transformers and peft are imported by the handlers that train or evaluate: Flower starts a
+# process per message, and three of SecAgg+'s four stages at each site never reach them
 
 
 @lru_cache(maxsize=2)
 def _model(base: str) -> tuple:  # type: ignore[type-arg]
+    from federated import task
+
     return task.load(Path(base))
 
 
 @app.train(mods=[secure.secure_if_asked])
 def train(msg: Message, context: Context) -> Message:
+    from federated import task
+
     site, train_path, _, poisoned = site_files(context)
     cfg = settings(context)
     model, tokenizer = _model(str(cfg.base_model))
@@ -52,6 +58,8 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    from federated import task
+
     site, _, test_path, _ = site_files(context)
     model, tokenizer = _model(str(settings(context).base_model))
     task.set_adapter(model, to_numpy(msg.content["arrays"]))
