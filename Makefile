@@ -13,15 +13,20 @@ host:
 	@bash scripts/setup-host.sh
 
 # BCC's Python module comes from Debian; link just that package into the
-# virtualenv rather than exposing all of Debian's dist-packages. No bytecode
-# up front: Python compiles only the modules it imports, when it imports them.
+# virtualenv rather than exposing all of Debian's dist-packages. Bytecode is
+# compiled once, in parallel, after the install: where PYTHONDONTWRITEBYTECODE
+# is set (these machines set it) nothing is cached otherwise, and every process
+# that imports torch or flwr (a Flower ClientApp per message, each CLI run)
+# would compile them again, 20 s each. One torch test file is Python 3.12 only.
+PURELIB = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile -r requirements.lock
 	# xgrammar asks for triton (1 GB) for its CUDA kernels; on CPU it never imports it
 	$(PY) -m pip install -q --no-compile --no-deps xgrammar==0.2.8
 	$(PY) -m pip install -q --no-deps -e .
-	ln -sfn /usr/lib/python3/dist-packages/bcc "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc"
+	ln -sfn /usr/lib/python3/dist-packages/bcc "$(PURELIB)/bcc"
+	$(PY) -m compileall -q -j0 -x 'py312_intrinsics' "$(PURELIB)" > /dev/null
 	touch $@
 
 # the agents' small models, built once per version of the builder (a few minutes on CPU)
