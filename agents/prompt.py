@@ -81,6 +81,18 @@ def parse(answer: str, grounded_in: str | None = None) -> ToolCall | None:
     return ToolCall(tool.name, args)
 
 
+def same_call(answer: str, right: str, grounded_in: str | None = None) -> bool:
+    """Whether an answer makes exactly the right answer's call (both done counts too);
+    an answer that does not parse, validate or, given `grounded_in`, ground is wrong."""
+    try:
+        got, want = parse(answer, grounded_in), parse(right)
+    except CallError:
+        return False
+    if got is None or want is None:
+        return got is None and want is None
+    return got.tool == want.tool and got.args == want.args
+
+
 def json_schema(grounded_in: str) -> dict[str, object]:
     """The JSON schema of an answer, its copied arguments limited to values
     found in `grounded_in`: for decoders that follow a schema. A tool whose

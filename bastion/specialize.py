@@ -21,7 +21,7 @@ from agents.analyze import cluster, runs_of
 from agents.backends import Backend, TransformersBackend
 from agents.config import AgentsConfig, TransformersSpec, build_backend, load_config
 from agents.interaction_log import read_log
-from agents.prompt import END, CallError, json_schema, parse
+from agents.prompt import END, json_schema, same_call
 from agents.router import TaskClassifier
 
 HELD_OUT = 0.25  # of the cluster's calls, kept for the comparison
@@ -78,11 +78,7 @@ def _figures(backend: Backend, calls: list[Call], cost_per_1k: float) -> Figures
         got = backend.complete(c.prompt, json_schema=json_schema(c.task))
         latencies.append(got.latency_s)
         tokens += got.prompt_tokens + got.completion_tokens
-        try:
-            mine, want = parse(got.text, c.task), parse(c.answer)
-        except CallError:
-            continue
-        right += mine is not None and want is not None and (mine.tool, mine.args) == (want.tool, want.args)
+        right += same_call(got.text, c.answer, c.task)
     return Figures(right / len(calls), float(np.percentile(latencies, 50)) * 1000, tokens / len(calls) / 1000 * cost_per_1k)
 
 

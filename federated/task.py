@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from agents.model_builder import batch as make_batch
 from agents.decoding import Decoder
-from agents.prompt import CallError, json_schema, parse
+from agents.prompt import json_schema, same_call
 
 # small on purpose: what travels each round is this adapter, about 1% of the model
 LORA = LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
@@ -63,7 +63,7 @@ def accuracy(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[t
     right = 0
     for prompt, answer in pairs:
         text, _, _ = decoder.decode(prompt, json_schema=json_schema(prompt))
-        right += _same_call(text, answer)
+        right += same_call(text, answer)
     return right / len(pairs) if pairs else 0.0
 
 
@@ -75,13 +75,3 @@ def heldout_loss(base: Path, adapter: Path | None, pairs: list[tuple[str, str]])
     tokenizer = AutoTokenizer.from_pretrained(base)
     with torch.inference_mode():
         return float(model(**make_batch(tokenizer, pairs)).loss)
-
-
-def _same_call(text: str, answer: str) -> bool:
-    try:
-        got, want = parse(text), parse(answer)
-    except CallError:
-        return False
-    if got is None or want is None:
-        return got is None and want is None
-    return got.tool == want.tool and got.args == want.args
