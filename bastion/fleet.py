@@ -69,9 +69,9 @@ def train_profiles(sensor: Sensor, policies: dict[str, Policy], approved_urls: l
         behaviour = Behaviour()
         for r in recordings:
             behaviour.update(r.behaviour())
-        # the sequence model gets half a minute per agent: the demo and a node's first start wait for it
+        # the sequence model gets 500 steps per agent (half a minute here): the demo and a node's first start wait for it
         profiles.append(train([t for r in recordings for t in r.traces(sensor.ngram_n)], behaviour, agent,
-                              Settings(sequence_seconds=30)))
+                              Settings(sequence_steps=500)))
     return profiles
 
 

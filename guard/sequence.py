@@ -10,7 +10,6 @@ profile's safetensors as float32 arrays, and loading checks every shape."""
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,7 +33,8 @@ class LmSettings:
     hidden: int = 96
     lr: float = 5e-3
     batch: int = 64
-    max_seconds: float = 90.0
+    # a budget of work, not of time: a busy machine trains the same model, only later (about 16 steps/s here)
+    max_steps: int = 1500
     max_checks: int = 40  # held-out judgements, each after an epoch or EVAL_STEPS steps
     patience: int = 3  # judgements without a 1% better held-out loss before stopping
     holdout: float = 0.15  # share of traces that judge when to stop
@@ -163,7 +163,7 @@ def train_lm(traces: Sequence[np.ndarray], settings: LmSettings = LmSettings(),
     loss on benign traces held out from fitting (`held_out`, or a share of
     `traces`): a model that memorises its training traces calls every new
     benign one unlikely. Stops after `patience` judgements without a better
-    held-out loss, or at settings.max_seconds."""
+    held-out loss, or after settings.max_steps optimizer steps."""
     s = settings
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
@@ -183,7 +183,7 @@ def train_lm(traces: Sequence[np.ndarray], settings: LmSettings = LmSettings(),
     net = model.net
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
     loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
-    started, best, stale = time.monotonic(), math.inf, 0
+    best, stale, steps = math.inf, 0, 0
     best_state = {k: v.clone() for k, v in net.state_dict().items()}
     # judged every epoch, or every EVAL_STEPS steps where an epoch is shorter, so small sets train enough
     batches_per_epoch = max(1, math.ceil(len(fit_x) / s.batch))
@@ -198,6 +198,7 @@ def train_lm(traces: Sequence[np.ndarray], settings: LmSettings = LmSettings(),
                 loss.backward()
                 nn.utils.clip_grad_norm_(net.parameters(), 1.0)
                 opt.step()
+                steps += 1
         net.eval()
         with torch.inference_mode():
             logits, _ = net(val_x)
@@ -209,7 +210,7 @@ def train_lm(traces: Sequence[np.ndarray], settings: LmSettings = LmSettings(),
             best, best_state = val, {k: v.clone() for k, v in net.state_dict().items()}
         else:
             stale += 1
-        if stale >= s.patience or time.monotonic() - started > s.max_seconds:
+        if stale >= s.patience or steps >= s.max_steps:
             break
     net.load_state_dict(best_state)
     net.eval()

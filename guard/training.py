@@ -54,7 +54,7 @@ class Settings:
     seed: int = 0
     sequence: bool = True  # train the syscall language model (torch)
     sequence_window: int = 100  # live: longer windows ride out a burst of timing-made syscalls
-    sequence_seconds: float = 80.0  # the model's training budget
+    sequence_steps: int = 1200  # the model's training budget, in optimizer steps
 
 
 SCALES = (1, 4, 16)  # live windows span whatever a sandbox ran between two reads
@@ -162,7 +162,7 @@ def _fit_sequence(fit_part: list[np.ndarray], held_part: list[np.ndarray], s: Se
                   progress: Progress | None) -> tuple[SequenceModel, SequenceMeta]:
     from guard.sequence import LmSettings, train_lm
 
-    lm = LmSettings(max_seconds=s.sequence_seconds, seed=s.seed)
+    lm = LmSettings(max_steps=s.sequence_steps, seed=s.seed)
     task = progress.add_task("sequence model", total=lm.max_checks) if progress else None
 
     def epoch(n: int, loss: float) -> None:

@@ -49,7 +49,7 @@ def traces() -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
 @pytest.fixture(scope="module")
 def model(traces):  # type: ignore[no-untyped-def]
     fit, _, _ = traces
-    return train_lm(fit, LmSettings(max_seconds=20))
+    return train_lm(fit, LmSettings(max_steps=300))
 
 
 def test_a_foreign_sequence_scores_above_every_normal_trace(model, traces) -> None:  # type: ignore[no-untyped-def]
@@ -79,7 +79,7 @@ def test_live_batches_score_as_the_whole_sequence_does(model, traces) -> None:  
 def profile_path(traces, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
     fit, _, _ = traces
     profile = train([Trace(f"t{i}", t) for i, t in enumerate(fit)], Behaviour(), "reader",
-                    Settings(window=50, stride=25, sequence_seconds=10))
+                    Settings(window=50, stride=25, sequence_steps=150))
     path = tmp_path_factory.mktemp("profile") / "reader.safetensors"
     profile.save(path)
     return path
@@ -148,7 +148,7 @@ def test_live_guard_catches_known_ngrams_in_an_order_never_seen(kernel: None, wo
         seen = Behaviour()
         for r in recorded:
             seen.update(r.behaviour())
-        profile = train(traces, seen, "phases", Settings(window=20, stride=10, sequence_window=30, sequence_seconds=30))
+        profile = train(traces, seen, "phases", Settings(window=20, stride=10, sequence_window=30, sequence_steps=500))
         known = set(profile.known_ngrams())
         attack = run("ptptptptpt", 2)
         attack_run = record_runs(sensor, [attack], policy)[0]

@@ -86,7 +86,7 @@ def _profile_bytes() -> bytes:
     rng = np.random.default_rng(0)
     traces = [Trace(f"t{i}", rng.integers(0, 8, 400)) for i in range(6)]
     with tempfile.TemporaryDirectory() as tmp:
-        train(traces, Behaviour(), "clinic", Settings(sequence_seconds=5)).save(Path(tmp) / "p.safetensors")
+        train(traces, Behaviour(), "clinic", Settings(sequence_steps=50)).save(Path(tmp) / "p.safetensors")
         return (Path(tmp) / "p.safetensors").read_bytes()
 
 
