@@ -14,7 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from agents.model_builder import batch as make_batch
+from agents.model_builder import answer_loss, packed
 from agents.decoding import Decoder
 from agents.prompt import json_schema, same_call
 
@@ -45,7 +45,7 @@ def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tupl
     model.train()
     losses = []
     for step in range(steps):
-        loss = model(**make_batch(tokenizer, rng.sample(pairs, min(batch, len(pairs))))).loss
+        loss = answer_loss(model, packed(tokenizer, rng.sample(pairs, min(batch, len(pairs)))))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -74,4 +74,4 @@ def heldout_loss(base: Path, adapter: Path | None, pairs: list[tuple[str, str]])
         model = PeftModel.from_pretrained(model, adapter)
     tokenizer = AutoTokenizer.from_pretrained(base)
     with torch.inference_mode():
-        return float(model(**make_batch(tokenizer, pairs)).loss)
+        return float(answer_loss(model, packed(tokenizer, pairs)))
