@@ -50,14 +50,18 @@ def _words(context: str) -> list[str]:
 
 
 def _spans(context: str) -> list[str]:
-    """Every run of whole words that ends where a clause does (punctuation
-    or the end of a line), as written and without that punctuation."""
+    """Every run of whole words, as written and without the punctuation at
+    its end; where that would be too many for the decoder, only the runs
+    that end where a clause does (punctuation or the end of a line)."""
     words = [(m.start(), m.end()) for m in _WORD.finditer(context)]
     ends = {i for i, (_, end) in enumerate(words)
             if context[end - 1] in _EDGES or end == len(context) or context[end] == "\n"}
+    n = len(words)
+    if 2 * sum(min(MAX_SPAN_WORDS, n - i) for i in range(n)) <= MAX_ENUM:  # a request of up to ~30 words
+        ends = set(range(n))
     out = []
     for i, (start, _) in enumerate(words):
-        for j in range(i, min(i + MAX_SPAN_WORDS, len(words))):
+        for j in range(i, min(i + MAX_SPAN_WORDS, n)):
             if j in ends:
                 text = context[start:words[j][1]]
                 out += [text, text.rstrip(_EDGES)]

@@ -50,6 +50,13 @@ class ToolCall:
     args: BaseModel
 
 
+def request_of(prompt: str) -> str:
+    """The request a rendered prompt holds: all that its copied arguments may
+    come from, since a prompt shows earlier results only as ok or an error.
+    The markup around it is not the request's: a note must not end in "</task>"."""
+    return prompt.removeprefix("<task>").split("</task>", 1)[0].strip()
+
+
 def context(task: str, turns: list[Turn] = ()) -> str:  # type: ignore[assignment]
     """What a call's copied arguments may come from: the request and the results so far."""
     return "\n".join([task, *(t.result for t in turns if t.ok)])

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from agents.model_builder import answer_loss, packed
 from agents.decoding import Decoder
-from agents.prompt import json_schema, same_call
+from agents.prompt import json_schema, request_of, same_call
 
 # small on purpose: what travels each round is this adapter, about 1% of the model
 LORA = LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
@@ -62,7 +62,7 @@ def accuracy(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[t
     decoder = Decoder(model, tokenizer)
     right = 0
     for prompt, answer in pairs:
-        text, _, _ = decoder.decode(prompt, json_schema=json_schema(prompt))
+        text, _, _ = decoder.decode(prompt, json_schema=json_schema(request_of(prompt)))
         right += same_call(text, answer)
     return right / len(pairs) if pairs else 0.0
 

@@ -23,7 +23,7 @@ from agents.analyze import cluster, runs_of
 from agents.backends import BackendError, OpenAICompatibleBackend, TransformersBackend
 from agents.config import ConfigError, build_router, load_config
 from agents.interaction_log import InteractionLog, read_log
-from agents.prompt import CallError, json_schema, parse, render
+from agents.prompt import CallError, json_schema, parse, render, request_of
 from agents.redact import Redactor
 from agents.router import TaskClassifier
 from bastion.cli import main
@@ -73,6 +73,16 @@ def test_copied_arguments_must_come_from_the_request_or_an_earlier_result() -> N
     assert tools["triage_score"]["properties"]["spo2"] == {"enum": [93]}
     assert tools["triage_score"]["properties"]["temp_c"] == {"enum": [43.0, 37.5]}
     assert "write_note" not in tools and "lookup_code" not in tools and "python" in tools
+
+
+def test_a_note_may_be_any_run_of_the_requests_words_but_never_the_prompts_markup() -> None:
+    """Staff end requests with courtesies ("... thanks"): the note before
+    them must be copyable. A logged prompt's markup is not the request."""
+    prompt = render("Add a note to P3907: referred to cardiology thanks")
+    notes = [a["properties"]["args"]["properties"]["text"]["enum"] for a in json_schema(request_of(prompt))["anyOf"]
+             if a["properties"].get("tool", {}).get("const") == "write_note"][0]
+    assert "referred to cardiology" in notes
+    assert not [n for n in notes if "<" in n or ">" in n]
 
 
 def test_constrained_decoding_gives_only_valid_grounded_calls(quick_models: Path) -> None:
