@@ -23,7 +23,7 @@ from agents.config import build_router, load_config
 from agents.interaction_log import InteractionLog
 from agents.tools import TOOLS, HttpGet
 from bastion import logs
-from bastion.fleet import Fleet, GuardedToolRunner, tool_policies, train_profiles
+from bastion.fleet import HTTP_RUNS, Fleet, GuardedToolRunner, tool_policies, train_profiles
 from bastion.guarded import GuardedSandboxes
 from bastion.live_tui import watch_live
 from bastion.local_api import api_rules, serve
@@ -122,7 +122,7 @@ def run_agents(console: Console, workdir: Path, tui: bool) -> tuple[Tally, Path,
                                api=[ApiRule.model_validate(r) for r in api_rules()])
         policies = tool_policies([approved])
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("learning each agent's profile from benign tool runs", total=2 * 20 + 4)
+            task = progress.add_task("learning each agent's profile from benign tool runs", total=2 * (20 + HTTP_RUNS))
             profiles = train_profiles(sensor, policies, [f"http://127.0.0.1:{port}/formulary"], runs_per_agent=20,
                                       on_run=lambda _r: progress.advance(task))
         learned = ", ".join(f"{p.meta.agent} ({p.meta.trained_on['ngrams']} n-grams)" for p in profiles)
@@ -217,7 +217,7 @@ def check_and_summarise(console: Console, tally: Tally, audit_path: Path, routes
         raise DemoFailed("agents", f"{stopped} API calls on record as stopped, for {len(tally.hijacked)} hijacked calls")
 
 
-def main(console: Console, tui: bool = False, fl_rounds: int = 1) -> int:
+def main(console: Console, tui: bool = False, fl_rounds: int = 3) -> int:
     from bastion.doctor import healthy, run_checks
     from bastion.federated_run import run_federated
 

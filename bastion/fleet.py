@@ -41,13 +41,19 @@ def tool_policies(approved: list[Destination]) -> dict[str, Policy]:
     return policies
 
 
+# benign calls per approved URL: a call's syscalls vary with timing (the 3rd and 5th
+# of a dozen still made n-grams the others had not), and with 2 runs a hijacked call
+# to the same API was once quarantined for them before its request was sent
+HTTP_RUNS = 6
+
+
 def benign_tool_runs(agent: str, n: int, seed: int, approved_urls: list[str]) -> list[tuple[Tool, list[str]]]:
     """The tool calls the agent's work is made of, with arguments drawn from
     its domain's tasks; http_get only to the approved URLs."""
     wanted = AGENTS[agent]
     # the approved APIs are the only http_get a benign run makes
     calls = [task for task in domain.tasks(n * 8, seed) if task.domain in wanted and task.tool != "http_get"][:n]
-    calls += [domain.Task("", "http_get", {"url": url}, "generic") for url in approved_urls for _ in range(2)]
+    calls += [domain.Task("", "http_get", {"url": url}, "generic") for url in approved_urls for _ in range(HTTP_RUNS)]
     random.Random(seed).shuffle(calls)
     return [(TOOLS[t.tool], TOOLS[t.tool].command(TOOLS[t.tool].args.model_validate(t.args))) for t in calls]
 
