@@ -63,5 +63,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     p = sub.add_parser("demo", help="everything Bastion is for, in a few minutes")
     p.add_argument("--tui", action="store_true", help="review the run's alerts in the TUI before the federated part")
-    p.add_argument("--rounds", type=int, default=1, help="federated rounds (default 1)")
+    p.add_argument("--rounds", type=int, default=3, help="federated rounds (default 3)")
     p.set_defaults(func=_demo)
