@@ -65,11 +65,13 @@ def context(task: str, turns: list[Turn] = ()) -> str:  # type: ignore[assignmen
 def parse(answer: str, grounded_in: str | None = None) -> ToolCall | None:
     """The validated tool call, or None when the model says it is done; with
     `grounded_in`, its copied arguments must also be found in that text."""
-    text = answer.split(END, 1)[0].strip()
-    try:
-        data = json.loads(text)
+    text = answer.strip()
+    try:  # the JSON first, so a string in it may hold END ("print('</call>')")
+        data, end = json.JSONDecoder().raw_decode(text)
     except json.JSONDecodeError:
-        raise CallError(f"not JSON: {text[:80]!r}") from None
+        raise CallError(f"not JSON: {text.split(END, 1)[0][:80]!r}") from None
+    if (rest := text[end:].strip()) and not rest.startswith(END):
+        raise CallError(f"not JSON: {text[:80]!r}")
     if not isinstance(data, dict):
         raise CallError("expected an object with tool and args")
     if data.get("done") is True:

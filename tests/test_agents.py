@@ -44,8 +44,12 @@ def test_tool_calls_are_validated_naming_the_problem() -> None:
     call = parse('{"tool": "lookup_code", "args": {"code": "E11.9"}} </call> trailing')
     assert call is not None and call.tool == "lookup_code"
     assert parse('{"done": true}') is None
+    # the answer's JSON ends the call, not the first "</call>": a string may hold it
+    code = parse('{"tool": "python", "args": {"code": "print(\'</call>\')"}} </call>').args.code  # type: ignore[union-attr]
+    assert code == "print('</call>')"
     for answer, message in [
         ("lookup_code(E11.9)", "not JSON"),
+        ('{"done": true} and more', "not JSON"),
         ('{"tool": "rm_rf", "args": {}}', "unknown tool 'rm_rf'"),
         ('{"tool": "debt_to_income", "args": {"monthly_debt": 5, "monthly_income": 0}}', "args.monthly_income"),
         ('{"tool": "write_note", "args": {"patient_id": "P12345", "text": "x", "extra": 1}}', "args.extra"),
@@ -105,6 +109,7 @@ def test_constrained_decoding_gives_only_valid_grounded_calls(quick_models: Path
             for value in json.loads(answer)["args"].values():
                 assert json.dumps(value) in answer, (task.text, answer)  # 39.1, not 39.100000000000001
     assert invalid > 0, "the untrained model should fail without the constraint, or this test shows nothing"
+
 
 
 def _write_log(path: Path) -> None:
