@@ -64,6 +64,11 @@ def value(schema: dict[str, Any]) -> Grammar:
     return Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, separators=SEPARATORS)
 
 
+def answer_grammar(schema: dict[str, Any]) -> Grammar:
+    """An answer: LEAD, then the JSON. Its EBNF (`str()`) is what vLLM is sent."""
+    return Grammar.concat(_literal(LEAD), value(schema))
+
+
 class AnswerGrammars:
     """Compiles an answer's grammar for one tokenizer into a matcher that
     follows one decoding: which tokens may come next, and which text is
@@ -76,5 +81,5 @@ class AnswerGrammars:
         self.vocab_size = vocab_size
 
     def matcher(self, schema: dict[str, Any]) -> xgrammar.GrammarMatcher:
-        compiled = self._compiler.compile_grammar(Grammar.concat(_literal(LEAD), value(schema)))
+        compiled = self._compiler.compile_grammar(answer_grammar(schema))
         return xgrammar.GrammarMatcher(compiled, terminate_without_stop_token=True)

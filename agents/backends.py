@@ -78,9 +78,11 @@ class OpenAICompatibleBackend:
     """Any server with /v1/completions: `vllm serve MODEL --enable-lora
     --lora-modules NAME=ADAPTER` (the adapter is chosen by model name) or
     `transformers serve MODEL_DIR`. The prompt format is the agents' own,
-    so the raw completions endpoint is used; vLLM also gets the answer's
-    JSON schema as its structured output (`structured_outputs.json`, the
-    field of the vLLM the `gpu` extra pins) when `structured` is set."""
+    so the raw completions endpoint is used. With `structured`, vLLM also
+    gets the answer's grammar (`structured_outputs.grammar`, the field of
+    the vLLM the `gpu` extra pins): the EBNF the transformers backend decodes
+    by, not the JSON schema, from which vLLM's xgrammar would write 2175.0 as
+    2175, a number the models never learned to write."""
 
     def __init__(self, name: str, base_url: str, model: str, api_key: str = "", timeout_s: float = 60,
                  structured: bool = False) -> None:
@@ -95,7 +97,9 @@ class OpenAICompatibleBackend:
         body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
                                 "temperature": 0, "stop": [END]}
         if json_schema is not None and self.structured:
-            body["structured_outputs"] = {"json": json_schema}
+            from agents.answer_grammar import answer_grammar  # xgrammar: only where a schema is sent
+
+            body["structured_outputs"] = {"grammar": str(answer_grammar(json_schema))}
         request = urllib.request.Request(
             f"{self.base_url}/v1/completions", data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json",

@@ -36,7 +36,7 @@ class OpenAISpec(_Strict):
     base_url: str = Field(pattern=r"^https?://")
     model: str
     api_key: str = ""
-    structured: bool = Field(False, description="send the answer's JSON schema (vLLM structured outputs)")
+    structured: bool = Field(False, description="send the answer's grammar (vLLM structured outputs)")
     cost_per_1k_tokens: float = Field(0.0, ge=0)
 
 

@@ -23,7 +23,8 @@ from agents.analyze import cluster, runs_of
 from agents.backends import BackendError, OpenAICompatibleBackend, TransformersBackend
 from agents.config import ConfigError, build_router, load_config
 from agents.interaction_log import InteractionLog, read_log
-from agents.prompt import CallError, json_schema, parse, render, request_of
+from agents.answer_grammar import answer_grammar
+from agents.prompt import LEAD, CallError, json_schema, parse, render, request_of
 from agents.redact import Redactor
 from agents.router import TaskClassifier
 from bastion.cli import main
@@ -228,7 +229,7 @@ def test_openai_compatible_backend_against_transformers_serve(served: tuple[str,
 
 
 def test_vllm_gets_the_schema_in_its_structured_outputs_field() -> None:
-    """vLLM 0.33 (the gpu extra's pin) reads `structured_outputs.json`; `guided_json` was removed in 0.12."""
+    """vLLM 0.33 (the gpu extra's pin) reads `structured_outputs.grammar`; `guided_json` was removed in 0.12."""
     seen: list[dict[str, object]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -253,8 +254,33 @@ def test_vllm_gets_the_schema_in_its_structured_outputs_field() -> None:
     finally:
         server.shutdown()
     assert got.text == '{"done": true}'
-    assert seen[0]["structured_outputs"] == {"json": schema} and "guided_json" not in seen[0]
+    assert seen[0]["structured_outputs"] == {"grammar": str(answer_grammar(schema))} and "guided_json" not in seen[0]
     assert "structured_outputs" not in seen[1]
+
+
+
+def test_vllm_compiles_the_grammar_sent_to_it_into_the_calls_the_models_write(quick_models: Path) -> None:
+    """vLLM 0.33 parses `structured_outputs.grammar` with `Grammar.from_ebnf` and compiles
+    it with xgrammar 0.2.8 (its pin and ours). The right call, as the models write it, must
+    be inside that grammar and an invented one not. Inside the JSON schema's grammar, as
+    vLLM would compile `structured_outputs.json`, the right call is not (2175.0 is 2175)."""
+    import xgrammar
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(quick_models / "tool-caller")
+    compiler = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo.from_huggingface(tokenizer))
+    as_schema_accepts = []
+    for task in [t for t in domain.tasks(80, seed=77) if t.domain != "generic"][:8]:
+        schema = json_schema(task.text)
+        compiled = compiler.compile_grammar(xgrammar.Grammar.from_ebnf(str(answer_grammar(schema))))
+        right = xgrammar.GrammarMatcher(compiled, terminate_without_stop_token=True)
+        assert right.accept_string(LEAD + task.call()) and right.is_terminated(), (task.text, task.call())
+        invented = json.loads(task.call())
+        invented["args"] = {k: (v + 1 if isinstance(v, int | float) else f"{v}X") for k, v in invented["args"].items()}
+        assert not xgrammar.GrammarMatcher(compiled).accept_string(LEAD + json.dumps(invented)), invented
+        as_schema = compiler.compile_json_schema(json.dumps(schema), any_whitespace=True)
+        as_schema_accepts.append(xgrammar.GrammarMatcher(as_schema).accept_string(task.call()))
+    assert not all(as_schema_accepts), "the schema's grammar now writes numbers as the models do: send it instead"
 
 
 def test_config_builds_the_router_and_names_bad_fields(quick_models: Path, tmp_path: Path) -> None:
