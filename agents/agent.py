@@ -9,6 +9,7 @@ names the agent, the step and the tool call."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -86,8 +87,9 @@ class AgentRun:
 
 class Agent:
     def __init__(self, name: str, router: Router, runner: ToolRunner, log: InteractionLog | None = None,
-                 max_steps: int = 4, max_retries: int = 2) -> None:
+                 max_steps: int = 4, max_retries: int = 2, tools: Collection[str] | None = None) -> None:
         self.name = name
+        self.tools = tools  # what the model is offered and may call; None: every tool
         self.router = router
         self.runner = runner
         self.log = log
@@ -104,7 +106,7 @@ class Agent:
             run.steps.append(step)
             call = None
             grounds = context(task, turns)
-            schema = json_schema(grounds)
+            schema = json_schema(grounds, self.tools)
             for attempt in range(self.max_retries + 1):
                 prompt = render(task, turns, step.error)
                 completion = self.router.complete(decision, prompt, schema)
@@ -112,7 +114,7 @@ class Agent:
                 step.latency_s += completion.latency_s
                 self._log_lm(run, step, decision.backend, prompt, completion)
                 try:
-                    call = parse(completion.text, grounds)
+                    call = parse(completion.text, grounds, self.tools)
                     step.error = ""
                     break
                 except CallError as exc:

@@ -4,6 +4,7 @@ validation of what they answer: a tool call, or that the task is done."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,9 +63,10 @@ def context(task: str, turns: list[Turn] = ()) -> str:  # type: ignore[assignmen
     return "\n".join([task, *(t.result for t in turns if t.ok)])
 
 
-def parse(answer: str, grounded_in: str | None = None) -> ToolCall | None:
+def parse(answer: str, grounded_in: str | None = None, tools: Collection[str] | None = None) -> ToolCall | None:
     """The validated tool call, or None when the model says it is done; with
-    `grounded_in`, its copied arguments must also be found in that text."""
+    `grounded_in`, its copied arguments must also be found in that text; with
+    `tools`, it must be one of them (the agent's)."""
     text = answer.strip()
     try:  # the JSON first, so a string in it may hold END ("print('</call>')")
         data, end = json.JSONDecoder().raw_decode(text)
@@ -77,8 +79,9 @@ def parse(answer: str, grounded_in: str | None = None) -> ToolCall | None:
     if data.get("done") is True:
         return None
     tool = TOOLS.get(str(data.get("tool")))
-    if tool is None:
-        raise CallError(f"unknown tool {data.get('tool')!r}; tools: {', '.join(TOOLS)}")
+    if tool is None or (tools is not None and tool.name not in tools):
+        offered = TOOLS if tools is None else tools
+        raise CallError(f"unknown tool {data.get('tool')!r}; tools: {', '.join(offered)}")
     try:
         args = tool.args.model_validate(data.get("args", {}))
     except ValidationError as exc:
@@ -102,13 +105,15 @@ def same_call(answer: str, right: str, grounded_in: str | None = None) -> bool:
     return got.tool == want.tool and got.args == want.args
 
 
-def json_schema(grounded_in: str) -> dict[str, object]:
+def json_schema(grounded_in: str, tools: Collection[str] | None = None) -> dict[str, object]:
     """The JSON schema of an answer, its copied arguments limited to values
-    found in `grounded_in`: for decoders that follow a schema. A tool whose
-    required copied argument has no such value is left out."""
+    found in `grounded_in`: for decoders that follow a schema. Only `tools`
+    (default: all) are offered, and not one whose required copied argument
+    has no such value."""
     calls = [{"type": "object", "properties": {"tool": {"const": name}, "args": args},
               "required": ["tool", "args"], "additionalProperties": False}
-             for name, t in TOOLS.items() if (args := narrowed(t.args, grounded_in)) is not None]
+             for name, t in TOOLS.items()
+             if (tools is None or name in tools) and (args := narrowed(t.args, grounded_in)) is not None]
     done = {"type": "object", "properties": {"done": {"const": True}}, "required": ["done"],
             "additionalProperties": False}
     return {"anyOf": [*calls, done]}

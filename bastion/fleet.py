@@ -25,6 +25,16 @@ from guard.training import Settings, train
 from sandbox.policy import Destination, Network, Policy, load_policy
 
 AGENTS = {"clinic": ("healthcare",), "finance": ("finance",)}
+# besides its domain's tools, an agent may reach the approved APIs; not python, whose
+# code nothing grounds: offered, it was where an unsure model put a request it did not know
+HTTP_TOOLS = ("http_get", "http_request")
+
+
+def agent_tools(name: str) -> list[str] | None:
+    """The tools an agent is offered and may call; None (every tool) for one not in AGENTS."""
+    if name not in AGENTS:
+        return None
+    return [n for n, t in TOOLS.items() if t.domain in AGENTS[name] or n in HTTP_TOOLS]
 POLICIES = Path(agents.__file__).parent / "policies"  # the sandbox policies the tools name
 
 
@@ -109,4 +119,4 @@ class Fleet:
 
     def agent(self, name: str) -> Agent:
         runner = GuardedToolRunner(self.guarded, self.policies)
-        return Agent(name, self.router, runner, self.log, self.max_steps, self.max_retries)
+        return Agent(name, self.router, runner, self.log, self.max_steps, self.max_retries, agent_tools(name))

@@ -2,7 +2,9 @@
 fast, on CPU: each route's model decoding freely (before) and constrained
 to the tools' schemas with grounded arguments (after), side by side on the
 same held-out requests in one run: generated ones the models never saw,
-and requests written by hand in phrasings the generators do not use.
+and requests written by hand in phrasings the generators do not use. As in
+the fleet, each request goes to the agent whose work it is (the clinic's or
+the bank's), and is offered that agent's tools.
 
     .venv/bin/python bench/agent_latency.py [--tasks 200]
 
@@ -29,6 +31,9 @@ from agents import domain  # noqa: E402
 from agents.backends import TransformersBackend  # noqa: E402
 from agents.config import TransformersSpec, load_config  # noqa: E402
 from agents.prompt import CallError, json_schema, parse, render  # noqa: E402
+from agents.tools import TOOLS  # noqa: E402
+from bastion.agent_run import agent_for  # noqa: E402
+from bastion.fleet import agent_tools  # noqa: E402
 from bastion.models import build_models, default_models_dir  # noqa: E402
 from common.stats import share_with_interval  # noqa: E402
 
@@ -44,12 +49,12 @@ class Score:
     latencies: list[float] = field(default_factory=list)
     tokens: int = 0
 
-    def add(self, answer: str, task: domain.Task, latency: float, tokens: int) -> None:
+    def add(self, answer: str, task: domain.Task, latency: float, tokens: int, tools: list[str] | None) -> None:
         self.n += 1
         self.latencies.append(latency)
         self.tokens += tokens
         try:
-            call = parse(answer, task.text)
+            call = parse(answer, task.text, tools)
         except CallError:
             self.invalid += 1
             return
@@ -82,6 +87,7 @@ def main() -> int:
         [: args.tasks],
         "handwritten": handwritten(),
     }
+    tools = {t.text: agent_tools(agent_for(TOOLS[t.tool].domain)) for ts in sets.values() for t in ts}
     table = Table(title="exact tool calls on held-out healthcare and finance requests, one step each, CPU")
     for col in ("route", "decoding", "requests", "n", "exact [95% CI]", "invalid", "p50 step", "p95 step", "tokens/s"):
         table.add_column(col, justify="right")
@@ -99,8 +105,8 @@ def main() -> int:
                     bar = progress.add_task(f"{route.name}, {decoding}, {name}", total=len(tasks))
                     score = results.setdefault((route.name, decoding, name), Score())
                     for t in tasks:
-                        c = backend.complete(render(t.text), json_schema=json_schema(t.text))
-                        score.add(c.text, t, c.latency_s, c.completion_tokens)
+                        c = backend.complete(render(t.text), json_schema=json_schema(t.text, tools[t.text]))
+                        score.add(c.text, t, c.latency_s, c.completion_tokens, tools[t.text])
                         progress.advance(bar)
     for (route, decoding, name), s in results.items():
         table.add_row(route, decoding, name, str(s.n), s.exact_cell(), str(s.invalid),

@@ -59,6 +59,23 @@ def test_tool_calls_are_validated_naming_the_problem() -> None:
             parse(answer)
 
 
+def test_an_agent_is_offered_and_may_call_only_its_tools() -> None:
+    """The clinic agent gets the healthcare tools and the HTTP tools: not python,
+    not the bank's; an agent outside the fleet's list keeps every tool."""
+    from bastion.fleet import agent_tools
+
+    tools = agent_tools("clinic")
+    assert tools is not None and {"lookup_code", "write_note", "http_get"} <= set(tools)
+    assert "python" not in tools and "debt_to_income" not in tools
+    request = "Work out 2 ** 10 for patient P12345"
+    offered = {a["properties"]["tool"]["const"] for a in json_schema(request, tools)["anyOf"] if "tool" in a["properties"]}
+    assert "python" not in offered and "python" in {
+        a["properties"]["tool"]["const"] for a in json_schema(request)["anyOf"] if "tool" in a["properties"]}
+    with pytest.raises(CallError, match="unknown tool 'python'; tools: lookup_code"):
+        parse('{"tool": "python", "args": {"code": "print(2 ** 10)"}}', request, tools)
+    assert parse('{"tool": "python", "args": {"code": "print(2 ** 10)"}}', request) is not None
+    assert agent_tools("assistant") is None
+
 def test_copied_arguments_must_come_from_the_request_or_an_earlier_result() -> None:
     request = "Add a note to P19091: follow up in two weeks"
     good = '{"tool": "write_note", "args": {"patient_id": "P19091", "text": "follow up in two weeks"}}'
