@@ -107,16 +107,18 @@ def packed(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], wid
         a = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         seqs.append(((p + a)[-MAX_LEN:], ([-100] * len(p) + a)[-MAX_LEN:]))  # learn the answer only
     rows: list[list[tuple[list[int], list[int]]]] = []
+    used: list[int] = []  # tokens in each row so far
     for seq in sorted(seqs, key=lambda s: -len(s[0])):
-        row = next((r for r in rows if sum(len(s[0]) for s in r) + len(seq[0]) <= width), None)
-        if row is None:
-            rows.append([seq])
-        else:
-            row.append(seq)
-    length = max(sum(len(s[0]) for s in r) for r in rows)
+        i = next((i for i, n in enumerate(used) if n + len(seq[0]) <= width), len(rows))
+        if i == len(rows):
+            rows.append([])
+            used.append(0)
+        rows[i].append(seq)
+        used[i] += len(seq[0])
+    length = max(used)
     ids, positions, labels = [], [], []
-    for r in rows:
-        tail = length - sum(len(s[0]) for s in r)
+    for r, n in zip(rows, used):
+        tail = length - n
         ids.append([t for s in r for t in s[0]] + [tokenizer.pad_token_id] * tail)
         positions.append([i for s in r for i in range(len(s[0]))] + list(range(tail)))
         labels.append([t for s in r for t in s[1]] + [-100] * tail)
