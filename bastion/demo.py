@@ -23,7 +23,7 @@ from agents.config import build_router, load_config
 from agents.interaction_log import InteractionLog
 from agents.tools import TOOLS, HttpGet
 from bastion import logs
-from bastion.fleet import HTTP_RUNS, Fleet, GuardedToolRunner, tool_policies, train_profiles
+from bastion.fleet import AGENTS, HTTP_RUNS, Fleet, GuardedToolRunner, tool_policies, train_profiles
 from bastion.guarded import GuardedSandboxes
 from bastion.live_tui import watch_live
 from bastion.local_api import api_rules, serve
@@ -121,9 +121,11 @@ def run_agents(console: Console, workdir: Path, tui: bool) -> tuple[Tally, Path,
         approved = Destination(host="127.0.0.1", ports=[port],
                                api=[ApiRule.model_validate(r) for r in api_rules()])
         policies = tool_policies([approved])
+        urls, runs = [f"http://127.0.0.1:{port}/formulary"], 20
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("learning each agent's profile from benign tool runs", total=2 * (20 + HTTP_RUNS))
-            profiles = train_profiles(sensor, policies, [f"http://127.0.0.1:{port}/formulary"], runs_per_agent=20,
+            task = progress.add_task("learning each agent's profile from benign tool runs",
+                                     total=len(AGENTS) * (runs + HTTP_RUNS * len(urls)))
+            profiles = train_profiles(sensor, policies, urls, runs_per_agent=runs,
                                       on_run=lambda _r: progress.advance(task))
         learned = ", ".join(f"{p.meta.agent} ({p.meta.trained_on['ngrams']} n-grams)" for p in profiles)
         console.print(f"[bold]profiles[/]: {learned}")

@@ -28,6 +28,11 @@ AGENTS = {"clinic": ("healthcare",), "finance": ("finance",)}
 # besides its domain's tools, an agent may reach the approved APIs; not python, whose
 # code nothing grounds: offered, it was where an unsure model put a request it did not know
 HTTP_TOOLS = ("http_get", "http_request")
+POLICIES = Path(agents.__file__).parent / "policies"  # the sandbox policies the tools name
+
+
+def default_policies() -> dict[str, Policy]:
+    return {p.stem: load_policy(p) for p in sorted(POLICIES.glob("*.yaml"))}
 
 
 def agent_tools(name: str) -> list[str] | None:
@@ -35,11 +40,6 @@ def agent_tools(name: str) -> list[str] | None:
     if name not in AGENTS:
         return None
     return [n for n, t in TOOLS.items() if t.domain in AGENTS[name] or n in HTTP_TOOLS]
-POLICIES = Path(agents.__file__).parent / "policies"  # the sandbox policies the tools name
-
-
-def default_policies() -> dict[str, Policy]:
-    return {p.stem: load_policy(p) for p in sorted(POLICIES.glob("*.yaml"))}
 
 
 def tool_policies(approved: list[Destination]) -> dict[str, Policy]:

@@ -76,6 +76,7 @@ def test_an_agent_is_offered_and_may_call_only_its_tools() -> None:
     assert parse('{"tool": "python", "args": {"code": "print(2 ** 10)"}}', request) is not None
     assert agent_tools("assistant") is None
 
+
 def test_copied_arguments_must_come_from_the_request_or_an_earlier_result() -> None:
     request = "Add a note to P19091: follow up in two weeks"
     good = '{"tool": "write_note", "args": {"patient_id": "P19091", "text": "follow up in two weeks"}}'
@@ -127,7 +128,6 @@ def test_constrained_decoding_gives_only_valid_grounded_calls(quick_models: Path
             for value in json.loads(answer)["args"].values():
                 assert json.dumps(value) in answer, (task.text, answer)  # 39.1, not 39.100000000000001
     assert invalid > 0, "the untrained model should fail without the constraint, or this test shows nothing"
-
 
 
 def _write_log(path: Path) -> None:
