@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from ebpf import probe
 from sandbox import landlock
 from sandbox.cgroup import Cgroup, cgroup2_mount
+from sandbox.launch import launcher_binary
 from sandbox.seccomp import Filter, set_no_new_privs
 
 
@@ -128,6 +129,7 @@ CHECKS: list[tuple[str, bool, Callable[[], str], str]] = [
     ("BTF", False, _btf, "kernel built without CONFIG_DEBUG_INFO_BTF: not needed by BCC"),
     ("landlock", True, _landlock, "boot with lsm=...,landlock"),
     ("seccomp", True, _seccomp, "apt-get install libseccomp2; kernel needs CONFIG_SECCOMP_FILTER"),
+    ("sandbox launcher", True, lambda: f"built at {launcher_binary()}", SETUP + " (installs gcc and libc6-dev)"),
 ]
 
 

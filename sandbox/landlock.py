@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes as ct
 import functools
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -147,7 +148,7 @@ def allow_path(fd: int, path: Path, rights: int) -> None:
     except FileNotFoundError:
         return
     try:
-        if not path.is_dir():  # files take only file rights
+        if not stat.S_ISDIR(os.fstat(pfd).st_mode):  # files take only file rights
             rights &= EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
         _add_rule(fd, RULE_PATH_BENEATH, ct.byref(_PathBeneath(allowed_access=rights, parent_fd=pfd)), str(path))
     finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -35,7 +36,7 @@ from sandbox import landlock
 from sandbox.cgroup import Cgroup, CgroupError, bastion_root
 from sandbox.egress import LIBC_PROBE_SOCKETS, compile_api, compile_rules, tcp_ports
 from sandbox.landlock import LandlockError
-from sandbox.launch import Launch, mount_tmpfs, umount
+from sandbox.launch import Launch, LaunchError, await_exec, launcher_binary, mount_tmpfs, umount
 from sandbox.limits import Controllers, v1_leaf
 from common.verdicts import Verdict
 from sandbox.policy import Policy
@@ -159,6 +160,7 @@ class SandboxManager:
         self.ngram_events = ngram_events
         self.sequence_events = sequence_events
         self._active: dict[int, Sandbox] = {}
+        self._seccomp_programs: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}
         self._stop = threading.Event()
         self.pump_error: BaseException | None = None
         self.orphans = kill_orphans(self.workdirs)  # for the owner's audit log
@@ -182,11 +184,13 @@ class SandboxManager:
         api = [] if isolated else compile_api(policy.network)  # type: ignore[arg-type]
         name = f"{PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         made: list[Callable[[], object]] = []  # undo steps, newest last
-        ruleset = flt = None
+        ruleset = None
+        fds: list[int] = []  # the launcher's copies, closed once it runs
         try:
+            launcher = launcher_binary()
             ruleset = landlock.Ruleset([] if isolated else tcp_ports(policy.network))  # type: ignore[arg-type]
             trapped = self.sensor.report_attempts(policy.denied_syscalls)
-            flt = Filter(policy.denied_syscalls, trap=trapped)
+            fds.append(seccomp_fd := self._seccomp_program(policy.denied_syscalls, trapped))
             cg = Cgroup.create(name)
             made.append(cg.remove)
             controllers = Controllers.create(cg, policy.limits)
@@ -213,6 +217,8 @@ class SandboxManager:
             self.sensor.set_unix_sockets(cg.id, policy.unix_sockets, quiet=LIBC_PROBE_SOCKETS)
             if not self.sensor.is_watched(cg.id):
                 raise SandboxError(f"the sensor does not confirm that {name} is watched")
+            report, report_w = os.pipe2(os.O_CLOEXEC)
+            fds += [report, report_w]
             launch = Launch(
                 procs_files=controllers.procs_files,
                 isolate_network=isolated,
@@ -221,19 +227,26 @@ class SandboxManager:
                 gid=policy.user.gid,
                 rlimits=controllers.rlimits(policy.limits),
                 landlock_fd=ruleset.fd,
-                seccomp=flt,
+                seccomp_fd=seccomp_fd,
+                report_fd=report_w,
             )
             self._active[cg.id] = sb
             made.append(lambda: self._active.pop(cg.id, None))
             sb.started = time.monotonic()
             sb.proc = subprocess.Popen(
-                list(command),
+                launch.argv(launcher, list(command)),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=policy.environment(dict(os.environ)),
-                preexec_fn=launch.preexec,
+                pass_fds=launch.pass_fds,
             )
+            made.append(lambda: _reap(sb))
+            os.close(report_w)
+            fds.remove(report_w)
+            failure = await_exec(report)
+            if failure:
+                raise LaunchError(failure)
             assert sb.proc.stdout is not None and sb.proc.stderr is not None
             sb.stdout = _Capture(sb.proc.stdout, policy.limits.output_bytes)
             sb.stderr = _Capture(sb.proc.stderr, policy.limits.output_bytes)
@@ -245,14 +258,30 @@ class SandboxManager:
                     undo()
                 except Exception as cleanup:  # keep undoing; the first error is the one to report
                     log.error("cleanup after a failed start", extra={"fields": {"sandbox": name, "error": str(cleanup)}})
-            if isinstance(exc, OSError | subprocess.SubprocessError | CgroupError | SensorError | LandlockError):
+            if isinstance(exc, OSError | subprocess.SubprocessError | CgroupError | SensorError | LandlockError |
+                          LaunchError):
                 raise SandboxError(f"cannot start {list(command)[:1]} in a sandbox: {exc}") from exc
             raise
         finally:
             if ruleset is not None:
                 ruleset.close()
-            if flt is not None:
+            for fd in fds:
+                os.close(fd)
+
+    def _seccomp_program(self, denied: list[str], trapped: list[str]) -> int:
+        """A memfd holding the policy's seccomp program for the launcher,
+        compiled once per (denied, trapped) for the manager's life."""
+        key = (tuple(denied), tuple(trapped))
+        program = self._seccomp_programs.get(key)
+        if program is None:
+            flt = Filter(denied, trap=trapped)
+            try:
+                program = self._seccomp_programs[key] = flt.program()
+            finally:
                 flt.release()
+        fd = os.memfd_create("bastion-seccomp", os.MFD_CLOEXEC)
+        os.write(fd, program)
+        return fd
 
     def _workdir(self, name: str, policy: Policy) -> tuple[Path, bool]:
         """The policy's named workdir, or a fresh tmpfs bounded in size and
@@ -290,11 +319,9 @@ class SandboxManager:
         limit = sb.policy.limits.wall_timeout_s
         if timeout is not None:
             limit = min(timeout, limit)
-        try:
-            sb.proc.wait(timeout=max(limit - (time.monotonic() - sb.started), 0))
-        except subprocess.TimeoutExpired:
+        if not _exits_within(sb.proc, max(limit - (time.monotonic() - sb.started), 0)):
             self.enforce(sb, Verdict.KILL, f"wall timeout of {limit:g}s")
-            sb.proc.wait()
+        sb.proc.wait()
         duration = time.monotonic() - sb.started
         self._settle(sb)
         for finisher in [*self.finishers, *finishers]:
@@ -454,6 +481,30 @@ class SandboxManager:
         for sb in list(self._active.values()):
             self.enforce(sb, Verdict.KILL, "manager closing")
             self._cleanup(sb)
+
+
+def _exits_within(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether proc exits within timeout seconds. A pidfd wakes at the exit
+    itself, where Popen.wait(timeout) polls with sleeps that grow to 50 ms."""
+    if proc.returncode is not None:
+        return True
+    fd = os.pidfd_open(proc.pid)
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def _reap(sb: Sandbox) -> None:
+    """Kill and wait for a sandbox's launcher whose start failed."""
+    if sb.proc is None:
+        return
+    if sb.proc.poll() is None:
+        sb.proc.kill()
+        sb.proc.wait()
+    for pipe in (sb.proc.stdout, sb.proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def _pump_priority() -> None:

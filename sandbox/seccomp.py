@@ -6,6 +6,7 @@ import ctypes as ct
 import ctypes.util
 import errno
 import functools
+import os
 from collections.abc import Iterable
 
 SCMP_ACT_ALLOW = 0x7FFF0000
@@ -85,6 +86,7 @@ def _lib() -> ct.CDLL:
     lib.seccomp_syscall_resolve_num_arch.argtypes = [ct.c_uint32, ct.c_int]
     lib.seccomp_syscall_resolve_num_arch.restype = ct.c_void_p
     lib.seccomp_load.argtypes = [ct.c_void_p]
+    lib.seccomp_export_bpf.argtypes = [ct.c_void_p, ct.c_int]
     lib.seccomp_release.argtypes = [ct.c_void_p]
     return lib
 
@@ -148,6 +150,18 @@ class Filter:
         rc = self._lib.seccomp_load(self._ctx)
         if rc < 0:
             raise SeccompError(f"seccomp_load failed: {ct.get_errno() or -rc}")
+
+    def program(self) -> bytes:
+        """The filter as the kernel's BPF instructions, for a child that
+        loads it itself (sandbox.launch)."""
+        fd = os.memfd_create("seccomp", os.MFD_CLOEXEC)
+        try:
+            rc = self._lib.seccomp_export_bpf(self._ctx, fd)
+            if rc < 0:
+                raise SeccompError(f"seccomp_export_bpf failed: {-rc}")
+            return os.pread(fd, os.fstat(fd).st_size, 0)
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         if self._ctx:

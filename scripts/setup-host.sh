@@ -8,7 +8,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-packages=(python3-bpfcc linux-headers-amd64 libseccomp2 iproute2 sqlite3)
+packages=(python3-bpfcc linux-headers-amd64 libseccomp2 iproute2 sqlite3 gcc libc6-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
