@@ -17,7 +17,8 @@ import pytest
 
 from ebpf.sensor import Sensor
 from sandbox.cgroup import Cgroup, bastion_root
-from sandbox.manager import SandboxManager, kill_orphans
+from sandbox.launch import LaunchError, launcher_binary
+from sandbox.manager import SandboxError, SandboxManager, kill_orphans
 from common.verdicts import Verdict
 from sandbox.policy import PolicyError, parse_policy
 from sandbox.result import STOPPED_EXIT
@@ -46,6 +47,28 @@ def test_isolation_facts(manager: SandboxManager) -> None:
     assert ids == "65534 65534 2 bastion"  # nobody, pid 2 under Bastion's init in its own namespace, own hostname
     assert (caps, nnp, seccomp) == ("0000000000000000", "1", "2")
     assert nets == "['lo']"  # network: none is an empty network namespace
+
+
+def test_a_tool_that_cannot_be_executed_is_refused_at_start_naming_it(manager: SandboxManager) -> None:
+    """The launcher reports why the tool did not run, and nothing is left behind."""
+    before = sorted(p.name for p in bastion_root().iterdir() if p.is_dir())
+    with pytest.raises(SandboxError, match=r"/no/such/tool: No such file or directory"):
+        manager.run(["/no/such/tool"], parse_policy(""))
+    assert sorted(p.name for p in bastion_root().iterdir() if p.is_dir()) == before
+    assert manager.sandboxes() == []
+
+
+def test_a_launcher_others_could_have_written_is_rebuilt_not_run(tmp_path: Path) -> None:
+    cache = tmp_path / "launcher"
+    built = launcher_binary(cache)
+    built.write_bytes(b"#!/bin/sh\necho hijacked\n")
+    built.chmod(0o777)
+    rebuilt = launcher_binary(cache)
+    assert rebuilt == built and rebuilt.stat().st_mode & 0o777 == 0o700
+    assert rebuilt.read_bytes().startswith(b"\x7fELF")
+    cache.chmod(0o777)
+    with pytest.raises(LaunchError, match="writable by others"):
+        launcher_binary(cache)
 
 
 def test_a_supervisor_with_more_open_files_than_the_limit_still_starts_tools(manager: SandboxManager) -> None:
