@@ -18,7 +18,8 @@ from ebpf.events import UNIX_PATH_LEN, CgStats, Event, WatchInfo, cgroup_of, dec
 
 BPF_DIR = Path(__file__).parent / "bpf"
 # One module: the programs share the watched map, the ring buffer and stats.
-SOURCES = ("proc.bpf.c", "file.bpf.c", "net.bpf.c", "sensitive.bpf.c", "seq.bpf.c", "egress.bpf.c", "api.bpf.c")
+SOURCES = ("proc.bpf.c", "file.bpf.c", "net.bpf.c", "enter.bpf.c", "sensitive.bpf.c", "seq.bpf.c", "egress.bpf.c",
+           "api.bpf.c")
 _MAPS_INCLUDE = '#include "maps.bpf.h"'
 
 WATCH_DETECT_NOVEL = 1

@@ -18,11 +18,8 @@ struct open_key {
 BPF_TABLE("lru_hash", struct open_key, u8, opens_seen, 16384);
 BPF_PERCPU_ARRAY(open_key_scratch, struct open_key, 1);
 
-static __always_inline void open_enter(const char *filename, int flags)
+static __always_inline void open_enter(u64 cg, const char *filename, int flags)
 {
-    u64 cg;
-    if (!watched_cgroup(&cg))
-        return;
     union event_buf *e = begin(EV_OPEN, cg);
     if (!e)
         return;
@@ -77,21 +74,9 @@ static __always_inline void open_exit(long ret)
         pending.delete(&tid);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_openat)
-{
-    open_enter(args->filename, args->flags);
-    return 0;
-}
-
 TRACEPOINT_PROBE(syscalls, sys_exit_openat)
 {
     open_exit(args->ret);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_open)
-{
-    open_enter(args->filename, args->flags);
     return 0;
 }
 
@@ -102,12 +87,11 @@ TRACEPOINT_PROBE(syscalls, sys_exit_open)
 }
 
 /* openat2 keeps its flags in a user struct: the first u64 of struct open_how. */
-TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
+static __always_inline void openat2_enter(u64 cg, const char *filename, const void *how)
 {
     u64 flags = 0;
-    bpf_probe_read_user(&flags, sizeof(flags), args->how);
-    open_enter(args->filename, (int)flags);
-    return 0;
+    bpf_probe_read_user(&flags, sizeof(flags), how);
+    open_enter(cg, filename, (int)flags);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_openat2)

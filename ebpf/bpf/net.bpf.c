@@ -40,11 +40,8 @@ static __always_inline void read_sockaddr(struct ev_net *n, const void *uaddr, u
 }
 
 /* Park a network event; the address is read now, or at exit for accept. */
-static __always_inline void net_enter(u16 type, const void *uaddr, u32 len, u32 arg)
+static __always_inline void net_enter(u64 cg, u16 type, const void *uaddr, u32 len, u32 arg)
 {
-    u64 cg;
-    if (!watched_cgroup(&cg))
-        return;
     union event_buf *e = begin(type, cg);
     if (!e)
         return;
@@ -60,12 +57,6 @@ static __always_inline void net_exit(u16 type, long ret)
         finish(type, ret, sizeof(struct ev_net));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_connect)
-{
-    net_enter(EV_CONNECT, args->uservaddr, args->addrlen, 0);
-    return 0;
-}
-
 TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 {
     net_exit(EV_CONNECT, args->ret);
@@ -73,11 +64,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 }
 
 /* Only sends that name a destination: a connected socket's were seen at connect. */
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
+static __always_inline void sendto_enter(u64 cg, const void *addr, u32 len)
 {
-    if (args->addr)
-        net_enter(EV_SENDTO, args->addr, args->addr_len, 0);
-    return 0;
+    if (addr)
+        net_enter(cg, EV_SENDTO, addr, len, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto)
@@ -86,13 +76,12 @@ TRACEPOINT_PROBE(syscalls, sys_exit_sendto)
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
+static __always_inline void sendmsg_enter(u64 cg, const void *msg)
 {
     struct { void *name; u32 namelen; } hdr = {};
-    bpf_probe_read_user(&hdr, sizeof(hdr), args->msg);  /* msg_name, msg_namelen come first */
+    bpf_probe_read_user(&hdr, sizeof(hdr), msg);  /* msg_name, msg_namelen come first */
     if (hdr.name)
-        net_enter(EV_SENDTO, hdr.name, hdr.namelen, 0);
-    return 0;
+        net_enter(cg, EV_SENDTO, hdr.name, hdr.namelen, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg)
@@ -101,21 +90,9 @@ TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg)
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_bind)
-{
-    net_enter(EV_BIND, args->umyaddr, args->addrlen, 0);
-    return 0;
-}
-
 TRACEPOINT_PROBE(syscalls, sys_exit_bind)
 {
     net_exit(EV_BIND, args->ret);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_listen)
-{
-    net_enter(EV_LISTEN, 0, 0, args->backlog);
     return 0;
 }
 
@@ -128,11 +105,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_listen)
 /* The peer address exists only once accept returns: park the user pointer. */
 BPF_TABLE("lru_hash", u32, u64, accept_addr, 4096);
 
-static __always_inline void accept_enter(const void *upeer)
+static __always_inline void accept_enter(u64 cg, const void *upeer)
 {
-    u64 cg;
-    if (!watched_cgroup(&cg))
-        return;
     union event_buf *e = begin(EV_ACCEPT, cg);
     if (!e)
         return;
@@ -158,21 +132,9 @@ static __always_inline void accept_exit(long ret)
     finish(EV_ACCEPT, ret, sizeof(struct ev_net));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_accept)
-{
-    accept_enter(args->upeer_sockaddr);
-    return 0;
-}
-
 TRACEPOINT_PROBE(syscalls, sys_exit_accept)
 {
     accept_exit(args->ret);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_accept4)
-{
-    accept_enter(args->upeer_sockaddr);
     return 0;
 }
 

@@ -8,6 +8,8 @@ struct exit_note {
 };
 BPF_TABLE("lru_hash", u32, struct exit_note, exit_notes, 4096);
 
+/* Also called for processes not marked yet: their first exec in a watched
+ * cgroup marks them. */
 static __always_inline void exec_enter(const char *filename, const char *const *argv)
 {
     u64 cg;
@@ -27,18 +29,6 @@ static __always_inline void exec_enter(const char *filename, const char *const *
         bpf_probe_read_user_str(e->exec.argv[i], ARG_LEN, arg);
     }
     park(e);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_execve)
-{
-    exec_enter(args->filename, args->argv);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
-{
-    exec_enter(args->filename, args->argv);
-    return 0;
 }
 
 /* The syscall ids gathered before an exec go out before its event, so the
@@ -77,15 +67,11 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
+static __always_inline void exit_group_enter(int code)
 {
-    u64 cg;
-    if (!watched_cgroup(&cg))
-        return 0;
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-    struct exit_note n = {.code = args->error_code, .signal = 0};
+    struct exit_note n = {.code = code, .signal = 0};
     exit_notes.update(&pid, &n);
-    return 0;
 }
 
 /* A signal whose default action is to terminate, delivered with no handler. */

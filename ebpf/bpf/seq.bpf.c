@@ -1,6 +1,7 @@
-/* Syscall sequences: per-thread sliding n-grams counted per watched cgroup.
+/* The one program on every syscall: per-thread sliding n-grams counted per
+ * watched cgroup, then the syscall's event, if it has one (enter.bpf.c).
  * Runs on every syscall of every task, so an unwatched task must cost as
- * little as possible: one inlined array lookup. */
+ * little as possible: one inlined array lookup, and a compare for exec. */
 #include "maps.bpf.h"
 
 BPF_HASH(ngram_counts, struct ngram_key, u64, 65536);
@@ -8,20 +9,12 @@ BPF_HASH(ngram_counts, struct ngram_key, u64, 65536);
  * send only n-grams missing from it. */
 BPF_HASH(known, struct ngram, u8, 65536);
 
-RAW_TRACEPOINT_PROBE(sys_enter)
+/* The thread's window, batch and n-gram counts for one more syscall. */
+static __always_inline void sequence(struct watch_info *w, u64 cg, u32 nr)
 {
-    u32 pid = bpf_get_current_pid_tgid() >> 32;
-    u8 *hint = watched_pids.lookup(&pid);
-    if (!hint || !*hint)
-        return 0;
-    u64 cg;
-    struct watch_info *w = watched_cgroup(&cg);
-    if (!w)
-        return 0;
     struct cg_stats *st = stats.lookup(&cg);
     if (st)
         st->syscalls++;
-    u32 nr = (u32)ctx->args[1];
 
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct seq_state *s = windows.lookup(&tid);
@@ -30,7 +23,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         windows.update(&tid, &fresh);
         s = windows.lookup(&tid);
         if (!s)
-            return 0;
+            return;
     }
 #pragma unroll
     for (int i = 0; i < NGRAM_N - 1; i++)
@@ -47,7 +40,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
             flush_batch(s, cg);
     }
     if (s->count < NGRAM_N)
-        return 0;
+        return;
 
     struct ngram_key k = {.cgroup_id = cg};
 #pragma unroll
@@ -70,5 +63,23 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         e.pos = s->count - 1;
         emit(&e, sizeof(e), cg);
     }
+}
+
+RAW_TRACEPOINT_PROBE(sys_enter)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    u32 nr = (u32)ctx->args[1];
+    u8 *hint = watched_pids.lookup(&pid);
+    if (!hint || !*hint) {
+        if (is_exec(nr))
+            unmarked_exec((struct pt_regs *)ctx->args[0], nr);
+        return 0;
+    }
+    u64 cg;
+    struct watch_info *w = watched_cgroup(&cg);
+    if (!w)
+        return 0;
+    sequence(w, cg, nr);
+    syscall_enter((struct pt_regs *)ctx->args[0], nr, cg);
     return 0;
 }
