@@ -9,21 +9,8 @@
  * numbers and registers differ, never get here: the sandbox's seccomp filter
  * kills any syscall of another architecture. */
 #include <uapi/linux/ptrace.h>
+#include <asm/unistd.h>
 #include "maps.bpf.h"
-
-#define NR_OPEN 2
-#define NR_CONNECT 42
-#define NR_ACCEPT 43
-#define NR_SENDTO 44
-#define NR_SENDMSG 46
-#define NR_BIND 49
-#define NR_LISTEN 50
-#define NR_EXECVE 59
-#define NR_EXIT_GROUP 231
-#define NR_OPENAT 257
-#define NR_ACCEPT4 288
-#define NR_EXECVEAT 322
-#define NR_OPENAT2 437
 
 static __always_inline u64 reg(const unsigned long *field)
 {
@@ -34,13 +21,13 @@ static __always_inline u64 reg(const unsigned long *field)
 
 static __always_inline int is_exec(u32 nr)
 {
-    return nr == NR_EXECVE || nr == NR_EXECVEAT;
+    return nr == __NR_execve || nr == __NR_execveat;
 }
 
 /* An exec by a task not marked watched yet: its cgroup decides. */
 static __always_inline void unmarked_exec(struct pt_regs *r, u32 nr)
 {
-    if (nr == NR_EXECVE)
+    if (nr == __NR_execve)
         exec_enter((const char *)reg(&r->di), (const char *const *)reg(&r->si));
     else
         exec_enter((const char *)reg(&r->si), (const char *const *)reg(&r->dx));
@@ -49,39 +36,39 @@ static __always_inline void unmarked_exec(struct pt_regs *r, u32 nr)
 static __always_inline void syscall_enter(struct pt_regs *r, u32 nr, u64 cg)
 {
     switch (nr) {
-    case NR_EXECVE:
-    case NR_EXECVEAT:
+    case __NR_execve:
+    case __NR_execveat:
         unmarked_exec(r, nr);
         break;
-    case NR_EXIT_GROUP:
+    case __NR_exit_group:
         exit_group_enter((int)reg(&r->di));
         break;
-    case NR_OPEN:
+    case __NR_open:
         open_enter(cg, (const char *)reg(&r->di), (int)reg(&r->si));
         break;
-    case NR_OPENAT:
+    case __NR_openat:
         open_enter(cg, (const char *)reg(&r->si), (int)reg(&r->dx));
         break;
-    case NR_OPENAT2:
+    case __NR_openat2:
         openat2_enter(cg, (const char *)reg(&r->si), (const void *)reg(&r->dx));
         break;
-    case NR_CONNECT:
+    case __NR_connect:
         net_enter(cg, EV_CONNECT, (const void *)reg(&r->si), (u32)reg(&r->dx), 0);
         break;
-    case NR_SENDTO:
+    case __NR_sendto:
         sendto_enter(cg, (const void *)reg(&r->r8), (u32)reg(&r->r9));
         break;
-    case NR_SENDMSG:
+    case __NR_sendmsg:
         sendmsg_enter(cg, (const void *)reg(&r->si));
         break;
-    case NR_BIND:
+    case __NR_bind:
         net_enter(cg, EV_BIND, (const void *)reg(&r->si), (u32)reg(&r->dx), 0);
         break;
-    case NR_LISTEN:
+    case __NR_listen:
         net_enter(cg, EV_LISTEN, 0, 0, (u32)reg(&r->si));
         break;
-    case NR_ACCEPT:
-    case NR_ACCEPT4:
+    case __NR_accept:
+    case __NR_accept4:
         accept_enter(cg, (const void *)reg(&r->si));
         break;
     }
