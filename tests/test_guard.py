@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from bastion.cli import main
+from common.verdicts import Verdict
 from ebpf.events import Event, EventKind
 from guard import audit
+from guard.monitor import Assignment, Guard, ResponseMap
 from guard.profile import ProfileError, load_profile
 from guard.rules import AllowedDestination, Rules, check
 from guard.traces import Behaviour, Trace, TraceError, read_trace_dir, traces_from_events
@@ -138,6 +142,64 @@ def test_sequences_are_rebuilt_from_batches_of_syscall_ids() -> None:
     del events[1]  # a lost batch splits the thread's sequence
     traces = traces_from_events(events, 6, "run")
     assert [t.syscalls.tolist() for t in traces] == [calls[:32], calls[64:], [1, 2, 3]]
+
+
+@dataclass
+class _Sandbox:
+    id: int = 7
+    name: str = "sbx-test"
+    labels: dict[str, str] = field(default_factory=dict)
+    workdir: Path = Path("/tmp/sbx-test")
+
+
+class _Counts:
+    """The sensor's n-gram counts of one sandbox, as a run goes on."""
+
+    def __init__(self, ngram_n: int) -> None:
+        self.ngram_n = ngram_n
+        self.syscalls: list[int] = []
+
+    def ngram_counts(self, cgroup_id: int) -> dict[tuple[int, ...], int]:
+        n = self.ngram_n
+        return dict(Counter(tuple(self.syscalls[i:i + n]) for i in range(len(self.syscalls) - n + 1)))
+
+
+class _Enforcer:
+    def __init__(self) -> None:
+        self.verdicts: list[Verdict] = []
+
+    def enforce(self, target: object, verdict: Verdict, reason: str) -> int:
+        self.verdicts.append(verdict)
+        return 1
+
+    def resume(self, target: object, pid: int) -> None:
+        pass
+
+
+def test_the_few_syscalls_after_the_last_periodic_read_are_judged_with_those_before(
+        profile_and_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A benign run's last few syscalls alone are a mix unlike any window
+    (it once quarantined 13 of 200 benign runs); the live guard judges them
+    with the mix read before them, as the trained windows that end a run are."""
+    profile = load_profile(profile_and_data[0])
+    sensor, enforcer = _Counts(profile.meta.ngram_n), _Enforcer()
+    log = audit.AuditLog(tmp_path / "audit.jsonl")
+    rules = Rules(binaries=["/usr/bin"], read_paths=["/"], write_paths=[])
+    guard = Guard(sensor, log, enforcer, lambda _t: Assignment(rules, ResponseMap(), profile))  # type: ignore[arg-type]
+    sandbox = _Sandbox()
+    run = ROUTINE * 20
+    shutdown = [9, 9, 1] * 3  # a burst of one kind of call, as an interpreter's exit closes and unmaps
+    sensor.syscalls = run
+    guard._frequency(guard.state(sandbox), profile)  # a periodic read
+    sensor.syscalls = run + shutdown
+    assert guard.finish(sandbox) == [] and enforcer.verdicts == []
+    # an attack in those last syscalls is still seen
+    sandbox = _Sandbox(id=8)
+    sensor.syscalls = run
+    guard._frequency(guard.state(sandbox), profile)
+    sensor.syscalls = run + ATTACK * 3
+    assert [a.detector for a in guard.finish(sandbox)] == ["frequency"] and enforcer.verdicts == [Verdict.QUARANTINE]
+    log.close()
 
 
 def test_rules_name_the_violation() -> None:
