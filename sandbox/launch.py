@@ -95,6 +95,7 @@ class Launch:
     landlock_fd: int
     seccomp_fd: int
     report_fd: int
+    env_fd: int
     hostname: str = "bastion"
 
     def argv(self, launcher: Path, command: list[str]) -> list[str]:
@@ -103,7 +104,7 @@ class Launch:
         flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | (CLONE_NEWNET if self.isolate_network else 0)
         argv = [str(launcher), "-f", str(flags), "-u", str(self.uid), "-g", str(self.gid), "-n", self.hostname,
                 "-w", str(self.workdir), "-l", str(self.landlock_fd), "-a", str(READ), "-s", str(self.seccomp_fd),
-                "-e", str(self.report_fd)]
+                "-e", str(self.report_fd), "-v", str(self.env_fd)]
         for procs in self.procs_files:
             argv += ["-p", str(procs)]
         for res, value in self.rlimits:
@@ -111,8 +112,20 @@ class Launch:
         return [*argv, "--", *command]
 
     @property
-    def pass_fds(self) -> tuple[int, int, int]:
-        return (self.landlock_fd, self.seccomp_fd, self.report_fd)
+    def pass_fds(self) -> tuple[int, ...]:
+        return (self.landlock_fd, self.seccomp_fd, self.report_fd, self.env_fd)
+
+
+def memfd_of(name: str, data: bytes) -> int:
+    """A descriptor holding data, for the launcher to read."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.write(fd, data)
+    return fd
+
+
+def environment_block(env: dict[str, str]) -> bytes:
+    """The tool's environment as the launcher reads it: NAME=value, each ended by NUL."""
+    return b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
 
 
 def await_exec(report_fd: int, timeout: float = 10.0) -> str:

@@ -23,13 +23,16 @@
  *
  * The supervisor builds everything that can be refused (the Landlock
  * ruleset, the seccomp program) and passes it as descriptors, so errors
- * here are only the kernel's. The report pipe (-e) closes when the tool has
+ * here are only the kernel's. The tool's environment comes the same way
+ * (-v: NUL-separated NAME=value): the launcher itself runs as root with
+ * none, so nothing a policy sets can steer it, and no value is shown in
+ * its command line, which every user can read. The report pipe (-e) closes when the tool has
  * been executed, confined, or holds the one-line reason it was not (also
  * on stderr; exit 126, or 127 for a tool that cannot be executed): so the
  * supervisor knows the tool is inside the sandbox before it goes on.
  *
  *   bastion-launch -f CLONE_FLAGS -u UID -g GID -n HOSTNAME -w WORKDIR
- *                  -l RULESET_FD -a PROC_ACCESS -s SECCOMP_FD -e REPORT_FD
+ *                  -l RULESET_FD -a PROC_ACCESS -s SECCOMP_FD -e REPORT_FD -v ENV_FD
  *                  [-p CGROUP_PROCS_FILE]... [-r RESOURCE:LIMIT]... -- TOOL ARG...
  */
 #define _GNU_SOURCE
@@ -56,6 +59,8 @@
 #define MAX_PROCS 8
 #define MAX_RLIMITS 16
 #define MAX_FILTER 4096 /* BPF instructions, the kernel's own limit */
+#define MAX_ENV_BYTES 65536
+#define MAX_ENV 512
 
 struct launch {
     int flags;
@@ -66,6 +71,7 @@ struct launch {
     int ruleset_fd;
     uint64_t proc_access;
     int seccomp_fd;
+    int env_fd;
     const char *procs[MAX_PROCS];
     int nprocs;
     int rlimit_res[MAX_RLIMITS];
@@ -161,6 +167,25 @@ static void enter_cgroups(const struct launch *l)
     }
 }
 
+/* The tool's environment, read whole from its descriptor. */
+static char **read_env(int fd)
+{
+    static char buf[MAX_ENV_BYTES + 1];
+    static char *env[MAX_ENV + 1];
+    ssize_t n = pread(fd, buf, MAX_ENV_BYTES + 1, 0);
+    if (n < 0 || n > MAX_ENV_BYTES || (n > 0 && buf[n - 1] != 0))
+        usage("the environment is unreadable, torn or over 64 KiB");
+    close(fd);
+    int count = 0;
+    for (ssize_t i = 0; i < n; i += strlen(buf + i) + 1) {
+        if (count == MAX_ENV)
+            usage("the environment has over 512 variables");
+        env[count++] = buf + i;
+    }
+    env[count] = NULL;
+    return env;
+}
+
 static void load_seccomp(const struct launch *l)
 {
     static struct sock_filter prog[MAX_FILTER];
@@ -215,8 +240,8 @@ static long number(const char *s, const char *what)
 static int parse(int argc, char **argv, struct launch *l)
 {
     int opt;
-    *l = (struct launch){.ruleset_fd = -1, .seccomp_fd = -1, .uid = (uid_t)-1, .gid = (gid_t)-1};
-    while ((opt = getopt(argc, argv, "+f:u:g:n:w:l:a:s:e:p:r:")) != -1) {
+    *l = (struct launch){.ruleset_fd = -1, .seccomp_fd = -1, .env_fd = -1, .uid = (uid_t)-1, .gid = (gid_t)-1};
+    while ((opt = getopt(argc, argv, "+f:u:g:n:w:l:a:s:e:v:p:r:")) != -1) {
         switch (opt) {
         case 'f': l->flags = (int)number(optarg, "-f: not a number"); break;
         case 'u': l->uid = (uid_t)number(optarg, "-u: not a number"); break;
@@ -226,6 +251,7 @@ static int parse(int argc, char **argv, struct launch *l)
         case 'l': l->ruleset_fd = (int)number(optarg, "-l: not a number"); break;
         case 'a': l->proc_access = (uint64_t)number(optarg, "-a: not a number"); break;
         case 's': l->seccomp_fd = (int)number(optarg, "-s: not a number"); break;
+        case 'v': l->env_fd = (int)number(optarg, "-v: not a number"); break;
         case 'e':
             report_fd = (int)number(optarg, "-e: not a number");
             /* closes at the tool's exec; the reaper and init close it at once */
@@ -249,9 +275,9 @@ static int parse(int argc, char **argv, struct launch *l)
         default: usage("unknown option");
         }
     }
-    if (!l->hostname || !l->workdir || l->ruleset_fd < 0 || l->seccomp_fd < 0 || report_fd < 0 ||
+    if (!l->hostname || !l->workdir || l->ruleset_fd < 0 || l->seccomp_fd < 0 || report_fd < 0 || l->env_fd < 0 ||
         l->uid == (uid_t)-1 || l->gid == (gid_t)-1 || optind >= argc)
-        usage("-u, -g, -n, -w, -l, -s, -e and a command are required");
+        usage("-u, -g, -n, -w, -l, -s, -e, -v and a command are required");
     return optind;
 }
 
@@ -259,6 +285,7 @@ int main(int argc, char **argv)
 {
     struct launch l;
     int cmd = parse(argc, argv, &l);
+    char **env = read_env(l.env_fd);
     pid_t supervisor = getppid();
     die_with_parent();
     if (getppid() != supervisor) /* it died before the signal was armed */
@@ -277,6 +304,7 @@ int main(int argc, char **argv)
     if (tool)
         init_loop(tool);
     confine(&l); /* the tool, pid 2 */
+    environ = env; /* execvp searches the tool's PATH, as subprocess did */
     execvp(argv[cmd], argv + cmd);
     fail(127, argv[cmd], strerror(errno));
 }

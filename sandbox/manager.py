@@ -36,7 +36,8 @@ from sandbox import landlock
 from sandbox.cgroup import Cgroup, CgroupError, bastion_root
 from sandbox.egress import LIBC_PROBE_SOCKETS, compile_api, compile_rules, tcp_ports
 from sandbox.landlock import LandlockError
-from sandbox.launch import Launch, LaunchError, await_exec, launcher_binary, mount_tmpfs, umount
+from sandbox.launch import (Launch, LaunchError, await_exec, environment_block, launcher_binary, memfd_of,
+                            mount_tmpfs, umount)
 from sandbox.limits import Controllers, v1_leaf
 from common.verdicts import Verdict
 from sandbox.policy import Policy
@@ -219,6 +220,7 @@ class SandboxManager:
                 raise SandboxError(f"the sensor does not confirm that {name} is watched")
             report, report_w = os.pipe2(os.O_CLOEXEC)
             fds += [report, report_w]
+            fds.append(env_fd := memfd_of("bastion-env", environment_block(policy.environment(dict(os.environ)))))
             launch = Launch(
                 procs_files=controllers.procs_files,
                 isolate_network=isolated,
@@ -229,6 +231,7 @@ class SandboxManager:
                 landlock_fd=ruleset.fd,
                 seccomp_fd=seccomp_fd,
                 report_fd=report_w,
+                env_fd=env_fd,
             )
             self._active[cg.id] = sb
             made.append(lambda: self._active.pop(cg.id, None))
@@ -238,7 +241,7 @@ class SandboxManager:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=policy.environment(dict(os.environ)),
+                env={},  # the tool's comes through env_fd
                 pass_fds=launch.pass_fds,
             )
             made.append(lambda: _reap(sb))
@@ -279,9 +282,7 @@ class SandboxManager:
                 program = self._seccomp_programs[key] = flt.program()
             finally:
                 flt.release()
-        fd = os.memfd_create("bastion-seccomp", os.MFD_CLOEXEC)
-        os.write(fd, program)
-        return fd
+        return memfd_of("bastion-seccomp", program)
 
     def _workdir(self, name: str, policy: Policy) -> tuple[Path, bool]:
         """The policy's named workdir, or a fresh tmpfs bounded in size and

@@ -58,6 +58,24 @@ def test_a_tool_that_cannot_be_executed_is_refused_at_start_naming_it(manager: S
     assert manager.sandboxes() == []
 
 
+def test_the_tool_gets_exactly_the_policys_environment_and_the_launcher_none(manager: SandboxManager) -> None:
+    """The launcher runs as root before any confinement: nothing a policy sets
+    reaches it, and no value shows in its command line, which any user can read."""
+    policy = parse_policy("env: {allow: [PATH], set: {API_TOKEN: s3cr3t-value}}")
+    result = manager.run(["/usr/bin/env"], policy)
+    assert result.exit_status == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == ["API_TOKEN=s3cr3t-value", f"PATH={os.environ['PATH']}"]
+    sb = manager.start(["/bin/sleep", "30"], policy)
+    try:
+        assert sb.proc is not None
+        launcher = Path(f"/proc/{sb.proc.pid}")
+        assert (launcher / "environ").read_bytes() == b""
+        assert b"s3cr3t" not in (launcher / "cmdline").read_bytes()
+    finally:
+        manager.enforce(sb, Verdict.KILL, "test over")
+        manager.wait(sb)
+
+
 def test_a_launcher_others_could_have_written_is_rebuilt_not_run(tmp_path: Path) -> None:
     cache = tmp_path / "launcher"
     built = launcher_binary(cache)
