@@ -24,8 +24,9 @@ static __always_inline int is_exec(u32 nr)
     return nr == __NR_execve || nr == __NR_execveat;
 }
 
-/* An exec by a task not marked watched yet: its cgroup decides. */
-static __always_inline void unmarked_exec(struct pt_regs *r, u32 nr)
+/* An exec, marked task or not: exec_enter checks the cgroup itself, so a
+ * task's first exec in a watched cgroup marks it. */
+static __always_inline void exec_syscall(struct pt_regs *r, u32 nr)
 {
     if (nr == __NR_execve)
         exec_enter((const char *)reg(&r->di), (const char *const *)reg(&r->si));
@@ -38,7 +39,7 @@ static __always_inline void syscall_enter(struct pt_regs *r, u32 nr, u64 cg)
     switch (nr) {
     case __NR_execve:
     case __NR_execveat:
-        unmarked_exec(r, nr);
+        exec_syscall(r, nr);
         break;
     case __NR_exit_group:
         exit_group_enter((int)reg(&r->di));

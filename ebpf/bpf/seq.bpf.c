@@ -72,7 +72,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     u8 *hint = watched_pids.lookup(&pid);
     if (!hint || !*hint) {
         if (is_exec(nr))
-            unmarked_exec((struct pt_regs *)ctx->args[0], nr);
+            exec_syscall((struct pt_regs *)ctx->args[0], nr);
         return 0;
     }
     u64 cg;
