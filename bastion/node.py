@@ -12,7 +12,9 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -115,7 +117,7 @@ class Node:
         self.head_file = HeadFile(config.audit_heads) if config.audit_heads else None
         heads = [sink for sink in (self.falco and self.falco.head, self.head_file) if sink]
         signer = Signer.load_or_create(config.signing_key)
-        problem = check_audit_log(config.audit, signer)
+        problem = check_audit_log(config.audit, signer, heads)
         self.audit = AuditLog(config.audit, signer, config.checkpoint_every, heads)
         if problem:
             self._node_alert(problem)
@@ -211,9 +213,11 @@ class Node:
                 sink.close()
 
 
-def check_audit_log(path: Path, signer: Signer) -> tuple[Severity, str] | None:
+def check_audit_log(path: Path, signer: Signer,
+                    heads: list[Callable[[dict[str, Any]], None]]) -> tuple[Severity, str] | None:
     """Verify the log before appending to it. A broken one is set aside
-    (kept, never appended to) and a new one started; either is an alert."""
+    (kept, never appended to) and a new one started, and the head sinks are
+    told so in a signed head; either is an alert."""
     if not path.exists():
         return None
     try:
@@ -221,6 +225,8 @@ def check_audit_log(path: Path, signer: Signer) -> tuple[Severity, str] | None:
     except AuditError as exc:
         kept = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
         os.rename(path, kept)
+        for sink in heads:
+            sink(signer.set_aside(path, kept))
         return Severity.CRITICAL, f"the audit log failed verification and was set aside as {kept}: {exc}"
     if report.uncovered:
         return Severity.HIGH, (f"audit log records {report.covered}..{report.records - 1} were not covered by a "

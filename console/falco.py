@@ -12,6 +12,7 @@ from typing import Any
 
 from common.verdicts import Severity
 from guard.alerts import Alert
+from guard.audit import SET_ASIDE
 from common.files import open_output
 
 PRIORITY = {
@@ -69,7 +70,8 @@ class FalcoSink:
         """An audit-log head signed by the node: pipelines that ship Falco
         lines off the host keep the evidence that the log was not cut."""
         when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        self._write({"output": f"audit log {head['log']} signed through seq {head['covers']}",
+        said = head["head"] if head["covers"] == SET_ASIDE else f"signed through seq {head['covers']}"
+        self._write({"output": f"audit log {head['log']} {said}",
                      "priority": "Informational", "rule": "bastion audit checkpoint", "time": when,
                      "output_fields": {f"bastion.audit.{k}": v for k, v in head.items()},
                      "source": "bastion", "hostname": self._host, "tags": ["bastion", "audit"]})

@@ -42,6 +42,15 @@ def _digest(prev: str, seq: int, kind: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# A head with this `covers` is the node's signed word that the log it names
+# was set aside (found broken) and a new one started at the same path.
+SET_ASIDE = -1
+
+
+def _set_aside(kept: str) -> str:
+    return f"set aside as {kept}"
+
+
 def _signed_bytes(covers: int, head: str, key: str) -> bytes:
     return json.dumps({"covers": covers, "head": head, "key": key}, sort_keys=True, separators=(",", ":")).encode()
 
@@ -87,6 +96,11 @@ class Signer:
     def checkpoint(self, covers: int, head: str) -> dict[str, Any]:
         sig = self._private.sign(_signed_bytes(covers, head, self.key_id)).hex()
         return {"covers": covers, "head": head, "key": self.key_id, "sig": sig}
+
+    def set_aside(self, log: Path, kept: Path) -> dict[str, Any]:
+        """The signed head that ends `log`'s heads: those sent before it
+        belong to `kept`, those after it to the new log at `log`."""
+        return {**self.checkpoint(SET_ASIDE, _set_aside(kept.name)), "log": str(log)}
 
 
 def public_key_path(private: Path) -> Path:
@@ -276,13 +290,27 @@ def verify(path: Path | str, public_key: Any = None, heads: Iterable[dict[str, A
             covered = expected_seq + 1
         hashes[expected_seq] = record["hash"]
         expected_seq, prev = expected_seq + 1, record["hash"]
-    for head in heads:
+    for head in _heads_of(path, heads):
         seq, digest = head.get("covers"), head.get("head")
         if hashes.get(seq) != digest:  # type: ignore[arg-type]
             state = "is missing" if not isinstance(seq, int) or seq >= expected_seq else "differs"
             raise AuditError(f"{path}: record seq {seq}, whose signed head was sent out of the host, {state} "
                              f"in the log: it was truncated or replaced")
     return Verified(expected_seq, checkpoints, covered, public_key is not None)
+
+
+def _heads_of(log: Path, heads: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The heads sent while `log` was the live log: those after the last
+    set-aside, or for a set-aside log those before the head naming it."""
+    live: list[dict[str, Any]] = []
+    for head in heads:
+        if head.get("covers") != SET_ASIDE:
+            live.append(head)
+        elif head.get("head") == _set_aside(log.name):
+            return live
+        else:
+            live = []
+    return live
 
 
 def read_heads(path: Path | str, public_key: Any) -> list[dict[str, Any]]:

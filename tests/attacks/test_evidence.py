@@ -80,6 +80,22 @@ def test_truncation_at_a_checkpoint_is_caught_by_the_heads_sent_out(tmp_path: Pa
         verify(log, signer.public_key, read_heads(heads, signer.public_key))
 
 
+def test_heads_sent_before_a_set_aside_check_the_kept_log_not_its_successor(tmp_path: Path, signer: Signer) -> None:
+    log, kept, heads = tmp_path / "audit.jsonl", tmp_path / "audit.jsonl.broken-1", tmp_path / "heads.jsonl"
+    _write_log(log, signer, heads=heads)
+    log.rename(kept)
+    sink = HeadFile(heads)
+    sink(signer.set_aside(log, kept))
+    sink.close()
+    _write_log(log, signer, heads=heads, n=3)  # the new log: its seq 0..3 differ from the kept one's
+    signed = read_heads(heads, signer.public_key)
+    assert verify(log, signer.public_key, signed).records == 4
+    assert verify(kept, signer.public_key, signed).records == 13
+    kept.write_text("".join(kept.read_text().splitlines(keepends=True)[:5]))
+    with pytest.raises(AuditError, match="record seq 8, whose signed head was sent out of the host, is missing"):
+        verify(kept, signer.public_key, signed)
+
+
 def test_a_replaced_log_with_a_fresh_chain_is_caught(tmp_path: Path, signer: Signer,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     log = tmp_path / "audit.jsonl"
@@ -122,7 +138,9 @@ def test_the_node_refuses_to_append_to_a_broken_log(kernel: None, tmp_path: Path
     config = NodeConfig(local=f"unix://{tmp_path}/node.sock", token_file=tmp_path / "token",
                         audit=tmp_path / "audit.jsonl", signing_key=tmp_path / "node.key",
                         audit_heads=tmp_path / "heads.jsonl", falco=tmp_path / "falco.jsonl")
-    Node(config).close()
+    earlier = Node(config)
+    earlier.update_policy("claims", "network: none")  # a record, so closing sends a signed head out
+    earlier.close()
     log = tmp_path / "audit.jsonl"
     signer = Signer.load_or_create(tmp_path / "node.key")
     with AuditLog(log, signer) as writer:
@@ -139,7 +157,11 @@ def test_the_node_refuses_to_append_to_a_broken_log(kernel: None, tmp_path: Path
     assert first["kind"] == "alert" and first["body"]["detector"] == "audit"
     assert first["body"]["severity"] == "critical" and str(kept) in first["body"]["rule"]
     assert "not signed by this node's key" in first["body"]["rule"]
-    report = verify(log, signer.public_key, read_heads(tmp_path / "heads.jsonl", signer.public_key))
-    assert report.uncovered == 0
+    # the head sent before the set-aside belongs to the kept log, not the new one
+    heads = read_heads(tmp_path / "heads.jsonl", signer.public_key)
+    assert verify(log, signer.public_key, heads).uncovered == 0
+    assert [h["head"] for h in heads if h["covers"] == -1] == [f"set aside as {kept.name}"]
+    with pytest.raises(AuditError, match="not signed by this node's key"):
+        verify(kept, signer.public_key, heads)
     falco = [json.loads(line) for line in (tmp_path / "falco.jsonl").read_text().splitlines()]
     assert any(f["rule"] == "bastion audit checkpoint" for f in falco)
