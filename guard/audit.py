@@ -36,9 +36,19 @@ class AuditError(ValueError):
     """A broken chain; the message names the first bad record."""
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
 def _digest(prev: str, seq: int, kind: str, body: dict[str, Any]) -> str:
-    canonical = json.dumps({"prev": prev, "seq": seq, "kind": kind, "body": body}, sort_keys=True,
-                           separators=(",", ":"))
+    return _digest_of(prev, seq, kind, _compact(body))
+
+
+def _digest_of(prev: str, seq: int, kind: str, body_json: str) -> str:
+    """The hash of the record's canonical form, which is exactly
+    _compact({"prev", "seq", "kind", "body"}) built around a body
+    serialized once, for the writer's line as well."""
+    canonical = f'{{"body":{body_json},"kind":{_compact(kind)},"prev":{_compact(prev)},"seq":{seq}}}'
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -194,11 +204,12 @@ class AuditLog:
         return self.append_many(kind, [body])[0]
 
     def _line(self, kind: str, body: dict[str, Any]) -> str:
-        digest = _digest(self._last, self._seq, kind, body)
-        record = {"seq": self._seq, "prev": self._last, "kind": kind, "body": body, "hash": digest}
+        body_json, kind_json = _compact(body), _compact(kind)
+        digest = _digest_of(self._last, self._seq, kind, body_json)
+        line = f'{{"seq":{self._seq},"prev":"{self._last}","kind":{kind_json},"body":{body_json},"hash":"{digest}"}}\n'
         self._seq, self._last = self._seq + 1, digest
         self._unsigned = 0 if kind == CHECKPOINT else self._unsigned + 1
-        return json.dumps(record, separators=(",", ":")) + "\n"
+        return line
 
     def append_many(self, kind: str, bodies: list[dict[str, Any]]) -> list[int]:
         """Write records in order with one fsync; returns their sequence numbers."""
