@@ -50,14 +50,14 @@ def describe(ev: Event) -> str:
     return f"{ev.comm}[{ev.pid}] {ev.kind.value} {what}{result}"
 
 
-def stats_table(stats: CgroupStats, kinds: Counter[EventKind], ngrams: int) -> Table:
+def stats_table(stats: CgroupStats, kinds: Counter[EventKind], distinct: int) -> Table:
     table = Table(title="sensor stats", show_header=True)
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("syscalls seen", f"{stats.syscalls:,}")
     table.add_row("events sent", f"{stats.events:,}")
     table.add_row("events lost", f"{stats.lost:,}", style="bold red" if stats.lost else None)
-    table.add_row("distinct n-grams", f"{ngrams:,}")
+    table.add_row("distinct syscalls", f"{distinct:,}")
     for kind, n in sorted(kinds.items()):
         table.add_row(f"  {kind.value} events", f"{n:,}")
     return table
@@ -89,13 +89,13 @@ def run_trace(cmd: Sequence[str], jsonl: Path | None, console: Console, ngram_n:
             while proc.poll() is None:
                 show(sensor.poll(50))
             show(sensor.drain())
-            ngrams = len(sensor.ngram_counts(cg.id))
+            distinct = len(sensor.syscall_counts(cg.id))
             stats = sensor.unwatch(cg.id)
         finally:
             cg.remove()
             if writer:
                 writer.close()
-    console.print(stats_table(stats, kinds, ngrams))
+    console.print(stats_table(stats, kinds, distinct))
     if jsonl:
         console.print(f"events written to {jsonl}")
     rc = proc.returncode

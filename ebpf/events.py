@@ -125,16 +125,19 @@ class EvApi(ct.Structure):
 SENSITIVE_WORDS = 8
 
 
+WATCH_SLOTS = 1024  # cgroups watched at once: rows of syscall_counts
+NR_COUNTED = 512  # cells per row; the last counts every syscall number from it up
+
+
 class WatchInfo(ct.Structure):
-    _fields_ = [("tag", ct.c_uint32), ("flags", ct.c_uint32), ("sensitive", ct.c_uint64 * SENSITIVE_WORDS)]
+    _fields_ = [("tag", ct.c_uint32), ("flags", ct.c_uint32), ("sensitive", ct.c_uint64 * SENSITIVE_WORDS),
+                ("slot", ct.c_uint32), ("_pad", ct.c_uint32)]
 
 
 class CgStats(ct.Structure):
     _fields_ = [
-        ("syscalls", ct.c_uint64),
         ("events", ct.c_uint64),
         ("lost", ct.c_uint64),
-        ("ngram_overflow", ct.c_uint64),
         ("opens_repeated", ct.c_uint64),
     ]
 

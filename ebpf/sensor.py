@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import ipaddress
+import mmap
 import os
 import threading
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ebpf.api import KernelApiDest, host_hash
-from ebpf.events import UNIX_PATH_LEN, CgStats, Event, WatchInfo, cgroup_of, decode
+from ebpf.events import NR_COUNTED, UNIX_PATH_LEN, WATCH_SLOTS, CgStats, Event, WatchInfo, cgroup_of, decode
 
 BPF_DIR = Path(__file__).parent / "bpf"
 # One module: the programs share the watched map, the ring buffer and stats.
@@ -74,7 +75,6 @@ class CgroupStats:
     syscalls: int = 0
     events: int = 0
     lost: int = 0
-    ngram_overflow: int = 0
     opens_repeated: int = 0
 
 
@@ -97,6 +97,16 @@ def _programs(module: Any) -> dict[bytes, tuple[bytes, bool]]:
         elif name.startswith(_RAW_TRACEPOINT):
             found[name] = (name[len(_RAW_TRACEPOINT):], True)
     return found
+
+
+def _mapped_counts(fd: int) -> Any:
+    """The syscall_counts array as a WATCH_SLOTS x NR_COUNTED numpy view of
+    its shared mapping (the map is made with BPF_F_MMAPABLE)."""
+    import numpy as np
+
+    size = WATCH_SLOTS * NR_COUNTED * 8
+    mapped = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    return np.frombuffer(mapped, dtype=np.uint64).reshape(WATCH_SLOTS, NR_COUNTED)
 
 
 def _loader() -> Any:
@@ -145,6 +155,8 @@ class Sensor:
         self.ringbuf_pages = ringbuf_pages
         self._bpf: Any = None
         self._tags: dict[int, str] = {}
+        self._slots: dict[int, int] = {}  # watched cgroup -> its row of syscall_counts
+        self._counts: Any = None  # syscall_counts, mapped: WATCH_SLOTS x NR_COUNTED u64
         self._next_tag = 0
         self._raw: list[bytes] = []
         self._decode_errors: dict[int, int] = {}  # by cgroup id, 0 when even the header was unreadable
@@ -177,6 +189,7 @@ class Sensor:
         except Exception as exc:
             raise SensorError(f"loading the BPF programs failed: {exc} (run `bastion doctor`)") from exc
         self._bpf["events"].open_ring_buffer(self._on_event)
+        self._counts = _mapped_counts(self._bpf["syscall_counts"].get_fd())
         self._syscall_hooks = {tp: fn for fn, (tp, every_syscall) in _programs(self._bpf.module).items()
                                if every_syscall}
         try:
@@ -210,6 +223,8 @@ class Sensor:
             if self._bpf is not None:
                 for hook in list(self._attached):
                     self._detach(hook)
+                self._counts = None  # the view holds the mapping until dropped
+                self._slots.clear()
                 self._bpf.cleanup()
                 self._bpf = None
                 self._attempts.clear()
@@ -281,13 +296,20 @@ class Sensor:
         Attempts of the `sensitive` syscall numbers are reported as events;
         with `sequences`, every syscall id, in batches per thread."""
         with self._hooks_lock:
+            slot = self._slots.get(cgroup_id)
+            if slot is None:
+                free = set(range(WATCH_SLOTS)) - set(self._slots.values())
+                if not free:
+                    raise SensorError(f"{WATCH_SLOTS} cgroups are watched already: no room to watch another")
+                slot = self._slots[cgroup_id] = min(free)
             self._hook()
             self._tags[cgroup_id] = tag
         self._next_tag += 1
         stats = self.bpf["stats"]
         stats[stats.Key(cgroup_id)] = stats.Leaf()
+        self._counts[slot] = 0
         flags = (WATCH_DETECT_NOVEL if detect_novel else 0) | (WATCH_SEQUENCE if sequences else 0)
-        info = WatchInfo(self._next_tag & 0xFFFFFFFF, flags)
+        info = WatchInfo(self._next_tag & 0xFFFFFFFF, flags, slot=slot)
         for nr in sensitive:
             if not 0 <= nr < 64 * len(info.sensitive):
                 raise SensorError(f"syscall number {nr} is outside the sensitive bitmap")
@@ -315,14 +337,11 @@ class Sensor:
             table = self.bpf[name]
             if key in table:
                 del table[key]
-        counts = self.bpf["ngram_counts"]
-        stale = [k for k, _ in counts.items_lookup_batch() if k.cgroup_id == cgroup_id]
-        for k in stale:
-            del counts[k]
         self.clear_egress(cgroup_id)
         self._decode_errors.pop(cgroup_id, None)
         with self._hooks_lock:
             self._tags.pop(cgroup_id, None)
+            self._slots.pop(cgroup_id, None)  # zeroed when next taken
             idle = not self._tags
             if idle:
                 self._idle_since = time.monotonic()
@@ -366,8 +385,8 @@ class Sensor:
             per_cpu: Iterable[CgStats] = table[table.Key(cgroup_id)]
         except KeyError:
             return CgroupStats()
-        sums = [sum(getattr(s, f) for s in per_cpu) for f, _ in CgStats._fields_]
-        return CgroupStats(*sums)
+        sums = {f: sum(getattr(s, f) for s in per_cpu) for f, _ in CgStats._fields_}
+        return CgroupStats(syscalls=sum(self.syscall_counts(cgroup_id).values()), **sums)
 
     def decode_errors(self, cgroup_id: int) -> int:
         """Records of the cgroup that could not be decoded, plus those whose
@@ -524,15 +543,16 @@ class Sensor:
         """Deny all egress of the cgroup from this instant (or lift that)."""
         self.set_flag(cgroup_id, WATCH_QUARANTINE, on)
 
-    # syscall n-grams -----------------------------------------------------
-    def ngram_counts(self, cgroup_id: int) -> dict[tuple[int, ...], int]:
-        """How often each n-gram occurred in a watched cgroup (training mode)."""
-        n = self.ngram_n
-        return {
-            tuple(k.gram.seq[:n]): int(v)
-            for k, v in self.bpf["ngram_counts"].items_lookup_batch()
-            if k.cgroup_id == cgroup_id
-        }
+    # syscall counts and n-grams ---------------------------------------------
+    def syscall_counts(self, cgroup_id: int) -> dict[int, int]:
+        """How often each syscall number occurred in a watched cgroup since
+        its watch began (-1: any number from NR_COUNTED - 1 up); read from
+        the mapped array, with no syscall."""
+        slot = self._slots.get(cgroup_id)
+        if slot is None:
+            return {}
+        row = self._counts[slot]
+        return {(nr if nr < NR_COUNTED - 1 else -1): int(row[nr]) for nr in row.nonzero()[0]}
 
     def load_known(self, grams: Iterable[tuple[int, ...]]) -> int:
         """Replace the `known` n-gram set; returns how many were loaded."""

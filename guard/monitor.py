@@ -102,7 +102,7 @@ class _State:
     reported: set[str] = field(default_factory=set)
     strongest: Verdict = Verdict.ALLOW
     running: bool = False  # the command proper has been exec'd; before that only the launcher ran
-    counted: dict[tuple[int, ...], int] = field(default_factory=dict)
+    counted: dict[int, int] = field(default_factory=dict)  # the sensor's syscall counts when last read
     scored: dict[int, float] = field(default_factory=dict)  # the syscall mix last scored
     last_frequency: float = 0.0
     threads: dict[int, _Thread] = field(default_factory=dict)  # tid -> where its sequence stands
@@ -329,13 +329,13 @@ class Guard:
 
     def _frequency(self, st: _State, profile: Profile, final: bool = False) -> None:
         st.last_frequency = time.monotonic()
-        counts = self.sensor.ngram_counts(st.target.id)
+        counts = self.sensor.syscall_counts(st.target.id)
         delta: dict[int, float] = {}
         total = 0
-        for gram, count in counts.items():
-            new = count - st.counted.get(gram, 0)
+        for nr, count in counts.items():
+            new = count - st.counted.get(nr, 0)
             if new:
-                delta[gram[-1]] = delta.get(gram[-1], 0) + new
+                delta[nr] = new
                 total += new
         if total < profile.meta.window:
             if not (final and total >= profile.meta.ngram_n):

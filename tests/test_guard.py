@@ -153,15 +153,14 @@ class _Sandbox:
 
 
 class _Counts:
-    """The sensor's n-gram counts of one sandbox, as a run goes on."""
+    """The sensor's syscall counts of one sandbox, as a run goes on."""
 
     def __init__(self, ngram_n: int) -> None:
         self.ngram_n = ngram_n
         self.syscalls: list[int] = []
 
-    def ngram_counts(self, cgroup_id: int) -> dict[tuple[int, ...], int]:
-        n = self.ngram_n
-        return dict(Counter(tuple(self.syscalls[i:i + n]) for i in range(len(self.syscalls) - n + 1)))
+    def syscall_counts(self, cgroup_id: int) -> dict[int, int]:
+        return dict(Counter(self.syscalls))
 
 
 class _Enforcer:

@@ -112,19 +112,28 @@ def expected_loop_ngrams(rounds: int, n: int) -> Counter[tuple[int, ...]]:
     return Counter(tuple(loop[i : i + n]) for i in range(len(loop) - n + 1))
 
 
-def test_ngram_counts_match_a_known_sequence(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:
+def test_syscall_counts_match_a_known_sequence(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:
     rounds = 1000
     sensor.watch(cgroup.id, "seq")
     pid, _ = run_in(cgroup, [str(workload), "seq", str(rounds)])
     collect(sensor, pid)
-    counts = sensor.ngram_counts(cgroup.id)
+    counts = sensor.syscall_counts(cgroup.id)
     stats = sensor.unwatch(cgroup.id)
 
-    expected = expected_loop_ngrams(rounds, sensor.ngram_n)
-    assert len(expected) == 4
-    assert {g: counts.get(g, 0) for g in expected} == dict(expected)
-    assert sum(counts.values()) == stats.syscalls - (sensor.ngram_n - 1)  # one thread: every full window counted
-    assert stats.syscalls >= 4 * rounds
+    for nr in SEQ_SYSCALLS:  # the loop's own, plus the few of the workload's start and exit
+        assert rounds <= counts[nr] <= rounds + 20, (nr, counts[nr])
+    assert sum(counts.values()) == stats.syscalls >= 4 * rounds
+    assert sensor.syscall_counts(cgroup.id) == {}, "an unwatched cgroup has no counts"
+
+
+def test_a_cgroup_watched_again_counts_from_zero(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:
+    for _ in range(2):
+        sensor.watch(cgroup.id, "seq")
+        pid, _ = run_in(cgroup, [str(workload), "seq", "300"])
+        collect(sensor, pid)
+        counts = sensor.syscall_counts(cgroup.id)
+        sensor.unwatch(cgroup.id)
+        assert 300 <= counts[SEQ_SYSCALLS[0]] <= 320
 
 
 def test_known_ngrams_are_suppressed(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:

@@ -125,24 +125,25 @@ struct ev_seq {
 
 #define SENSITIVE_WORDS 8      /* bitmap of syscall numbers 0..511 */
 
+/* Each watched cgroup counts its syscalls by number in its own row of the
+ * `syscall_counts` array, which user space reads through a mapping: an array
+ * cell costs every watched syscall less than a hash update would. */
+#define WATCH_SLOTS 1024       /* cgroups watched at once */
+#define NR_COUNTED 512         /* syscall numbers a row counts; the last cell takes any above */
+
 struct watch_info {
     u32 tag;
     u32 flags;
     u64 sensitive[SENSITIVE_WORDS];  /* syscalls whose attempts are reported */
+    u32 slot;                        /* the cgroup's row of syscall_counts */
+    u32 _pad;
 };
 
 /* Per-cgroup counters, one copy per CPU, summed by user space. */
 struct cg_stats {
-    u64 syscalls;
     u64 events;
     u64 lost;
-    u64 ngram_overflow;
     u64 opens_repeated;  /* opens counted in the kernel instead of sent again */
-};
-
-struct ngram_key {
-    u64 cgroup_id;
-    struct ngram gram;
 };
 
 /* Egress allowlist: an LPM trie over (cgroup id, address). IPv4 addresses

@@ -1,20 +1,25 @@
-/* The one program on every syscall: per-thread sliding n-grams counted per
- * watched cgroup, then the syscall's event, if it has one (enter.bpf.c).
+/* The one program on every syscall: syscalls counted by number per watched
+ * cgroup, per-thread sliding n-grams checked against the profile's, then the
+ * syscall's event, if it has one (enter.bpf.c).
  * Runs on every syscall of every task, so an unwatched task must cost as
  * little as possible: one inlined array lookup, and a compare for exec. */
 #include "maps.bpf.h"
 
-BPF_HASH(ngram_counts, struct ngram_key, u64, 65536);
+/* Mapped by user space, which reads a row for the syscall mix and zeroes it
+ * for a new watch. */
+BPF_F_TABLE("array", u32, u64, syscall_counts, WATCH_SLOTS * NR_COUNTED, BPF_F_MMAPABLE);
 /* N-grams of the loaded profile; watched cgroups with WATCH_DETECT_NOVEL
  * send only n-grams missing from it. */
 BPF_HASH(known, struct ngram, u8, 65536);
 
-/* The thread's window, batch and n-gram counts for one more syscall. */
+/* One more syscall: the cgroup's count of its number, the thread's window
+ * and batch, and the n-gram it ends, sent if the profile lacks it. */
 static __always_inline void sequence(struct watch_info *w, u64 cg, u32 nr)
 {
-    struct cg_stats *st = stats.lookup(&cg);
-    if (st)
-        st->syscalls++;
+    u32 cell = w->slot * NR_COUNTED + (nr < NR_COUNTED ? nr : NR_COUNTED - 1);
+    u64 *count = syscall_counts.lookup(&cell);
+    if (count)
+        __sync_fetch_and_add(count, 1);
 
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct seq_state *s = windows.lookup(&tid);
@@ -39,27 +44,17 @@ static __always_inline void sequence(struct watch_info *w, u64 cg, u32 nr)
         if (s->batch.n >= SEQ_BATCH)
             flush_batch(s, cg);
     }
-    if (s->count < NGRAM_N)
+    if (s->count < NGRAM_N || !(w->flags & WATCH_DETECT_NOVEL))
         return;
-
-    struct ngram_key k = {.cgroup_id = cg};
+    struct ngram gram = {};
 #pragma unroll
     for (int i = 0; i < NGRAM_N; i++)
-        k.gram.seq[i] = s->win[i];
-    u64 *count = ngram_counts.lookup(&k);
-    if (count) {
-        __sync_fetch_and_add(count, 1);
-    } else {
-        u64 one = 1;
-        if (ngram_counts.update(&k, &one) && st)
-            st->ngram_overflow++;
-    }
-
-    if ((w->flags & WATCH_DETECT_NOVEL) && !known.lookup(&k.gram)) {
+        gram.seq[i] = s->win[i];
+    if (!known.lookup(&gram)) {
         flush_batch(s, cg);  /* the model judges the novel n-gram with what led to it */
         struct ev_ngram e = {};
         fill_hdr(&e.h, EV_NGRAM, cg);
-        e.gram = k.gram;
+        e.gram = gram;
         e.pos = s->count - 1;
         emit(&e, sizeof(e), cg);
     }
