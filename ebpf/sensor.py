@@ -551,7 +551,7 @@ class Sensor:
         slot = self._slots.get(cgroup_id)
         if slot is None:
             return {}
-        row = self._counts[slot]
+        row = self._counts[slot].copy()  # one read: numpy's nonzero() fails if cells change under it
         return {(nr if nr < NR_COUNTED - 1 else -1): int(row[nr]) for nr in row.nonzero()[0]}
 
     def load_known(self, grams: Iterable[tuple[int, ...]]) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -124,6 +125,16 @@ def test_syscall_counts_match_a_known_sequence(sensor: Sensor, cgroup: Cgroup, w
         assert rounds <= counts[nr] <= rounds + 20, (nr, counts[nr])
     assert sum(counts.values()) == stats.syscalls >= 4 * rounds
     assert sensor.syscall_counts(cgroup.id) == {}, "an unwatched cgroup has no counts"
+
+
+def test_counts_read_while_the_kernel_counts_only_grow(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:
+    sensor.watch(cgroup.id, "seq")
+    proc = subprocess.Popen([str(workload), "seq", "2000000"], preexec_fn=cgroup.enter)
+    seen: list[int] = []
+    while proc.poll() is None:
+        seen.append(sum(sensor.syscall_counts(cgroup.id).values()))
+    sensor.unwatch(cgroup.id)
+    assert len(seen) > 10 and seen == sorted(seen) and seen[-1] > seen[0]
 
 
 def test_a_cgroup_watched_again_counts_from_zero(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:
