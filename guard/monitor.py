@@ -104,6 +104,7 @@ class _State:
     running: bool = False  # the command proper has been exec'd; before that only the launcher ran
     counted: dict[int, int] = field(default_factory=dict)  # the sensor's syscall counts when last read
     scored: dict[int, float] = field(default_factory=dict)  # the syscall mix last scored
+    recent: deque[int] = field(default_factory=lambda: deque(maxlen=0))  # the sequence stream's last window of syscall ids
     last_frequency: float = 0.0
     threads: dict[int, _Thread] = field(default_factory=dict)  # tid -> where its sequence stands
     alerts: list[Alert] = field(default_factory=list)
@@ -145,7 +146,9 @@ class Guard:
         with self._lock:
             st = self._states.get(target.id)
             if st is None:
-                st = self._states[target.id] = _State(target, self.assign(target))
+                assignment = self.assign(target)
+                window = assignment.profile.meta.window if assignment.profile is not None else 0
+                st = self._states[target.id] = _State(target, assignment, recent=deque(maxlen=window))
             return st
 
     def alerts(self, target: Target) -> list[Alert]:
@@ -168,6 +171,7 @@ class Guard:
                 st.running = True
             if ev.kind is EventKind.SEQUENCE:
                 sequences.append(ev)
+                st.recent.extend(ev.ngram)
                 continue
             if ev.kind is EventKind.EXIT:
                 exited.add(ev.pid)
@@ -337,16 +341,24 @@ class Guard:
             if new:
                 delta[nr] = new
                 total += new
-        if total < profile.meta.window:
+        window = profile.meta.window
+        if total < window:
             if not (final and total >= profile.meta.ngram_n):
                 return
-            # The last few syscalls are judged as the last window of the run, as
-            # the trained windows that end a run are, filled up with the mix
-            # read before them: alone, a few exit syscalls are unlike any
-            # window (13 false alarms in 200 benign runs).
-            before = sum(st.scored.values())
-            for nr, count in st.scored.items():
-                delta[nr] = delta.get(nr, 0) + count * (profile.meta.window - total) / before
+            # The last few syscalls are judged in the run's last window, as the
+            # trained windows that end a run are: alone, a few exit syscalls are
+            # unlike any window (13 false alarms in 200 benign runs). That window
+            # is the sequence stream's last syscalls where it is on; otherwise
+            # they are filled up with the mix read before them, scaled, which
+            # misjudges a tail whose neighbours differ from that whole mix.
+            if len(st.recent) == window:
+                delta = {}
+                for nr in st.recent:
+                    delta[nr] = delta.get(nr, 0) + 1
+            else:
+                before = sum(st.scored.values())
+                for nr, count in st.scored.items():
+                    delta[nr] = delta.get(nr, 0) + count * (window - total) / before
         st.counted, st.scored = counts, delta
         score = float(profile.frequency.score_counts(profile.frequency.counts_of(delta))[0])
         combined = float(profile.ratio("frequency", score))

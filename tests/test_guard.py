@@ -19,6 +19,7 @@ from bastion.cli import main
 from common.verdicts import Verdict
 from ebpf.events import Event, EventKind
 from guard import audit
+from guard.alerts import Alert
 from guard.monitor import Assignment, Guard, ResponseMap
 from guard.profile import ProfileError, load_profile
 from guard.rules import AllowedDestination, Rules, check
@@ -175,29 +176,36 @@ class _Enforcer:
         pass
 
 
-def test_the_few_syscalls_after_the_last_periodic_read_are_judged_with_those_before(
-        profile_and_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("stream", [False, True], ids=["counts alone", "with the sequence stream"])
+def test_the_few_syscalls_after_the_last_periodic_read_are_judged_in_the_last_window(
+        profile_and_data, tmp_path: Path, stream: bool) -> None:  # type: ignore[no-untyped-def]
     """A benign run's last few syscalls alone are a mix unlike any window
     (it once quarantined 13 of 200 benign runs); the live guard judges them
-    with the mix read before them, as the trained windows that end a run are."""
+    in the run's last window, as the trained windows that end a run are:
+    the last syscall ids of the sequence stream where it is on, else the
+    mix read before them filled in."""
     profile = load_profile(profile_and_data[0])
     sensor, enforcer = _Counts(profile.meta.ngram_n), _Enforcer()
     log = audit.AuditLog(tmp_path / "audit.jsonl")
     rules = Rules(binaries=["/usr/bin"], read_paths=["/"], write_paths=[])
     guard = Guard(sensor, log, enforcer, lambda _t: Assignment(rules, ResponseMap(), profile))  # type: ignore[arg-type]
-    sandbox = _Sandbox()
-    run = ROUTINE * 20
+
+    def run(sandbox: _Sandbox, calls: list[int], tail: list[int]) -> list[Alert]:
+        sensor.syscalls = calls
+        guard._frequency(guard.state(sandbox), profile)  # a periodic read
+        sensor.syscalls = calls + tail
+        if stream:
+            whole = calls + tail
+            guard(sandbox, [Event(kind=EventKind.EXEC, ts_ns=0, cgroup_id=1, pid=3, tid=3, comm="t", path="/usr/bin/python3"),
+                            *(Event(kind=EventKind.SEQUENCE, ts_ns=p + 1, cgroup_id=1, pid=3, tid=3, comm="t",
+                                    ngram=tuple(whole[p:p + 32]), arg=p) for p in range(0, len(whole), 32))])
+            assert list(guard.state(sandbox).recent) == whole[-profile.meta.window:]
+        return [a for a in guard.finish(sandbox) if a.detector == "frequency"]  # (the model reads the stream too)
+
     shutdown = [9, 9, 1] * 3  # a burst of one kind of call, as an interpreter's exit closes and unmaps
-    sensor.syscalls = run
-    guard._frequency(guard.state(sandbox), profile)  # a periodic read
-    sensor.syscalls = run + shutdown
-    assert guard.finish(sandbox) == [] and enforcer.verdicts == []
+    assert run(_Sandbox(), ROUTINE * 20, shutdown) == []
     # an attack in those last syscalls is still seen
-    sandbox = _Sandbox(id=8)
-    sensor.syscalls = run
-    guard._frequency(guard.state(sandbox), profile)
-    sensor.syscalls = run + ATTACK * 3
-    assert [a.detector for a in guard.finish(sandbox)] == ["frequency"] and enforcer.verdicts == [Verdict.QUARANTINE]
+    assert [a.action for a in run(_Sandbox(id=8), ROUTINE * 20, ATTACK * 3)] == [Verdict.QUARANTINE]
     log.close()
 
 
