@@ -71,7 +71,9 @@ def check(ev: Event, rules: Rules, syscall_name: Callable[[int], str]) -> Findin
             rule = f"egress to {destination(ev)} refused in the kernel ({ev.hook})"
         case EventKind.API if ev.ret == -EACCES:
             rule = f"API call {api_request(ev)} stopped in the kernel: {ev.reason}"
-        case EventKind.SYSCALL if ev.arg or ev.ret in (-EPERM, -EAFNOSUPPORT):  # seccomp's refusals
+        case EventKind.SYSCALL if ev.arg:  # seccomp's trap carries no syscall number
+            rule = "denied syscall attempted (one this kernel lacks, trapped by seccomp)"
+        case EventKind.SYSCALL if ev.ret in (-EPERM, -EAFNOSUPPORT):  # seccomp's refusals
             rule = f"denied syscall {syscall_name(ev.syscall)} attempted"
         case EventKind.EXEC if ev.ret == 0 and not _under(ev.path, rules.binaries):
             rule = f"binary {ev.path} is outside the allowed binaries"

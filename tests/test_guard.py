@@ -224,6 +224,11 @@ def test_rules_name_the_violation() -> None:
     }
     assert {k: f is not None and f.detector == "rule" for k, f in found.items()} == dict.fromkeys(found, True)
     assert "192.0.2.1:443" in found["dest"].rule  # type: ignore[union-attr]
+    names = {0: "read", 101: "ptrace"}.__getitem__
+    trapped = check(ev(EventKind.SYSCALL, syscall=0, arg=1, ret=-38), rules, names)  # seccomp's trap has no number
+    assert trapped is not None and "trapped" in trapped.rule and "read" not in trapped.rule
+    refused = check(ev(EventKind.SYSCALL, syscall=101, ret=-1), rules, names)
+    assert refused is not None and refused.rule == "denied syscall ptrace attempted"
     assert check(ev(EventKind.CONNECT, family=2, addr="10.1.2.3", port=443), rules, str) is None
     assert check(ev(EventKind.OPEN, path="/work/notes.txt", flags=os.O_WRONLY), rules, str) is None
     assert check(ev(EventKind.EXEC, path="/usr/bin/python3"), rules, str) is None
