@@ -41,14 +41,14 @@ def _compact(value: Any) -> str:
 
 
 def _digest(prev: str, seq: int, kind: str, body: dict[str, Any]) -> str:
-    return _digest_of(prev, seq, kind, _compact(body))
+    return _digest_of(prev, seq, _compact(kind), _compact(body))
 
 
-def _digest_of(prev: str, seq: int, kind: str, body_json: str) -> str:
+def _digest_of(prev: str, seq: int, kind_json: str, body_json: str) -> str:
     """The hash of the record's canonical form, which is exactly
     _compact({"prev", "seq", "kind", "body"}) built around a body
     serialized once, for the writer's line as well."""
-    canonical = f'{{"body":{body_json},"kind":{_compact(kind)},"prev":{_compact(prev)},"seq":{seq}}}'
+    canonical = f'{{"body":{body_json},"kind":{kind_json},"prev":{_compact(prev)},"seq":{seq}}}'
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -62,7 +62,7 @@ def _set_aside(kept: str) -> str:
 
 
 def _signed_bytes(covers: int, head: str, key: str) -> bytes:
-    return json.dumps({"covers": covers, "head": head, "key": key}, sort_keys=True, separators=(",", ":")).encode()
+    return _compact({"covers": covers, "head": head, "key": key}).encode()
 
 
 class Signer:
@@ -205,7 +205,7 @@ class AuditLog:
 
     def _line(self, kind: str, body: dict[str, Any]) -> str:
         body_json, kind_json = _compact(body), _compact(kind)
-        digest = _digest_of(self._last, self._seq, kind, body_json)
+        digest = _digest_of(self._last, self._seq, kind_json, body_json)
         line = f'{{"seq":{self._seq},"prev":"{self._last}","kind":{kind_json},"body":{body_json},"hash":"{digest}"}}\n'
         self._seq, self._last = self._seq + 1, digest
         self._unsigned = 0 if kind == CHECKPOINT else self._unsigned + 1
