@@ -31,14 +31,26 @@ ICD10 = {
 ACCOUNTS = ["AC-1001", "AC-1002", "AC-2040", "BK-3310", "BK-7788", "LN-55012"]
 LEDGER = [[a, f"2026-0{m}-1{d}", round((m * 37 + d * 11 + i * 53) % 900 - 300.5, 2)]
           for i, a in enumerate(ACCOUNTS) for m in range(1, 4) for d in range(0, 3)]
-FIRST_NAMES = ["Maria", "John", "Aiko", "Omar", "Grace", "Luis", "Fatima", "Peter", "Chen", "Amara", "Jane", "Ivan"]
-LAST_NAMES = ["Garcia", "Smith", "Tanaka", "Haddad", "Okafor", "Novak", "Roe", "Larsen", "Wei", "Mensah", "Doe"]
+FIRST_NAMES = ["Maria", "John", "Aiko", "Omar", "Grace", "Luis", "Fatima", "Peter", "Chen", "Amara", "Jane", "Ivan",
+               "Noor", "Kofi", "Elena", "Raj", "Sofia", "Tariq", "Hana", "Miguel", "Olga", "Yusuf", "Ines", "Kenji"]
+LAST_NAMES = ["Garcia", "Smith", "Tanaka", "Haddad", "Okafor", "Novak", "Roe", "Larsen", "Wei", "Mensah", "Doe",
+              "Kowalski", "Silva", "Ahmed", "Moreau", "Petrov", "Nakamura", "Adeyemi", "Fischer", "Rossi", "Kaur"]
 HOSTS = ["api.clinic.example", "rates.bank.example", "127.0.0.1", "10.20.0.7", "formulary.health.example"]
 PATHS = ["/formulary", "/rates/today", "/v1/status", "/codes", "/fx?base=EUR", "/"]
 SNIPPETS = ["print(sum([1, 2, 3]))", "print(round(72 / 1.8 ** 2, 1))", "print(len('claim'))",
             "print(max(4, 9, 2))", "print(sorted([3, 1, 2]))", "print(2 ** 10)", "print('ok')"]
 NOTES = ["patient stable, discharge tomorrow", "allergy to penicillin confirmed", "follow up in two weeks",
-         "blood pressure improving", "referred to cardiology", "medication adherence discussed"]
+         "blood pressure improving", "referred to cardiology", "medication adherence discussed",
+         "wound healing well, dressing dry", "sleeping better since the dose change", "needs interpreter at next visit",
+         "mobilising with a frame", "fasting from midnight for surgery", "reports mild nausea after meals",
+         "son is the main carer", "X-ray booked for Monday", "temperature settled overnight", "declined flu vaccine"]
+NOTE_WORDS = ("pain fever cough rash swelling dose tablet insulin oxygen fluids diet sleep walking nurse doctor team "
+              "family wife husband phone visit review scan bloods results normal raised low stable worse better "
+              "improved reduced started stopped increased given refused tolerated morning evening night today "
+              "tomorrow daily twice weekly left right leg arm chest back head ward home clinic 5 10 20 mg ml").split()
+OPENERS = ["", "", "", "", "Please, ", "Hi, ", "Hello! ", "Quick one: ", "Urgent: ", "Can you help? ", "hey - ",
+           "One more: ", "Next request. "]
+CLOSERS = ["", "", "", "", "Thanks.", "Thank you!", "ASAP.", "Cheers", "No rush.", "Thanks in advance."]
 
 
 @dataclass(frozen=True)
@@ -70,59 +82,116 @@ def _money(r: random.Random, low: int, high: int) -> float:
     return float(r.randrange(low, high, 25))
 
 
+def _asked(r: random.Random, text: str) -> str:
+    """The request as people type it: sometimes with a greeting, a courtesy
+    or urgency. The model should learn the call
+    from what the request says, not from how neatly it is written."""
+    closer = r.choice(CLOSERS)
+    if closer:
+        text += (" " if text[-1] in ".?!" else ". ") + closer
+    return r.choice(OPENERS) + text
+
+
+def _code(r: random.Random) -> str:
+    """A code of the bundled table mostly; sometimes one it lacks, so that
+    the model learns to copy any code rather than recall eighteen."""
+    if r.random() < 0.7:
+        return r.choice(list(ICD10))
+    tail = r.choice(["", f".{r.randint(0, 9)}", f".{r.randint(0, 999)}"])
+    return f"{r.choice('ABCDEFGIJKLMNRSZ')}{r.randint(0, 99):02d}{tail}"
+
+
 def lookup_code(r: random.Random) -> Task:
-    code = r.choice(list(ICD10))
+    code = _code(r)
     text = r.choice([
-        f"What does diagnosis code {code} mean?",
-        f"Look up code {code} for patient {_pid(r)}.",
-        f"Find the description of ICD-10 {code}.",
-        f"Which condition is {code}?",
-        f"Decode {code} on {_name(r)}'s chart.",
+        f"What does diagnosis code {code} mean?", f"Look up code {code} for patient {_pid(r)}.",
+        f"Find the description of ICD-10 {code}.", f"Which condition is {code}?", f"Decode {code} on {_name(r)}'s chart.",
+        f"meaning of {code}", f"{code} - which diagnosis is that?", f"The referral is coded {code}. What is it?",
+        f"Describe the diagnosis {code}.", f"ICD-10 code {code}: what does it stand for?",
+        f"Check what {code} refers to in the code list.", f"Tell me the condition behind code {code}.",
     ])
-    return Task(text, "lookup_code", {"code": code}, "healthcare")
+    return Task(_asked(r, text), "lookup_code", {"code": code}, "healthcare")
+
+
+VITALS = {  # how each vital sign is written, and the range of its values
+    "heart_rate": (["HR", "heart rate", "pulse", "pulse rate"], lambda r: r.randint(40, 140)),
+    "resp_rate": (["RR", "resp rate", "respiratory rate", "respirations", "breathing"], lambda r: r.randint(8, 30)),
+    "temp_c": (["temp", "temperature", "T"], lambda r: round(r.uniform(35, 40), 1)),
+    "systolic_bp": (["BP", "SBP", "systolic", "systolic BP", "systolic pressure"], lambda r: r.randint(85, 180)),
+    "spo2": (["SpO2", "sats", "saturation", "oxygen", "O2 sat"], lambda r: r.randint(88, 100)),
+}
 
 
 def triage_score(r: random.Random) -> Task:
-    v = {"heart_rate": r.randint(40, 140), "resp_rate": r.randint(8, 30), "temp_c": round(r.uniform(35, 40), 1),
-         "systolic_bp": r.randint(85, 180), "spo2": r.randint(88, 100)}
+    v = {name: draw(r) for name, (_, draw) in VITALS.items()}
+    order = list(VITALS)
+    if r.random() < 0.5:
+        r.shuffle(order)
+    joint = r.choice([" ", ": ", " of ", " is "])
+    parts = [f"{r.choice(VITALS[name][0])}{joint}{v[name]}" for name in order]
+    vitals = r.choice([", ", " ", "; "]).join(parts)
     text = r.choice([
-        "Triage: HR {heart_rate}, RR {resp_rate}, temp {temp_c}, BP {systolic_bp}, SpO2 {spo2}.",
-        "Vitals heart rate {heart_rate} resp rate {resp_rate} temperature {temp_c} systolic {systolic_bp} "
-        "oxygen {spo2}; compute the early warning score.",
-        "Score these vitals: pulse {heart_rate}, breathing {resp_rate}, temp {temp_c} C, "
-        "systolic {systolic_bp}, saturation {spo2}%.",
-    ]).format(**v)
-    return Task(text, "triage_score", v, "healthcare")
+        f"Triage: {vitals}.", f"Vitals {vitals}; compute the early warning score.", f"Score these vitals: {vitals}.",
+        f"{vitals}. Warning score?", f"Compute the early warning score for {vitals}.",
+        f"Patient on the ward with {vitals}. How urgent is this?", f"EWS for {vitals}", f"Observations: {vitals}. Triage them.",
+    ])
+    return Task(_asked(r, text), "triage_score", v, "healthcare")
+
+
+def _note(r: random.Random) -> str:
+    """What a clinician writes: a phrase of the wards, or any words at all,
+    since a note is copied from the request whatever it says."""
+    if r.random() < 0.5:
+        return r.choice(NOTES)
+    return " ".join(r.choice(NOTE_WORDS) for _ in range(r.randint(1, 7)))
 
 
 def write_note(r: random.Random) -> Task:
-    pid, note = _pid(r), r.choice(NOTES)
-    text = r.choice([f"Add a note to {pid}: {note}", f"Record for patient {pid} that {note}",
-                     f"Chart note for {pid}: {note}"])
-    return Task(text, "write_note", {"patient_id": pid, "text": note}, "healthcare")
+    pid, note = _pid(r), _note(r)
+    text = r.choice([
+        f"Add a note to {pid}: {note}", f"Record for patient {pid} that {note}", f"Chart note for {pid}: {note}",
+        f"Note on {pid} - {note}", f"Please write on {pid}'s chart that {note}", f"Update the record of {pid}: {note}",
+        f"Log for patient {pid}: {note}", f"{pid}: {note}", f"Add to the notes of patient {pid} that {note}",
+        f"Write a note for {pid} saying {note}",
+    ])
+    return Task(_asked(r, text), "write_note", {"patient_id": pid, "text": note}, "healthcare")
 
 
 def parse_loan_application(r: random.Random) -> Task:
-    doc = (f"Applicant: {_name(r)}. Monthly income: {_money(r, 1500, 12000):.0f}. "
+    name = " ".join([r.choice(FIRST_NAMES)] + r.sample(LAST_NAMES, r.choice([1, 1, 1, 2])))
+    doc = (f"Applicant: {name}. Monthly income: {_money(r, 1500, 12000):.0f}. "
            f"Monthly debt payments: {_money(r, 0, 5000):.0f}.")
-    text = r.choice([f"Parse this loan application: {doc}", f"Extract the figures from the application. {doc}",
-                     f"New application received. {doc} Read it."])
-    return Task(text, "parse_loan_application", {"document": doc}, "finance")
+    text = r.choice([
+        f"Parse this loan application: {doc}", f"Extract the figures from the application. {doc}",
+        f"New application received. {doc} Read it.", f"{doc} Parse it, please.", f"Loan application - {doc}",
+        f"Read the figures out of this form: {doc}", f"Process the application below. {doc}",
+    ])
+    return Task(_asked(r, text), "parse_loan_application", {"document": doc}, "finance")
 
 
 def debt_to_income(r: random.Random) -> Task:
     debt, income = _money(r, 100, 5000), _money(r, 1500, 15000)
-    text = r.choice([f"Monthly debts {debt:.0f} and income {income:.0f}: what is the DTI?",
-                     f"Compute debt-to-income for debt {debt:.0f} and income {income:.0f}.",
-                     f"Does a borrower with {debt:.0f} monthly debt and {income:.0f} income qualify?"])
-    return Task(text, "debt_to_income", {"monthly_debt": debt, "monthly_income": income}, "finance")
+    d, i = f"{debt:.0f}", f"{income:.0f}"
+    text = r.choice([
+        f"Monthly debts {d} and income {i}: what is the DTI?", f"Compute debt-to-income for debt {d} and income {i}.",
+        f"Does a borrower with {d} monthly debt and {i} income qualify?", f"Income {i}, debts {d}. DTI?",
+        f"What is the debt to income ratio for someone earning {i} a month with {d} of monthly debt?",
+        f"DTI: debt {d}, income {i}", f"The client makes {i} monthly and owes {d} a month. Compute the ratio.",
+        f"Debt payments of {d} against a monthly income of {i}: does that qualify?",
+        f"Monthly income {i}; monthly debt {d}; compute DTI.",
+    ])
+    return Task(_asked(r, text), "debt_to_income", {"monthly_debt": debt, "monthly_income": income}, "finance")
 
 
 def query_ledger(r: random.Random) -> Task:
-    account = r.choice(ACCOUNTS)
-    text = r.choice([f"What is the balance of account {account}?", f"Show the ledger for {account}.",
-                     f"Latest entries on {account}, please."])
-    return Task(text, "query_ledger", {"account": account}, "finance")
+    account = r.choice(ACCOUNTS) if r.random() < 0.7 else f"{r.choice(['AC', 'BK', 'LN', 'SV', 'CD'])}-{r.randint(100, 99999)}"
+    text = r.choice([
+        f"What is the balance of account {account}?", f"Show the ledger for {account}.",
+        f"Latest entries on {account}, please.", f"{account} balance?", f"Check the transactions of account {account}.",
+        f"The customer wants to know what is in {account}.", f"Pull the ledger of {account}",
+        f"Any recent movements on account {account}?",
+    ])
+    return Task(_asked(r, text), "query_ledger", {"account": account}, "finance")
 
 
 def http_get(r: random.Random) -> Task:
