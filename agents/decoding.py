@@ -10,13 +10,17 @@ whole answer, and the value of the likeliest answer kept."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
+import numpy as np
 import torch
 import xgrammar
+from scipy.optimize import linear_sum_assignment
 
 from agents.answer_grammar import AnswerGrammars
-from agents.prompt import END, LEAD, choices, with_arg
+from agents.grounding import occurrences
+from agents.prompt import END, LEAD, choices, request_of, with_arg
 
 
 class Decoder:
@@ -42,7 +46,7 @@ class Decoder:
             text = self.tokenizer.decode(new, skip_special_tokens=True).split(END, 1)[0].strip()
         else:
             new = self._follow(prompt_ids, self._grammars.matcher(json_schema), max_tokens)
-            text = self._choose(prompt_ids, self.tokenizer.decode(new).strip(), json_schema)
+            text = self._choose(prompt_ids, self.tokenizer.decode(new).strip(), json_schema, request_of(prompt))
         return text, len(prompt_ids), len(new)
 
     def _follow(self, prompt: list[int], matcher: Any, max_tokens: int) -> list[int]:
@@ -74,19 +78,21 @@ class Decoder:
                 feed = [token]
         return new
 
-    def _choose(self, prompt: list[int], text: str, schema: dict[str, Any]) -> str:
+    def _choose(self, prompt: list[int], text: str, schema: dict[str, Any], request: str) -> str:
         """Each field that may be one of several values set to its likeliest,
-        every variant scored in one batch."""
+        every variant scored in one batch; the number fields together, so
+        that a number of the request fills no more arguments than it appears."""
         fields = choices(text, schema)
-        if not fields:
+        variants = [(name, v) for name, values in fields if len(values) > 1 for v in values]
+        if not variants:
             return text
-        variants = [(name, v) for name, values in fields for v in values]
-        scores = self._scores(prompt, [with_arg(text, name, v) for name, v in variants])
-        best: dict[str, tuple[float, object]] = {}
-        for (name, v), score in zip(variants, scores):
-            if name not in best or score > best[name][0]:
-                best[name] = (score, v)
-        for name, (_, v) in best.items():
+        scored: dict[str, dict[object, float]] = {name: {values[0]: 0.0} for name, values in fields if len(values) == 1}
+        for (name, v), score in zip(variants, self._scores(prompt, [with_arg(text, name, v) for name, v in variants])):
+            scored.setdefault(name, {})[v] = score
+        numbers = {name: s for name, s in scored.items() if all(isinstance(v, int | float) for v in s)}
+        best = {name: max(s, key=s.__getitem__) for name, s in scored.items()}
+        best.update(_assigned(numbers, occurrences(request)))
+        for name, v in best.items():
             text = with_arg(text, name, v)
         return text
 
@@ -104,3 +110,23 @@ class Decoder:
         return [float(logp[i, len(prompt) - 1:len(prompt) + len(t) - 1]
                       .gather(-1, torch.tensor(t, device=self.device).unsqueeze(-1)).sum())
                 for i, t in enumerate(tails)]
+
+
+def _assigned(scores: dict[str, dict[object, float]], room: Counter[float]) -> dict[str, object]:
+    """The values of the number fields with the highest total score, each
+    number used at most as often as the request holds it (one that only an
+    earlier result holds, by any field); a field left without one keeps its
+    own likeliest."""
+    names = list(scores)
+    slots = [v for v in dict.fromkeys(float(v) for s in scores.values() for v in s)
+             for _ in range(room.get(v) or len(names))]
+    cost = np.full((len(names), len(slots)), np.inf)
+    for i, name in enumerate(names):
+        for j, v in enumerate(slots):
+            if v in scores[name]:
+                cost[i, j] = -scores[name][v]
+    try:
+        rows, cols = linear_sum_assignment(cost)
+    except ValueError:  # no assignment fills every field
+        return {}
+    return {names[i]: next(v for v in scores[names[i]] if v == slots[j]) for i, j in zip(rows, cols)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+from collections import Counter
 from typing import Annotated, Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -66,6 +67,11 @@ def _spans(context: str) -> list[str]:
                 text = context[start:words[j][1]]
                 out += [text, text.rstrip(_EDGES)]
     return out
+
+
+def occurrences(context: str) -> Counter[float]:
+    """How often each number appears in the context: how many arguments may copy it."""
+    return Counter(float(n) for n in _NUMBER.findall(context))
 
 
 @functools.cache

@@ -120,9 +120,9 @@ def json_schema(grounded_in: str, tools: Collection[str] | None = None) -> dict[
 
 
 def choices(answer: str, schema: dict[str, Any]) -> list[tuple[str, list[object]]]:
-    """The arguments of a schema-decoded answer that pick one of several
-    numbers or single words (copied identifiers), with what they may be;
-    quoted text is left as decoded."""
+    """The arguments of a schema-decoded answer that are numbers or single
+    words (copied identifiers), with what they may be; quoted text is left
+    as decoded."""
     call = json.loads(answer)
     alts = [a for a in schema.get("anyOf", []) if "tool" in call
             and a["properties"].get("tool", {}).get("const") == call["tool"]]
@@ -130,7 +130,7 @@ def choices(answer: str, schema: dict[str, Any]) -> list[tuple[str, list[object]
         return []
     props = alts[0]["properties"]["args"]["properties"]
     return [(name, prop["enum"]) for name, prop in props.items()
-            if name in call["args"] and len(prop.get("enum", ())) > 1
+            if name in call["args"] and prop.get("enum")
             and all(not isinstance(v, str) or len(v.split()) == 1 for v in prop["enum"])]
 
 

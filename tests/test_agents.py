@@ -130,6 +130,20 @@ def test_constrained_decoding_gives_only_valid_grounded_calls(quick_models: Path
     assert invalid > 0, "the untrained model should fail without the constraint, or this test shows nothing"
 
 
+def test_each_number_of_the_request_fills_no_more_arguments_than_it_appears(quick_models: Path) -> None:
+    """A small model's favourite number wins every field it may fill (the
+    pulse as the systolic pressure too). Decoded together, the request's
+    five vital signs fill the five fields, each once; a value written twice
+    may fill two."""
+    backend = TransformersBackend("c", quick_models / "tool-caller")
+    requests = {"Patient came in with pulse 118, respirations 24, temperature 38.6, systolic 92 and sats 90.":
+                [118, 24, 38.6, 92, 90],
+                "HR 96, RR 18, temp 37.2, BP 96 systolic, SpO2 96": [96, 18, 37.2, 96, 96]}
+    for text, values in requests.items():
+        answer = backend.complete(render(text), json_schema=json_schema(text, ["triage_score"])).text
+        assert sorted(json.loads(answer)["args"].values()) == sorted(values), answer
+
+
 def _write_log(path: Path) -> None:
     log = InteractionLog(path)
     for i, task in enumerate(domain.tasks(90, seed=5)):
