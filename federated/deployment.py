@@ -6,7 +6,8 @@ registered before it connects; then the app is submitted with `flwr run`.
 Across real sites the same app runs on Flower's Deployment Engine: a
 SuperLink at the coordinator, `flower-supernode --superlink HOST:PORT
 --root-certificates CA --auth-supernode-private-key K --node-config
-"site=I train-path=... test-path=..."` at each site, `flwr run federated/app`."""
+"site=I train-path=... test-path=... trainer=SOCKET"` at each site beside
+`python -m federated.trainer SOCKET`, `flwr run federated/app`."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +71,8 @@ class LocalDeployment:
         self.env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
                     "FLWR_HOME": str(workdir / "flwr-home"), "OMP_NUM_THREADS": threads}
         self.sites: dict[str, tuple[Path, Path]] = {}
+        # the trainers' sockets: a private directory, with a path short enough for a socket's name
+        self.sockets = Path(tempfile.mkdtemp(prefix="bastion-fl-"))
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("wb")
@@ -103,6 +108,10 @@ class LocalDeployment:
                                   "--host", "127.0.0.1", "--port", str(port), "--enable-supernode-auth",
                                   "--database", str(self.workdir / "superlink.db"),
                                   "--disable-runtime-dependency-installation"])
+        # each site's trainer imports torch while the SuperLink and SuperNodes start
+        trainers = {name: self.sockets / f"{name}.sock" for name in self.sites}
+        for name, path in trainers.items():
+            self._spawn(f"trainer-{name}", [sys.executable, "-m", "federated.trainer", str(path)])
         self._wait_for("superlink", "Application startup complete")
         for i, (name, (train, test)) in enumerate(self.sites.items()):
             private, public = _node_key(self.workdir, name)
@@ -110,13 +119,16 @@ class LocalDeployment:
                                  capture_output=True, text=True, timeout=60)
             if reg.returncode != 0:
                 raise DeploymentError(f"registering site {name} failed: {reg.stdout[-300:]}{reg.stderr[-300:]}")
-            config = f'site={i} train-path="{train}" test-path="{test}" poison={"true" if i in self.poisoned else "false"}'
+            config = (f'site={i} train-path="{train}" test-path="{test}" trainer="{trainers[name]}" '
+                      f'poison={"true" if i in self.poisoned else "false"}')
             self._spawn(f"supernode-{name}", [
                 str(BIN / "flower-supernode"), "--root-certificates", str(self.ca_cert),
                 "--superlink", f"127.0.0.1:{port}", "--port", str(_free_port()),
                 "--auth-supernode-private-key", str(private),  # flwr 1.41 derives the public key from it
                 "--node-config", config])
             self._wait_for(f"supernode-{name}", "SuperNode ID")
+        for name in trainers:
+            self._wait_for(f"trainer-{name}", "trainer listening")
         return self
 
     def run(self, run_config: dict[str, Any], on_round: Callable[[int], None] | None = None,
@@ -151,6 +163,7 @@ class LocalDeployment:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(self.sockets, ignore_errors=True)
 
     def __enter__(self) -> LocalDeployment:
         return self.start()

@@ -3,6 +3,11 @@ private aggregation, and a Flower simulation run with one poisoned site."""
 
 from __future__ import annotations
 
+import socket
+import stat
+import struct
+import subprocess
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -16,6 +21,7 @@ from federated.client_app import train as client_train
 from federated.simulation import simulate
 from federated.sites import make_sites, read_site
 from federated.strategy import Privacy, aggregate, check_update, to_record
+from federated.trainer import Request, TrainerError, call, receive
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +86,51 @@ def test_only_adapter_arrays_and_numbers_leave_a_site(base: Path, tmp_path: Path
     train_text = train.read_text()
     assert not any(prompt in str(dict(reply.content["metrics"])) for prompt, _ in read_site(train)[:3])
     assert train_text  # the site's data stayed in its file
+
+
+def test_a_sites_trainer_does_the_clientapps_work_and_refuses_bad_requests_in_one_line(
+        base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower starts a process per message; the site's trainer keeps the model
+    loaded between them. Its update is the one the ClientApp computes in its
+    own process; a malformed or oversized request is refused in one line
+    naming the field or the bound, and the trainer goes on serving."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+    train, test = make_sites(tmp_path / "sites", 1, train=20, test=5)["hospital"]
+    sock = tmp_path / "t.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "federated.trainer", str(sock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "trainer listening" in proc.stdout.readline()
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600  # only the site's user may ask it for work
+        replies = []
+        for node in ({}, {"trainer": str(sock)}):
+            model, _ = task.load(base)
+            message = Message(RecordDict({"arrays": to_record(task.get_adapter(model)),
+                                          "config": ConfigRecord({"server-round": 1})}), dst_node_id=1, message_type="train")
+            context = Context(run_id=1, node_id=1, state=RecordDict(),
+                              node_config={"site": 0, "train-path": str(train), "test-path": str(test), **node},
+                              run_config={"base-model": str(base), "local-steps": 2, "lr": 0.005})
+            replies.append(client_train(message, context).content)
+        here, there = replies
+        assert list(here["arrays"].keys()) == list(there["arrays"].keys())
+        for name in here["arrays"].keys():
+            assert np.allclose(here["arrays"][name].numpy(), there["arrays"][name].numpy(), atol=1e-6), name
+        assert here["metrics"]["train-loss"] == pytest.approx(there["metrics"]["train-loss"], abs=1e-6)
+
+        with pytest.raises(TrainerError, match="request: field steps: Input should be greater than or equal to 0$"):
+            call(sock, Request.model_construct(op="train", base=base, data=train, steps=-1), {})
+        with socket.socket(socket.AF_UNIX) as raw:
+            raw.connect(str(sock))
+            raw.sendall(struct.pack(">IQ", 1 << 30, 0))
+            header, _ = receive(raw)
+        assert "over the trainer's bounds" in header["error"]
+        figures, _ = call(sock, Request(op="evaluate", base=base, data=test), dict(task.get_adapter(model)))
+        assert figures["examples"] == 5 and 0 <= figures["accuracy"] <= 1
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_simulation_with_a_poisoned_site_still_improves(base: Path, tmp_path: Path) -> None:
