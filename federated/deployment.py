@@ -166,7 +166,11 @@ class LocalDeployment:
         shutil.rmtree(self.sockets, ignore_errors=True)
 
     def __enter__(self) -> LocalDeployment:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # a start that fails part way leaves no process or socket behind
+            self.close()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()
