@@ -18,6 +18,7 @@ COPIED = {"copied": True}  # a field's json_schema_extra: its value is copied fr
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w]|\.\d)")
 _WORD = re.compile(r"\S+")
+_POSSESSIVE = re.compile(r"['’]s$")
 _EDGES = "\"'()[]{}<>,.;:!?"
 MAX_SPAN_WORDS = 64  # quoted text longer than this is not copied from the task
 MAX_ENUM = 1024  # more values than this are checked after decoding, not given to the decoder
@@ -42,11 +43,12 @@ def _valid(args: type[BaseModel], name: str, value: object) -> bool:
 
 
 def _words(context: str) -> list[str]:
-    """Each whitespace-separated word, also without the punctuation around it."""
+    """Each whitespace-separated word, also without the punctuation around
+    it or a possessive ("P40213's chart" names patient P40213)."""
     out = []
     for m in _WORD.finditer(context):
         w = m[0]
-        out += [w, w.strip(_EDGES), w.rstrip(_EDGES)]
+        out += [w, w.strip(_EDGES), w.rstrip(_EDGES), _POSSESSIVE.sub("", w.strip(_EDGES))]
     return out
 
 

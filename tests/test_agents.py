@@ -89,6 +89,8 @@ def test_copied_arguments_must_come_from_the_request_or_an_earlier_result() -> N
         parse(good.replace("two weeks", "two days"), request)
     # what an earlier tool result held counts as grounds too
     assert parse(invented, f"{request}\nfound patient P11111") is not None
+    # a possessive names the patient too
+    assert parse(good, "Please write on P19091's chart: follow up in two weeks") is not None
     # the schema a decoder follows offers only the request's values, and no tool it cannot fill
     schema = json_schema("Triage: HR 43, RR 12, temp 37.5, BP 108, SpO2 93.")
     tools = {a["properties"]["tool"]["const"]: a["properties"]["args"] for a in schema["anyOf"]
