@@ -48,6 +48,9 @@ NOTE_WORDS = ("pain fever cough rash swelling dose tablet insulin oxygen fluids 
               "family wife husband phone visit review scan bloods results normal raised low stable worse better "
               "improved reduced started stopped increased given refused tolerated morning evening night today "
               "tomorrow daily twice weekly left right leg arm chest back head ward home clinic 5 10 20 mg ml").split()
+ONSETS = "b c d f g h k l m n p r s t v z br cl dr gr pl st tr sh ch th".split()
+VOWELS = "a e i o u ai ea io ou".split()
+CODAS = ["", "", "", "n", "r", "l", "s", "t", "m", "x", "nd", "st"]
 OPENERS = ["", "", "", "", "Please, ", "Hi, ", "Hello! ", "Quick one: ", "Urgent: ", "Can you help? ", "hey - ",
            "One more: ", "Next request. "]
 CLOSERS = ["", "", "", "", "Thanks.", "Thank you!", "ASAP.", "Cheers", "No rush.", "Thanks in advance."]
@@ -138,47 +141,89 @@ def triage_score(r: random.Random) -> Task:
     return Task(_asked(r, text), "triage_score", v, "healthcare")
 
 
+def _coined(r: random.Random) -> str:
+    """A word no list holds, as a drug, a place or a surname may be: what
+    the model cannot recall it must copy."""
+    word = "".join(r.choice(ONSETS) + r.choice(VOWELS) for _ in range(r.randint(1, 3))) + r.choice(CODAS)
+    return word.capitalize() if r.random() < 0.2 else word
+
+
 def _note(r: random.Random) -> str:
     """What a clinician writes: a phrase of the wards, or any words at all,
     since a note is copied from the request whatever it says."""
-    if r.random() < 0.5:
+    if r.random() < 0.3:
         return r.choice(NOTES)
-    return " ".join(r.choice(NOTE_WORDS) for _ in range(r.randint(1, 7)))
+    words = [r.choice(NOTE_WORDS) if r.random() < 0.6 else _coined(r) for _ in range(r.randint(1, 8))]
+    return "".join(w + (", " if r.random() < 0.1 else " ") for w in words).rstrip(", ")
 
 
 def write_note(r: random.Random) -> Task:
+    """The patient and the note in the ways staff put them: a verb, where
+    the note goes, then the note; or the patient first."""
     pid, note = _pid(r), _note(r)
+    where = r.choice([pid, f"patient {pid}", f"{pid}'s chart", f"{pid}'s record", f"the record of {pid}",
+                      f"the notes of patient {pid}", f"the chart of {pid}", f"{pid}'s notes"])
+    lead = r.choice(["Add a note to", "Add to", "Write on", "Write in", "Put on", "Record on", "Log on",
+                     "Document on", "Note on", "Update", "Please add to", "Can you note on", "Enter on"])
+    sep = r.choice([": ", " - ", " that ", " saying ", ", "])
     text = r.choice([
-        f"Add a note to {pid}: {note}", f"Record for patient {pid} that {note}", f"Chart note for {pid}: {note}",
-        f"Note on {pid} - {note}", f"Please write on {pid}'s chart that {note}", f"Update the record of {pid}: {note}",
-        f"Log for patient {pid}: {note}", f"{pid}: {note}", f"Add to the notes of patient {pid} that {note}",
-        f"Write a note for {pid} saying {note}",
+        f"{lead} {where}{sep}{note}",
+        f"{lead} {where}{sep}{note}",
+        f"{pid}{sep}{note}",
+        f"{r.choice(['Chart note', 'Note', 'Nursing note', 'Entry'])} for {where}{sep}{note}",
+        f"For {where}, {r.choice(['note', 'record', 'write', 'log', 'document'])}{r.choice([': ', ' that ', ' '])}{note}",
+        f"{pid} {r.choice(['note', 'chart note', 'update'])}: {note}",
     ])
     return Task(_asked(r, text), "write_note", {"patient_id": pid, "text": note}, "healthcare")
 
 
 def parse_loan_application(r: random.Random) -> Task:
-    name = " ".join([r.choice(FIRST_NAMES)] + r.sample(LAST_NAMES, r.choice([1, 1, 1, 2])))
+    name = " ".join([r.choice(FIRST_NAMES) if r.random() < 0.7 else _coined(r).capitalize()]
+                    + [r.choice(LAST_NAMES) if r.random() < 0.7 else _coined(r).capitalize()
+                       for _ in range(r.choice([1, 1, 1, 2]))])
     doc = (f"Applicant: {name}. Monthly income: {_money(r, 1500, 12000):.0f}. "
            f"Monthly debt payments: {_money(r, 0, 5000):.0f}.")
-    text = r.choice([
-        f"Parse this loan application: {doc}", f"Extract the figures from the application. {doc}",
-        f"New application received. {doc} Read it.", f"{doc} Parse it, please.", f"Loan application - {doc}",
-        f"Read the figures out of this form: {doc}", f"Process the application below. {doc}",
-    ])
+    ask = r.choice(["Parse this loan application", "Extract the figures from the application",
+                    "Read the figures out of this form", "Process the application below", "Loan application",
+                    "New application received", "Parse it, please", "Pull the numbers from this application",
+                    "Extract income and debts", "Application to parse"])
+    text = r.choice([f"{ask}{r.choice([': ', '. ', ' - ', ':' + chr(10)])}{doc}", f"{doc} {ask}."])
     return Task(_asked(r, text), "parse_loan_application", {"document": doc}, "finance")
 
 
+DEBT = (["debt", "debts", "monthly debt", "debt payments", "monthly debt payments", "repayments",
+         "obligations", "loan payments", "outgoings on debt"],
+        ["owes {v} a month", "pays {v} in debts", "has {v} of monthly debt", "repays {v} monthly"])
+INCOME = (["income", "monthly income", "salary", "earnings", "take-home pay", "gross income", "pay"],
+          ["earns {v} a month", "makes {v} monthly", "takes home {v}", "has an income of {v}"])
+
+
+def _amount(r: random.Random, words: tuple[list[str], list[str]], v: str) -> tuple[str, str]:
+    """One amount as a noun phrase ("debt 1200", "income of 4000") and as
+    what a person does ("earns 4000 a month")."""
+    noun = r.choice(words[0])
+    phrase = r.choice([f"{noun} {v}", f"{noun}: {v}", f"{noun} of {v}", f"{v} {noun}", f"{v} of {noun}",
+                       f"{noun} is {v}"])
+    return phrase, r.choice(words[1]).format(v=v)
+
+
 def debt_to_income(r: random.Random) -> Task:
+    """Debt and income in either order and many words, so the model binds
+    each number to what names it, not to where it stands."""
     debt, income = _money(r, 100, 5000), _money(r, 1500, 15000)
-    d, i = f"{debt:.0f}", f"{income:.0f}"
+    (d_noun, d_verb), (i_noun, i_verb) = _amount(r, DEBT, f"{debt:.0f}"), _amount(r, INCOME, f"{income:.0f}")
+    nouns, verbs = [d_noun, i_noun], [d_verb, i_verb]
+    if r.random() < 0.5:
+        nouns.reverse()
+        verbs.reverse()
+    a, b = nouns
+    ask = r.choice(["what is the DTI?", "DTI?", "compute DTI.", "debt to income please.", "does that qualify?",
+                    "what is the debt-to-income ratio?", "ratio?"])
     text = r.choice([
-        f"Monthly debts {d} and income {i}: what is the DTI?", f"Compute debt-to-income for debt {d} and income {i}.",
-        f"Does a borrower with {d} monthly debt and {i} income qualify?", f"Income {i}, debts {d}. DTI?",
-        f"What is the debt to income ratio for someone earning {i} a month with {d} of monthly debt?",
-        f"DTI: debt {d}, income {i}", f"The client makes {i} monthly and owes {d} a month. Compute the ratio.",
-        f"Debt payments of {d} against a monthly income of {i}: does that qualify?",
-        f"Monthly income {i}; monthly debt {d}; compute DTI.",
+        f"{a}, {b}: {ask}", f"{a} and {b}. {ask.capitalize()}", f"Compute debt-to-income for {a} and {b}.",
+        f"DTI: {a}, {b}", f"What is the debt to income ratio with {a} and {b}?", f"{a}; {b}; {ask}",
+        f"The {r.choice(['client', 'borrower', 'applicant'])} {verbs[0]} and {verbs[1]}. {ask.capitalize()}",
+        f"Someone who {verbs[0]} and {verbs[1]}: {ask}",
     ])
     return Task(_asked(r, text), "debt_to_income", {"monthly_debt": debt, "monthly_income": income}, "finance")
 
