@@ -50,6 +50,7 @@ class TransformersBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from agents.decoding import Decoder
+        from agents.pointer import Pointer, PointerError
 
         _check_model_dir(model_dir)
         self.name = name
@@ -66,7 +67,12 @@ class TransformersBackend:
                 raise BackendError(f"{adapter_dir}: not a LoRA adapter (adapter_model.safetensors is missing)")
             model = PeftModel.from_pretrained(model, adapter_dir)
         self.model = model.to(device).eval()
-        self.decoder = Decoder(self.model, self.tokenizer, device, constrained)
+        try:
+            pointer = Pointer.load(model_dir, model.config.hidden_size)
+        except PointerError as exc:
+            raise BackendError(str(exc)) from None
+        self.decoder = Decoder(self.model, self.tokenizer, device, constrained,
+                               pointer.to(device) if pointer is not None else None)
 
     def complete(self, prompt: str, max_tokens: int = 128, json_schema: dict[str, Any] | None = None) -> Completion:
         started = time.perf_counter()

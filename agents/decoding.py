@@ -6,10 +6,14 @@ parses and validates.
 Greedy decoding picks a number from its first digit: of 107 and 98 as the
 systolic pressure, a small model's "1" wins. So where the schema lets an
 argument be one of several numbers or identifiers, each is tried in the
-whole answer, and the value of the likeliest answer kept."""
+whole answer, and the value of the likeliest answer kept. A model built
+with a pointer (agents.pointer) says itself where in the request each
+number and each run of words (a note) lies: its numbers are bound by the
+pointer's scores instead, and its runs kept to the one it points at."""
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from typing import Any
 
@@ -19,15 +23,21 @@ import xgrammar
 from scipy.optimize import linear_sum_assignment
 
 from agents.answer_grammar import AnswerGrammars
-from agents.grounding import occurrences
+import json
+
+from agents.grounding import occurrences, span_fields
+from agents.pointer import Pointed, Pointer
 from agents.prompt import END, LEAD, choices, request_of, with_arg
+from agents.tools import TOOLS
 
 
 class Decoder:
-    def __init__(self, model: Any, tokenizer: Any, device: str = "cpu", constrained: bool = True) -> None:
+    def __init__(self, model: Any, tokenizer: Any, device: str = "cpu", constrained: bool = True,
+                 pointer: Pointer | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
+        self.pointer = pointer
         self._grammars = None
         if constrained:
             self._grammars = AnswerGrammars(tokenizer, model.config.vocab_size)
@@ -35,7 +45,9 @@ class Decoder:
     def decode(self, prompt: str, max_tokens: int = 128, json_schema: dict[str, Any] | None = None
                ) -> tuple[str, int, int]:
         """The answer up to END, the prompt's length and the answer's, in tokens."""
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc.pop("offset_mapping")[0].tolist()
+        enc = enc.to(self.device)
         prompt_ids = enc["input_ids"][0].tolist()
         if self._grammars is None or json_schema is None:
             with torch.inference_mode():
@@ -45,8 +57,15 @@ class Decoder:
             new = out[0, len(prompt_ids):].tolist()
             text = self.tokenizer.decode(new, skip_special_tokens=True).split(END, 1)[0].strip()
         else:
+            pointed = None
+            if self.pointer is not None:
+                with torch.inference_mode():
+                    hidden = self.model.get_decoder()(input_ids=enc["input_ids"]).last_hidden_state[0]
+                pointed = Pointed(self.pointer, hidden, offsets, prompt)
+                json_schema = _runs_pointed(json_schema, pointed)
             new = self._follow(prompt_ids, self._grammars.matcher(json_schema), max_tokens)
-            text = self._choose(prompt_ids, self.tokenizer.decode(new).strip(), json_schema, request_of(prompt))
+            text = self._choose(prompt_ids, self.tokenizer.decode(new).strip(), json_schema, request_of(prompt),
+                                pointed)
         return text, len(prompt_ids), len(new)
 
     def _follow(self, prompt: list[int], matcher: Any, max_tokens: int) -> list[int]:
@@ -78,17 +97,29 @@ class Decoder:
                 feed = [token]
         return new
 
-    def _choose(self, prompt: list[int], text: str, schema: dict[str, Any], request: str) -> str:
+    def _choose(self, prompt: list[int], text: str, schema: dict[str, Any], request: str,
+                pointed: Pointed | None = None) -> str:
         """Each field that may be one of several values set to its likeliest,
-        every variant scored in one batch; the number fields together, so
-        that a number of the request fills no more arguments than it appears."""
+        every variant scored in one batch (or a number placed by the
+        pointer); the number fields together, so that a number of the
+        request fills no more arguments than it appears."""
         fields = choices(text, schema)
-        variants = [(name, v) for name, values in fields if len(values) > 1 for v in values]
-        if not variants:
+        if not any(len(values) > 1 for _, values in fields):
             return text
         scored: dict[str, dict[object, float]] = {name: {values[0]: 0.0} for name, values in fields if len(values) == 1}
-        for (name, v), score in zip(variants, self._scores(prompt, [with_arg(text, name, v) for name, v in variants])):
-            scored.setdefault(name, {})[v] = score
+        tool = json.loads(text)["tool"]
+        variants = []
+        for name, values in fields:
+            if len(values) == 1:
+                continue
+            if pointed is not None and all(isinstance(v, int | float) for v in values):
+                scored[name] = {v: pointed.score(tool, name, v) for v in values}
+            else:
+                variants += [(name, v) for v in values]
+        if variants:
+            answers = [with_arg(text, name, v) for name, v in variants]
+            for (name, v), score in zip(variants, self._scores(prompt, answers)):
+                scored.setdefault(name, {})[v] = score
         numbers = {name: s for name, s in scored.items() if all(isinstance(v, int | float) for v in s)}
         best = {name: max(s, key=s.__getitem__) for name, s in scored.items()}
         best.update(_assigned(numbers, occurrences(request)))
@@ -110,6 +141,18 @@ class Decoder:
         return [float(logp[i, len(prompt) - 1:len(prompt) + len(t) - 1]
                       .gather(-1, torch.tensor(t, device=self.device).unsqueeze(-1)).sum())
                 for i, t in enumerate(tails)]
+
+
+def _runs_pointed(schema: dict[str, Any], pointed: Pointed) -> dict[str, Any]:
+    """The schema with each run-of-words argument kept to the run the pointer places best."""
+    schema = copy.deepcopy(schema)
+    for alt in schema.get("anyOf", []):
+        tool = TOOLS.get(alt["properties"].get("tool", {}).get("const"))
+        props = alt["properties"].get("args", {}).get("properties", {})
+        for name in span_fields(tool.args) if tool else ():
+            if runs := props.get(name, {}).get("enum"):
+                props[name]["enum"] = [max(runs, key=lambda run: pointed.score(tool.name, name, run))]
+    return schema
 
 
 def _assigned(scores: dict[str, dict[object, float]], room: Counter[float]) -> dict[str, object]:

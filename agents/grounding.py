@@ -16,7 +16,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 COPIED = {"copied": True}  # a field's json_schema_extra: its value is copied from the task
 
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w]|\.\d)")
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w]|\.\d)")
 _WORD = re.compile(r"\S+")
 _POSSESSIVE = re.compile(r"['’]s$")
 _EDGES = "\"'()[]{}<>,.;:!?"
@@ -73,7 +73,7 @@ def _spans(context: str) -> list[str]:
 
 def occurrences(context: str) -> Counter[float]:
     """How often each number appears in the context: how many arguments may copy it."""
-    return Counter(float(n) for n in _NUMBER.findall(context))
+    return Counter(float(n) for n in NUMBER.findall(context))
 
 
 @functools.cache
@@ -81,16 +81,37 @@ def _schema(args: type[BaseModel]) -> dict[str, Any]:
     return args.model_json_schema()
 
 
-def candidates(args: type[BaseModel], name: str, context: str) -> list[object]:
-    """The values of a copied field that the context holds and the field accepts, in order of appearance."""
+def _kind(args: type[BaseModel], name: str) -> str:
     prop = _schema(args)["properties"][name]
     kinds = {prop.get("type")} | {alt.get("type") for alt in prop.get("anyOf", [])}
-    raw: list[object]
     if "integer" in kinds:
-        raw = [int(n) for n in _NUMBER.findall(context) if "." not in n]
-    elif "number" in kinds:
-        raw = [float(n) for n in _NUMBER.findall(context)]
-    elif "pattern" in prop:  # an identifier or a code: one word
+        return "integer"
+    if "number" in kinds:
+        return "number"
+    return "word" if "pattern" in prop else "run"  # an identifier or a code; or free text
+
+
+def span_fields(args: type[BaseModel]) -> list[str]:
+    """The copied fields whose value is a run of the context's words (a note, a document)."""
+    return [name for name in copied_fields(args) if _kind(args, name) == "run"]
+
+
+def pointed_fields(args: type[BaseModel]) -> list[str]:
+    """The copied fields a model must find in the request rather than
+    recognise: numbers, bound to a field by what names them, and runs of
+    words. (Identifiers and codes have a shape of their own.)"""
+    return [name for name in copied_fields(args) if _kind(args, name) != "word"]
+
+
+def candidates(args: type[BaseModel], name: str, context: str) -> list[object]:
+    """The values of a copied field that the context holds and the field accepts, in order of appearance."""
+    kind = _kind(args, name)
+    raw: list[object]
+    if kind == "integer":
+        raw = [int(n) for n in NUMBER.findall(context) if "." not in n]
+    elif kind == "number":
+        raw = [float(n) for n in NUMBER.findall(context)]
+    elif kind == "word":
         raw = _words(context)
     else:
         raw = _spans(context)

@@ -18,6 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrai
 
 from agents import domain
 from agents.prompt import DONE, END, Turn, render
+from agents.pointer import Pointer, pointer_loss, targets
 
 PAD, EOS = "<pad>", "<eos>"
 MAX_LEN = 256
@@ -38,9 +39,11 @@ class ModelSpec:
     seed: int = 0
 
 
-# 16,000 examples either way; as 500 batches of 32 at a higher rate they gave more exact calls than 1000 of 16
-SPECIALIST = ModelSpec(steps=500, batch=32, lr=4e-3)
-GENERALIST = ModelSpec(hidden=160, layers=4, heads=4, steps=150, batch=32, lr=4e-3)  # wider, trained less
+# Batches of 32 at a high rate. With the pointer finding the arguments, the specialist's exact calls on
+# held-out requests were 98% (generated) and 93% (hand-written) after 300 steps, 99% and 97% after 500,
+# 98% and 89% after 250: 300 keeps the build near 90 s.
+SPECIALIST = ModelSpec(steps=300, batch=32, lr=4e-3)
+GENERALIST = ModelSpec(hidden=160, layers=4, heads=4, steps=100, batch=32, lr=4e-3)  # wider, trained less
 
 
 def fingerprint() -> str:
@@ -49,7 +52,7 @@ def fingerprint() -> str:
 
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in ("model_builder.py", "domain.py", "prompt.py", "tools.py"):
+    for name in ("model_builder.py", "domain.py", "prompt.py", "tools.py", "pointer.py"):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()[:12]
 
@@ -100,13 +103,18 @@ def packed(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], wid
     """Examples laid end to end in rows of at most `width` tokens, first fit
     longest first; each example's positions restart at 0, from which
     transformers keeps the examples of a row from attending to each other.
-    A batch pays for a third less padding than one example per row."""
+    A batch pays for a third less padding than one example per row.
+    "spans" locates each answer's pointed arguments in its prompt (agents.pointer)."""
     seqs = []
     for prompt, answer in pairs:
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        p = enc["input_ids"]
         a = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        seqs.append(((p + a)[-MAX_LEN:], ([-100] * len(p) + a)[-MAX_LEN:]))  # learn the answer only
-    rows: list[list[tuple[list[int], list[int]]]] = []
+        cut = max(0, len(p) + len(a) - MAX_LEN)  # the prompt's head goes first
+        found = [(len(p) - cut, f, s - cut, e - cut) for f, s, e in targets(prompt, answer, enc["offset_mapping"])
+                 if s >= cut]
+        seqs.append(((p + a)[cut:], ([-100] * len(p) + a)[cut:], found))
+    rows: list[list[tuple[list[int], list[int], list[tuple[int, int, int, int]]]]] = []
     used: list[int] = []  # tokens in each row so far
     for seq in sorted(seqs, key=lambda s: -len(s[0])):
         i = next((i for i, n in enumerate(used) if n + len(seq[0]) <= width), len(rows))
@@ -116,24 +124,39 @@ def packed(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], wid
         rows[i].append(seq)
         used[i] += len(seq[0])
     length = max(used)
-    ids, positions, labels = [], [], []
-    for r, n in zip(rows, used):
+    ids, positions, labels, spans = [], [], [], []
+    for i, (r, n) in enumerate(zip(rows, used)):
         tail = length - n
         ids.append([t for s in r for t in s[0]] + [tokenizer.pad_token_id] * tail)
         positions.append([i for s in r for i in range(len(s[0]))] + list(range(tail)))
         labels.append([t for s in r for t in s[1]] + [-100] * tail)
-    return {"input_ids": torch.tensor(ids), "position_ids": torch.tensor(positions), "labels": torch.tensor(labels)}
+        at = 0
+        for seq, _, found in r:
+            spans += [[i, at, at + end, field, at + first, at + last] for end, field, first, last in found]
+            at += len(seq)
+    return {"input_ids": torch.tensor(ids), "position_ids": torch.tensor(positions), "labels": torch.tensor(labels),
+            "spans": torch.tensor(spans, dtype=torch.long).reshape(-1, 6)}
 
 
-def answer_loss(model: PreTrainedModel, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+# The pointer's loss counts less than the answers': at full weight it took from the model what the
+# calls it writes need (code, the tool), 29 of 60 generic requests right against 39 at 0.3. Trained on
+# hidden states it cannot change, it barely learns to point.
+POINTER_WEIGHT = 0.3
+
+
+def answer_loss(model: PreTrainedModel, rows: dict[str, torch.Tensor], pointer: Pointer | None = None) -> torch.Tensor:
     """Mean cross-entropy of the answers' tokens, the output layer applied to
-    those positions alone: most positions are prompt, whose logits no loss reads."""
+    those positions alone: most positions are prompt, whose logits no loss
+    reads. With a pointer, plus its loss on where the arguments lie."""
     body = model.get_decoder()
     hidden = body(input_ids=rows["input_ids"], position_ids=rows["position_ids"], use_cache=False).last_hidden_state
     targets = rows["labels"][:, 1:]
     answer = targets != -100
     logits = model.get_output_embeddings()(hidden[:, :-1][answer])
-    return torch.nn.functional.cross_entropy(logits, targets[answer])
+    loss = torch.nn.functional.cross_entropy(logits, targets[answer])
+    if pointer is not None and len(rows["spans"]):
+        loss = loss + POINTER_WEIGHT * pointer_loss(pointer, hidden, rows["spans"])
+    return loss
 
 
 def build(out: Path, spec: ModelSpec = SPECIALIST, on_step: Callable[[int, float], None] | None = None) -> dict[str, float]:
@@ -148,16 +171,17 @@ def build(out: Path, spec: ModelSpec = SPECIALIST, on_step: Callable[[int, float
         bos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
+    pointer = Pointer(spec.hidden)
+    optimizer = torch.optim.AdamW([*model.parameters(), *pointer.parameters()], lr=spec.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=spec.lr, total_steps=spec.steps, pct_start=0.1)
     r = random.Random(spec.seed)
     started = time.perf_counter()
     model.train()
     loss_value = 0.0
     for step in range(spec.steps):
-        loss = answer_loss(model, packed(tokenizer, r.sample(pairs, spec.batch)))
+        loss = answer_loss(model, packed(tokenizer, r.sample(pairs, spec.batch)), pointer)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([*model.parameters(), *pointer.parameters()], 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
@@ -169,6 +193,7 @@ def build(out: Path, spec: ModelSpec = SPECIALIST, on_step: Callable[[int, float
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out, safe_serialization=True)
+    pointer.save(out)
     tokenizer.save_pretrained(out)
     figures = {"final_loss": loss_value, "train_s": time.perf_counter() - started,
                "parameters": float(sum(p.numel() for p in model.parameters()))}

@@ -7,6 +7,8 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -16,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import save_file
 
 from agents import domain
 from agents.analyze import cluster, runs_of
@@ -24,7 +28,9 @@ from agents.backends import BackendError, OpenAICompatibleBackend, TransformersB
 from agents.config import ConfigError, build_router, load_config
 from agents.interaction_log import InteractionLog, read_log
 from agents.answer_grammar import answer_grammar
-from agents.prompt import LEAD, CallError, json_schema, parse, render, request_of
+from agents.model_builder import packed, train_tokenizer
+from agents.pointer import FIELDS, POINTER_FILE, targets
+from agents.prompt import END, LEAD, CallError, json_schema, parse, render, request_of
 from agents.redact import Redactor
 from agents.router import TaskClassifier
 from bastion.cli import main
@@ -146,6 +152,39 @@ def test_each_number_of_the_request_fills_no_more_arguments_than_it_appears(quic
         assert sorted(json.loads(answer)["args"].values()) == sorted(values), answer
 
 
+def test_training_rows_point_at_where_each_argument_is_copied_from() -> None:
+    """The pointer learns from the tokens each number and each note was
+    copied from; a number written twice points nowhere (which would it be?)."""
+    pairs = [(render(t.text), f" {t.call()} {END}") for t in domain.tasks(90, seed=3) if t.domain != "generic"]
+    tokenizer = train_tokenizer([p + a for p, a in pairs], 512)
+    seen = set()
+    for prompt, answer in pairs:
+        args = json.loads(answer.split(END)[0])["args"]
+        rows = packed(tokenizer, [(prompt, answer)])
+        for _, first, end, field, a, b in rows["spans"].tolist():
+            name = FIELDS[field][1]
+            copied, want = tokenizer.decode(rows["input_ids"][0, a:b + 1]).strip(), args[name]
+            assert first <= a <= b < end and (copied == want if isinstance(want, str) else float(copied) == want)
+            seen.add(name)
+    assert {"heart_rate", "temp_c", "text", "document", "monthly_debt"} <= seen
+    twice = render("HR 96, RR 18, temp 37.2, BP 96 systolic, SpO2 97")
+    call = json.dumps({"tool": "triage_score", "args": {"heart_rate": 96, "resp_rate": 18, "temp_c": 37.2,
+                                                        "systolic_bp": 96, "spo2": 97}})
+    offsets = tokenizer(twice, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    assert sorted(FIELDS[f][1] for f, _, _ in targets(twice, call, offsets)) == ["resp_rate", "spo2", "temp_c"]
+
+
+def test_a_corrupt_pointer_file_is_refused_naming_the_file_and_the_array(quick_models: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(quick_models / "tool-caller", model)
+    (model / POINTER_FILE).write_bytes(b"\x00" * 64)
+    with pytest.raises(BackendError, match=rf"{POINTER_FILE}: not a safetensors file"):
+        TransformersBackend("t", model)
+    save_file({"start.weight": torch.zeros(3, 3), "start.bias": torch.zeros(3)}, str(model / POINTER_FILE))
+    with pytest.raises(BackendError, match=rf"{POINTER_FILE}: array 'start.weight' is missing, not of shape"):
+        TransformersBackend("t", model)
+
+
 def _write_log(path: Path) -> None:
     log = InteractionLog(path)
     for i, task in enumerate(domain.tasks(90, seed=5)):
@@ -163,7 +202,7 @@ def test_interaction_log_is_redacted_and_a_fine_tuning_set(tmp_path: Path) -> No
     records = list(read_log(path))
     lm = [r for r in records if r["type"] == "lm"]
     assert len(lm) == 90 and all({"prompt", "completion"} <= r.keys() for r in lm)
-    assert not any(name in r["prompt"] for r in lm for name in domain.FIRST_NAMES)
+    assert not any(re.search(rf"\b{name}\b", r["prompt"]) for r in lm for name in domain.FIRST_NAMES)
     path.write_text(path.read_text() + "{broken\n")
     with pytest.raises(ValueError, match=r"interactions\.jsonl:181: not valid JSON"):
         list(read_log(path))
