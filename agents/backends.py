@@ -88,16 +88,28 @@ class OpenAICompatibleBackend:
     gets the answer's grammar (`structured_outputs.grammar`, the field of
     the vLLM the `gpu` extra pins): the EBNF the transformers backend decodes
     by, not the JSON schema, from which vLLM's xgrammar would write 2175.0 as
-    2175, a number the models never learned to write."""
+    2175, a number the models never learned to write. With `pointer_model`
+    (a local copy of the served model's directory), the grammar sent is
+    narrowed first to where the model's pointer places the arguments, as
+    the transformers backend decodes (agents.pointer)."""
 
     def __init__(self, name: str, base_url: str, model: str, api_key: str = "", timeout_s: float = 60,
-                 structured: bool = False) -> None:
+                 structured: bool = False, pointer_model: Path | None = None) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key = api_key
         self.timeout_s = timeout_s
         self.structured = structured
+        self.pointer = None
+        if pointer_model is not None:
+            from agents.pointer import LocalPointer, PointerError
+
+            _check_model_dir(pointer_model)
+            try:
+                self.pointer = LocalPointer(pointer_model)
+            except PointerError as exc:
+                raise BackendError(str(exc)) from None
 
     def complete(self, prompt: str, max_tokens: int = 128, json_schema: dict[str, Any] | None = None) -> Completion:
         body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
@@ -105,6 +117,8 @@ class OpenAICompatibleBackend:
         if json_schema is not None and self.structured:
             from agents.answer_grammar import answer_grammar  # xgrammar: only where a schema is sent
 
+            if self.pointer is not None:
+                json_schema = self.pointer.narrow(prompt, json_schema)
             body["structured_outputs"] = {"grammar": str(answer_grammar(json_schema))}
         request = urllib.request.Request(
             f"{self.base_url}/v1/completions", data=json.dumps(body).encode(),

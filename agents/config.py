@@ -37,6 +37,8 @@ class OpenAISpec(_Strict):
     model: str
     api_key: str = ""
     structured: bool = Field(False, description="send the answer's grammar (vLLM structured outputs)")
+    pointer_model: Path | None = Field(None, description="a local copy of the served model: its pointer narrows "
+                                                         "the grammar to where the arguments lie")
     cost_per_1k_tokens: float = Field(0.0, ge=0)
 
 
@@ -64,7 +66,7 @@ class AgentsConfig(_Strict):
 
         backends = {
             name: spec.model_copy(update={"path": fix(spec.path), "adapter": fix(spec.adapter)})
-            if isinstance(spec, TransformersSpec) else spec
+            if isinstance(spec, TransformersSpec) else spec.model_copy(update={"pointer_model": fix(spec.pointer_model)})
             for name, spec in self.backends.items()
         }
         return self.model_copy(update={"backends": backends, "classifier": fix(self.classifier)})
@@ -80,7 +82,8 @@ def load_config(path: Path) -> AgentsConfig:
 def build_backend(name: str, spec: TransformersSpec | OpenAISpec) -> Backend:
     if isinstance(spec, TransformersSpec):
         return TransformersBackend(name, spec.path, spec.adapter, spec.device, spec.constrained)
-    return OpenAICompatibleBackend(name, spec.base_url, spec.model, spec.api_key, structured=spec.structured)
+    return OpenAICompatibleBackend(name, spec.base_url, spec.model, spec.api_key, structured=spec.structured,
+                                   pointer_model=spec.pointer_model)
 
 
 def build_router(config: AgentsConfig, backends: dict[str, Backend] | None = None) -> Router:

@@ -8,27 +8,20 @@ systolic pressure, a small model's "1" wins. So where the schema lets an
 argument be one of several numbers or identifiers, each is tried in the
 whole answer, and the value of the likeliest answer kept. A model built
 with a pointer (agents.pointer) says itself where in the request each
-number and each run of words (a note) lies: its numbers are bound by the
-pointer's scores instead, and its runs kept to the one it points at."""
+number and each run of words (a note) lies: the schema is narrowed to
+those before decoding."""
 
 from __future__ import annotations
 
-import copy
-from collections import Counter
 from typing import Any
 
-import numpy as np
 import torch
 import xgrammar
-from scipy.optimize import linear_sum_assignment
 
 from agents.answer_grammar import AnswerGrammars
-import json
-
-from agents.grounding import occurrences, span_fields
-from agents.pointer import Pointed, Pointer
+from agents.grounding import assigned, occurrences
+from agents.pointer import Pointer, pointed_schema
 from agents.prompt import END, LEAD, choices, request_of, with_arg
-from agents.tools import TOOLS
 
 
 class Decoder:
@@ -57,15 +50,11 @@ class Decoder:
             new = out[0, len(prompt_ids):].tolist()
             text = self.tokenizer.decode(new, skip_special_tokens=True).split(END, 1)[0].strip()
         else:
-            pointed = None
             if self.pointer is not None:
-                with torch.inference_mode():
-                    hidden = self.model.get_decoder()(input_ids=enc["input_ids"]).last_hidden_state[0]
-                pointed = Pointed(self.pointer, hidden, offsets, prompt)
-                json_schema = _runs_pointed(json_schema, pointed)
+                json_schema = pointed_schema(json_schema, self.pointer.read(self.model, enc["input_ids"], offsets,
+                                                                            prompt), request_of(prompt))
             new = self._follow(prompt_ids, self._grammars.matcher(json_schema), max_tokens)
-            text = self._choose(prompt_ids, self.tokenizer.decode(new).strip(), json_schema, request_of(prompt),
-                                pointed)
+            text = self._choose(prompt_ids, self.tokenizer.decode(new).strip(), json_schema, request_of(prompt))
         return text, len(prompt_ids), len(new)
 
     def _follow(self, prompt: list[int], matcher: Any, max_tokens: int) -> list[int]:
@@ -97,32 +86,20 @@ class Decoder:
                 feed = [token]
         return new
 
-    def _choose(self, prompt: list[int], text: str, schema: dict[str, Any], request: str,
-                pointed: Pointed | None = None) -> str:
+    def _choose(self, prompt: list[int], text: str, schema: dict[str, Any], request: str) -> str:
         """Each field that may be one of several values set to its likeliest,
-        every variant scored in one batch (or a number placed by the
-        pointer); the number fields together, so that a number of the
-        request fills no more arguments than it appears."""
+        every variant scored in one batch; the number fields together, so
+        that a number of the request fills no more arguments than it appears."""
         fields = choices(text, schema)
-        if not any(len(values) > 1 for _, values in fields):
+        variants = [(name, v) for name, values in fields if len(values) > 1 for v in values]
+        if not variants:
             return text
         scored: dict[str, dict[object, float]] = {name: {values[0]: 0.0} for name, values in fields if len(values) == 1}
-        tool = json.loads(text)["tool"]
-        variants = []
-        for name, values in fields:
-            if len(values) == 1:
-                continue
-            if pointed is not None and all(isinstance(v, int | float) for v in values):
-                scored[name] = {v: pointed.score(tool, name, v) for v in values}
-            else:
-                variants += [(name, v) for v in values]
-        if variants:
-            answers = [with_arg(text, name, v) for name, v in variants]
-            for (name, v), score in zip(variants, self._scores(prompt, answers)):
-                scored.setdefault(name, {})[v] = score
+        for (name, v), score in zip(variants, self._scores(prompt, [with_arg(text, name, v) for name, v in variants])):
+            scored.setdefault(name, {})[v] = score
         numbers = {name: s for name, s in scored.items() if all(isinstance(v, int | float) for v in s)}
         best = {name: max(s, key=s.__getitem__) for name, s in scored.items()}
-        best.update(_assigned(numbers, occurrences(request)))
+        best.update(assigned(numbers, occurrences(request)))
         for name, v in best.items():
             text = with_arg(text, name, v)
         return text
@@ -141,35 +118,3 @@ class Decoder:
         return [float(logp[i, len(prompt) - 1:len(prompt) + len(t) - 1]
                       .gather(-1, torch.tensor(t, device=self.device).unsqueeze(-1)).sum())
                 for i, t in enumerate(tails)]
-
-
-def _runs_pointed(schema: dict[str, Any], pointed: Pointed) -> dict[str, Any]:
-    """The schema with each run-of-words argument kept to the run the pointer places best."""
-    schema = copy.deepcopy(schema)
-    for alt in schema.get("anyOf", []):
-        tool = TOOLS.get(alt["properties"].get("tool", {}).get("const"))
-        props = alt["properties"].get("args", {}).get("properties", {})
-        for name in span_fields(tool.args) if tool else ():
-            if runs := props.get(name, {}).get("enum"):
-                props[name]["enum"] = [max(runs, key=lambda run: pointed.score(tool.name, name, run))]
-    return schema
-
-
-def _assigned(scores: dict[str, dict[object, float]], room: Counter[float]) -> dict[str, object]:
-    """The values of the number fields with the highest total score, each
-    number used at most as often as the request holds it (one that only an
-    earlier result holds, by any field); a field left without one keeps its
-    own likeliest."""
-    names = list(scores)
-    slots = [v for v in dict.fromkeys(float(v) for s in scores.values() for v in s)
-             for _ in range(room.get(v) or len(names))]
-    cost = np.full((len(names), len(slots)), np.inf)
-    for i, name in enumerate(names):
-        for j, v in enumerate(slots):
-            if v in scores[name]:
-                cost[i, j] = -scores[name][v]
-    try:
-        rows, cols = linear_sum_assignment(cost)
-    except ValueError:  # no assignment fills every field
-        return {}
-    return {names[i]: next(v for v in scores[names[i]] if v == slots[j]) for i, j in zip(rows, cols)}

@@ -12,6 +12,7 @@ import re
 from collections import Counter
 from typing import Annotated, Any
 
+import numpy as np
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 COPIED = {"copied": True}  # a field's json_schema_extra: its value is copied from the task
@@ -143,3 +144,25 @@ def ungrounded(args: BaseModel, context: str) -> str | None:
         if value is not None and value not in candidates(type(args), name, context):
             return f"args.{name}: {value!r} is not in the request or an earlier result"
     return None
+
+
+def assigned(scores: dict[str, dict[object, float]], room: Counter[float]) -> dict[str, object]:
+    """The values of the number fields with the highest total score, each
+    number used at most as often as the request holds it (one that only an
+    earlier result holds, by any field); a field left without one keeps its
+    own likeliest."""
+    from scipy.optimize import linear_sum_assignment  # only where numbers are decoded
+
+    names = list(scores)
+    slots = [v for v in dict.fromkeys(float(v) for s in scores.values() for v in s)
+             for _ in range(room.get(v) or len(names))]
+    cost = np.full((len(names), len(slots)), np.inf)
+    for i, name in enumerate(names):
+        for j, v in enumerate(slots):
+            if v in scores[name]:
+                cost[i, j] = -scores[name][v]
+    try:
+        rows, cols = linear_sum_assignment(cost)
+    except ValueError:  # no assignment fills every field
+        return {}
+    return {names[i]: next(v for v in scores[names[i]] if v == slots[j]) for i, j in zip(rows, cols)}

@@ -13,15 +13,18 @@ request that the pointer scores best (agents.decoding)."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from agents.grounding import NUMBER, pointed_fields
+from agents.grounding import NUMBER, assigned, occurrences, pointed_fields, span_fields
+from agents.prompt import request_of
 from agents.tools import TOOLS
 
 POINTER_FILE = "pointer.safetensors"
@@ -71,13 +74,19 @@ class Pointer(torch.nn.Module):
         pointer.load_state_dict(arrays, strict=False)
         return pointer.eval()
 
+    def read(self, model: Any, ids: torch.Tensor, offsets: list[tuple[int, int]], prompt: str) -> Pointed:
+        """What the pointer says of a prompt, from the model's hidden states (an adapted model's too)."""
+        with torch.inference_mode():
+            hidden = model.get_decoder()(input_ids=ids).last_hidden_state[0]
+        return Pointed(self, hidden, offsets, prompt)
+
 
 def _request(prompt: str) -> tuple[int, int]:
     """The request's characters in a rendered prompt: all that arguments are copied from."""
     return prompt.find("<task> ") + len("<task> "), prompt.find(" </task>")
 
 
-def occurrences(prompt: str, value: object) -> list[tuple[int, int]]:
+def places(prompt: str, value: object) -> list[tuple[int, int]]:
     """The characters of each place in the prompt's request that a value is
     copied from: a number wherever it is written, a run of words where it
     last appears (such a run closes a request)."""
@@ -112,8 +121,8 @@ def targets(prompt: str, answer: str, offsets: list[tuple[int, int]]) -> list[tu
     out = []
     for name, value in args.items():
         field = INDEX.get((str(call.get("tool")), name))
-        if field is not None and len(places := occurrences(prompt, value)) == 1:
-            (a, b), = places
+        if field is not None and len(where := places(prompt, value)) == 1:
+            (a, b), = where
             if at[a] >= 0 and at[b - 1] >= 0:
                 out.append((field, int(at[a]), int(at[b - 1])))
     return out
@@ -152,7 +161,55 @@ class Pointed:
         field = INDEX.get((tool, name))
         if field is None:
             return 0.0
-        places = [(self._at[a] - self._first, self._at[b - 1] - self._first)
-                  for a, b in occurrences(self._prompt, value)]
-        return max((float(self._start[s, field] + self._end[e, field]) for s, e in places
+        tokens = [(self._at[a] - self._first, self._at[b - 1] - self._first) for a, b in places(self._prompt, value)]
+        return max((float(self._start[s, field] + self._end[e, field]) for s, e in tokens
                     if 0 <= s <= e < len(self._start)), default=float("-inf"))
+
+
+def pointed_schema(schema: dict[str, Any], pointed: Pointed, request: str) -> dict[str, Any]:
+    """The answer's schema with each pointed argument of each tool narrowed
+    to one value: a run of words to the run placed best; the numbers
+    together, the best placed that the request holds often enough (agents.grounding.assigned)."""
+    schema = copy.deepcopy(schema)
+    capacity = occurrences(request)
+    for alt in schema.get("anyOf", []):
+        tool = TOOLS.get(alt["properties"].get("tool", {}).get("const"))
+        props = alt["properties"].get("args", {}).get("properties", {})
+        if tool is None:
+            continue
+        runs = set(span_fields(tool.args))
+        numbers = {}
+        for name in pointed_fields(tool.args):
+            values = props.get(name, {}).get("enum")
+            if not values:
+                continue
+            scores = {v: pointed.score(tool.name, name, v) for v in values}
+            if name in runs:
+                props[name]["enum"] = [max(values, key=scores.__getitem__)]
+            else:
+                numbers[name] = scores
+        for name, value in assigned(numbers, capacity).items():
+            props[name]["enum"] = [value]
+    return schema
+
+
+class LocalPointer:
+    """A built model's pointer with the model it reads, on this machine: it
+    narrows the schema for a backend that decodes elsewhere (vLLM), which
+    cannot run the pointer itself."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
+        pointer = Pointer.load(model_dir, self.model.config.hidden_size)
+        if pointer is None:
+            raise PointerError(f"{model_dir / POINTER_FILE}: missing (models built before the pointer have none)")
+        self.pointer = pointer
+
+    def narrow(self, prompt: str, schema: dict[str, Any]) -> dict[str, Any]:
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc.pop("offset_mapping")[0].tolist()
+        pointed = self.pointer.read(self.model, enc["input_ids"], offsets, prompt)
+        return pointed_schema(schema, pointed, request_of(prompt))

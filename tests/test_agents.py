@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -29,7 +30,7 @@ from agents.config import ConfigError, build_router, load_config
 from agents.interaction_log import InteractionLog, read_log
 from agents.answer_grammar import answer_grammar
 from agents.model_builder import packed, train_tokenizer
-from agents.pointer import FIELDS, POINTER_FILE, targets
+from agents.pointer import FIELDS, POINTER_FILE, LocalPointer, targets
 from agents.prompt import END, LEAD, CallError, json_schema, parse, render, request_of
 from agents.redact import Redactor
 from agents.router import TaskClassifier
@@ -300,8 +301,9 @@ def test_openai_compatible_backend_against_transformers_serve(served: tuple[str,
         OpenAICompatibleBackend("nowhere", f"http://127.0.0.1:{_free_port()}", model).complete(prompt)
 
 
-def test_vllm_gets_the_schema_in_its_structured_outputs_field() -> None:
-    """vLLM 0.33 (the gpu extra's pin) reads `structured_outputs.grammar`; `guided_json` was removed in 0.12."""
+def test_vllm_gets_the_schema_in_its_structured_outputs_field(quick_models: Path) -> None:
+    """vLLM 0.33 (the gpu extra's pin) reads `structured_outputs.grammar`; `guided_json` was removed in 0.12.
+    Given a local copy of the model, the grammar sent keeps each note and number to where its pointer places it."""
     seen: list[dict[str, object]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -323,11 +325,20 @@ def test_vllm_gets_the_schema_in_its_structured_outputs_field() -> None:
         schema = json_schema("What is the balance of account AC-1001?")
         got = OpenAICompatibleBackend("vllm", url, "m", structured=True).complete(render("x"), json_schema=schema)
         OpenAICompatibleBackend("plain", url, "m").complete(render("x"), json_schema=schema)
+        note = "Add a note to P3907: referred to cardiology, review in 2 weeks"
+        pointed = OpenAICompatibleBackend("vllm", url, "m", structured=True, pointer_model=quick_models / "tool-caller")
+        pointed.complete(render(note), json_schema=json_schema(note))
     finally:
         server.shutdown()
     assert got.text == '{"done": true}'
     assert seen[0]["structured_outputs"] == {"grammar": str(answer_grammar(schema))} and "guided_json" not in seen[0]
     assert "structured_outputs" not in seen[1]
+    narrowed = LocalPointer(quick_models / "tool-caller").narrow(render(note), json_schema(note))
+    assert seen[2]["structured_outputs"] == {"grammar": str(answer_grammar(narrowed))}
+    def notes(schema: dict[str, Any]) -> list[str]:
+        return next(a["properties"]["args"]["properties"]["text"]["enum"] for a in schema["anyOf"]
+                    if a["properties"].get("tool", {}).get("const") == "write_note")
+    assert len(notes(json_schema(note))) > 1 and len(notes(narrowed)) == 1 and notes(narrowed)[0] in note
 
 
 
