@@ -67,8 +67,9 @@ class TransformersBackend:
                 raise BackendError(f"{adapter_dir}: not a LoRA adapter (adapter_model.safetensors is missing)")
             model = PeftModel.from_pretrained(model, adapter_dir)
         self.model = model.to(device).eval()
-        try:
-            pointer = Pointer.load(model_dir, model.config.hidden_size)
+        try:  # an adapter trained with the pointer brings its own (federated.task)
+            pointer = ((adapter_dir and Pointer.load(adapter_dir, model.config.hidden_size))
+                       or Pointer.load(model_dir, model.config.hidden_size))
         except PointerError as exc:
             raise BackendError(str(exc)) from None
         self.decoder = Decoder(self.model, self.tokenizer, device, constrained,

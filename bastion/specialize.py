@@ -84,7 +84,7 @@ def _figures(backend: Backend, calls: list[Call], cost_per_1k: float) -> Figures
 
 def specialize(log: Path, k: int, config_path: Path, out: Path, base: str = "tool-caller", steps: int = 150,
                on_step: Callable[[int], None] | None = None) -> Outcome:
-    from federated.task import load, train
+    from federated.task import load, save, train
 
     config = load_config(config_path)
     generalist = next((r.backend for r in config.routes if r.name == config.escalate_to), None)
@@ -103,7 +103,7 @@ def specialize(log: Path, k: int, config_path: Path, out: Path, base: str = "too
     model, tokenizer = load(base_spec.path)
     train(model, tokenizer, [(c.prompt, f" {c.answer} {END}") for c in train_calls], steps, on_step=on_step)
     adapter = out / f"cluster-{k}"
-    model.save_pretrained(adapter)
+    save(model, adapter)
 
     before = _figures(build_backend(generalist, config.backends[generalist]), held,
                       config.backends[generalist].cost_per_1k_tokens)

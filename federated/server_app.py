@@ -45,7 +45,7 @@ def main(grid: Grid, context: Context) -> None:
     outcome = (secure.run if secure_run else run_plain)(counting, context, cfg, task.get_adapter(model))
     out = Path(str(cfg.output_dir))
     task.set_adapter(model, outcome.arrays)
-    model.save_pretrained(out / "adapter", safe_serialization=True)
+    task.save(model, out / "adapter")
     report = {
         "secure_aggregation": secure_run,
         "rounds": [{"round": r, "train": outcome.train.get(r, {}), "evaluate": outcome.evaluate.get(r, {}),

@@ -1,6 +1,7 @@
 """The learning task every site runs: LoRA fine-tuning of the agents' built
-tool-calling model on the site's own examples, and its evaluation. Only the
-adapter's arrays ever leave this module."""
+tool-calling model on the site's own examples, with the model's pointer
+(which places the calls' arguments, agents.pointer), and its evaluation.
+Only the adapter's and the pointer's arrays ever leave this module."""
 
 from __future__ import annotations
 
@@ -16,25 +17,51 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from agents.model_builder import answer_loss, packed
 from agents.decoding import Decoder
+from agents.pointer import Pointer
 from agents.prompt import json_schema, request_of, same_call
 
 # small on purpose: what travels each round is this adapter, about 1% of the model
 LORA = LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
 
 
+POINTER = "pointer."  # the pointer's arrays travel beside the adapter's under this prefix
+
+
 def load(base: Path) -> tuple[PeftModel, PreTrainedTokenizerBase]:
-    """The base model with a fresh LoRA adapter (seeded: every site starts equal)."""
+    """The base model with a fresh LoRA adapter (seeded: every site starts
+    equal) and the base's pointer, trained with it: a site's requests may
+    place their arguments in ways the base never saw ("Re: ticket 6999 -")."""
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
-    return get_peft_model(model, LORA), AutoTokenizer.from_pretrained(base)
+    base_model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
+    model = get_peft_model(base_model, LORA)
+    model.pointer = Pointer.load(base, base_model.config.hidden_size)
+    return model, AutoTokenizer.from_pretrained(base)
+
+
+def _pointer(model: PeftModel) -> Pointer | None:
+    """The pointer that load() gave the model; a model loaded otherwise has none."""
+    return getattr(model, "pointer", None)
 
 
 def get_adapter(model: PeftModel) -> OrderedDict[str, np.ndarray]:
-    return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in get_peft_model_state_dict(model).items())
+    arrays = OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in get_peft_model_state_dict(model).items())
+    if (pointer := _pointer(model)) is not None:
+        arrays.update((POINTER + k, v.detach().cpu().numpy().copy()) for k, v in pointer.state_dict().items())
+    return arrays
 
 
 def set_adapter(model: PeftModel, arrays: dict[str, np.ndarray]) -> None:
-    set_peft_model_state_dict(model, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    if (pointer := _pointer(model)) is not None:
+        pointer.load_state_dict({k.removeprefix(POINTER): v for k, v in tensors.items() if k.startswith(POINTER)})
+    set_peft_model_state_dict(model, {k: v for k, v in tensors.items() if not k.startswith(POINTER)})
+
+
+def save(model: PeftModel, directory: Path) -> None:
+    """The adapter in peft format, and the pointer beside it (agents.backends loads both)."""
+    model.save_pretrained(directory, safe_serialization=True)
+    if (pointer := _pointer(model)) is not None:
+        pointer.save(directory)
 
 
 def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], steps: int,
@@ -45,7 +72,7 @@ def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tupl
     model.train()
     losses = []
     for step in range(steps):
-        loss = answer_loss(model, packed(tokenizer, rng.sample(pairs, min(batch, len(pairs)))))
+        loss = answer_loss(model, packed(tokenizer, rng.sample(pairs, min(batch, len(pairs)))), _pointer(model))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -58,8 +85,9 @@ def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tupl
 
 def accuracy(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> float:
     """Share of prompts answered with exactly the right call, decoded as the
-    agents decode: within the tools' schemas, arguments grounded in the prompt."""
-    decoder = Decoder(model, tokenizer)
+    agents decode: within the tools' schemas, arguments grounded in the
+    prompt and placed by the pointer."""
+    decoder = Decoder(model, tokenizer, pointer=_pointer(model))
     right = 0
     for prompt, answer in pairs:
         text, _, _ = decoder.decode(prompt, json_schema=json_schema(request_of(prompt)))

@@ -80,7 +80,8 @@ def test_only_adapter_arrays_and_numbers_leave_a_site(base: Path, tmp_path: Path
     assert set(reply.content.keys()) == {"arrays", "metrics"}
     sent = reply.content["arrays"]
     assert list(sent.keys()) == list(task.get_adapter(model).keys())
-    assert all("lora_" in k for k in sent.keys())
+    assert all("lora_" in k or k.startswith(task.POINTER) for k in sent.keys())
+    assert any(k.startswith(task.POINTER) for k in sent.keys())  # the pointer learns the site's phrasing too
     assert sum(v.numpy().nbytes for v in sent.values()) < 0.02 * sum(p.numel() * 4 for p in model.parameters())
     assert all(isinstance(v, (int, float)) for v in reply.content["metrics"].values())
     train_text = train.read_text()
@@ -196,3 +197,6 @@ def test_fl_run_on_a_real_superlink_and_supernodes_over_tls_under_secagg(tmp_pat
     served = task.get_adapter(backend.model)  # type: ignore[arg-type]
     written = load_file(out / "adapter" / "adapter_model.safetensors")
     assert len(served) == len(written) and any(np.abs(v).max() > 0 for k, v in served.items() if "lora_B" in k)
+    pointer = load_file(out / "adapter" / "pointer.safetensors")  # and it places arguments with the round's pointer
+    assert backend.decoder.pointer is not None
+    assert np.array_equal(backend.decoder.pointer.start.weight.detach().numpy(), pointer["start.weight"])
