@@ -90,12 +90,14 @@ class OpenAICompatibleBackend:
     the vLLM the `gpu` extra pins): the EBNF the transformers backend decodes
     by, not the JSON schema, from which vLLM's xgrammar would write 2175.0 as
     2175, a number the models never learned to write. With `pointer_model`
-    (a local copy of the served model's directory), the grammar sent is
-    narrowed first to where the model's pointer places the arguments, as
-    the transformers backend decodes (agents.pointer)."""
+    (a local copy of the served model's directory, and `pointer_adapter`,
+    of the adapter it serves), the grammar sent is narrowed first to where
+    the model's pointer places the arguments, as the transformers backend
+    decodes (agents.pointer)."""
 
     def __init__(self, name: str, base_url: str, model: str, api_key: str = "", timeout_s: float = 60,
-                 structured: bool = False, pointer_model: Path | None = None) -> None:
+                 structured: bool = False, pointer_model: Path | None = None,
+                 pointer_adapter: Path | None = None) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -107,8 +109,10 @@ class OpenAICompatibleBackend:
             from agents.pointer import LocalPointer, PointerError
 
             _check_model_dir(pointer_model)
+            if pointer_adapter is not None and not (pointer_adapter / "adapter_model.safetensors").is_file():
+                raise BackendError(f"{pointer_adapter}: not a LoRA adapter (adapter_model.safetensors is missing)")
             try:
-                self.pointer = LocalPointer(pointer_model)
+                self.pointer = LocalPointer(pointer_model, pointer_adapter)
             except PointerError as exc:
                 raise BackendError(str(exc)) from None
 

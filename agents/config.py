@@ -39,6 +39,8 @@ class OpenAISpec(_Strict):
     structured: bool = Field(False, description="send the answer's grammar (vLLM structured outputs)")
     pointer_model: Path | None = Field(None, description="a local copy of the served model: its pointer narrows "
                                                          "the grammar to where the arguments lie")
+    pointer_adapter: Path | None = Field(None, description="a local copy of the adapter served (`model`), whose "
+                                                           "pointer was trained with it")
     cost_per_1k_tokens: float = Field(0.0, ge=0)
 
 
@@ -64,11 +66,13 @@ class AgentsConfig(_Strict):
         def fix(p: Path | None) -> Path | None:
             return p if p is None or p.is_absolute() else base / p
 
-        backends = {
-            name: spec.model_copy(update={"path": fix(spec.path), "adapter": fix(spec.adapter)})
-            if isinstance(spec, TransformersSpec) else spec.model_copy(update={"pointer_model": fix(spec.pointer_model)})
-            for name, spec in self.backends.items()
-        }
+        def fixed(spec: TransformersSpec | OpenAISpec) -> TransformersSpec | OpenAISpec:
+            if isinstance(spec, TransformersSpec):
+                return spec.model_copy(update={"path": fix(spec.path), "adapter": fix(spec.adapter)})
+            return spec.model_copy(update={"pointer_model": fix(spec.pointer_model),
+                                           "pointer_adapter": fix(spec.pointer_adapter)})
+
+        backends = {name: fixed(spec) for name, spec in self.backends.items()}
         return self.model_copy(update={"backends": backends, "classifier": fix(self.classifier)})
 
 
@@ -83,7 +87,7 @@ def build_backend(name: str, spec: TransformersSpec | OpenAISpec) -> Backend:
     if isinstance(spec, TransformersSpec):
         return TransformersBackend(name, spec.path, spec.adapter, spec.device, spec.constrained)
     return OpenAICompatibleBackend(name, spec.base_url, spec.model, spec.api_key, structured=spec.structured,
-                                   pointer_model=spec.pointer_model)
+                                   pointer_model=spec.pointer_model, pointer_adapter=spec.pointer_adapter)
 
 
 def build_router(config: AgentsConfig, backends: dict[str, Backend] | None = None) -> Router:

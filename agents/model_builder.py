@@ -139,8 +139,8 @@ def packed(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], wid
 
 
 # The pointer's loss counts less than the answers': at full weight it took from the model what the
-# calls it writes need (code, the tool), 29 of 60 generic requests right against 39 at 0.3. Trained on
-# hidden states it cannot change, it barely learns to point.
+# calls it writes need (code, the tool): the generalist of 150 steps got 30 of 60 generic requests
+# right, against 39 at 0.3. Trained on hidden states it cannot change, it barely learns to point.
 POINTER_WEIGHT = 0.3
 
 

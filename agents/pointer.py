@@ -196,14 +196,21 @@ def pointed_schema(schema: dict[str, Any], pointed: Pointed, request: str) -> di
 class LocalPointer:
     """A built model's pointer with the model it reads, on this machine: it
     narrows the schema for a backend that decodes elsewhere (vLLM), which
-    cannot run the pointer itself."""
+    cannot run the pointer itself. Given the adapter vLLM serves, the
+    model reads through it, with the pointer trained beside it."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, adapter_dir: Path | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
-        pointer = Pointer.load(model_dir, self.model.config.hidden_size)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+        hidden = model.config.hidden_size
+        if adapter_dir is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter_dir)
+        self.model = model.eval()
+        pointer = (adapter_dir and Pointer.load(adapter_dir, hidden)) or Pointer.load(model_dir, hidden)
         if pointer is None:
             raise PointerError(f"{model_dir / POINTER_FILE}: missing (models built before the pointer have none)")
         self.pointer = pointer

@@ -200,3 +200,7 @@ def test_fl_run_on_a_real_superlink_and_supernodes_over_tls_under_secagg(tmp_pat
     pointer = load_file(out / "adapter" / "pointer.safetensors")  # and it places arguments with the round's pointer
     assert backend.decoder.pointer is not None
     assert np.array_equal(backend.decoder.pointer.start.weight.detach().numpy(), pointer["start.weight"])
+    from agents.pointer import LocalPointer  # as a vLLM backend's local copy narrows the grammar it sends
+
+    local = LocalPointer(specialist_dir(Console(quiet=True)), out / "adapter")
+    assert np.array_equal(local.pointer.start.weight.detach().numpy(), pointer["start.weight"])
