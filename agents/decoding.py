@@ -51,8 +51,8 @@ class Decoder:
             text = self.tokenizer.decode(new, skip_special_tokens=True).split(END, 1)[0].strip()
         else:
             if self.pointer is not None:
-                json_schema = pointed_schema(json_schema, self.pointer.read(self.model, enc["input_ids"], offsets,
-                                                                            prompt), request_of(prompt))
+                pointed = self.pointer.read(self.model, enc["input_ids"], offsets, prompt)
+                json_schema = pointed_schema(json_schema, pointed, request_of(prompt))
             new = self._follow(prompt_ids, self._grammars.matcher(json_schema), max_tokens)
             text = self._choose(prompt_ids, self.tokenizer.decode(new).strip(), json_schema, request_of(prompt))
         return text, len(prompt_ids), len(new)
