@@ -53,8 +53,11 @@ class Decoder:
             if self.pointer is not None:
                 pointed = self.pointer.read(self.model, enc["input_ids"], offsets, prompt)
                 json_schema = pointed_schema(json_schema, pointed, request_of(prompt))
-            new = self._follow(prompt_ids, self._grammars.matcher(json_schema), max_tokens)
-            text = self._choose(prompt_ids, self.tokenizer.decode(new).strip(), json_schema, request_of(prompt))
+            matcher = self._grammars.matcher(json_schema)
+            new = self._follow(prompt_ids, matcher, max_tokens)
+            text = self.tokenizer.decode(new).strip()
+            if matcher.is_terminated():  # an answer cut short by max_tokens goes back as it is: invalid, retried
+                text = self._choose(prompt_ids, text, json_schema, request_of(prompt))
         return text, len(prompt_ids), len(new)
 
     def _follow(self, prompt: list[int], matcher: Any, max_tokens: int) -> list[int]:

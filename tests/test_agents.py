@@ -139,6 +139,17 @@ def test_constrained_decoding_gives_only_valid_grounded_calls(quick_models: Path
     assert invalid > 0, "the untrained model should fail without the constraint, or this test shows nothing"
 
 
+def test_an_answer_cut_short_by_max_tokens_is_returned_as_invalid_not_raised(quick_models: Path) -> None:
+    """A model that writes on past its token budget (a long code argument)
+    leaves JSON unfinished: the agent loop must get it back as an invalid
+    call to retry, not an exception."""
+    text = "Run this check: print(2 ** 10)"
+    answer = TransformersBackend("c", quick_models / "tool-caller").complete(
+        render(text), max_tokens=3, json_schema=json_schema(text, ["python"])).text
+    with pytest.raises(CallError, match="not JSON"):
+        parse(answer, text)
+
+
 def test_each_number_of_the_request_fills_no_more_arguments_than_it_appears(quick_models: Path) -> None:
     """A small model's favourite number wins every field it may fill (the
     pulse as the systolic pressure too). Decoded together, the request's
