@@ -40,6 +40,11 @@ def _check_model_dir(path: Path) -> None:
                                "build one with `bastion agents build-model`")
 
 
+def _check_adapter_dir(path: Path) -> None:
+    if not (path / "adapter_model.safetensors").is_file():
+        raise BackendError(f"{path}: not a LoRA adapter (adapter_model.safetensors is missing)")
+
+
 class TransformersBackend:
     """A local Hugging Face model directory (with an optional LoRA adapter),
     decoded greedily; given the answer's JSON schema, within it (see
@@ -63,13 +68,11 @@ class TransformersBackend:
         if adapter_dir is not None:
             from peft import PeftModel
 
-            if not (adapter_dir / "adapter_model.safetensors").is_file():
-                raise BackendError(f"{adapter_dir}: not a LoRA adapter (adapter_model.safetensors is missing)")
+            _check_adapter_dir(adapter_dir)
             model = PeftModel.from_pretrained(model, adapter_dir)
         self.model = model.to(device).eval()
-        try:  # an adapter trained with the pointer brings its own (federated.task)
-            pointer = ((adapter_dir and Pointer.load(adapter_dir, model.config.hidden_size))
-                       or Pointer.load(model_dir, model.config.hidden_size))
+        try:
+            pointer = Pointer.beside(model_dir, adapter_dir, model.config.hidden_size)
         except PointerError as exc:
             raise BackendError(str(exc)) from None
         self.decoder = Decoder(self.model, self.tokenizer, device, constrained,
@@ -109,8 +112,8 @@ class OpenAICompatibleBackend:
             from agents.pointer import LocalPointer, PointerError
 
             _check_model_dir(pointer_model)
-            if pointer_adapter is not None and not (pointer_adapter / "adapter_model.safetensors").is_file():
-                raise BackendError(f"{pointer_adapter}: not a LoRA adapter (adapter_model.safetensors is missing)")
+            if pointer_adapter is not None:
+                _check_adapter_dir(pointer_adapter)
             try:
                 self.pointer = LocalPointer(pointer_model, pointer_adapter)
             except PointerError as exc:

@@ -74,6 +74,12 @@ class Pointer(torch.nn.Module):
         pointer.load_state_dict(arrays, strict=False)
         return pointer.eval()
 
+    @classmethod
+    def beside(cls, model_dir: Path, adapter_dir: Path | None, hidden: int) -> Pointer | None:
+        """The pointer a model is served with: an adapter trained with one
+        brings its own (federated.task); else the base model's."""
+        return (adapter_dir and cls.load(adapter_dir, hidden)) or cls.load(model_dir, hidden)
+
     def read(self, model: Any, ids: torch.Tensor, offsets: list[tuple[int, int]], prompt: str) -> Pointed:
         """What the pointer says of a prompt, from the model's hidden states (an adapted model's too)."""
         with torch.inference_mode():
@@ -210,7 +216,7 @@ class LocalPointer:
 
             model = PeftModel.from_pretrained(model, adapter_dir)
         self.model = model.eval()
-        pointer = (adapter_dir and Pointer.load(adapter_dir, hidden)) or Pointer.load(model_dir, hidden)
+        pointer = Pointer.beside(model_dir, adapter_dir, hidden)
         if pointer is None:
             raise PointerError(f"{model_dir / POINTER_FILE}: missing (models built before the pointer have none)")
         self.pointer = pointer
