@@ -39,11 +39,12 @@ class ModelSpec:
     seed: int = 0
 
 
-# Batches of 32 at a high rate. With the pointer finding the arguments, the specialist's exact calls on
-# held-out requests were 98% (generated) and 93% (hand-written) after 300 steps, 99% and 97% after 500,
-# 98% and 89% after 250: 300 keeps the build near 90 s.
-SPECIALIST = ModelSpec(steps=300, batch=32, lr=4e-3)
-GENERALIST = ModelSpec(hidden=160, layers=4, heads=4, steps=100, batch=32, lr=4e-3)  # wider, trained less
+# Batches of 32 at a high rate, in bfloat16 (see build). With the pointer finding the arguments, the
+# specialist's exact calls on held-out requests were 99% (generated) and 93% (hand-written) after 360
+# steps, 98% and 90% after 300; the generalist got 34 of 60 generic requests right after 130 steps, 30
+# after 100. These keep the build near 80 s.
+SPECIALIST = ModelSpec(steps=360, batch=32, lr=4e-3)
+GENERALIST = ModelSpec(hidden=160, layers=4, heads=4, steps=130, batch=32, lr=4e-3)  # wider, trained less
 
 
 def fingerprint() -> str:
@@ -171,6 +172,10 @@ def build(out: Path, spec: ModelSpec = SPECIALIST, on_step: Callable[[int, float
         bos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
+    # Trained under bfloat16 autocast, whose matrix products this CPU runs twice as fast, with eager
+    # attention, which bfloat16 makes faster than sdpa here: a step takes 111 ms instead of 177 ms.
+    # The weights stay float32, and the saved model serves with sdpa.
+    model.set_attn_implementation("eager")
     pointer = Pointer(spec.hidden)
     optimizer = torch.optim.AdamW([*model.parameters(), *pointer.parameters()], lr=spec.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=spec.lr, total_steps=spec.steps, pct_start=0.1)
@@ -179,7 +184,8 @@ def build(out: Path, spec: ModelSpec = SPECIALIST, on_step: Callable[[int, float
     model.train()
     loss_value = 0.0
     for step in range(spec.steps):
-        loss = answer_loss(model, packed(tokenizer, r.sample(pairs, spec.batch)), pointer)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = answer_loss(model, packed(tokenizer, r.sample(pairs, spec.batch)), pointer)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*model.parameters(), *pointer.parameters()], 1.0)
         optimizer.step()
@@ -189,6 +195,7 @@ def build(out: Path, spec: ModelSpec = SPECIALIST, on_step: Callable[[int, float
         if on_step:
             on_step(step, loss_value)
     model.eval()
+    model.set_attn_implementation("sdpa")
     out.mkdir(parents=True, exist_ok=True)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
