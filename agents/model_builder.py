@@ -47,14 +47,15 @@ SPECIALIST = ModelSpec(steps=360, batch=32, lr=4e-3)
 GENERALIST = ModelSpec(hidden=160, layers=4, heads=4, steps=130, batch=32, lr=4e-3)  # wider, trained less
 
 
-def fingerprint() -> str:
-    """Changes whenever what the built models would be changes."""
+def fingerprint(*more: Path) -> str:
+    """Changes whenever what the built models would be changes: these
+    modules, and `more` files that decide how they are built."""
     import hashlib
 
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in ("model_builder.py", "domain.py", "prompt.py", "tools.py", "pointer.py"):
-        digest.update((here / name).read_bytes())
+    for path in [here / n for n in ("model_builder.py", "domain.py", "prompt.py", "tools.py", "pointer.py")] + list(more):
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 

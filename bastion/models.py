@@ -19,8 +19,9 @@ CACHE = Path(os.environ.get("BASTION_MODELS", "/var/cache/bastion/models"))
 
 
 def default_models_dir() -> Path:
-    """Built models are kept per version of the builder, outside any checkout."""
-    return CACHE / fingerprint()
+    """Built models are kept per version of the builder and of this module
+    (which picks the specs and fits the router), outside any checkout."""
+    return CACHE / fingerprint(Path(__file__))
 
 
 def specialist_dir(console: Console) -> Path:
