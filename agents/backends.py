@@ -107,17 +107,12 @@ class OpenAICompatibleBackend:
         self.api_key = api_key
         self.timeout_s = timeout_s
         self.structured = structured
-        self.pointer = None
-        if pointer_model is not None:
-            from agents.pointer import LocalPointer, PointerError
-
-            _check_model_dir(pointer_model)
-            if pointer_adapter is not None:
-                _check_adapter_dir(pointer_adapter)
-            try:
-                self.pointer = LocalPointer(pointer_model, pointer_adapter)
-            except PointerError as exc:
-                raise BackendError(str(exc)) from None
+        # the served model's local copy, which only reads the pointer
+        self.local = None if pointer_model is None else \
+            TransformersBackend(f"{name} (pointer)", pointer_model, pointer_adapter, constrained=False)
+        if self.local is not None and self.local.decoder.pointer is None:
+            raise BackendError(f"{pointer_model}: pointer.safetensors is missing (models built before the pointer "
+                               "have none)")
 
     def complete(self, prompt: str, max_tokens: int = 128, json_schema: dict[str, Any] | None = None) -> Completion:
         body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
@@ -125,8 +120,8 @@ class OpenAICompatibleBackend:
         if json_schema is not None and self.structured:
             from agents.answer_grammar import answer_grammar  # xgrammar: only where a schema is sent
 
-            if self.pointer is not None:
-                json_schema = self.pointer.narrow(prompt, json_schema)
+            if self.local is not None:
+                json_schema = self.local.decoder.narrow(prompt, json_schema)
             body["structured_outputs"] = {"grammar": str(answer_grammar(json_schema))}
         request = urllib.request.Request(
             f"{self.base_url}/v1/completions", data=json.dumps(body).encode(),

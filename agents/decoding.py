@@ -50,15 +50,26 @@ class Decoder:
             new = out[0, len(prompt_ids):].tolist()
             text = self.tokenizer.decode(new, skip_special_tokens=True).split(END, 1)[0].strip()
         else:
-            if self.pointer is not None:
-                pointed = self.pointer.read(self.model, enc["input_ids"], offsets, prompt)
-                json_schema = pointed_schema(json_schema, pointed, request_of(prompt))
+            json_schema = self._narrow(prompt, enc["input_ids"], offsets, json_schema)
             matcher = self._grammars.matcher(json_schema)
             new = self._follow(prompt_ids, matcher, max_tokens)
             text = self.tokenizer.decode(new).strip()
             if matcher.is_terminated():  # an answer cut short by max_tokens goes back as it is: invalid, retried
                 text = self._choose(prompt_ids, text, json_schema, request_of(prompt))
         return text, len(prompt_ids), len(new)
+
+    def narrow(self, prompt: str, json_schema: dict[str, Any]) -> dict[str, Any]:
+        """The schema narrowed to where the pointer places the arguments, for
+        a backend that decodes elsewhere (vLLM cannot run the pointer)."""
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc.pop("offset_mapping")[0].tolist()
+        return self._narrow(prompt, enc["input_ids"].to(self.device), offsets, json_schema)
+
+    def _narrow(self, prompt: str, ids: torch.Tensor, offsets: list[tuple[int, int]], json_schema: dict[str, Any]
+                ) -> dict[str, Any]:
+        if self.pointer is None:
+            return json_schema
+        return pointed_schema(json_schema, self.pointer.read(self.model, ids, offsets, prompt), request_of(prompt))
 
     def _follow(self, prompt: list[int], matcher: Any, max_tokens: int) -> list[int]:
         """Greedy decoding within the grammar. Text the grammar forces is

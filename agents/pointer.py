@@ -24,7 +24,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from agents.grounding import NUMBER, assigned, occurrences, pointed_fields, span_fields
-from agents.prompt import request_of
 from agents.tools import TOOLS
 
 POINTER_FILE = "pointer.safetensors"
@@ -198,31 +197,3 @@ def pointed_schema(schema: dict[str, Any], pointed: Pointed, request: str) -> di
             props[name]["enum"] = [value]
     return schema
 
-
-class LocalPointer:
-    """A built model's pointer with the model it reads, on this machine: it
-    narrows the schema for a backend that decodes elsewhere (vLLM), which
-    cannot run the pointer itself. Given the adapter vLLM serves, the
-    model reads through it, with the pointer trained beside it."""
-
-    def __init__(self, model_dir: Path, adapter_dir: Path | None = None) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
-        hidden = model.config.hidden_size
-        if adapter_dir is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter_dir)
-        self.model = model.eval()
-        pointer = Pointer.beside(model_dir, adapter_dir, hidden)
-        if pointer is None:
-            raise PointerError(f"{model_dir / POINTER_FILE}: missing (models built before the pointer have none)")
-        self.pointer = pointer
-
-    def narrow(self, prompt: str, schema: dict[str, Any]) -> dict[str, Any]:
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False, return_offsets_mapping=True)
-        offsets = enc.pop("offset_mapping")[0].tolist()
-        pointed = self.pointer.read(self.model, enc["input_ids"], offsets, prompt)
-        return pointed_schema(schema, pointed, request_of(prompt))

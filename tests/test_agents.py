@@ -30,7 +30,7 @@ from agents.config import ConfigError, build_router, load_config
 from agents.interaction_log import InteractionLog, read_log
 from agents.answer_grammar import answer_grammar
 from agents.model_builder import packed, train_tokenizer
-from agents.pointer import FIELDS, POINTER_FILE, LocalPointer, targets
+from agents.pointer import FIELDS, POINTER_FILE, targets
 from agents.prompt import END, LEAD, CallError, json_schema, parse, render, request_of
 from agents.redact import Redactor
 from agents.router import TaskClassifier
@@ -344,7 +344,8 @@ def test_vllm_gets_the_schema_in_its_structured_outputs_field(quick_models: Path
     assert got.text == '{"done": true}'
     assert seen[0]["structured_outputs"] == {"grammar": str(answer_grammar(schema))} and "guided_json" not in seen[0]
     assert "structured_outputs" not in seen[1]
-    narrowed = LocalPointer(quick_models / "tool-caller").narrow(render(note), json_schema(note))
+    local = TransformersBackend("local", quick_models / "tool-caller", constrained=False)  # the served model, here
+    narrowed = local.decoder.narrow(render(note), json_schema(note))
     assert seen[2]["structured_outputs"] == {"grammar": str(answer_grammar(narrowed))}
     def notes(schema: dict[str, Any]) -> list[str]:
         return next(a["properties"]["args"]["properties"]["text"]["enum"] for a in schema["anyOf"]

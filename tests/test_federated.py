@@ -172,7 +172,7 @@ def test_secure_aggregation_refuses_a_robust_rule_in_one_line() -> None:
 def test_fl_run_on_a_real_superlink_and_supernodes_over_tls_under_secagg(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from agents.backends import TransformersBackend
+    from agents.backends import OpenAICompatibleBackend, TransformersBackend
     from bastion.models import specialist_dir
     from bastion.federated_run import run_federated
 
@@ -200,7 +200,9 @@ def test_fl_run_on_a_real_superlink_and_supernodes_over_tls_under_secagg(tmp_pat
     pointer = load_file(out / "adapter" / "pointer.safetensors")  # and it places arguments with the round's pointer
     assert backend.decoder.pointer is not None
     assert np.array_equal(backend.decoder.pointer.start.weight.detach().numpy(), pointer["start.weight"])
-    from agents.pointer import LocalPointer  # as a vLLM backend's local copy narrows the grammar it sends
-
-    local = LocalPointer(specialist_dir(Console(quiet=True)), out / "adapter")
-    assert np.array_equal(local.pointer.start.weight.detach().numpy(), pointer["start.weight"])
+    # a vLLM backend's local copy narrows the grammar it sends with the round's pointer too
+    served_by_vllm = OpenAICompatibleBackend("vllm", "http://127.0.0.1:9", "site-adapter", structured=True,
+                                             pointer_model=specialist_dir(Console(quiet=True)),
+                                             pointer_adapter=out / "adapter")
+    assert served_by_vllm.local is not None and served_by_vllm.local.decoder.pointer is not None
+    assert np.array_equal(served_by_vllm.local.decoder.pointer.start.weight.detach().numpy(), pointer["start.weight"])
