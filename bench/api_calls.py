@@ -31,6 +31,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bastion import logs  # noqa: E402
 from bastion.guarded import GuardedSandboxes, record_runs  # noqa: E402
 from bastion.local_api import LocalApi  # noqa: E402
 from common.verdicts import Verdict  # noqa: E402
@@ -157,6 +158,9 @@ def main() -> int:
     parser.add_argument("--held", type=int, default=50, help="held TLS calls, each to a new endpoint")
     args = parser.parse_args()
     console = Console()
+    log = Path(tempfile.gettempdir()) / "bastion-bench-api-calls.log"
+    logs.to_file(log)  # the guard's alerts on held calls, as structured records, not on the terminal
+    console.print(f"structured log: {log}")
     sends: dict[tuple[str, bool], list[float]] = {}
     trips: dict[tuple[str, bool], list[float]] = {}
     in_programs = {False: 0, True: 0}  # ns the kernel spent in the API programs, by transport

@@ -31,6 +31,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bastion import logs  # noqa: E402
 from bastion.guarded import GuardedSandboxes, Recording, record_runs  # noqa: E402
 from ebpf.sensor import Sensor, require_root  # noqa: E402
 from guard import audit  # noqa: E402
@@ -78,6 +79,9 @@ def main() -> int:
     parser.add_argument("--datasets-only", action="store_true", help="only the public trace sets (no root needed)")
     args = parser.parse_args()
     console = Console(width=150)  # the tables are wide; a log file gets them whole
+    log = Path(tempfile.gettempdir()) / "bastion-bench-detection.log"
+    logs.to_file(log)  # the guard's alerts on the attacks, as structured records, not on the terminal
+    console.print(f"structured log: {log}")
     if not args.datasets_only:
         corpus(console)
     if args.datasets.is_dir():
