@@ -60,12 +60,8 @@ def main() -> int:
         rows["base model"] = evaluate(None)
         for n in names:
             rows[f"local-only {n}"] = evaluate(finetune(sites[n][0], steps))
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM
-
-        fed = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out / "fed" / "adapter")
         fed_label = "federated (SecAgg+)" if args.secure_aggregation else "federated"
-        rows[fed_label] = evaluate(task.get_adapter(fed))
+        rows[fed_label] = evaluate(task.read_adapter(out / "fed" / "adapter"))
         pooled = [p for n in names for p in sites[n][0]]
         rows["centralized (pooled data)"] = evaluate(finetune(pooled, steps * len(names)))
 

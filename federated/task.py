@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from agents.model_builder import answer_loss, packed
 from agents.decoding import Decoder
-from agents.pointer import Pointer
+from agents.pointer import POINTER_FILE, Pointer
 from agents.prompt import json_schema, request_of, same_call
 
 # small on purpose: what travels each round is this adapter, about 1% of the model
@@ -62,6 +62,17 @@ def save(model: PeftModel, directory: Path) -> None:
     model.save_pretrained(directory, safe_serialization=True)
     if (pointer := _pointer(model)) is not None:
         pointer.save(directory)
+
+
+def read_adapter(directory: Path) -> dict[str, np.ndarray]:
+    """What save() wrote, as get_adapter() gives it: the adapter's arrays,
+    and the pointer's under its prefix where it has one."""
+    from safetensors.numpy import load_file
+
+    arrays = dict(load_file(directory / "adapter_model.safetensors"))
+    if (directory / POINTER_FILE).is_file():
+        arrays |= {POINTER + k: v for k, v in load_file(directory / POINTER_FILE).items()}
+    return arrays
 
 
 def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], steps: int,

@@ -206,3 +206,10 @@ def test_fl_run_on_a_real_superlink_and_supernodes_over_tls_under_secagg(tmp_pat
                                              pointer_adapter=out / "adapter")
     assert served_by_vllm.local is not None and served_by_vllm.local.decoder.pointer is not None
     assert np.array_equal(served_by_vllm.local.decoder.pointer.start.weight.detach().numpy(), pointer["start.weight"])
+    # read back as a round's arrays (bench/federated.py evaluates it so), it is the adapter and the pointer
+    arrays = task.read_adapter(out / "adapter")
+    fresh, _ = task.load(specialist_dir(Console(quiet=True)))
+    task.set_adapter(fresh, arrays)
+    again = task.get_adapter(fresh)
+    assert again.keys() == arrays.keys() and {k for k in arrays if k.startswith(task.POINTER)}
+    assert all(np.array_equal(again[k], arrays[k]) for k in arrays)
