@@ -21,7 +21,7 @@ from agents.pointer import POINTER_FILE, Pointer
 from agents.prompt import json_schema, request_of, same_call
 
 # small on purpose: what travels each round is this adapter, about 1% of the model
-LORA = LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+LORA = LoraConfig(r=3, lora_alpha=12, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
 
 
 POINTER = "pointer."  # the pointer's arrays travel beside the adapter's under this prefix
