@@ -17,7 +17,10 @@ def _node(args: argparse.Namespace, console: Console) -> int:
     from bastion.node import Node, NodeConfig, wait_for_signal
 
     fields = {k: v for k, v in vars(args).items() if k in NodeConfig.model_fields and v is not None}
-    node = Node(NodeConfig(**fields))
+    try:
+        node = Node(NodeConfig(**fields))
+    except (ValueError, RuntimeError) as exc:  # a bad setting or file, no root: one line
+        raise SystemExit("bastion node: " + ": ".join(line.strip() for line in str(exc).splitlines()[:3])) from None
     console.print(f"bastion node serving on {node.config.local}" + (f" and {args.listen} (TLS)" if args.listen else ""))
     wait_for_signal(node)
     return 0
@@ -52,6 +55,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--audit-heads", type=Path, help="also append each signed audit head here (a file off this host)")
     p.add_argument("--falco", type=Path, help="also write alerts here as Falco JSON lines")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--node-cpu", type=int, help="keep this CPU for the node's event pump and audit writer; "
+                                                "sandboxes run on the others")
     p.set_defaults(func=_node)
 
     p = sub.add_parser("tui", help="review the alerts of one node or several in the terminal")

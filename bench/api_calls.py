@@ -6,10 +6,14 @@ run: the same keep-alive client, plain HTTP and TLS, run
   - in a sandbox whose policy has API rules (SK_MSG parses each plain
     request; the libssl uprobes parse each TLS one),
 
-and the held path: TLS calls to endpoints the agent's profile never saw,
+first with the guard's threads free to run on any CPU, then with a CPU of
+their own (GuardedSandboxes' node_cpu; the sandboxes, the floor and the
+records API on the others), since on two CPUs the pump's burst of allowed
+calls' events, every 20 ms, takes a CPU from the client or the server: the
+round trip's p99. Then the held path: TLS calls to endpoints the agent's profile never saw,
 each stopped (SIGSTOP) while the guard scores it, then released.
 
-    .venv/bin/python bench/api_calls.py [--calls 2000] [--held 50]
+    .venv/bin/python bench/api_calls.py [--rounds 5] [--calls 4000] [--held 200]
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from bastion.local_api import LocalApi  # noqa: E402
 from common.verdicts import Verdict  # noqa: E402
 from ebpf.sensor import Sensor  # noqa: E402
 from guard.audit import AuditLog  # noqa: E402
+from guard.profile import Profile  # noqa: E402
 from guard.traces import Behaviour  # noqa: E402
 from guard.training import Settings, train  # noqa: E402
 from sandbox.policy import Network, Policy  # noqa: E402
@@ -120,14 +125,14 @@ with serve() as api:
 
 
 @contextlib.contextmanager
-def serve_apart() -> Iterator[LocalApi]:
+def serve_apart() -> Iterator[tuple[LocalApi, int]]:
     root = Path(__file__).resolve().parents[1]
     server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     assert server.stdin is not None and server.stdout is not None
     try:
         port, tls_port, ca = json.loads(server.stdout.readline())
-        yield LocalApi(port, tls_port, Path(ca))
+        yield LocalApi(port, tls_port, Path(ca)), server.pid
     finally:
         server.stdin.close()
         server.wait(timeout=10)
@@ -153,16 +158,16 @@ def _ip_port_only(policy: Policy) -> Policy:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=2000, help="requests per client run")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every mode")
-    parser.add_argument("--held", type=int, default=50, help="held TLS calls, each to a new endpoint")
+    parser.add_argument("--calls", type=int, default=4000, help="requests per client run")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every mode")
+    parser.add_argument("--held", type=int, default=200, help="held TLS calls per arrangement, each to a new endpoint")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=160)  # the table is wide; a log file gets it whole
     log = Path(tempfile.gettempdir()) / "bastion-bench-api-calls.log"
     logs.to_file(log)  # the guard's alerts on held calls, as structured records, not on the terminal
     console.print(f"structured log: {log}")
-    sends: dict[tuple[str, bool], list[float]] = {}
-    trips: dict[tuple[str, bool], list[float]] = {}
+    sends: dict[Key, list[float]] = {}
+    trips: dict[Key, list[float]] = {}
     in_programs = {False: 0, True: 0}  # ns the kernel spent in the API programs, by transport
     stats_were = BPF_STATS.read_text().strip()
     BPF_STATS.write_text("1")  # the kernel counts each program's run time only while this is on
@@ -174,52 +179,89 @@ def main() -> int:
     return 0
 
 
-def _measure(args: argparse.Namespace, console: Console, sends: dict[tuple[str, bool], list[float]],
-             trips: dict[tuple[str, bool], list[float]], in_programs: dict[bool, int]) -> list[float]:
+MODES = ("unwatched", "sandbox, IP:port only", "sandbox, API rules")
+Key = tuple[int | None, str, bool]  # the node's CPU (None: shared), the mode, TLS
+
+
+def _arrangement(node_cpu: int | None) -> str:
+    return "shared CPUs" if node_cpu is None else f"node on CPU {node_cpu}"
+
+
+def _arrangements() -> list[int | None]:
+    """The guard's threads on any CPU (as by default), then, given a second
+    CPU, on one of their own (GuardedSandboxes' node_cpu)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return [None, cpus[-1]] if len(cpus) > 1 else [None]
+
+
+def _move(pid: int, cpus: set[int]) -> None:
+    """Every thread of a process onto these CPUs."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[float]],
+             trips: dict[Key, list[float]], in_programs: dict[bool, int]) -> dict[int | None, list[float]]:
+    """Fills sends, trips and in_programs; returns the held calls' send times by arrangement."""
     paths = ["/records/17", "/records/250", "/formulary"]
-    with Sensor() as sensor, serve_apart() as api, tempfile.TemporaryDirectory() as tmp:
+    held: dict[int | None, list[float]] = {}
+    with Sensor() as sensor, serve_apart() as (api, server), tempfile.TemporaryDirectory() as tmp:
         rules = api_policy(api)
         free = _ip_port_only(rules)
+        profile, held_policy = _held_setup(sensor, api, rules)
         log = AuditLog(Path(tmp) / "audit.jsonl")
-        with GuardedSandboxes(sensor, log) as guarded:
-            with console.status("interleaved client runs") as status:
+        everywhere = os.sched_getaffinity(0)
+        for node_cpu in _arrangements():
+            # kept off the node's CPU like the sandboxes: the records API, as if on
+            # another host, and the unwatched floor
+            others = everywhere - {node_cpu}
+            _move(server, others)
+            floor = ["taskset", "-c", ",".join(map(str, sorted(others)))] if node_cpu is not None else []
+            with GuardedSandboxes(sensor, log, node_cpu=node_cpu) as guarded, \
+                    console.status("interleaved client runs") as status:
                 for r in range(args.rounds):
                     for tls in (False, True):
-                        status.update(f"round {r + 1} of {args.rounds}, {'TLS' if tls else 'plain'}")
+                        status.update(f"{_arrangement(node_cpu)}: round {r + 1} of {args.rounds}, "
+                                      f"{'TLS' if tls else 'plain'}")
                         cmd = _client(api, tls, args.calls, paths)
-                        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-                        _keep(sends, trips, ("unwatched", tls), out)
-                        for mode, policy in (("sandbox, IP:port only", free), ("sandbox, API rules", rules)):
+                        out = subprocess.run([*floor, *cmd], capture_output=True, text=True, check=True).stdout
+                        _keep(sends, trips, (node_cpu, MODES[0], tls), out)
+                        for mode, policy in zip(MODES[1:], (free, rules)):
                             before = program_time_ns(sensor)
                             run = guarded.run(cmd, policy, labels={"agent": "bench"})
-                            if policy is rules:
+                            if policy is rules and node_cpu is None:
                                 in_programs[tls] += program_time_ns(sensor) - before
                             if run.result.exit_status != 0:
                                 raise SystemExit(f"{mode}: the client failed: {run.result.stderr[-400:]}")
-                            _keep(sends, trips, (mode, tls), run.result.stdout)
-        held = _held_calls(sensor, api, rules, args.held, Path(tmp))
+                            _keep(sends, trips, (node_cpu, mode, tls), run.result.stdout)
+            held[node_cpu] = _held_calls(sensor, api, profile, held_policy, args.held, log, node_cpu)
+        _move(server, everywhere)
         log.close()
     return held
 
 
-def _report(args: argparse.Namespace, console: Console, sends: dict[tuple[str, bool], list[float]],
-            trips: dict[tuple[str, bool], list[float]], in_programs: dict[bool, int], held: list[float]) -> None:
-
+def _report(args: argparse.Namespace, console: Console, sends: dict[Key, list[float]],
+            trips: dict[Key, list[float]], in_programs: dict[bool, int], held: dict[int | None, list[float]]) -> None:
     table = Table(title=f"GET over keep-alive, {args.rounds} x {args.calls} calls per mode and transport, µs: "
                         "the send (where the kernel decides) and the round trip")
-    for col in ("transport", "mode", "send p50", "send p99", "send p50 added", "round trip p50", "round trip p99",
-                "calls/s"):
+    for col in ("CPUs", "transport", "mode", "send p50", "send p99", "send p50 added", "round trip p50",
+                "round trip p99", "p99 added", "calls/s"):
         table.add_column(col, justify="right")
-    for tls in (False, True):
-        floor = statistics.median(sends[("unwatched", tls)])
-        for mode in ("unwatched", "sandbox, IP:port only", "sandbox, API rules"):
-            s, t = sends[(mode, tls)], trips[(mode, tls)]
-            table.add_row("TLS" if tls else "plain", mode, f"{statistics.median(s):.1f}", f"{pct(s, 99):.1f}",
-                          "floor" if mode == "unwatched" else f"{statistics.median(s) - floor:+.1f}",
-                          f"{statistics.median(t):.0f}", f"{pct(t, 99):.0f}", f"{1e6 / statistics.mean(t):,.0f}")
+    arrangements = sorted({k[0] for k in sends}, key=lambda c: c is not None)
+    for node_cpu in arrangements:
+        for tls in (False, True):
+            floor, floor_p99 = (f(v[(node_cpu, MODES[0], tls)]) for f, v in
+                                ((statistics.median, sends), (lambda t: pct(t, 99), trips)))
+            for mode in MODES:
+                s, t = sends[(node_cpu, mode, tls)], trips[(node_cpu, mode, tls)]
+                first = mode == MODES[0]
+                table.add_row(_arrangement(node_cpu), "TLS" if tls else "plain", mode, f"{statistics.median(s):.1f}",
+                              f"{pct(s, 99):.1f}", "floor" if first else f"{statistics.median(s) - floor:+.1f}",
+                              f"{statistics.median(t):.0f}", f"{pct(t, 99):.0f}",
+                              "floor" if first else f"{pct(t, 99) - floor_p99:+.0f}", f"{1e6 / statistics.mean(t):,.0f}")
     console.print(table)
-    added = {tls: statistics.median(sends[("sandbox, API rules", tls)])
-             - statistics.median(sends[("sandbox, IP:port only", tls)]) for tls in (False, True)}
+    added = {tls: statistics.median(sends[(None, MODES[2], tls)]) - statistics.median(sends[(None, MODES[1], tls)])
+             for tls in (False, True)}
     calls = args.rounds * args.calls
     console.print(f"API rules add per allowed call (send p50 against the same sandbox with IP:port only): "
                   f"plain {added[False]:+.1f} µs, TLS {added[True]:+.1f} µs (target: at most 20); "
@@ -227,24 +269,29 @@ def _report(args: argparse.Namespace, console: Console, sends: dict[tuple[str, b
                   f"{in_programs[False] / calls / 1000:.1f} µs, TLS {in_programs[True] / calls / 1000:.1f} µs "
                   "(TLS: the client's and the unwatched server's SSL calls; the uprobe traps themselves are "
                   "not in it)")
-    allowed = sends[("sandbox, API rules", True)]
-    console.print(f"held TLS calls (SIGSTOP, scored, released), {len(held)} each to a new endpoint: send "
-                  f"p50 {statistics.median(held):.0f} µs, p99 {pct(held, 99):.0f} µs (target: at most 2,000), "
-                  f"{sum(h > 2000 for h in held)} over 2 ms; against an allowed call in the same sandbox: "
-                  f"p50 {statistics.median(allowed):.0f} µs, p99 {pct(allowed, 99):.0f} µs")
+    for node_cpu in arrangements:
+        tail = {tls: pct(trips[(node_cpu, MODES[2], tls)], 99) - pct(trips[(node_cpu, MODES[0], tls)], 99)
+                for tls in (False, True)}
+        console.print(f"{_arrangement(node_cpu)}: round trip p99 with API rules against unwatched: plain "
+                      f"{tail[False]:+.0f} µs, TLS {tail[True]:+.0f} µs (target: at most 20)")
+    for node_cpu, times in held.items():
+        allowed = sends[(node_cpu, MODES[2], True)]
+        console.print(f"{_arrangement(node_cpu)}: held TLS calls (SIGSTOP, scored, released), {len(times)} each to a "
+                      f"new endpoint: send p50 {statistics.median(times):.0f} µs, p99 {pct(times, 99):.0f} µs "
+                      f"(target: at most 2,000), {sum(h > 2000 for h in times)} over 2 ms; against an allowed call "
+                      f"in the same sandbox: p50 {statistics.median(allowed):.0f} µs, p99 {pct(allowed, 99):.0f} µs")
 
 
-def _keep(sends: dict[tuple[str, bool], list[float]], trips: dict[tuple[str, bool], list[float]],
-          key: tuple[str, bool], stdout: str) -> None:
+def _keep(sends: dict[Key, list[float]], trips: dict[Key, list[float]], key: Key, stdout: str) -> None:
     s, t = _timings(stdout)
     sends.setdefault(key, []).extend(s)
     trips.setdefault(key, []).extend(t)
 
 
-def _held_calls(sensor: Sensor, api: LocalApi, policy: Policy, n: int, tmp: Path) -> list[float]:
-    """Each call's time when the kernel holds it for the guard: a profile that
-    learned /records/{id} judges calls to /records/{id}/<new name> (allowed by
-    the policy's /records/{id}/* rule) like it, so each is released."""
+def _held_setup(sensor: Sensor, api: LocalApi, policy: Policy) -> tuple[Profile, Policy]:
+    """A profile that learned /records/{id}, and a policy under which it
+    judges calls to /records/{id}/<new name> (allowed by a /records/{id}/*
+    rule) like it: each such call is held, scored and released."""
     assert isinstance(policy.network, Network)
     dest = policy.network.allow[0]
     wider = dest.model_copy(update={"api": [*dest.api, dest.api[0].model_copy(update={"path": "/records/{id}/*"})]})
@@ -256,20 +303,21 @@ def _held_calls(sensor: Sensor, api: LocalApi, policy: Policy, n: int, tmp: Path
     if set(behaviour.endpoints) != {"GET 127.0.0.1 /records/{}"}:
         raise SystemExit(f"held calls: the profile learned {sorted(behaviour.endpoints)}")
     profile = train(traces, behaviour, "bench-held", Settings(sequence=False))
-    log = AuditLog(tmp / "held.jsonl")
-    times: list[float] = []
-    policy = policy.model_copy(update={"response": policy.response.model_copy(update={"anomaly": Verdict.ALERT})})
-    with GuardedSandboxes(sensor, log, [profile]) as guarded:
+    return profile, policy.model_copy(update={"response": policy.response.model_copy(update={"anomaly": Verdict.ALERT})})
+
+
+def _held_calls(sensor: Sensor, api: LocalApi, profile: Profile, policy: Policy, n: int, log: AuditLog,
+                node_cpu: int | None) -> list[float]:
+    """The send time of n held TLS calls, each to an endpoint never seen."""
+    with GuardedSandboxes(sensor, log, [profile], node_cpu=node_cpu) as guarded:
         run = guarded.run(_client(api, True, n, [f"/records/17/note{i}" for i in range(n)]), policy,
                           labels={"agent": "bench-held"})
         if run.result.exit_status != 0:
             raise SystemExit(f"held calls: the client failed: {run.result.stderr[-400:]}")
-        times = _timings(run.result.stdout)[0]
         held = [c for c in run.result.api_calls if "never saw" in c.reason]
         if len(held) != n:
             raise SystemExit(f"held calls: {len(held)} of {n} calls were held")
-    log.close()
-    return times
+        return _timings(run.result.stdout)[0]
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ class Launch:
     report_fd: int
     env_fd: int
     hostname: str = "bastion"
+    cpus: tuple[int, ...] = ()  # the CPUs it may run on; () for any
 
     def argv(self, launcher: Path, command: list[str]) -> list[str]:
         """The launcher's command line that confines and then runs command;
@@ -105,6 +106,8 @@ class Launch:
         argv = [str(launcher), "-f", str(flags), "-u", str(self.uid), "-g", str(self.gid), "-n", self.hostname,
                 "-w", str(self.workdir), "-l", str(self.landlock_fd), "-a", str(READ), "-s", str(self.seccomp_fd),
                 "-e", str(self.report_fd), "-v", str(self.env_fd)]
+        if self.cpus:
+            argv += ["-c", ",".join(map(str, self.cpus))]
         for procs in self.procs_files:
             argv += ["-p", str(procs)]
         for res, value in self.rlimits:

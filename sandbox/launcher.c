@@ -30,10 +30,12 @@
  * been executed, confined, or holds the one-line reason it was not (also
  * on stderr; exit 126, or 127 for a tool that cannot be executed): so the
  * supervisor knows the tool is inside the sandbox before it goes on.
+ * With -c, the sandbox runs on those CPUs only (the node keeps another for
+ * its own threads; the seccomp program then refuses sched_setaffinity).
  *
  *   bastion-launch -f CLONE_FLAGS -u UID -g GID -n HOSTNAME -w WORKDIR
  *                  -l RULESET_FD -a PROC_ACCESS -s SECCOMP_FD -e REPORT_FD -v ENV_FD
- *                  [-p CGROUP_PROCS_FILE]... [-r RESOURCE:LIMIT]... -- TOOL ARG...
+ *                  [-c CPU,CPU...] [-p CGROUP_PROCS_FILE]... [-r RESOURCE:LIMIT]... -- TOOL ARG...
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -77,6 +79,8 @@ struct launch {
     int rlimit_res[MAX_RLIMITS];
     rlim_t rlimit_val[MAX_RLIMITS];
     int nrlimits;
+    int pinned; /* -c given: run on cpus only */
+    cpu_set_t cpus;
 };
 
 static int report_fd = -1; /* -e: where a failure's reason goes */
@@ -237,11 +241,23 @@ static long number(const char *s, const char *what)
     return (long)v;
 }
 
+static void parse_cpus(char *list, struct launch *l)
+{
+    CPU_ZERO(&l->cpus);
+    for (char *cpu = strtok(list, ","); cpu; cpu = strtok(NULL, ",")) {
+        long n = number(cpu, "-c: not a comma-separated list of CPU numbers");
+        if (n < 0 || n >= CPU_SETSIZE)
+            usage("-c: a CPU number out of range");
+        CPU_SET(n, &l->cpus);
+    }
+    l->pinned = 1;
+}
+
 static int parse(int argc, char **argv, struct launch *l)
 {
     int opt;
     *l = (struct launch){.ruleset_fd = -1, .seccomp_fd = -1, .env_fd = -1, .uid = (uid_t)-1, .gid = (gid_t)-1};
-    while ((opt = getopt(argc, argv, "+f:u:g:n:w:l:a:s:e:v:p:r:")) != -1) {
+    while ((opt = getopt(argc, argv, "+f:u:g:n:w:l:a:s:e:v:c:p:r:")) != -1) {
         switch (opt) {
         case 'f': l->flags = (int)number(optarg, "-f: not a number"); break;
         case 'u': l->uid = (uid_t)number(optarg, "-u: not a number"); break;
@@ -252,6 +268,7 @@ static int parse(int argc, char **argv, struct launch *l)
         case 'a': l->proc_access = (uint64_t)number(optarg, "-a: not a number"); break;
         case 's': l->seccomp_fd = (int)number(optarg, "-s: not a number"); break;
         case 'v': l->env_fd = (int)number(optarg, "-v: not a number"); break;
+        case 'c': parse_cpus(optarg, l); break;
         case 'e':
             report_fd = (int)number(optarg, "-e: not a number");
             /* closes at the tool's exec; the reaper and init close it at once */
@@ -290,6 +307,8 @@ int main(int argc, char **argv)
     die_with_parent();
     if (getppid() != supervisor) /* it died before the signal was armed */
         _exit(128 + SIGKILL);
+    if (l.pinned && sched_setaffinity(0, sizeof(l.cpus), &l.cpus)) /* the reaper and init too */
+        die("-c: sched_setaffinity");
     if (unshare(l.flags))
         die("unshare");
     pid_t init = fork();

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -146,13 +146,15 @@ class SandboxManager:
 
     def __init__(self, sensor: Sensor, workdirs: Path | None = None, listeners: Sequence[Listener] = (),
                  finishers: Sequence[Finisher] = (), ngram_events: bool = False,
-                 sequence_events: bool = False) -> None:
+                 sequence_events: bool = False, cpus: Iterable[int] = ()) -> None:
         """Listeners get each sandbox's event batches; finishers are called
         when its command has ended, while its sensor maps still exist. With
         ngram_events, n-grams missing from the sensor's known map are sent
         (all of them while it is empty: the training stream); with
-        sequence_events, every syscall id, in batches per thread."""
+        sequence_events, every syscall id, in batches per thread. With cpus,
+        sandboxes run on those CPUs only and may not move themselves."""
         self.sensor = sensor
+        self.cpus = tuple(sorted(set(cpus)))
         self.workdirs = workdirs or Path(tempfile.gettempdir()) / "bastion-sandboxes"
         self.workdirs.mkdir(parents=True, exist_ok=True)
         self.listeners = list(listeners)
@@ -191,7 +193,8 @@ class SandboxManager:
             launcher = launcher_binary()
             ruleset = landlock.Ruleset([] if isolated else tcp_ports(policy.network))  # type: ignore[arg-type]
             trapped = self.sensor.report_attempts(policy.denied_syscalls)
-            fds.append(seccomp_fd := self._seccomp_program(policy.denied_syscalls, trapped))
+            denied = [*policy.denied_syscalls, *(["sched_setaffinity"] if self.cpus else [])]
+            fds.append(seccomp_fd := self._seccomp_program(denied, trapped))
             cg = Cgroup.create(name)
             made.append(cg.remove)
             controllers = Controllers.create(cg, policy.limits)
@@ -232,6 +235,7 @@ class SandboxManager:
                 seccomp_fd=seccomp_fd,
                 report_fd=report_w,
                 env_fd=env_fd,
+                cpus=self.cpus,
             )
             self._active[cg.id] = sb
             made.append(lambda: self._active.pop(cg.id, None))

@@ -288,3 +288,35 @@ def test_the_node_answers_a_bad_run_request_naming_the_field(kernel: None, tmp_p
     finally:
         client.close()
         node.close()
+
+
+PROBE_CPUS = """
+import os, sys
+print(sorted(os.sched_getaffinity(0)))
+try:
+    os.sched_setaffinity(0, {int(sys.argv[1])})
+except PermissionError:
+    print("refused")
+"""
+
+
+def test_with_a_node_cpu_sandboxes_run_on_the_others_and_cannot_move_onto_it(sensor: Sensor, tmp_path: Path) -> None:
+    """The node may keep a CPU for its event pump and audit writer: a sandbox
+    then runs on the other CPUs and may not move itself onto the node's,
+    where it would delay every verdict."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs: one for the node, one for the sandboxes")
+    node_cpu = cpus[-1]
+    log = AuditLog(tmp_path / "audit.jsonl")
+    before = set(threading.enumerate())
+    with GuardedSandboxes(sensor, log, workdirs=tmp_path, node_cpu=node_cpu) as g:
+        started = {t.name: t.native_id for t in set(threading.enumerate()) - before}
+        assert {"sandbox-pump", "api-call-log"} <= set(started)
+        assert all(os.sched_getaffinity(tid) == {node_cpu} for tid in started.values() if tid is not None)
+        run = g.run(["/usr/bin/python3", "-c", PROBE_CPUS, str(node_cpu)], Policy())
+    log.close()
+    assert run.result.stdout.splitlines() == [str(cpus[:-1]), "refused"], run.result.stderr
+    assert sorted(os.sched_getaffinity(0)) == cpus  # the caller's own CPUs are as they were
+    with pytest.raises(ValueError, match="node_cpu: 99"):
+        GuardedSandboxes(sensor, log, node_cpu=99)
