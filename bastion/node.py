@@ -67,7 +67,7 @@ class NodeConfig(BaseModel):
     metrics_port: int | None = Field(None, ge=1, le=65535)
     node_cpu: int | None = Field(None, ge=0, description="a CPU kept for the event pump and the audit writer; "
                                  "sandboxes run on the others (an allowed API call's round trip then gains "
-                                 "nothing at p99, and a sandbox that saturates its CPUs cannot slow a verdict)")
+                                 "nothing at p99, and sandboxes that saturate their CPUs leave the node's alone)")
 
 
 def read_or_make_token(path: Path) -> str:
