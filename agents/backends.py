@@ -107,12 +107,14 @@ class OpenAICompatibleBackend:
         self.api_key = api_key
         self.timeout_s = timeout_s
         self.structured = structured
-        # the served model's local copy, which only reads the pointer
-        self.local = None if pointer_model is None else \
-            TransformersBackend(f"{name} (pointer)", pointer_model, pointer_adapter, constrained=False)
-        if self.local is not None and self.local.decoder.pointer is None:
-            raise BackendError(f"{pointer_model}: pointer.safetensors is missing (models built before the pointer "
-                               "have none)")
+        self.local = None  # the served model's local copy, which only reads the pointer
+        if pointer_model is not None:
+            from agents.pointer import POINTER_FILE
+
+            self.local = TransformersBackend(f"{name} (pointer)", pointer_model, pointer_adapter, constrained=False)
+            if self.local.decoder.pointer is None:
+                raise BackendError(f"{pointer_model}: {POINTER_FILE} is missing (models built before the pointer "
+                                   "have none)")
 
     def complete(self, prompt: str, max_tokens: int = 128, json_schema: dict[str, Any] | None = None) -> Completion:
         body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,

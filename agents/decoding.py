@@ -38,9 +38,7 @@ class Decoder:
     def decode(self, prompt: str, max_tokens: int = 128, json_schema: dict[str, Any] | None = None
                ) -> tuple[str, int, int]:
         """The answer up to END, the prompt's length and the answer's, in tokens."""
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False, return_offsets_mapping=True)
-        offsets = enc.pop("offset_mapping")[0].tolist()
-        enc = enc.to(self.device)
+        enc, offsets = self._encode(prompt)
         prompt_ids = enc["input_ids"][0].tolist()
         if self._grammars is None or json_schema is None:
             with torch.inference_mode():
@@ -61,9 +59,14 @@ class Decoder:
     def narrow(self, prompt: str, json_schema: dict[str, Any]) -> dict[str, Any]:
         """The schema narrowed to where the pointer places the arguments, for
         a backend that decodes elsewhere (vLLM cannot run the pointer)."""
+        enc, offsets = self._encode(prompt)
+        return self._narrow(prompt, enc["input_ids"], offsets, json_schema)
+
+    def _encode(self, prompt: str) -> tuple[Any, list[tuple[int, int]]]:
+        """The prompt's tokens on the device, and each token's characters (where the pointer reads)."""
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False, return_offsets_mapping=True)
         offsets = enc.pop("offset_mapping")[0].tolist()
-        return self._narrow(prompt, enc["input_ids"].to(self.device), offsets, json_schema)
+        return enc.to(self.device), offsets
 
     def _narrow(self, prompt: str, ids: torch.Tensor, offsets: list[tuple[int, int]], json_schema: dict[str, Any]
                 ) -> dict[str, Any]:

@@ -10,8 +10,9 @@ first with the guard's threads free to run on any CPU, then with a CPU of
 their own (GuardedSandboxes' node_cpu; the sandboxes, the floor and the
 records API on the others), since on two CPUs the pump's burst of allowed
 calls' events, every 20 ms, takes a CPU from the client or the server: the
-round trip's p99. Then the held path: TLS calls to endpoints the agent's profile never saw,
-each stopped (SIGSTOP) while the guard scores it, then released.
+round trip's p99. Then, in each, the held path: TLS calls to endpoints the
+agent's profile never saw, each stopped (SIGSTOP) while the guard scores
+it, then released.
 
     .venv/bin/python bench/api_calls.py [--rounds 5] [--calls 4000] [--held 200]
 """
@@ -235,7 +236,6 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
                                 raise SystemExit(f"{mode}: the client failed: {run.result.stderr[-400:]}")
                             _keep(sends, trips, (node_cpu, mode, tls), run.result.stdout)
             held[node_cpu] = _held_calls(sensor, api, profile, held_policy, args.held, log, node_cpu)
-        _move(server, everywhere)
         log.close()
     return held
 
@@ -250,8 +250,8 @@ def _report(args: argparse.Namespace, console: Console, sends: dict[Key, list[fl
     arrangements = sorted({k[0] for k in sends}, key=lambda c: c is not None)
     for node_cpu in arrangements:
         for tls in (False, True):
-            floor, floor_p99 = (f(v[(node_cpu, MODES[0], tls)]) for f, v in
-                                ((statistics.median, sends), (lambda t: pct(t, 99), trips)))
+            floor = statistics.median(sends[(node_cpu, MODES[0], tls)])
+            floor_p99 = pct(trips[(node_cpu, MODES[0], tls)], 99)
             for mode in MODES:
                 s, t = sends[(node_cpu, mode, tls)], trips[(node_cpu, mode, tls)]
                 first = mode == MODES[0]
