@@ -1,6 +1,7 @@
 """The audit log: append-only JSONL in which every record carries the hash of
-the one before, flushed and fsynced before the append returns, so a record
-someone has seen is on disk and any edit, removal or reordering shows.
+the one before, fsynced before the append returns (or, for an append that
+must not wait on the disk, before anyone is shown it), so a record someone
+has seen is on disk and any edit, removal or reordering shows.
 
 A hash chain alone proves nothing against someone who can write the file:
 they can cut its end, or recompute the whole chain. So the node signs the
@@ -197,7 +198,10 @@ class AuditLog:
                 self._seq, self._last = record["seq"] + 1, record["hash"]
                 self._unsigned = 0 if record["kind"] == CHECKPOINT else self._unsigned + 1
         self._fd = _open_for_append(self.path)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the chain
+        self._io = threading.Lock()  # the file
+        self._unwritten: list[str] = []  # lines appended, not yet written
+        self._unsent: list[dict[str, Any]] = []  # heads among them
 
     def append(self, kind: str, body: dict[str, Any]) -> int:
         """Write one record durably; returns its sequence number."""
@@ -211,32 +215,51 @@ class AuditLog:
         self._unsigned = 0 if kind == CHECKPOINT else self._unsigned + 1
         return line
 
-    def append_many(self, kind: str, bodies: list[dict[str, Any]]) -> list[int]:
-        """Write records in order with one fsync; returns their sequence numbers."""
+    def append_many(self, kind: str, bodies: list[dict[str, Any]], durable: bool = True) -> list[int]:
+        """Write records in order with one fsync; returns their sequence
+        numbers. With durable=False they only take their place in the chain:
+        `sync` writes them, so the caller never waits on the disk."""
         with self._lock:
-            lines, seqs = [], []
+            seqs = []
             for body in bodies:
                 seqs.append(self._seq)
-                lines.append(self._line(kind, body))
-            head = None
+                self._unwritten.append(self._line(kind, body))
             if self.signer is not None and self._unsigned >= self.checkpoint_every:
-                head = self.signer.checkpoint(self._seq - 1, self._last)
-                lines.append(self._line(CHECKPOINT, head))
-            os.write(self._fd, "".join(lines).encode())
-            os.fsync(self._fd)
-        if head is not None:
-            self._send(head)
+                self._sign()
+        if durable:
+            self.sync()
         return seqs
 
-    def checkpoint(self) -> None:
-        """Sign the current head now, if any record is not yet covered."""
-        with self._lock:
-            if self.signer is None or self._unsigned == 0:
-                return
-            head = self.signer.checkpoint(self._seq - 1, self._last)
-            os.write(self._fd, self._line(CHECKPOINT, head).encode())
+    def _sign(self) -> None:
+        """A checkpoint that signs the chain so far; its head is sent out
+        once it is on disk."""
+        assert self.signer is not None
+        head = self.signer.checkpoint(self._seq - 1, self._last)
+        self._unwritten.append(self._line(CHECKPOINT, head))
+        self._unsent.append(head)
+
+    def sync(self) -> None:
+        """Write and fsync every record appended, then send out the heads
+        among them. One write or fsync at a time: a write into a file that
+        is being fsynced can wait for the disk, and appending must not."""
+        with self._io:
+            with self._lock:
+                lines, self._unwritten = self._unwritten, []
+                heads, self._unsent = self._unsent, []
+            if not lines:
+                return  # a sync before this one wrote and fsynced them
+            os.write(self._fd, "".join(lines).encode())
             os.fsync(self._fd)
-        self._send(head)
+        for head in heads:
+            self._send(head)
+
+    def checkpoint(self) -> None:
+        """Sign the current head now, if any record is not yet covered, and
+        sync."""
+        with self._lock:
+            if self.signer is not None and self._unsigned:
+                self._sign()
+        self.sync()
 
     def _send(self, head: dict[str, Any]) -> None:
         for sink in self.heads:

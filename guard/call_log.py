@@ -1,6 +1,7 @@
-"""API calls to the audit log from a thread of their own: the pump, which
-releases held calls, never waits on the disk for them, and each record still
-reaches the log, then the sinks with its place there."""
+"""API calls to the audit log: given their place in its chain as the pump
+routes them, at the pump's priority, then written, fsynced and passed to
+the sinks with that place from a thread of its own, so the pump, which
+releases held calls, never waits on the disk."""
 
 from __future__ import annotations
 
@@ -22,13 +23,18 @@ class ApiCallLog:
         self._thread.start()
 
     def put(self, records: list[ApiCallRecord]) -> None:
-        """Queue records for the log; raises the writer's error, if any, so
-        a log that cannot be written stops the pump (and every sandbox)."""
+        """Chain records into the log, to be written and sunk; raises the
+        writer's error, if any, so a log that cannot be written stops the
+        pump (and every sandbox)."""
         self._raise()
+        seqs = self.audit.append_many("api_call", [r.model_dump(mode="json", exclude={"seq"}) for r in records],
+                                      durable=False)
+        for record, seq in zip(records, seqs, strict=True):
+            record.seq = seq
         self._queue.put(records)
 
     def flush(self) -> None:
-        """Wait until everything queued is in the log."""
+        """Wait until everything put is on disk."""
         self._queue.join()
         self._raise()
 
@@ -44,16 +50,15 @@ class ApiCallLog:
         while (records := self._queue.get()) is not None:
             try:
                 if self.error is None:
-                    self._write(records)
+                    self._sync(records)
             except Exception as exc:  # noqa: BLE001 - raised to the pump and to flush()
                 self.error = exc
             finally:
                 self._queue.task_done()
         self._queue.task_done()
 
-    def _write(self, records: list[ApiCallRecord]) -> None:
-        seqs = self.audit.append_many("api_call", [r.model_dump(mode="json", exclude={"seq"}) for r in records])
-        for record, seq in zip(records, seqs, strict=True):
-            record.seq = seq
+    def _sync(self, records: list[ApiCallRecord]) -> None:
+        self.audit.sync()  # also writes batches put meanwhile: theirs finds little left to do
+        for record in records:
             for sink in self.sinks:
                 sink(record)
