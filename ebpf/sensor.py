@@ -159,6 +159,7 @@ class Sensor:
         self._counts: Any = None  # syscall_counts, mapped: WATCH_SLOTS x NR_COUNTED u64
         self._next_tag = 0
         self._raw: list[bytes] = []
+        self._limit: int | None = None  # records per drain, while one runs
         self._decode_errors: dict[int, int] = {}  # by cgroup id, 0 when even the header was unreadable
         self._attempts: set[str] = set()
         # The programs on every syscall of the host (tracepoint or raw
@@ -351,9 +352,10 @@ class Sensor:
         return final
 
     # reading -------------------------------------------------------------
-    def _on_event(self, _ctx: Any, data: int, size: int) -> None:
+    def _on_event(self, _ctx: Any, data: int, size: int) -> int:
         # Copy only: the faster records leave the ring buffer, the fewer are lost.
         self._raw.append(ct.string_at(data, size))
+        return -1 if self._limit is not None and len(self._raw) >= self._limit else 0  # -1: stop here
 
     def _decode_pending(self) -> list[Event]:
         raw, self._raw = self._raw, []
@@ -366,17 +368,27 @@ class Sensor:
                 self._decode_errors[cgroup] = self._decode_errors.get(cgroup, 0) + 1
         return batch
 
-    def poll(self, timeout_ms: int = 100) -> list[Event]:
-        """Wait up to timeout_ms for events and return everything pending,
-        including records sent without a wakeup (an allowed API call's),
-        which a wait alone does not collect."""
+    def wait(self, timeout_ms: int) -> bool:
+        """Wait up to timeout_ms for a record sent with a wakeup. True if one
+        came, it and all the ring held are then pending for drain.
+        False leaves only records sent without a wakeup (an allowed API
+        call's, and any queued behind one), which a wait does not collect."""
         self.bpf.ring_buffer_poll(timeout_ms)
-        self.bpf.ring_buffer_consume()
-        return self._decode_pending()
+        return bool(self._raw)
 
-    def drain(self) -> list[Event]:
-        """Everything already in the ring buffer, without waiting."""
-        self.bpf.ring_buffer_consume()
+    def poll(self, timeout_ms: int = 100) -> list[Event]:
+        """Wait up to timeout_ms for events and return everything pending."""
+        self.wait(timeout_ms)
+        return self.drain()
+
+    def drain(self, limit: int | None = None) -> list[Event]:
+        """What the ring buffer holds now, without waiting: everything, or at
+        most `limit` records, the rest left for the next call."""
+        self._limit = limit
+        try:
+            self.bpf.ring_buffer_consume()
+        finally:
+            self._limit = None
         return self._decode_pending()
 
     def stats(self, cgroup_id: int) -> CgroupStats:

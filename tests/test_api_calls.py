@@ -6,7 +6,11 @@ alert names the step, method and path, and the audit log holds the call."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from bastion.guarded import GuardedRun, GuardedSandboxes
 from bastion.local_api import LocalApi
 from common.verdicts import Verdict
 from ebpf.api import API_ANY_SEGMENT, METHODS, fnv1a
+from ebpf.events import Event, EventKind
 from ebpf.sensor import Sensor
 from guard import audit
 from guard.audit import AuditLog
@@ -266,3 +271,72 @@ def test_the_kernel_header_hashes_are_the_header_names() -> None:
     for name in ("host", "content-length", "transfer-encoding"):
         define = f"H_{name.upper().replace('-', '_')} {fnv1a(name.encode()):#018x}ULL"
         assert define in source, define
+
+
+# Keeps one connection and makes `n` allowed calls, then the injected export.
+CALLS_THEN_EXPORT = r"""
+import http.client, sys
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    conn.request("GET", "/records/17")
+    conn.getresponse().read()
+conn.request("POST", "/patients/export", body='{"mrn": "77120934"}')
+conn.getresponse().read()
+"""
+
+
+def _calls_then_export(guarded: GuardedSandboxes, records_policy: Policy, records_api: LocalApi,
+                       n: int) -> list[tuple[bool, str, float]]:
+    """Runs CALLS_THEN_EXPORT, checks the export was stopped and every call
+    audited, and returns how the pump routed each batch: (only allowed
+    calls, "real time" or "nice N", ms since its first record was sent)."""
+    routed: list[tuple[bool, str, float]] = []
+
+    def watch(_sb: object, events: list[Event]) -> None:
+        realtime = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO
+        routed.append((all(e.kind is EventKind.API and e.ret == 0 for e in events),
+                       "real time" if realtime else f"nice {os.getpriority(os.PRIO_PROCESS, 0)}",
+                       (time.monotonic_ns() - min(e.ts_ns for e in events)) / 1e6))
+
+    before = len(records_api.received)
+    guarded.manager.listeners.append(watch)
+    try:
+        run = guarded.run(["/usr/bin/python3", "-c", CALLS_THEN_EXPORT, str(records_api.port), str(n)],
+                          records_policy, labels=LABELS)
+    finally:
+        guarded.manager.listeners.remove(watch)
+    _assert_stopped(guarded, run, records_api, before + n, "POST 127.0.0.1/patients/export")
+    assert [(r.method, r.path) for r in records_api.received[before:]] == [("GET", "/records/17")] * n
+    assert len(_audited_calls(guarded, run.result.sandbox)) == n + 1
+    return routed
+
+
+def test_allowed_calls_are_routed_at_the_lowest_priority_and_the_rest_at_real_time(
+        guarded: GuardedSandboxes, records_policy: Policy, records_api: LocalApi) -> None:
+    """The records of calls the kernel allowed wait for idle CPU time, so
+    they do not slow the calls themselves; anything that needs a verdict is
+    judged at real time, here the export that kills the tool."""
+    routed = _calls_then_export(guarded, records_policy, records_api, 300)
+
+    assert any(only_allowed and how == "nice 19" for only_allowed, how, _ in routed), routed
+    assert {how for only_allowed, how, _ in routed if not only_allowed} == {"real time"}
+
+
+def test_a_starved_pump_routes_allowed_calls_at_real_time_again(
+        guarded: GuardedSandboxes, records_policy: Policy, records_api: LocalApi) -> None:
+    """With every CPU busy beside the node (processes of its own cgroup, so
+    nothing shields the pump from them), quiet routing would leave the
+    guard behind: the pump goes back to real time, and every call is still
+    judged and audited."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        routed = _calls_then_export(guarded, records_policy, records_api, 300)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+    assert any(only_allowed and how == "real time" for only_allowed, how, _ in routed), routed
+    # quiet routing alone, starved, leaves most batches hundreds of ms behind
+    lags = sorted(lag for *_, lag in routed)
+    assert lags[len(lags) * 9 // 10] < 50, lags

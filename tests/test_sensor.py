@@ -237,3 +237,21 @@ def test_lost_events_are_counted_when_the_buffer_is_tiny(cgroup: Cgroup, workloa
     assert stats.lost > 0
     assert stats.events == len(mine)
     assert stats.events + stats.lost == opens + 2  # the opens, the exec and the exit
+
+
+def test_a_drain_with_a_limit_leaves_the_rest_for_the_next(sensor: Sensor, cgroup: Cgroup, workload: Path,
+                                                           tmp_path: Path) -> None:
+    """The pump reads in small chunks when it routes quietly: none is lost
+    or read twice."""
+    target = tmp_path / "f"
+    target.write_text("x")
+    sensor.watch(cgroup.id, "chunks")
+    pid, _ = run_in(cgroup, [str(workload), "spread", str(target), "100"])
+    time.sleep(0.1)
+    chunks = []
+    while chunk := sensor.drain(16):
+        chunks.append([e for e in chunk if e.pid == pid])
+    sensor.unwatch(cgroup.id)
+    assert max(map(len, chunks)) == 16
+    opens = [e.path for chunk in chunks for e in chunk if e.kind is EventKind.OPEN and e.path.startswith(str(target))]
+    assert len(opens) == len(set(opens)) == 100
