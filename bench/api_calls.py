@@ -8,11 +8,11 @@ run: the same keep-alive client, plain HTTP and TLS, run
 
 first with the guard's threads free to run on any CPU, then with a CPU of
 their own (GuardedSandboxes' node_cpu; the sandboxes, the floor and the
-records API on the others), since on two CPUs the pump's burst of allowed
-calls' events, every 20 ms, takes a CPU from the client or the server: the
-round trip's p99. Then, in each, the held path: TLS calls to endpoints the
-agent's profile never saw, each stopped (SIGSTOP) while the guard scores
-it, then released.
+records API on the others): on two CPUs the pump's turn every 20 ms with
+the allowed calls' events, at nice 19, still shares a CPU with the client
+or the server, which shows in the round trip's p99. Then, in each, the held
+path: TLS calls to endpoints the agent's profile never saw, each stopped
+(SIGSTOP) while the guard scores it, then released.
 
     .venv/bin/python bench/api_calls.py [--rounds 5] [--calls 4000] [--held 200]
 """
