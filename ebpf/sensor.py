@@ -370,9 +370,9 @@ class Sensor:
 
     def wait(self, timeout_ms: int) -> bool:
         """Wait up to timeout_ms for a record sent with a wakeup. True if one
-        came, it and all the ring held are then pending for drain.
-        False leaves only records sent without a wakeup (an allowed API
-        call's, and any queued behind one), which a wait does not collect."""
+        came: it and everything else the ring held are then pending for
+        drain. False leaves in the ring only records sent without a wakeup
+        (an allowed API call's, and any queued behind one)."""
         self.bpf.ring_buffer_poll(timeout_ms)
         return bool(self._raw)
 
