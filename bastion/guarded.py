@@ -84,9 +84,8 @@ class GuardedSandboxes:
     """Runs sandboxes watched by the guard; alerts go to the audit log first,
     then to the sinks. Sandboxes labelled agent=NAME are held to NAME's profile.
     With node_cpu, the event pump and the audit writer run on that CPU and
-    the sandboxes on the others: their work then never waits behind the
-    guard's (an allowed API call's round trip gains nothing at p99), at the
-    price of a CPU the sandboxes cannot use."""
+    the sandboxes on the others: their work then never shares a CPU with
+    the guard's, at the price of a CPU the sandboxes cannot use."""
 
     def __init__(self, sensor: Sensor, audit: AuditLog, profiles: Iterable[Profile] = (),
                  sinks: Sequence[Callable[[Alert], None]] = (), workdirs: Path | None = None,

@@ -66,8 +66,8 @@ class NodeConfig(BaseModel):
     falco: Path | None = Field(None, description="also write alerts and signed heads here as Falco JSON lines")
     metrics_port: int | None = Field(None, ge=1, le=65535)
     node_cpu: int | None = Field(None, ge=0, description="a CPU kept for the event pump and the audit writer; "
-                                 "sandboxes run on the others (an allowed API call's round trip then gains "
-                                 "nothing at p99, and sandboxes that saturate their CPUs leave the node's alone)")
+                                 "sandboxes run on the others (their work never shares a CPU with the guard's, "
+                                 "and sandboxes that saturate their CPUs leave the node's alone)")
 
 
 def read_or_make_token(path: Path) -> str:
