@@ -7,6 +7,7 @@ the guard's rules are the only judge of what the kernel's facts mean."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -102,6 +103,10 @@ class GuardedSandboxes:
         self.guard.load_profiles(list(self.profiles.values()))
         self.manager.listeners.append(self.guard)
         self.manager.preparers.append(self._learned_endpoints)
+        # What exists now (modules, models, profiles) lives as long as the
+        # node. A full collection rescans all of it holding the GIL, and the
+        # pump waits: 50-70 ms for 140k objects, a pytest process's worth.
+        gc.freeze()
 
     def _assign(self, sb: Sandbox) -> Assignment:
         agent = sb.labels.get("agent")
