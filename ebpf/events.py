@@ -134,6 +134,10 @@ class WatchInfo(ct.Structure):
                 ("slot", ct.c_uint32), ("_pad", ct.c_uint32)]
 
 
+class SlotInfo(ct.Structure):
+    _fields_ = [("cgroup_id", ct.c_uint64), ("flags", ct.c_uint32), ("_pad", ct.c_uint32)]
+
+
 class CgStats(ct.Structure):
     _fields_ = [
         ("events", ct.c_uint64),

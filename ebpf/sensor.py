@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ebpf.api import KernelApiDest, host_hash
-from ebpf.events import NR_COUNTED, UNIX_PATH_LEN, WATCH_SLOTS, CgStats, Event, WatchInfo, cgroup_of, decode
+from ebpf.events import NR_COUNTED, UNIX_PATH_LEN, WATCH_SLOTS, CgStats, Event, SlotInfo, WatchInfo, cgroup_of, decode
 
 BPF_DIR = Path(__file__).parent / "bpf"
 # One module: the programs share the watched map, the ring buffer and stats.
@@ -315,6 +315,7 @@ class Sensor:
             if not 0 <= nr < 64 * len(info.sensitive):
                 raise SensorError(f"syscall number {nr} is outside the sensitive bitmap")
             info.sensitive[nr // 64] |= 1 << (nr % 64)
+        self.bpf["slots"][ct.c_uint32(slot)] = SlotInfo(cgroup_id, flags)
         self.bpf["watched"][ct.c_uint64(cgroup_id)] = info
 
     def is_watched(self, cgroup_id: int) -> bool:
@@ -328,6 +329,7 @@ class Sensor:
         except KeyError:
             raise SensorError(f"cgroup {cgroup_id} is not watched") from None
         info.flags = (info.flags | flag) if on else (info.flags & ~flag)
+        self.bpf["slots"][ct.c_uint32(info.slot)] = SlotInfo(cgroup_id, info.flags)
         watched[key] = info
 
     def unwatch(self, cgroup_id: int) -> CgroupStats:
@@ -338,6 +340,9 @@ class Sensor:
             table = self.bpf[name]
             if key in table:
                 del table[key]
+        slot = self._slots.get(cgroup_id)
+        if slot is not None:
+            self.bpf["slots"][ct.c_uint32(slot)] = SlotInfo()
         self.clear_egress(cgroup_id)
         self._decode_errors.pop(cgroup_id, None)
         with self._hooks_lock:

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -145,6 +146,40 @@ def test_a_cgroup_watched_again_counts_from_zero(sensor: Sensor, cgroup: Cgroup,
         counts = sensor.syscall_counts(cgroup.id)
         sensor.unwatch(cgroup.id)
         assert 300 <= counts[SEQ_SYSCALLS[0]] <= 320
+
+
+def test_a_process_is_counted_for_the_cgroup_it_is_in_now(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:
+    """The every-syscall program finds a process's cgroup by the slot it was
+    marked with: moved to another watched cgroup, it is counted there; left
+    in a cgroup no longer watched, it is not counted for whichever cgroup
+    takes that slot next."""
+    other, third = (Cgroup.create(f"test-{uuid.uuid4().hex[:10]}") for _ in range(2))
+    proc = None
+    try:
+        sensor.watch(cgroup.id, "first")
+        sensor.watch(other.id, "moved to")
+        proc = subprocess.Popen([str(workload), "seq", "100000000"], preexec_fn=cgroup.enter)
+        _until(lambda: sum(sensor.syscall_counts(cgroup.id).values()) > 1000)
+        other.add(proc.pid)  # no exec or fork: the process keeps the first cgroup's mark
+        _until(lambda: sum(sensor.syscall_counts(other.id).values()) > 1000)
+        freed = sensor._slots[other.id]
+        sensor.unwatch(other.id)
+        sensor.watch(third.id, "takes the freed slot")
+        assert sensor._slots[third.id] == freed  # else this test would show nothing
+        before = sum(sensor.syscall_counts(cgroup.id).values())
+        time.sleep(0.2)
+        assert proc.poll() is None
+        assert sensor.syscall_counts(third.id) == {}
+        assert sum(sensor.syscall_counts(cgroup.id).values()) == before
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        for cg in (cgroup, other, third):
+            if sensor.is_watched(cg.id):
+                sensor.unwatch(cg.id)
+        other.remove()
+        third.remove()
 
 
 def test_known_ngrams_are_suppressed(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:

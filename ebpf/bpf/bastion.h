@@ -139,6 +139,14 @@ struct watch_info {
     u32 _pad;
 };
 
+/* What the every-syscall program needs of a watched cgroup, by its slot:
+ * an array cell the JIT inlines, where a lookup in `watched` hashes. */
+struct slot_info {
+    u64 cgroup_id;  /* 0 while the slot is free */
+    u32 flags;      /* the cgroup's watch_info.flags */
+    u32 _pad;
+};
+
 /* Per-cgroup counters, one copy per CPU, summed by user space. */
 struct cg_stats {
     u64 events;

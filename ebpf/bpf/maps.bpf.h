@@ -14,11 +14,13 @@
 #endif
 
 BPF_HASH(watched, u64, struct watch_info, 4096);
-/* Per-process hint for the every-syscall program: 1 if the process was in a
- * watched cgroup at its last fork or exec. An array lookup is inlined by the
- * JIT, so unwatched processes skip the cgroup hash lookup. The event
- * programs do not use it: they check the cgroup itself every time. */
-BPF_ARRAY(watched_pids, u8, PID_MAX);
+BPF_ARRAY(slots, struct slot_info, WATCH_SLOTS);
+/* Per-process hint for the every-syscall program: its cgroup's slot + 1 if
+ * the process was in a watched cgroup at its last fork or exec, else 0. An
+ * array lookup is inlined by the JIT, so unwatched processes skip the
+ * cgroup lookup. The event programs do not use it: they check the cgroup
+ * itself every time. */
+BPF_ARRAY(watched_pids, u16, PID_MAX);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_HASH(stats, u64, struct cg_stats, 4096);
 
@@ -48,11 +50,12 @@ struct seq_state {
 };
 BPF_HASH(windows, u32, struct seq_state, 16384);
 
-static __always_inline void mark_pid(u32 pid, u8 on)
+/* Mark a process as in the watched cgroup w, or, with w NULL, as unwatched. */
+static __always_inline void mark_pid(u32 pid, struct watch_info *w)
 {
-    u8 *slot = watched_pids.lookup(&pid);
-    if (slot)
-        *slot = on;
+    u16 *hint = watched_pids.lookup(&pid);
+    if (hint)
+        *hint = w ? w->slot + 1 : 0;
 }
 
 /* The cgroup of the current task if it is watched, else NULL. */

@@ -13,12 +13,13 @@ BPF_TABLE("lru_hash", u32, struct exit_note, exit_notes, 4096);
 static __always_inline void exec_enter(const char *filename, const char *const *argv)
 {
     u64 cg;
-    if (!watched_cgroup(&cg))
+    struct watch_info *w = watched_cgroup(&cg);
+    if (!w)
         return;
     union event_buf *e = begin(EV_EXEC, cg);
     if (!e)
         return;
-    mark_pid(e->h.pid, 1);
+    mark_pid(e->h.pid, w);
     bpf_probe_read_user_str(e->exec.filename, sizeof(e->exec.filename), filename);
 #pragma unroll
     for (int i = 0; i < ARGV_N; i++) {
@@ -57,12 +58,13 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
 TRACEPOINT_PROBE(sched, sched_process_fork)
 {
     u64 cg;
-    if (!watched_cgroup(&cg))
+    struct watch_info *w = watched_cgroup(&cg);
+    if (!w)
         return 0;
     struct ev_fork e = {};
     fill_hdr(&e.h, EV_FORK, cg);
     e.child_pid = args->child_pid;
-    mark_pid(e.child_pid, 1);
+    mark_pid(e.child_pid, w);
     emit(&e, sizeof(e), cg);
     return 0;
 }

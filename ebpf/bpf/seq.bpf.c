@@ -14,9 +14,9 @@ BPF_HASH(known, struct ngram, u8, 65536);
 
 /* One more syscall: the cgroup's count of its number, the thread's window
  * and batch, and the n-gram it ends, sent if the profile lacks it. */
-static __always_inline void sequence(struct watch_info *w, u64 cg, u32 nr)
+static __always_inline void sequence(const struct slot_info *w, u32 slot, u64 cg, u32 nr)
 {
-    u32 cell = w->slot * NR_COUNTED + (nr < NR_COUNTED ? nr : NR_COUNTED - 1);
+    u32 cell = slot * NR_COUNTED + (nr < NR_COUNTED ? nr : NR_COUNTED - 1);
     u64 *count = syscall_counts.lookup(&cell);
     if (count)
         __sync_fetch_and_add(count, 1);
@@ -60,21 +60,40 @@ static __always_inline void sequence(struct watch_info *w, u64 cg, u32 nr)
     }
 }
 
+/* The watched cgroup of a marked process: its slot's, if the process is
+ * still in it, else whatever watched cgroup it has moved into (marked anew)
+ * or none (unmarked, so its later syscalls take the unwatched path). */
+static __always_inline struct slot_info *marked_cgroup(u32 pid, u16 *hint, u32 *slot, u64 *cg)
+{
+    *slot = *hint - 1;
+    *cg = bpf_get_current_cgroup_id();
+    struct slot_info *s = slots.lookup(slot);
+    if (s && s->cgroup_id == *cg)
+        return s;
+    struct watch_info *w = watched.lookup(cg);
+    mark_pid(pid, w);
+    if (!w)
+        return 0;
+    *slot = w->slot;
+    return slots.lookup(slot);
+}
+
 RAW_TRACEPOINT_PROBE(sys_enter)
 {
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     u32 nr = (u32)ctx->args[1];
-    u8 *hint = watched_pids.lookup(&pid);
+    u16 *hint = watched_pids.lookup(&pid);
     if (!hint || !*hint) {
         if (is_exec(nr))
             exec_syscall((struct pt_regs *)ctx->args[0], nr);
         return 0;
     }
+    u32 slot;
     u64 cg;
-    struct watch_info *w = watched_cgroup(&cg);
-    if (!w)
+    struct slot_info *s = marked_cgroup(pid, hint, &slot, &cg);
+    if (!s)
         return 0;
-    sequence(w, cg, nr);
+    sequence(s, slot, cg, nr);
     syscall_enter((struct pt_regs *)ctx->args[0], nr, cg);
     return 0;
 }
