@@ -19,7 +19,7 @@ from ebpf.events import NR_COUNTED, UNIX_PATH_LEN, WATCH_SLOTS, CgStats, Event, 
 
 BPF_DIR = Path(__file__).parent / "bpf"
 # One module: the programs share the watched map, the ring buffer and stats.
-SOURCES = ("proc.bpf.c", "file.bpf.c", "net.bpf.c", "enter.bpf.c", "sensitive.bpf.c", "seq.bpf.c", "egress.bpf.c",
+SOURCES = ("proc.bpf.c", "file.bpf.c", "net.bpf.c", "enter.bpf.c", "seq.bpf.c", "sensitive.bpf.c", "egress.bpf.c",
            "api.bpf.c")
 _MAPS_INCLUDE = '#include "maps.bpf.h"'
 

@@ -18,9 +18,12 @@ import pytest
 from ebpf.events import ARG_LEN, Event, EventKind
 from ebpf.sensor import Sensor
 from sandbox.cgroup import Cgroup
+from sandbox.policy import Policy
+from tests.attacks import HERE, command
 from tests.workloads import SEQ_SYSCALLS
 
 pytestmark = pytest.mark.usefixtures("kernel")
+SYS_BPF = 321  # what tests/attacks/bpf.py attempts
 
 
 def run_in(cg: Cgroup | None, argv: list[str]) -> tuple[int, int]:
@@ -180,6 +183,19 @@ def test_a_process_is_counted_for_the_cgroup_it_is_in_now(sensor: Sensor, cgroup
                 sensor.unwatch(cg.id)
         other.remove()
         third.remove()
+
+
+def test_a_syscall_seccomp_refuses_joins_the_threads_sequence(sensor: Sensor) -> None:
+    """seccomp refuses a denied syscall before the sys_enter program runs. Its
+    exit reports the attempt and also puts it into the thread's sequence, so
+    the anomaly detectors see it as well as the rules."""
+    from bastion.guarded import record_runs
+
+    sensor.load_known([])
+    run, = record_runs(sensor, [command(HERE / "bpf.py")], Policy())
+    assert "bpf -1 1" in run.result.stdout, run.result  # refused with EPERM
+    assert [e.syscall for e in run.events if e.kind is EventKind.SYSCALL] == [SYS_BPF]
+    assert [t.syscalls.tolist().count(SYS_BPF) for t in run.traces(sensor.ngram_n)] == [1]
 
 
 def test_known_ngrams_are_suppressed(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:

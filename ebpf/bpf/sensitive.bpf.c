@@ -2,7 +2,8 @@
  * refused sockets. seccomp refuses a syscall before the sys_enter tracepoint
  * runs, but its sys_exit tracepoint still fires with the error: so the
  * sensor attaches `sensitive_exit` to sys_exit_<name> of each denied syscall,
- * and the watched map's bitmap says which cgroup cares about which. */
+ * and the watched map's bitmap says which cgroup cares about which.
+ * After seq.bpf.c: each attempt also joins the thread's syscall sequence. */
 #include "maps.bpf.h"
 
 static __always_inline void report(u64 cg, u32 nr, long ret, u32 trapped)
@@ -25,8 +26,12 @@ int sensitive_exit(struct sys_exit_args *args)
 {
     u64 cg;
     struct watch_info *w = watched_cgroup(&cg);
-    if (w && is_sensitive(w, args->nr))
-        report(cg, args->nr, args->ret, 0);
+    if (!w || !is_sensitive(w, args->nr))
+        return 0;
+    report(cg, args->nr, args->ret, 0);
+    /* Never seen at sys_enter, where the thread's sequence is kept: the
+     * anomaly detectors see the attempt there too, not only the rules. */
+    sequence(w->flags, w->slot, cg, args->nr);
     return 0;
 }
 

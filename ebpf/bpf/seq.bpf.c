@@ -14,7 +14,7 @@ BPF_HASH(known, struct ngram, u8, 65536);
 
 /* One more syscall: the cgroup's count of its number, the thread's window
  * and batch, and the n-gram it ends, sent if the profile lacks it. */
-static __always_inline void sequence(const struct slot_info *w, u32 slot, u64 cg, u32 nr)
+static __always_inline void sequence(u32 flags, u32 slot, u64 cg, u32 nr)
 {
     u32 cell = slot * NR_COUNTED + (nr < NR_COUNTED ? nr : NR_COUNTED - 1);
     u64 *count = syscall_counts.lookup(&cell);
@@ -35,7 +35,7 @@ static __always_inline void sequence(const struct slot_info *w, u32 slot, u64 cg
         s->win[i] = s->win[i + 1];
     s->win[NGRAM_N - 1] = (u16)nr;
     s->count++;
-    if (w->flags & WATCH_SEQUENCE) {
+    if (flags & WATCH_SEQUENCE) {
         u16 i = s->batch.n;
         if (i == 0)
             s->batch.pos = s->count - 1;
@@ -44,7 +44,7 @@ static __always_inline void sequence(const struct slot_info *w, u32 slot, u64 cg
         if (s->batch.n >= SEQ_BATCH)
             flush_batch(s, cg);
     }
-    if (s->count < NGRAM_N || !(w->flags & WATCH_DETECT_NOVEL))
+    if (s->count < NGRAM_N || !(flags & WATCH_DETECT_NOVEL))
         return;
     struct ngram gram = {};
 #pragma unroll
@@ -93,7 +93,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     struct slot_info *s = marked_cgroup(pid, hint, &slot, &cg);
     if (!s)
         return 0;
-    sequence(s, slot, cg, nr);
+    sequence(s->flags, slot, cg, nr);
     syscall_enter((struct pt_regs *)ctx->args[0], nr, cg);
     return 0;
 }
