@@ -315,8 +315,7 @@ class Sensor:
             if not 0 <= nr < 64 * len(info.sensitive):
                 raise SensorError(f"syscall number {nr} is outside the sensitive bitmap")
             info.sensitive[nr // 64] |= 1 << (nr % 64)
-        self.bpf["slots"][ct.c_uint32(slot)] = SlotInfo(cgroup_id, flags)
-        self.bpf["watched"][ct.c_uint64(cgroup_id)] = info
+        self._store_watch(cgroup_id, info)
 
     def is_watched(self, cgroup_id: int) -> bool:
         return ct.c_uint64(cgroup_id) in self.bpf["watched"]
@@ -329,8 +328,13 @@ class Sensor:
         except KeyError:
             raise SensorError(f"cgroup {cgroup_id} is not watched") from None
         info.flags = (info.flags | flag) if on else (info.flags & ~flag)
+        self._store_watch(cgroup_id, info)
+
+    def _store_watch(self, cgroup_id: int, info: WatchInfo) -> None:
+        """The cgroup's watch_info, and its slot's copy of the flags that the
+        every-syscall program reads there instead."""
         self.bpf["slots"][ct.c_uint32(info.slot)] = SlotInfo(cgroup_id, info.flags)
-        watched[key] = info
+        self.bpf["watched"][ct.c_uint64(cgroup_id)] = info
 
     def unwatch(self, cgroup_id: int) -> CgroupStats:
         """Stop watching a cgroup; returns its final stats and frees its maps."""
