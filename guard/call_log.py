@@ -3,15 +3,20 @@ routes them, at the pump's priority, then written, fsynced and passed to
 the sinks with that place from a thread of its own, so the pump, which
 releases held calls, never waits on the disk. The pump hands over plain
 `ApiCallRecord` bodies; the model is built only for the sinks, off the
-path of every allowed call."""
+path of every allowed call. That thread runs at nice 19 while some CPU is
+free: its writes and fsyncs, every 20 ms on a busy node, otherwise take a
+CPU from a client or a server mid-call (round trip p99 on two CPUs
++65 to +104 µs, against +24 to +55 µs)."""
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from common.cpus import cpus_wanted
 from guard.alerts import ApiCallRecord
 from guard.audit import AuditLog
 
@@ -47,8 +52,16 @@ class ApiCallLog:
             raise RuntimeError(f"API calls could not be audited: {self.error}") from self.error
 
     def _run(self) -> None:
+        tid = threading.get_native_id()
+        normal, aside = os.getpriority(os.PRIO_PROCESS, tid), False
+        can_step_aside = os.geteuid() == 0  # only root may come back from nice 19
         while (records := self._queue.get()) is not None:
             try:
+                # with every CPU wanted, nice 19 would hold the GIL from the pump for ~100 ms
+                step_aside = can_step_aside and not cpus_wanted(besides_caller=True)
+                if step_aside != aside:
+                    aside = step_aside
+                    os.setpriority(os.PRIO_PROCESS, tid, 19 if aside else normal)
                 if self.error is None:
                     self._sync(records)
             except Exception as exc:  # noqa: BLE001 - raised to the pump and to flush()

@@ -40,6 +40,7 @@ from sandbox.landlock import LandlockError
 from sandbox.launch import (Launch, LaunchError, await_exec, environment_block, launcher_binary, memfd_of,
                             mount_tmpfs, umount)
 from sandbox.limits import Controllers, v1_leaf
+from common.cpus import cpus_wanted
 from common.verdicts import Verdict
 from sandbox.policy import Policy
 from sandbox.result import ApiCall, Denial, SandboxResult
@@ -448,7 +449,7 @@ class SandboxManager:
             realtime = _pump_priority()
             next_check = quiet_from = 0.0
             while not self._stop.is_set():
-                if self.sensor.wait(20) or not realtime or time.monotonic() < quiet_from or _cpus_wanted():
+                if self.sensor.wait(20) or not realtime or time.monotonic() < quiet_from or cpus_wanted():
                     self._route(self.sensor.drain())
                 elif not self._route_quietly():
                     quiet_from = time.monotonic() + QUIET_BACKOFF_S
@@ -571,16 +572,6 @@ def _quiet() -> Iterator[None]:
         yield
     finally:
         _pump_priority()
-
-
-def _cpus_wanted() -> bool:
-    """More tasks can run than there are CPUs (the kernel's count, 10 µs to
-    read): a quiet pump would wait for a CPU, holding the GIL, so for a
-    slice of every other task (~100 ms at nice 19) no thread of the node
-    could run."""
-    with open("/proc/loadavg", "rb") as f:
-        running = int(f.read().split()[3].split(b"/")[0])
-    return running > (os.cpu_count() or 1)
 
 
 def _decided(ev: Event) -> bool:

@@ -325,7 +325,7 @@ def test_allowed_calls_are_routed_at_the_lowest_priority_and_the_rest_at_real_ti
     taken as not all wanted: on two CPUs the tool, the API and the test's
     own threads can want both at every turn, and then the pump rightly
     stays at real time (the starved-pump tests cover that)."""
-    monkeypatch.setattr(manager, "_cpus_wanted", lambda: False)
+    monkeypatch.setattr(manager, "cpus_wanted", lambda: False)
     routed = _calls_then_export(guarded, records_policy, records_api, 300)
 
     assert any(only_allowed and how == "nice 19" for only_allowed, how, _ in routed), routed
@@ -343,7 +343,7 @@ def test_a_starved_pump_keeps_up_by_routing_at_real_time(guarded: GuardedSandbox
     the check before it blinded), it finds itself starved and goes back to
     real time. Either way every call is still judged and audited."""
     if busy == "only within it":
-        monkeypatch.setattr(manager, "_cpus_wanted", lambda: False)
+        monkeypatch.setattr(manager, "cpus_wanted", lambda: False)
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
     try:  # enough calls that a starved turn's batches are a few among many
         routed = _calls_then_export(guarded, records_policy, records_api, 1000)
