@@ -1,22 +1,14 @@
 """API calls to the audit log: given their place in its chain as the pump
 routes them, at the pump's priority, then written, fsynced and passed to
 the sinks with that place from a thread of its own, so the pump, which
-releases held calls, never waits on the disk. The pump hands over plain
-`ApiCallRecord` bodies; the model is built only for the sinks, off the
-path of every allowed call. That thread runs at nice 19 while some CPU is
-free: its writes and fsyncs, every 20 ms on a busy node, otherwise take a
-CPU from a client or a server mid-call (round trip p99 on two CPUs
-+65 to +104 µs, against +24 to +55 µs)."""
+releases held calls, never waits on the disk."""
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from common.cpus import cpus_wanted
 from guard.alerts import ApiCallRecord
 from guard.audit import AuditLog
 
@@ -26,17 +18,20 @@ class ApiCallLog:
         self.audit = audit
         self.sinks = list(sinks)
         self.error: BaseException | None = None
-        self._queue: queue.Queue[list[tuple[int, dict[str, Any]]] | None] = queue.Queue()
+        self._queue: queue.Queue[list[ApiCallRecord] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="api-call-log", daemon=True)
         self._thread.start()
 
-    def put(self, bodies: list[dict[str, Any]]) -> None:
-        """Chain records (`ApiCallRecord` fields but `seq`) into the log, to
-        be written and sunk; raises the writer's error, if any, so a log
-        that cannot be written stops the pump (and every sandbox)."""
+    def put(self, records: list[ApiCallRecord]) -> None:
+        """Chain records into the log, to be written and sunk; raises the
+        writer's error, if any, so a log that cannot be written stops the
+        pump (and every sandbox)."""
         self._raise()
-        seqs = self.audit.append_many("api_call", bodies, durable=False)
-        self._queue.put(list(zip(seqs, bodies, strict=True)))
+        seqs = self.audit.append_many("api_call", [r.model_dump(mode="json", exclude={"seq"}) for r in records],
+                                      durable=False)
+        for record, seq in zip(records, seqs, strict=True):
+            record.seq = seq
+        self._queue.put(records)
 
     def flush(self) -> None:
         """Wait until everything put is on disk."""
@@ -52,16 +47,8 @@ class ApiCallLog:
             raise RuntimeError(f"API calls could not be audited: {self.error}") from self.error
 
     def _run(self) -> None:
-        tid = threading.get_native_id()
-        normal, aside = os.getpriority(os.PRIO_PROCESS, tid), False
-        can_step_aside = os.geteuid() == 0  # only root may come back from nice 19
         while (records := self._queue.get()) is not None:
             try:
-                # with every CPU wanted, nice 19 would hold the GIL from the pump for ~100 ms
-                step_aside = can_step_aside and not cpus_wanted(besides_caller=True)
-                if step_aside != aside:
-                    aside = step_aside
-                    os.setpriority(os.PRIO_PROCESS, tid, 19 if aside else normal)
                 if self.error is None:
                     self._sync(records)
             except Exception as exc:  # noqa: BLE001 - raised to the pump and to flush()
@@ -70,11 +57,8 @@ class ApiCallLog:
                 self._queue.task_done()
         self._queue.task_done()
 
-    def _sync(self, records: list[tuple[int, dict[str, Any]]]) -> None:
+    def _sync(self, records: list[ApiCallRecord]) -> None:
         self.audit.sync()  # also writes batches put meanwhile: theirs finds little left to do
-        if not self.sinks:
-            return
-        for seq, body in records:
-            record = ApiCallRecord.model_validate({**body, "seq": seq})
+        for record in records:
             for sink in self.sinks:
                 sink(record)

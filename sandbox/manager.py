@@ -40,7 +40,6 @@ from sandbox.landlock import LandlockError
 from sandbox.launch import (Launch, LaunchError, await_exec, environment_block, launcher_binary, memfd_of,
                             mount_tmpfs, umount)
 from sandbox.limits import Controllers, v1_leaf
-from common.cpus import cpus_wanted
 from common.verdicts import Verdict
 from sandbox.policy import Policy
 from sandbox.result import ApiCall, Denial, SandboxResult
@@ -106,7 +105,7 @@ class Sandbox:
     lost_seen: int = 0
     undecodable_before: int = 0  # the sensor's count of unattributable bad records when it started
     denials: list[Denial] = field(default_factory=list)
-    api_calls: list[Event] = field(default_factory=list)  # its api_call events; models only in the result
+    api_calls: list[ApiCall] = field(default_factory=list)
     api_dests: list[KernelApiDest] = field(default_factory=list)  # its destinations with API rules
     actions: list[str] = field(default_factory=list)
     stopped_by: str | None = None
@@ -386,7 +385,7 @@ class SandboxManager:
             events_lost=max(stats.lost, sb.lost_seen),
             opens_repeated=stats.opens_repeated,
             denials=sb.denials,
-            api_calls=[api_call(ev) for ev in sb.api_calls],
+            api_calls=sb.api_calls,
             actions=sb.actions,
         )
 
@@ -449,7 +448,7 @@ class SandboxManager:
             realtime = _pump_priority()
             next_check = quiet_from = 0.0
             while not self._stop.is_set():
-                if self.sensor.wait(20) or not realtime or time.monotonic() < quiet_from or cpus_wanted():
+                if self.sensor.wait(20) or not realtime or time.monotonic() < quiet_from or _cpus_wanted():
                     self._route(self.sensor.drain())
                 elif not self._route_quietly():
                     quiet_from = time.monotonic() + QUIET_BACKOFF_S
@@ -493,7 +492,7 @@ class SandboxManager:
                 continue
             for ev in events:
                 if ev.kind is EventKind.API:
-                    sb.api_calls.append(ev)
+                    sb.api_calls.append(api_call(ev))
                 denial = _denial(ev, sb)
                 if denial is not None:
                     sb.denials.append(denial)
@@ -572,6 +571,16 @@ def _quiet() -> Iterator[None]:
         yield
     finally:
         _pump_priority()
+
+
+def _cpus_wanted() -> bool:
+    """More tasks can run than there are CPUs (the kernel's count, 10 µs to
+    read): a quiet pump would wait for a CPU, holding the GIL, so for a
+    slice of every other task (~100 ms at nice 19) no thread of the node
+    could run."""
+    with open("/proc/loadavg", "rb") as f:
+        running = int(f.read().split()[3].split(b"/")[0])
+    return running > (os.cpu_count() or 1)
 
 
 def _decided(ev: Event) -> bool:

@@ -18,9 +18,8 @@ from sklearn.metrics import roc_auc_score
 from bastion.cli import main
 from common.verdicts import Verdict
 from ebpf.events import Event, EventKind
-from guard import audit, call_log
-from guard.alerts import Alert, ApiCallRecord
-from guard.audit import AuditLog
+from guard import audit
+from guard.alerts import Alert
 from guard.monitor import Assignment, Guard, ResponseMap
 from guard.profile import ProfileError, load_profile
 from guard.rules import AllowedDestination, Rules, check
@@ -328,33 +327,3 @@ def test_cli_trains_scores_and_verifies(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["audit", "verify", str(log)]) == 2
     err = capsys.readouterr().out.strip()
     assert err.count("\n") == 0 and "seq 3" in err and "edited" in err
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root may bring a thread back from nice 19")
-def test_the_api_call_log_steps_aside_only_while_a_cpu_is_free(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Its writes wait at nice 19 while a CPU is free, and come back to the
-    normal priority once every CPU is wanted, where nice 19 would hold the
-    GIL from the pump; the records reach the log and the sinks either way."""
-    wanted = False
-    monkeypatch.setattr(call_log, "cpus_wanted", lambda besides_caller: wanted)
-    seen: list[ApiCallRecord] = []
-    log = call_log.ApiCallLog(AuditLog(tmp_path / "audit.jsonl"), [seen.append])
-    body = {"sandbox": "sbx", "method": "GET", "host": "127.0.0.1", "path": "/records/17", "allowed": True,
-            "reason": "allowed"}
-
-    def nice_after_a_call() -> int:
-        log.put([body])
-        log.flush()
-        assert log._thread.native_id is not None
-        return os.getpriority(os.PRIO_PROCESS, log._thread.native_id)
-
-    try:
-        normal = os.getpriority(os.PRIO_PROCESS, 0)
-        assert nice_after_a_call() == 19
-        wanted = True
-        assert nice_after_a_call() == normal
-    finally:
-        log.close()
-    assert [c.seq for c in seen] == [0, 1]
-    assert [b["path"] for b in audit.read(tmp_path / "audit.jsonl", "api_call")] == ["/records/17"] * 2
