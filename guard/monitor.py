@@ -226,15 +226,16 @@ class Guard:
 
     def _audit_api_calls(self, st: _State, calls: list[tuple[Event, bool]]) -> None:
         """Every request the kernel read goes to the audit log, allowed or
-        not, and then to the API-call sinks with its place in the log."""
+        not, and then to the API-call sinks with its place in the log. The
+        records are plain dicts: this runs for every allowed call."""
         if not calls:
             return
-        labels = st.target.labels
+        labels, now = st.target.labels, time.time()
         self.api_calls.put([
-            ApiCallRecord(sandbox=st.target.name, agent=labels.get("agent"), step=labels.get("step"),
-                          tool_call=labels.get("tool_call"), method=ev.method, host=ev.host, path=ev.path,
-                          port=ev.port, tls=ev.tls, body_bytes=ev.arg, allowed=allowed, held=ev.ret == -EAGAIN,
-                          reason=ev.reason, pid=ev.pid, ts_ns=ev.ts_ns)
+            {"sandbox": st.target.name, "agent": labels.get("agent"), "step": labels.get("step"),
+             "tool_call": labels.get("tool_call"), "method": ev.method, "host": ev.host, "path": ev.path,
+             "port": ev.port, "tls": ev.tls, "body_bytes": ev.arg, "allowed": allowed, "held": ev.ret == -EAGAIN,
+             "reason": ev.reason, "pid": ev.pid, "ts_ns": ev.ts_ns, "time": now}
             for ev, allowed in calls
         ])
 

@@ -105,7 +105,7 @@ class Sandbox:
     lost_seen: int = 0
     undecodable_before: int = 0  # the sensor's count of unattributable bad records when it started
     denials: list[Denial] = field(default_factory=list)
-    api_calls: list[ApiCall] = field(default_factory=list)
+    api_calls: list[Event] = field(default_factory=list)  # its api_call events; models only in the result
     api_dests: list[KernelApiDest] = field(default_factory=list)  # its destinations with API rules
     actions: list[str] = field(default_factory=list)
     stopped_by: str | None = None
@@ -385,7 +385,7 @@ class SandboxManager:
             events_lost=max(stats.lost, sb.lost_seen),
             opens_repeated=stats.opens_repeated,
             denials=sb.denials,
-            api_calls=sb.api_calls,
+            api_calls=[api_call(ev) for ev in sb.api_calls],
             actions=sb.actions,
         )
 
@@ -492,7 +492,7 @@ class SandboxManager:
                 continue
             for ev in events:
                 if ev.kind is EventKind.API:
-                    sb.api_calls.append(api_call(ev))
+                    sb.api_calls.append(ev)
                 denial = _denial(ev, sb)
                 if denial is not None:
                     sb.denials.append(denial)

@@ -23,6 +23,7 @@ from ebpf.api import API_ANY_SEGMENT, METHODS, fnv1a
 from ebpf.events import Event, EventKind
 from ebpf.sensor import Sensor
 from guard import audit
+from guard.alerts import ApiCallRecord
 from guard.audit import AuditLog
 from sandbox import manager
 from sandbox.egress import compile_api
@@ -47,7 +48,10 @@ def _curl(guarded: GuardedSandboxes, records_policy: Policy, method: str, url: s
 
 
 def _audited_calls(guarded: GuardedSandboxes, sandbox: str) -> list[dict[str, object]]:
-    return [b for b in audit.read(guarded.audit.path, "api_call") if b["sandbox"] == sandbox]
+    calls = [b for b in audit.read(guarded.audit.path, "api_call") if b["sandbox"] == sandbox]
+    for body in calls:  # the guard writes plain dicts: each must be exactly the record model
+        assert ApiCallRecord.model_validate(body).model_dump(mode="json", exclude={"seq"}) == body
+    return calls
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
