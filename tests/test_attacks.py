@@ -31,10 +31,13 @@ ANOMALY_DETECTORS = ("ngram", "frequency", "sequence")  # what the profile learn
 
 
 def training_commands(api_port: int) -> list[list[str]]:
-    """Benign tool runs in a few variations, each twice: the profile's input."""
+    """Benign tool runs in a few variations, each ten times: the profile's
+    input. Timing varies what a run does: http_get's reply comes in one read
+    or two about half the time, and a profile that saw four runs lacked the
+    second read's n-grams about one time in six."""
     args = {"json_csv.py": [["0"], ["40"]], "sqlite.py": [["0"], ["200"]],
             "http_get.py": [[str(api_port), "1"], [str(api_port), "3"]]}
-    return [command(BENIGN / tool, a) for tool, variations in args.items() for a in variations] * 2
+    return [command(BENIGN / tool, a) for tool, variations in args.items() for a in variations] * 10
 
 # attack -> (the denial kind on record, whether the policy's kill must follow)
 ATTACKS = {
