@@ -283,10 +283,12 @@ def test_the_kernel_header_hashes_are_the_header_names() -> None:
 CALLS_THEN_EXPORT = r"""
 import http.client, sys, time
 conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
-end = time.monotonic() + float(sys.argv[2])
+end, gets = time.monotonic() + float(sys.argv[2]), 0
 while time.monotonic() < end:
     conn.request("GET", "/records/17")
     conn.getresponse().read()
+    gets += 1
+print(gets, flush=True)
 conn.request("POST", "/patients/export", body='{"mrn": "77120934"}')
 conn.getresponse().read()
 """
@@ -312,7 +314,7 @@ def _calls_then_export(guarded: GuardedSandboxes, records_policy: Policy, record
                           records_policy, labels=LABELS)
     finally:
         guarded.manager.listeners.remove(watch)
-    gets = len(records_api.received) - before
+    gets = int(run.result.stdout)  # the tool's own count: whatever else the server received fails
     _assert_stopped(guarded, run, records_api, before + gets, "POST 127.0.0.1/patients/export")
     assert gets and [(r.method, r.path) for r in records_api.received[before:]] == [("GET", "/records/17")] * gets
     assert len(_audited_calls(guarded, run.result.sandbox)) == gets + 1
