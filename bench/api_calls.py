@@ -10,7 +10,10 @@ first with the guard's threads free to run on any CPU, then with a CPU of
 their own (GuardedSandboxes' node_cpu; the sandboxes, the floor and the
 records API on the others): on two CPUs the pump's turn every 20 ms with
 the allowed calls' events, at nice 19, still shares a CPU with the client
-or the server, which shows in the round trip's p99. Then, in each, the held
+or the server, which shows in the round trip's p99. On shared CPUs the
+bench also counts how often a thread of the node held a client or server
+off a CPU for over 50 µs (bench/node_waits.bpf.c), in each sandbox mode, and
+by which thread at which priority: what the p99 pays for. Then, in each, the held
 path: TLS calls to endpoints the agent's profile never saw, each stopped
 (SIGSTOP) while the guard scores it, then released.
 
@@ -28,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,6 +114,44 @@ def program_time_ns(sensor: Sensor) -> int:
     return total
 
 
+WAIT_US = 50
+# (mode, TLS) -> (thread, its priority) -> [waits over WAIT_US, their total ns]
+Waits = dict[tuple[str, bool], dict[tuple[str, str], list[int]]]
+
+
+class NodeWaits:
+    """Counts the times a thread of this process (the node) ran while a task
+    that is not the node's waited over WAIT_US for the CPU after its wakeup."""
+
+    THREADS = {"sandbox-pump": "the pump", "api-call-log": "the audit writer"}
+    PRIORITIES = {98: "real time", 120: "nice 0", 139: "nice 19"}
+
+    def __init__(self) -> None:
+        from bcc import BPF
+
+        self.bpf = BPF(src_file=str(Path(__file__).with_name("node_waits.bpf.c")),
+                       cflags=[f"-DWAIT_NS={WAIT_US * 1000}"])
+
+    def start(self) -> None:
+        """Marks the node's threads as they are now, and forgets earlier waits."""
+        tids = self.bpf["node_tids"]
+        for task in Path("/proc/self/task").iterdir():
+            tids[ct.c_uint32(int(task.name))] = ct.c_uint8(1)
+        self.bpf["waits"].clear()
+
+    def add_to(self, into: dict[tuple[str, str], list[int]]) -> None:
+        """The waits since start, by thread and priority."""
+        names = {t.native_id: self.THREADS.get(t.name, "other threads") for t in threading.enumerate()}
+        for k, v in self.bpf["waits"].items():
+            who = (names.get(k.tid, "other threads"), self.PRIORITIES.get(k.prio, f"prio {k.prio}"))
+            total = into.setdefault(who, [0, 0])
+            total[0] += v.count
+            total[1] += v.ns
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
 def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1]
 
@@ -170,13 +212,15 @@ def main() -> int:
     sends: dict[Key, list[float]] = {}
     trips: dict[Key, list[float]] = {}
     in_programs = {False: 0, True: 0}  # ns the kernel spent in the API programs, by transport
+    waits: Waits = {}
     stats_were = BPF_STATS.read_text().strip()
     BPF_STATS.write_text("1")  # the kernel counts each program's run time only while this is on
     try:
-        held = _measure(args, console, sends, trips, in_programs)
+        held = _measure(args, console, sends, trips, in_programs, waits)
     finally:
         BPF_STATS.write_text(stats_were)
     _report(args, console, sends, trips, in_programs, held)
+    _report_waits(args, console, waits)
     return 0
 
 
@@ -202,11 +246,12 @@ def _move(pid: int, cpus: set[int]) -> None:
 
 
 def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[float]],
-             trips: dict[Key, list[float]], in_programs: dict[bool, int]) -> dict[int | None, list[float]]:
-    """Fills sends, trips and in_programs; returns the held calls' send times by arrangement."""
+             trips: dict[Key, list[float]], in_programs: dict[bool, int], waits: Waits) -> dict[int | None, list[float]]:
+    """Fills sends, trips, in_programs and waits; returns the held calls' send times by arrangement."""
     paths = ["/records/17", "/records/250", "/formulary"]
     held: dict[int | None, list[float]] = {}
-    with Sensor() as sensor, serve_apart() as (api, server), tempfile.TemporaryDirectory() as tmp:
+    with Sensor() as sensor, serve_apart() as (api, server), tempfile.TemporaryDirectory() as tmp, \
+            contextlib.closing(NodeWaits()) as node_waits:  # on throughout: every mode pays its probes
         rules = api_policy(api)
         free = _ip_port_only(rules)
         profile, held_policy = _held_setup(sensor, api, rules)
@@ -229,9 +274,12 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
                         _keep(sends, trips, (node_cpu, MODES[0], tls), out)
                         for mode, policy in zip(MODES[1:], (free, rules)):
                             before = program_time_ns(sensor)
+                            node_waits.start()
                             run = guarded.run(cmd, policy, labels={"agent": "bench"})
-                            if policy is rules and node_cpu is None:
-                                in_programs[tls] += program_time_ns(sensor) - before
+                            if node_cpu is None:
+                                node_waits.add_to(waits.setdefault((mode, tls), {}))
+                                if policy is rules:
+                                    in_programs[tls] += program_time_ns(sensor) - before
                             if run.result.exit_status != 0:
                                 raise SystemExit(f"{mode}: the client failed: {run.result.stderr[-400:]}")
                             _keep(sends, trips, (node_cpu, mode, tls), run.result.stdout)
@@ -280,6 +328,19 @@ def _report(args: argparse.Namespace, console: Console, sends: dict[Key, list[fl
                       f"new endpoint: send p50 {statistics.median(times):.0f} µs, p99 {pct(times, 99):.0f} µs "
                       f"(target: at most 2,000), {sum(h > 2000 for h in times)} over 2 ms; against an allowed call "
                       f"in the same sandbox: p50 {statistics.median(allowed):.0f} µs, p99 {pct(allowed, 99):.0f} µs")
+
+
+def _report_waits(args: argparse.Namespace, console: Console, waits: Waits) -> None:
+    table = Table(title=f"shared CPUs: a client or server held off a CPU over {WAIT_US} µs after its wakeup "
+                        "while a thread of the node ran, per 1,000 calls: times, and ms in all")
+    for col in ("transport", "mode", "thread", "priority", "times", "ms"):
+        table.add_column(col, justify="right")
+    per = 1000 / (args.rounds * args.calls)
+    for (mode, tls), by in sorted(waits.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        for (thread, priority), (count, ns) in sorted(by.items(), key=lambda kv: -kv[1][1]):
+            table.add_row("TLS" if tls else "plain", mode, thread, priority, f"{count * per:.1f}",
+                          f"{ns / 1e6 * per:.2f}")
+    console.print(table)
 
 
 def _keep(sends: dict[Key, list[float]], trips: dict[Key, list[float]], key: Key, stdout: str) -> None:
