@@ -13,7 +13,10 @@ the allowed calls' events, at nice 19, still shares a CPU with the client
 or the server, which shows in the round trip's p99. On shared CPUs the
 bench also counts how often a thread of the node held a client or server
 off a CPU for over 50 µs (bench/node_waits.bpf.c), in each sandbox mode, and
-by which thread at which priority: what the p99 pays for. Then, in each, the held
+by which thread at which priority: what the p99 pays for, and the floor of
+any CPU work beside the client: the unwatched client with a process that
+burns the node's share of a CPU, in a session of its own at the lowest
+priority (SCHED_IDLE), and in a cgroup whose cpu.idle is 1. Then, in each, the held
 path: TLS calls to endpoints the agent's profile never saw, each stopped
 (SIGSTOP) while the guard scores it, then released.
 
@@ -49,6 +52,8 @@ from guard.audit import AuditLog  # noqa: E402
 from guard.profile import Profile  # noqa: E402
 from guard.traces import Behaviour  # noqa: E402
 from guard.training import Settings, train  # noqa: E402
+from sandbox.cgroup import bastion_root  # noqa: E402
+from sandbox.limits import v1_mount  # noqa: E402
 from sandbox.policy import Network, Policy  # noqa: E402
 from tests.apis import api_policy  # noqa: E402
 
@@ -117,6 +122,8 @@ def program_time_ns(sensor: Sensor) -> int:
 WAIT_US = 50
 # (mode, TLS) -> (thread, its priority) -> [waits over WAIT_US, their total ns]
 Waits = dict[tuple[str, bool], dict[tuple[str, str], list[int]]]
+# (where the burner ran, TLS) -> (its share of a CPU, the unwatched client's round trips)
+Beside = dict[tuple[str, bool], tuple[float, list[float]]]
 
 
 class NodeWaits:
@@ -150,6 +157,64 @@ class NodeWaits:
 
     def close(self) -> None:
         self.bpf.cleanup()
+
+
+# Burns a share of one CPU in 20 ms periods, as the node's turns do. argv: share.
+BURNER = r"""
+import sys, time
+busy = float(sys.argv[1]) * 0.02
+while True:
+    t = time.monotonic()
+    while time.monotonic() - t < busy:
+        pass
+    time.sleep(0.02 - busy)
+"""
+BURNERS = ("alone", "beside SCHED_IDLE work, own session", "beside work in a cpu.idle cgroup")
+
+
+@contextlib.contextmanager
+def _idle_cgroup() -> Iterator[Path | None]:
+    """A cgroup with cpu.idle 1 in the cpu controller's hierarchy (v1 where
+    it is mounted so, else v2 under Bastion's root); None without one."""
+    v1 = v1_mount("cpu")
+    parent = v1 if v1 is not None else bastion_root()
+    if v1 is None and "cpu" not in (parent / "cgroup.subtree_control").read_text().split():
+        try:
+            (parent / "cgroup.subtree_control").write_text("+cpu")
+        except OSError:
+            yield None
+            return
+    path = parent / "bastion-bench-idle"
+    path.mkdir(exist_ok=True)
+    try:
+        (path / "cpu.idle").write_text("1")
+        yield path
+    except OSError:
+        yield None
+    finally:
+        path.rmdir()
+
+
+def _beside_work(api: LocalApi, tls: bool, calls: int, paths: list[str], share: float,
+                 where: str, idle_cg: Path | None) -> list[float] | None:
+    """The unwatched client's round trips while a burner runs as `where` says."""
+    burner = None
+    if where != BURNERS[0]:
+        if where == BURNERS[2] and idle_cg is None:
+            return None
+        burner = subprocess.Popen([sys.executable, "-c", BURNER, f"{share:.4f}"], start_new_session=True)
+        if where == BURNERS[1]:
+            os.sched_setscheduler(burner.pid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            assert idle_cg is not None
+            (idle_cg / "cgroup.procs").write_text(str(burner.pid))
+    try:
+        out = subprocess.run(_client(api, tls, calls, paths), capture_output=True, text=True, check=True).stdout
+    finally:
+        if burner is not None:
+            burner.kill()
+            burner.wait()
+    return _timings(out)[1]
 
 
 def pct(values: list[float], q: int) -> float:
@@ -213,14 +278,16 @@ def main() -> int:
     trips: dict[Key, list[float]] = {}
     in_programs = {False: 0, True: 0}  # ns the kernel spent in the API programs, by transport
     waits: Waits = {}
+    beside: Beside = {}
     stats_were = BPF_STATS.read_text().strip()
     BPF_STATS.write_text("1")  # the kernel counts each program's run time only while this is on
     try:
-        held = _measure(args, console, sends, trips, in_programs, waits)
+        held = _measure(args, console, sends, trips, in_programs, waits, beside)
     finally:
         BPF_STATS.write_text(stats_were)
     _report(args, console, sends, trips, in_programs, held)
     _report_waits(args, console, waits)
+    _report_beside(args, console, beside)
     return 0
 
 
@@ -246,10 +313,13 @@ def _move(pid: int, cpus: set[int]) -> None:
 
 
 def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[float]],
-             trips: dict[Key, list[float]], in_programs: dict[bool, int], waits: Waits) -> dict[int | None, list[float]]:
-    """Fills sends, trips, in_programs and waits; returns the held calls' send times by arrangement."""
+             trips: dict[Key, list[float]], in_programs: dict[bool, int], waits: Waits,
+             beside: Beside) -> dict[int | None, list[float]]:
+    """Fills sends, trips, in_programs, waits and beside; returns the held calls' send times by arrangement."""
     paths = ["/records/17", "/records/250", "/formulary"]
     held: dict[int | None, list[float]] = {}
+    node_cpu_s = {False: 0.0, True: 0.0}  # the node's CPU time, and the wall time, of the API-rules runs
+    wall_s = {False: 0.0, True: 0.0}
     with Sensor() as sensor, serve_apart() as (api, server), tempfile.TemporaryDirectory() as tmp, \
             contextlib.closing(NodeWaits()) as node_waits:  # on throughout: every mode pays its probes
         rules = api_policy(api)
@@ -273,18 +343,31 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
                         out = subprocess.run([*floor, *cmd], capture_output=True, text=True, check=True).stdout
                         _keep(sends, trips, (node_cpu, MODES[0], tls), out)
                         for mode, policy in zip(MODES[1:], (free, rules)):
-                            before = program_time_ns(sensor)
+                            before, times_before = program_time_ns(sensor), os.times()
                             node_waits.start()
                             run = guarded.run(cmd, policy, labels={"agent": "bench"})
                             if node_cpu is None:
                                 node_waits.add_to(waits.setdefault((mode, tls), {}))
                                 if policy is rules:
                                     in_programs[tls] += program_time_ns(sensor) - before
+                                    times = os.times()
+                                    node_cpu_s[tls] += times.user + times.system - times_before.user - times_before.system
+                                    wall_s[tls] += times.elapsed - times_before.elapsed
                             if run.result.exit_status != 0:
                                 raise SystemExit(f"{mode}: the client failed: {run.result.stderr[-400:]}")
                             _keep(sends, trips, (node_cpu, mode, tls), run.result.stdout)
             held[node_cpu] = _held_calls(sensor, api, profile, held_policy, args.held, log, node_cpu)
         log.close()
+        _move(server, everywhere)
+        with _idle_cgroup() as idle_cg, console.status("the floor of CPU work beside the client") as status:
+            for r in range(args.rounds):
+                for tls in (False, True):
+                    status.update(f"the floor of CPU work: round {r + 1} of {args.rounds}")
+                    share = node_cpu_s[tls] / wall_s[tls]
+                    for where in BURNERS:
+                        trips_beside = _beside_work(api, tls, args.calls, paths, share, where, idle_cg)
+                        if trips_beside is not None:
+                            beside.setdefault((where, tls), (share, []))[1].extend(trips_beside)
     return held
 
 
@@ -340,6 +423,23 @@ def _report_waits(args: argparse.Namespace, console: Console, waits: Waits) -> N
         for (thread, priority), (count, ns) in sorted(by.items(), key=lambda kv: -kv[1][1]):
             table.add_row("TLS" if tls else "plain", mode, thread, priority, f"{count * per:.1f}",
                           f"{ns / 1e6 * per:.2f}")
+    console.print(table)
+
+
+def _report_beside(args: argparse.Namespace, console: Console, beside: Beside) -> None:
+    table = Table(title="shared CPUs, the floor of CPU work beside the client: the unwatched client's round trip, µs, "
+                        "alone and beside a process burning the node's share of a CPU (measured in the API-rules runs)")
+    for col in ("transport", "burner's share", "client", "p50", "p99", "p99 added"):
+        table.add_column(col, justify="right")
+    for tls in (False, True):
+        alone = pct(beside[(BURNERS[0], tls)][1], 99)
+        for where in BURNERS:
+            if (where, tls) not in beside:
+                table.add_row("TLS" if tls else "plain", "", where, "no cpu controller", "", "")
+                continue
+            share, t = beside[(where, tls)]
+            table.add_row("TLS" if tls else "plain", "" if where == BURNERS[0] else f"{share:.0%}", where, f"{statistics.median(t):.0f}",
+                          f"{pct(t, 99):.0f}", "floor" if where == BURNERS[0] else f"{pct(t, 99) - alone:+.0f}")
     console.print(table)
 
 
