@@ -174,23 +174,25 @@ BURNERS = ("alone", "beside SCHED_IDLE work, own session", "beside work in a cpu
 
 @contextlib.contextmanager
 def _idle_cgroup() -> Iterator[Path | None]:
-    """A cgroup with cpu.idle 1 in the cpu controller's hierarchy (v1 where
-    it is mounted so, else v2 under Bastion's root); None without one."""
+    """A cgroup with cpu.idle 1 in the cpu controller's hierarchy: v1 where
+    it is mounted so, else v2 under Bastion's root if the controller is on
+    there already (turning it on would change every sandbox's cgroup). None
+    without one."""
     v1 = v1_mount("cpu")
     parent = v1 if v1 is not None else bastion_root()
     if v1 is None and "cpu" not in (parent / "cgroup.subtree_control").read_text().split():
-        try:
-            (parent / "cgroup.subtree_control").write_text("+cpu")
-        except OSError:
-            yield None
-            return
+        yield None
+        return
     path = parent / "bastion-bench-idle"
     path.mkdir(exist_ok=True)
     try:
         (path / "cpu.idle").write_text("1")
-        yield path
     except OSError:
+        path.rmdir()
         yield None
+        return
+    try:
+        yield path
     finally:
         path.rmdir()
 
