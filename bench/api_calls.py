@@ -142,6 +142,7 @@ class NodeWaits:
     def start(self) -> None:
         """Marks the node's threads as they are now, and forgets earlier waits."""
         tids = self.bpf["node_tids"]
+        tids.clear()  # an exited thread's id may be a client's by now
         for task in Path("/proc/self/task").iterdir():
             tids[ct.c_uint32(int(task.name))] = ct.c_uint8(1)
         self.bpf["waits"].clear()
