@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,9 @@ from sklearn.metrics import roc_auc_score
 from bastion.cli import main
 from common.verdicts import Verdict
 from ebpf.events import Event, EventKind
-from guard import audit
+from guard import audit, call_log
 from guard.alerts import Alert
+from guard.call_log import ApiCallLog
 from guard.monitor import Assignment, Guard, ResponseMap
 from guard.profile import ProfileError, load_profile
 from guard.rules import AllowedDestination, Rules, check
@@ -289,6 +291,56 @@ def test_published_alerts_survive_sigkill(tmp_path: Path) -> None:
     logged = [b["id"] for b in audit.read(path)]
     assert logged[: len(published)] == published
     assert audit.verify(path).records == len(logged)
+
+
+def _api_calls(path: Path, sinks: list[int]) -> tuple[audit.AuditLog, ApiCallLog]:
+    log = audit.AuditLog(path)
+    return log, ApiCallLog(log, [lambda record: sinks.append(record.seq)])
+
+
+def _call(i: int) -> dict[str, object]:
+    return {"sandbox": "sb", "method": "GET", "host": "records.example.org", "path": f"/records/{i}",
+            "port": 80, "tls": False, "body_bytes": 0, "allowed": True, "reason": "allowed", "pid": 1, "ts_ns": i}
+
+
+def test_a_busy_pumps_api_calls_share_fsyncs_and_all_reach_the_log(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    seen: list[int] = []
+    log, calls = _api_calls(tmp_path / "audit.jsonl", seen)
+    start = time.monotonic()
+    for i in range(50):  # the pump's turns, each faster than the commit interval
+        calls.put([_call(i)])
+        time.sleep(0.002)
+    while len(seen) < 50 and time.monotonic() - start < 10:  # no flush: the interval alone
+        time.sleep(0.01)
+    elapsed = time.monotonic() - start
+    assert seen == list(range(50))
+    assert [b["path"] for b in audit.read(tmp_path / "audit.jsonl", "api_call")] == [f"/records/{i}" for i in range(50)]
+    assert len(fsyncs) <= min(25, 2 + elapsed / call_log.SYNC_EVERY_S)
+    calls.close()
+    log.close()
+
+
+def test_flushing_api_calls_commits_without_waiting_out_the_interval(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(call_log, "SYNC_EVERY_S", 3600.0)
+    seen: list[int] = []
+    log, calls = _api_calls(tmp_path / "audit.jsonl", seen)
+    calls.put([_call(0)])  # the first after a quiet spell goes at once
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    calls.put([_call(1)])
+    time.sleep(0.3)
+    assert seen == [0]
+    calls.flush()
+    assert seen == [0, 1]
+    assert len(list(audit.read(tmp_path / "audit.jsonl", "api_call"))) == 2
+    calls.close()
+    log.close()
 
 
 # the command line ------------------------------------------------------------
