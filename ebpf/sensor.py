@@ -390,14 +390,22 @@ class Sensor:
         self.wait(timeout_ms)
         return self.drain()
 
-    def drain(self, limit: int | None = None) -> list[Event]:
-        """What the ring buffer holds now, without waiting: everything, or at
-        most `limit` records, the rest left for the next call."""
+    def fetch(self, limit: int | None = None) -> int:
+        """Copy records out of the ring buffer, without waiting or decoding
+        them: everything, or until `limit` are pending. Returns how many are
+        pending for drain."""
         self._limit = limit
         try:
             self.bpf.ring_buffer_consume()
         finally:
             self._limit = None
+        return len(self._raw)
+
+    def drain(self, limit: int | None = None) -> list[Event]:
+        """What the ring buffer holds now, without waiting, after any records
+        fetched before: everything, or about `limit` records, the rest left
+        for the next call."""
+        self.fetch(limit)
         return self._decode_pending()
 
     def stats(self, cgroup_id: int) -> CgroupStats:

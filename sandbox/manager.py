@@ -468,6 +468,8 @@ class SandboxManager:
         client or a server mid-call (p99 +1 ms on two CPUs). Real time
         again as soon as a record needs a verdict, or if the pump starves
         (the CPUs are busy: the guard comes first); False in that case."""
+        if not self.sensor.fetch(QUIET_CHUNK):
+            return True  # nothing waiting: no turn at nice 19, where the pump could lose its CPU
         start, cpu_start, starved = time.monotonic(), time.thread_time(), False
         with _quiet():
             while batch := self.sensor.drain(QUIET_CHUNK):
@@ -574,13 +576,17 @@ def _quiet() -> Iterator[None]:
 
 
 def _cpus_wanted() -> bool:
-    """More tasks can run than there are CPUs (the kernel's count, 10 µs to
-    read): a quiet pump would wait for a CPU, holding the GIL, so for a
-    slice of every other task (~100 ms at nice 19) no thread of the node
-    could run."""
+    """Two tasks or more wait for a CPU (the kernel's count of those that
+    can run, 10 µs to read, includes the pump): a quiet pump would wait
+    for one too, holding the GIL, so for a slice of every other task (~100
+    ms at nice 19) no thread of the node could run. One waiting is not
+    enough: on a busy node a client and its server often both run while
+    the pump reads (2 turns in 3 in bench/api_calls.py), and routing at real
+    time then takes a CPU from one of them mid-call. A turn that starves
+    all the same is cut short (QUIET_STARVED_S)."""
     with open("/proc/loadavg", "rb") as f:
         running = int(f.read().split()[3].split(b"/")[0])
-    return running > (os.cpu_count() or 1)
+    return running > (os.cpu_count() or 1) + 1
 
 
 def _decided(ev: Event) -> bool:
