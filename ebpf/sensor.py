@@ -99,14 +99,14 @@ def _programs(module: Any) -> dict[bytes, tuple[bytes, bool]]:
     return found
 
 
-def _mapped_counts(fd: int) -> Any:
-    """The syscall_counts array as a WATCH_SLOTS x NR_COUNTED numpy view of
-    its shared mapping (the map is made with BPF_F_MMAPABLE)."""
+def _mapped(fd: int, rows: int, columns: int) -> Any:
+    """A u64 array map made with BPF_F_MMAPABLE, as a rows x columns numpy
+    view of its shared mapping."""
     import numpy as np
 
-    size = WATCH_SLOTS * NR_COUNTED * 8
+    size = -(-rows * columns * 8 // mmap.PAGESIZE) * mmap.PAGESIZE
     mapped = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    return np.frombuffer(mapped, dtype=np.uint64).reshape(WATCH_SLOTS, NR_COUNTED)
+    return np.frombuffer(mapped, dtype=np.uint64, count=rows * columns).reshape(rows, columns)
 
 
 def _loader() -> Any:
@@ -157,6 +157,7 @@ class Sensor:
         self._tags: dict[int, str] = {}
         self._slots: dict[int, int] = {}  # watched cgroup -> its row of syscall_counts
         self._counts: Any = None  # syscall_counts, mapped: WATCH_SLOTS x NR_COUNTED u64
+        self._lost_any: Any = None  # lost_any, mapped: 1 x 1 u64
         self._next_tag = 0
         self._raw: list[bytes] = []
         self._limit: int | None = None  # records per drain, while one runs
@@ -190,7 +191,8 @@ class Sensor:
         except Exception as exc:
             raise SensorError(f"loading the BPF programs failed: {exc} (run `bastion doctor`)") from exc
         self._bpf["events"].open_ring_buffer(self._on_event)
-        self._counts = _mapped_counts(self._bpf["syscall_counts"].get_fd())
+        self._counts = _mapped(self._bpf["syscall_counts"].get_fd(), WATCH_SLOTS, NR_COUNTED)
+        self._lost_any = _mapped(self._bpf["lost_any"].get_fd(), 1, 1)
         self._syscall_hooks = {tp: fn for fn, (tp, every_syscall) in _programs(self._bpf.module).items()
                                if every_syscall}
         try:
@@ -224,7 +226,7 @@ class Sensor:
             if self._bpf is not None:
                 for hook in list(self._attached):
                     self._detach(hook)
-                self._counts = None  # the view holds the mapping until dropped
+                self._counts = self._lost_any = None  # the views hold the mappings until dropped
                 self._slots.clear()
                 self._bpf.cleanup()
                 self._bpf = None
@@ -416,6 +418,12 @@ class Sensor:
             return CgroupStats()
         sums = {f: sum(getattr(s, f) for s in per_cpu) for f, _ in CgStats._fields_}
         return CgroupStats(syscalls=sum(self.syscall_counts(cgroup_id).values()), **sums)
+
+    def losses(self) -> int:
+        """Events any cgroup lost and records that could not be decoded, since
+        the sensor started: it moves whenever a cgroup's losses do, and is
+        read from a mapping, with no syscall."""
+        return int(self._lost_any[0, 0]) + sum(self._decode_errors.values())
 
     def decode_errors(self, cgroup_id: int) -> int:
         """Records of the cgroup that could not be decoded, plus those whose

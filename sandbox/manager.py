@@ -173,6 +173,7 @@ class SandboxManager:
         self._seccomp_programs: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}
         self._stop = threading.Event()
         self.pump_error: BaseException | None = None
+        self._losses_seen = -1  # the sensor's losses at the last check (-1: none yet)
         self.orphans = kill_orphans(self.workdirs)  # for the owner's audit log
         self._pump = threading.Thread(target=self._run_pump, name="sandbox-pump", daemon=True)
         self._pump.start()
@@ -504,7 +505,13 @@ class SandboxManager:
 
     def _check_losses(self) -> None:
         """Events the kernel could not send, and records that could not be
-        decoded (whose sandbox may be any), are events the guard never saw."""
+        decoded (whose sandbox may be any), are events the guard never saw.
+        Each sandbox's count is read only when the sensor's total has moved:
+        reading them all took the real-time pump ~90 µs every 50 ms."""
+        losses = self.sensor.losses()
+        if losses == self._losses_seen:
+            return
+        self._losses_seen = losses
         for sb in list(self._active.values()):
             lost = self.sensor.stats(sb.id).lost + self.sensor.decode_errors(sb.id) - sb.undecodable_before
             if lost > sb.lost_seen:

@@ -23,6 +23,10 @@ BPF_ARRAY(slots, struct slot_info, WATCH_SLOTS);
 BPF_ARRAY(watched_pids, u16, PID_MAX);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_HASH(stats, u64, struct cg_stats, 4096);
+/* Events lost by any cgroup, in one cell user space reads through a
+ * mapping: the pump looks at it every turn, and at each cgroup's `stats`
+ * (a syscall per cgroup) only when it has moved. */
+BPF_F_TABLE("array", u32, u64, lost_any, 1, BPF_F_MMAPABLE);
 
 union event_buf {
     struct ev_hdr h;
@@ -84,9 +88,14 @@ static __always_inline void emit_with(void *data, u32 size, u64 cg, u64 flags)
     if (events.ringbuf_output(data, size, flags) == 0) {
         if (st)
             st->events++;
-    } else if (st) {
-        st->lost++;
+        return;
     }
+    if (st)
+        st->lost++;
+    u32 zero = 0;
+    u64 *any = lost_any.lookup(&zero);
+    if (any)
+        __sync_fetch_and_add(any, 1);
 }
 
 static __always_inline void emit(void *data, u32 size, u64 cg)
