@@ -238,8 +238,10 @@ with serve() as api:
 @contextlib.contextmanager
 def serve_apart() -> Iterator[tuple[LocalApi, int]]:
     root = Path(__file__).resolve().parents[1]
+    # a session of its own, as if on another host: not in the node's autogroup, where the scheduler
+    # would weigh it against the node's threads instead of against the node as a whole
     server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+                              text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, start_new_session=True)
     assert server.stdin is not None and server.stdout is not None
     try:
         port, tls_port, ca = json.loads(server.stdout.readline())
