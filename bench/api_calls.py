@@ -323,7 +323,7 @@ def _move(pid: int, cpus: set[int]) -> None:
 
 def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[float]],
              trips: dict[Key, list[float]], in_programs: dict[bool, int], waits: Waits,
-             beside: Beside) -> dict[int | None, list[float]]:
+             beside: Beside) -> Held:
     """Fills sends, trips, in_programs, waits and beside; returns the held calls' send times by arrangement,
     alone and beside a busy sandbox."""
     paths = ["/records/17", "/records/250", "/formulary"]
