@@ -159,8 +159,11 @@ class Sensor:
         self._counts: Any = None  # syscall_counts, mapped: WATCH_SLOTS x NR_COUNTED u64
         self._lost_any: Any = None  # lost_any, mapped: 1 x 1 u64
         self._next_tag = 0
-        self._raw: list[bytes] = []
+        self._raw: list[bytes] = []  # records fetched from `events`, not yet decoded
+        self._calls_raw: list[bytes] = []  # and from `calls`
         self._limit: int | None = None  # records per drain, while one runs
+        self._calls_ring: Any = None  # libbpf's reader of `calls`, apart from BCC's of `events`
+        self._calls_cb: Any = None  # its callback, kept alive while it may run
         self._decode_errors: dict[int, int] = {}  # by cgroup id, 0 when even the header was unreadable
         self._attempts: set[str] = set()
         # The programs on every syscall of the host (tracepoint or raw
@@ -191,6 +194,7 @@ class Sensor:
         except Exception as exc:
             raise SensorError(f"loading the BPF programs failed: {exc} (run `bastion doctor`)") from exc
         self._bpf["events"].open_ring_buffer(self._on_event)
+        self._open_calls()
         self._counts = _mapped(self._bpf["syscall_counts"].get_fd(), WATCH_SLOTS, NR_COUNTED)
         self._lost_any = _mapped(self._bpf["lost_any"].get_fd(), 1, 1)
         self._syscall_hooks = {tp: fn for fn, (tp, every_syscall) in _programs(self._bpf.module).items()
@@ -201,6 +205,17 @@ class Sensor:
             self.close()
             raise SensorError(f"attaching the API call programs failed: {exc} (run `bastion doctor`)") from exc
         return self
+
+    def _open_calls(self) -> None:
+        """A reader of the `calls` ring of its own: BCC's reads every ring
+        it opened at once, and the pump reads `calls` at another priority."""
+        from bcc import libbcc
+
+        self._calls_cb = libbcc._RINGBUF_CB_TYPE(self._on_call)
+        fd = libbcc.lib.bpf_table_fd(self._bpf.module, b"calls")
+        self._calls_ring = libbcc.lib.bpf_new_ringbuf(fd, self._calls_cb, None)
+        if not self._calls_ring:
+            raise SensorError("cannot read the ring buffer of allowed API calls")
 
     def _start_api(self) -> None:
         """The SK_MSG verdict on every socket that joins `api_socks`, and
@@ -226,6 +241,11 @@ class Sensor:
             if self._bpf is not None:
                 for hook in list(self._attached):
                     self._detach(hook)
+                if self._calls_ring:
+                    from bcc import libbcc
+
+                    libbcc.lib.bpf_free_ringbuf(self._calls_ring)
+                    self._calls_ring = None
                 self._counts = self._lost_any = None  # the views hold the mappings until dropped
                 self._slots.clear()
                 self._bpf.cleanup()
@@ -364,12 +384,17 @@ class Sensor:
 
     # reading -------------------------------------------------------------
     def _on_event(self, _ctx: Any, data: int, size: int) -> int:
-        # Copy only: the faster records leave the ring buffer, the fewer are lost.
-        self._raw.append(ct.string_at(data, size))
-        return -1 if self._limit is not None and len(self._raw) >= self._limit else 0  # -1: stop here
+        return self._copy(self._raw, data, size)
 
-    def _decode_pending(self) -> list[Event]:
-        raw, self._raw = self._raw, []
+    def _on_call(self, _ctx: Any, data: int, size: int) -> int:
+        return self._copy(self._calls_raw, data, size)
+
+    def _copy(self, into: list[bytes], data: int, size: int) -> int:
+        # Copy only: the faster records leave the ring buffer, the fewer are lost.
+        into.append(ct.string_at(data, size))
+        return -1 if self._limit is not None and len(into) >= self._limit else 0  # -1: stop here
+
+    def _decode(self, raw: list[bytes]) -> list[Event]:
         batch = []
         for record in raw:
             try:
@@ -381,9 +406,9 @@ class Sensor:
 
     def wait(self, timeout_ms: int) -> bool:
         """Wait up to timeout_ms for a record sent with a wakeup. True if one
-        came: it and everything else the ring held are then pending for
-        drain. False leaves in the ring only records sent without a wakeup
-        (an allowed API call's, and any queued behind one)."""
+        came: it and everything else `events` held are then pending for
+        drain. Allowed API calls' records, sent without a wakeup to `calls`,
+        wait there."""
         self.bpf.ring_buffer_poll(timeout_ms)
         return bool(self._raw)
 
@@ -393,8 +418,8 @@ class Sensor:
         return self.drain()
 
     def fetch(self, limit: int | None = None) -> int:
-        """Copy records out of the ring buffer, without waiting or decoding
-        them: everything, or until `limit` are pending. Returns how many are
+        """Copy records out of `events`, without waiting or decoding them:
+        everything, or until `limit` are pending. Returns how many are
         pending for drain."""
         self._limit = limit
         try:
@@ -403,12 +428,36 @@ class Sensor:
             self._limit = None
         return len(self._raw)
 
-    def drain(self, limit: int | None = None) -> list[Event]:
-        """What the ring buffer holds now, without waiting, after any records
+    def fetch_calls(self, limit: int | None = None) -> int:
+        """The same for `calls`, the records of API calls the kernel allowed."""
+        from bcc import libbcc
+
+        if not self._calls_ring:
+            raise SensorError("the sensor is not started")
+        self._limit = limit
+        try:
+            libbcc.lib.bpf_consume_ringbuf(self._calls_ring)
+        finally:
+            self._limit = None
+        return len(self._calls_raw)
+
+    def drain(self, limit: int | None = None, calls: bool = True) -> list[Event]:
+        """What the ring buffers hold now, without waiting, after any records
         fetched before: everything, or about `limit` records, the rest left
-        for the next call."""
+        for the next call. Allowed API calls' records come after the rest;
+        with calls=False they are left for drain_calls."""
         self.fetch(limit)
-        return self._decode_pending()
+        events, self._raw = self._raw, []
+        if calls and (limit is None or len(events) < limit):
+            return self._decode(events) + self.drain_calls(None if limit is None else limit - len(events))
+        return self._decode(events)
+
+    def drain_calls(self, limit: int | None = None) -> list[Event]:
+        """Only the records of API calls the kernel allowed, which ask user
+        space for nothing but their log: everything, or about `limit`."""
+        self.fetch_calls(limit)
+        calls, self._calls_raw = self._calls_raw, []
+        return self._decode(calls)
 
     def stats(self, cgroup_id: int) -> CgroupStats:
         table = self.bpf["stats"]

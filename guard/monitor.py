@@ -165,7 +165,9 @@ class Guard:
         calls: list[tuple[Event, bool]] = []  # each API call, and whether it left the sandbox
         exited: set[int] = set()
         for ev in events:
-            if not st.running:
+            # API calls' records may be routed before the exec's (allowed ones
+            # come on a ring of their own), and only the command makes them
+            if not st.running and ev.kind is not EventKind.API:
                 if ev.kind is not EventKind.EXEC or ev.ret != 0:
                     continue
                 st.running = True

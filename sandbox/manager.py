@@ -386,7 +386,8 @@ class SandboxManager:
             events_lost=max(stats.lost, sb.lost_seen),
             opens_repeated=stats.opens_repeated,
             denials=sb.denials,
-            api_calls=[api_call(ev) for ev in sb.api_calls],
+            # allowed calls' records come on a ring of their own: in time order again
+            api_calls=[api_call(ev) for ev in sorted(sb.api_calls, key=lambda ev: ev.ts_ns)],
             actions=sb.actions,
         )
 
@@ -449,10 +450,15 @@ class SandboxManager:
             realtime = _pump_priority()
             next_check = quiet_from = 0.0
             while not self._stop.is_set():
-                if self.sensor.wait(20) or not realtime or time.monotonic() < quiet_from or _cpus_wanted():
-                    self._route(self.sensor.drain())
-                elif not self._route_quietly():
-                    quiet_from = time.monotonic() + QUIET_BACKOFF_S
+                if self.sensor.wait(20):
+                    # at once: the records that may need a verdict, never behind a backlog of allowed calls
+                    self._route(self.sensor.drain(calls=False))
+                # with no allowed call waiting, no turn at nice 19, where the pump could lose its CPU
+                if self.sensor.fetch_calls(QUIET_CHUNK):
+                    if not realtime or time.monotonic() < quiet_from or _cpus_wanted():
+                        self._route(self.sensor.drain())
+                    elif not self._route_quietly():
+                        quiet_from = time.monotonic() + QUIET_BACKOFF_S
                 if time.monotonic() >= next_check:
                     self._check_losses()
                     next_check = time.monotonic() + 0.05
@@ -463,26 +469,24 @@ class SandboxManager:
                 self.enforce(sb, Verdict.KILL, f"sensor pump died: {exc}")
 
     def _route_quietly(self) -> bool:
-        """Route what came without a wakeup, the records of API calls the
-        kernel allowed, at the lowest ordinary priority: on a busy node the
-        pump's burst of them every 20 ms otherwise takes a CPU from a
-        client or a server mid-call (p99 +1 ms on two CPUs). Real time
-        again as soon as a record needs a verdict, or if the pump starves
-        (the CPUs are busy: the guard comes first); False in that case."""
-        if not self.sensor.fetch(QUIET_CHUNK):
-            return True  # nothing waiting: no turn at nice 19, where the pump could lose its CPU
+        """Route the records of API calls the kernel allowed (a ring of their
+        own) at the lowest ordinary priority: on a busy node the pump's
+        burst of them every 20 ms otherwise takes a CPU from a client or a
+        server mid-call (p99 +1 ms on two CPUs). Real time again as soon as
+        another record comes, or if the pump starves (the CPUs are busy:
+        the guard comes first); False in that case."""
         start, cpu_start, starved = time.monotonic(), time.thread_time(), False
         with _quiet():
-            while batch := self.sensor.drain(QUIET_CHUNK):
-                if not all(map(_decided, batch)):
-                    break
+            while batch := self.sensor.drain_calls(QUIET_CHUNK):
                 self._route(batch)
+                if self.sensor.fetch():
+                    break  # a record that may need a verdict
                 wall = time.monotonic() - start
                 starved = wall > QUIET_STARVED_S and time.thread_time() - cpu_start < wall * QUIET_STARVED_SHARE
                 if starved:
                     break
-        # at real time: the record that needs a verdict, and all the rest
-        self._route(([] if starved else batch) + self.sensor.drain())
+        # at real time: what came meanwhile; the rest of the allowed calls wait for the next turn
+        self._route(self.sensor.drain(calls=starved))
         return not starved
 
     def _route(self, batch: list[Event]) -> None:
@@ -594,11 +598,6 @@ def _cpus_wanted() -> bool:
     with open("/proc/loadavg", "rb") as f:
         running = int(f.read().split()[3].split(b"/")[0])
     return running > (os.cpu_count() or 1) + 1
-
-
-def _decided(ev: Event) -> bool:
-    """An API call the kernel allowed: it asks the guard only for its log."""
-    return ev.kind is EventKind.API and ev.ret == 0
 
 
 def _cpu_seconds(cg: Cgroup) -> float:

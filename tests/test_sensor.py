@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from ebpf.events import ARG_LEN, Event, EventKind
+from bastion.local_api import LocalApi
 from ebpf.sensor import Sensor
 from sandbox.cgroup import Cgroup
-from sandbox.policy import Policy
+from sandbox.egress import compile_api, compile_rules
+from sandbox.policy import Network, Policy
 from tests.attacks import HERE, command
 from tests.workloads import SEQ_SYSCALLS
 
@@ -307,3 +309,65 @@ def test_a_drain_with_a_limit_leaves_the_rest_for_the_next(sensor: Sensor, cgrou
     assert max(map(len, chunks)) == 16
     opens = [e.path for chunk in chunks for e in chunk if e.kind is EventKind.OPEN and e.path.startswith(str(target))]
     assert len(opens) == len(set(opens)) == 100
+
+
+
+GETS_THEN_OPEN = """
+import http.client, sys
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+for _ in range(20):
+    conn.request("GET", "/records/17")
+    conn.getresponse().read()
+print("called", flush=True)
+sys.stdin.readline()
+try:
+    open("/nonexistent/after-the-calls")
+except OSError:
+    pass
+"""
+
+
+def test_allowed_api_calls_come_on_a_ring_of_their_own(sensor: Sensor, cgroup: Cgroup, records_api: LocalApi,
+                                                        records_policy: Policy) -> None:
+    """The records of calls the kernel allowed wait, unread, on a ring of
+    their own, sent without a wakeup (the pump reads them at its lowest
+    priority). On one ring a record behind them could not wake the reader
+    either: it waited for the pump's next turn, up to 20 ms, however much it
+    mattered. Here the tool's open after 20 allowed GETs wakes the reader,
+    and comes without them; the GETs come, in order, from their own ring.
+    None is lost, and the cgroup's count of events sent includes them."""
+    assert isinstance(records_policy.network, Network)
+    sensor.watch(cgroup.id, "calls")
+    fd = cgroup.open_fd()
+    try:
+        sensor.attach_egress(fd)
+    finally:
+        os.close(fd)
+    sensor.set_egress(cgroup.id, compile_rules(records_policy.network))
+    sensor.set_api(cgroup.id, compile_api(records_policy.network))
+    tool = subprocess.Popen(["/usr/bin/python3", "-c", GETS_THEN_OPEN, str(records_api.port)], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=cgroup.enter)
+    assert tool.stdin is not None and tool.stdout is not None
+    try:
+        assert tool.stdout.readline() == "called\n"
+        events = sensor.drain(calls=False)  # the reader has caught up with everything but the calls
+        tool.stdin.write("open\n")
+        tool.stdin.flush()
+        assert sensor.wait(5000), "the open did not wake the reader"
+        woke = sensor.drain(calls=False)
+        assert "/nonexistent/after-the-calls" in [e.path for e in woke if e.kind is EventKind.OPEN]
+        events += woke
+        tool.wait(timeout=10)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+            tool.wait()
+    events += sensor.drain(calls=False)  # its exit
+    calls = sensor.drain_calls()
+    stats = sensor.unwatch(cgroup.id)
+
+    mine = [e for e in events if e.cgroup_id == cgroup.id]
+    assert [e for e in mine if e.kind is EventKind.API] == []
+    assert [(e.pid, e.kind, e.method, e.path, e.ret) for e in calls] == [(tool.pid, EventKind.API, "GET", "/records/17", 0)] * 20
+    assert [e.ts_ns for e in calls] == sorted(e.ts_ns for e in calls)
+    assert stats.lost == 0 and stats.events == len(mine) + len(calls)

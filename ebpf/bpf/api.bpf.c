@@ -434,9 +434,13 @@ static __always_inline int judge(struct api_scratch *s, struct api_dest *d, u64 
     e->verdict = verdict;
     e->reason = m >= 0 ? API_OK : -m;
     e->rule = m >= 0 ? m : 0xff;
-    /* An allowed call's event can wait for the pump's next read; waking it
-     * costs the caller an interrupt. A stopped or held one cannot wait. */
-    emit_with(e, sizeof(*e), cg, verdict == API_ALLOW ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP);
+    /* An allowed call's event can wait for the pump's next read of its
+     * ring; waking it costs the caller an interrupt. A stopped or held one
+     * cannot wait. */
+    if (verdict == API_ALLOW)
+        counted(calls.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP), cg);
+    else
+        emit_with(e, sizeof(*e), cg, BPF_RB_FORCE_WAKEUP);
     return verdict;
 }
 

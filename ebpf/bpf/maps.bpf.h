@@ -22,6 +22,10 @@ BPF_ARRAY(slots, struct slot_info, WATCH_SLOTS);
  * itself every time. */
 BPF_ARRAY(watched_pids, u16, PID_MAX);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+/* The records of API calls the kernel allowed: they ask user space only for
+ * their log, so a ring of their own keeps them out of the way of records
+ * that need a verdict (and lets them be read at another priority). */
+BPF_RINGBUF_OUTPUT(calls, RINGBUF_PAGES);
 BPF_PERCPU_HASH(stats, u64, struct cg_stats, 4096);
 /* Events lost by any cgroup, in one cell user space reads through a
  * mapping: the pump looks at it every turn, and at each cgroup's `stats`
@@ -81,11 +85,12 @@ static __always_inline void fill_hdr(struct ev_hdr *h, u16 type, u64 cg)
     bpf_get_current_comm(&h->comm, sizeof(h->comm));
 }
 
-/* Send one event and count it as sent or lost for its cgroup. */
-static __always_inline void emit_with(void *data, u32 size, u64 cg, u64 flags)
+/* Count a record sent to either ring (output's result rc) as sent or lost
+ * for its cgroup. */
+static __always_inline void counted(long rc, u64 cg)
 {
     struct cg_stats *st = stats.lookup(&cg);
-    if (events.ringbuf_output(data, size, flags) == 0) {
+    if (rc == 0) {
         if (st)
             st->events++;
         return;
@@ -96,6 +101,12 @@ static __always_inline void emit_with(void *data, u32 size, u64 cg, u64 flags)
     u64 *any = lost_any.lookup(&zero);
     if (any)
         __sync_fetch_and_add(any, 1);
+}
+
+/* Send one event and count it as sent or lost for its cgroup. */
+static __always_inline void emit_with(void *data, u32 size, u64 cg, u64 flags)
+{
+    counted(events.ringbuf_output(data, size, flags), cg);
 }
 
 static __always_inline void emit(void *data, u32 size, u64 cg)
