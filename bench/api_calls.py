@@ -265,7 +265,7 @@ def _timings(stdout: str) -> tuple[list[float], list[float]]:
     return [ns / 1000 for ns in sends], [ns / 1000 for ns in trips]
 
 
-def _ip_port_only(policy: Policy) -> Policy:
+def ip_port_only(policy: Policy) -> Policy:
     assert isinstance(policy.network, Network)
     allow = [d.model_copy(update={"api": []}) for d in policy.network.allow]
     return policy.model_copy(update={"network": policy.network.model_copy(update={"allow": allow})})
@@ -333,7 +333,7 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
     with Sensor() as sensor, serve_apart() as (api, server), tempfile.TemporaryDirectory() as tmp, \
             contextlib.closing(NodeWaits()) as node_waits:  # on throughout: every mode pays its probes
         rules = api_policy(api)
-        free = _ip_port_only(rules)
+        free = ip_port_only(rules)
         profile, held_policy = _held_setup(sensor, api, rules)
         log = AuditLog(Path(tmp) / "audit.jsonl")
         everywhere = os.sched_getaffinity(0)
