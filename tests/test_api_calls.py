@@ -349,7 +349,9 @@ def test_a_starved_pump_keeps_up_by_routing_at_real_time(guarded: GuardedSandbox
     real time. Either way every call is still judged and audited."""
     if busy == "only within it":
         monkeypatch.setattr(manager, "_cpus_wanted", lambda: False)
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    # one more than the CPUs: then two or more always wait for one (the pump counts its own thread),
+    # whether or not the tool and the API happen to be running when the pump looks
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range((os.cpu_count() or 1) + 1)]
     try:  # long enough that a starved turn's ~100 ms is a small share of it
         routed = _calls_then_export(guarded, records_policy, records_api, 2)
     finally:
