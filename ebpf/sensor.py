@@ -9,7 +9,7 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -421,12 +421,7 @@ class Sensor:
         """Copy records out of `events`, without waiting or decoding them:
         everything, or until `limit` are pending. Returns how many are
         pending for drain."""
-        self._limit = limit
-        try:
-            self.bpf.ring_buffer_consume()
-        finally:
-            self._limit = None
-        return len(self._raw)
+        return self._consume(self.bpf.ring_buffer_consume, self._raw, limit)
 
     def fetch_calls(self, limit: int | None = None) -> int:
         """The same for `calls`, the records of API calls the kernel allowed."""
@@ -434,12 +429,16 @@ class Sensor:
 
         if not self._calls_ring:
             raise SensorError("the sensor is not started")
+        return self._consume(lambda: libbcc.lib.bpf_consume_ringbuf(self._calls_ring), self._calls_raw, limit)
+
+    def _consume(self, read: Callable[[], object], pending: list[bytes], limit: int | None) -> int:
+        """Run a ring's reader, its callback stopping at `limit` pending."""
         self._limit = limit
         try:
-            libbcc.lib.bpf_consume_ringbuf(self._calls_ring)
+            read()
         finally:
             self._limit = None
-        return len(self._calls_raw)
+        return len(pending)
 
     def drain(self, limit: int | None = None, calls: bool = True) -> list[Event]:
         """What the ring buffers hold now, without waiting, after any records

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ebpf.events import ARG_LEN, Event, EventKind
 from bastion.local_api import LocalApi
+from ebpf.events import ARG_LEN, Event, EventKind
 from ebpf.sensor import Sensor
 from sandbox.cgroup import Cgroup
 from sandbox.egress import compile_api, compile_rules
@@ -309,7 +309,6 @@ def test_a_drain_with_a_limit_leaves_the_rest_for_the_next(sensor: Sensor, cgrou
     assert max(map(len, chunks)) == 16
     opens = [e.path for chunk in chunks for e in chunk if e.kind is EventKind.OPEN and e.path.startswith(str(target))]
     assert len(opens) == len(set(opens)) == 100
-
 
 
 GETS_THEN_OPEN = """
