@@ -92,11 +92,13 @@ def _verify(args: argparse.Namespace, console: Console) -> int:
         raise ValueError("--heads: signed heads are checked with the node's key: give --key too")
     heads = read_heads(args.heads, key) if args.heads else []
     report = verify(args.file, key, heads)
+    records = f"{args.file}: {report.records} records"
+    if report.anchored:
+        records += f" (and {report.anchored} in the allowed calls' logs it anchors)"
     if key is None:
-        console.print(f"{args.file}: {report.records} records, chain intact (signatures not checked: no --key)",
-                      soft_wrap=True)
+        console.print(f"{records}, chain intact (signatures not checked: no --key)", soft_wrap=True)
         return 0
-    summary = f"{args.file}: {report.records} records, chain intact, {report.checkpoints} signed checkpoints"
+    summary = f"{records}, chain intact, {report.checkpoints} signed checkpoints"
     if heads:
         summary += f", all {len(heads)} heads sent out of the host present"
     if report.uncovered:

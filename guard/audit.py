@@ -14,6 +14,7 @@ the log no longer holds proves truncation."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,6 +29,9 @@ from common.files import InputError, lines, open_regular, parse_json
 
 GENESIS = "0" * 64
 CHECKPOINT = "checkpoint"
+# Another log's head, vouched for by this one: `log` (a file beside it),
+# `covers` and `head` as a checkpoint's (guard.recorder's calls log)
+ANCHOR = "anchor"
 MAX_LOG_BYTES = 4 << 30
 MAX_RECORD_BYTES = 1 << 20
 _FIELDS = {"seq", "prev", "hash", "kind", "body"}
@@ -85,25 +89,39 @@ class Signer:
         self.key_id = key_id(private.public_key())
 
     @classmethod
-    def load_or_create(cls, path: Path) -> Signer:
-        """The key at `path` (made 0600 on first use) and its public half
-        written beside it as PATH.pub."""
+    def from_pem(cls, pem: bytes) -> Signer:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+        key = serialization.load_pem_private_key(pem, None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise AuditError("not an ed25519 private key")
+        return cls(key)
+
+    def private_pem(self) -> bytes:
+        """The private key, for a process of the node's own that signs a log of its own."""
+        from cryptography.hazmat.primitives import serialization
+
+        return bytes(self._private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()))
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Signer:
+        """The key at `path` (made 0600 on first use) and its public half
+        written beside it as PATH.pub."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         if path.exists():
-            key = serialization.load_pem_private_key(_read_key(path), None)
-            if not isinstance(key, Ed25519PrivateKey):
-                raise AuditError(f"{path}: not an ed25519 private key")
+            try:
+                signer = cls.from_pem(_read_key(path))
+            except (AuditError, TypeError, ValueError):
+                raise AuditError(f"{path}: not an ed25519 private key") from None
         else:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            key = Ed25519PrivateKey.generate()
-            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+            signer = cls(Ed25519PrivateKey.generate())
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as fh:
-                fh.write(pem)
-        signer = cls(key)
+                fh.write(signer.private_pem())
         pub = public_key_path(path)
         if not pub.exists() or _read_key(pub) != signer.public_pem:
             pub.write_bytes(signer.public_pem)
@@ -208,6 +226,11 @@ class AuditLog:
         self._unwritten: list[str] = []  # lines appended, not yet written
         self._unsent: list[dict[str, Any]] = []  # heads among them
 
+    def head(self) -> tuple[int, str]:
+        """The newest record's sequence number and hash (-1 and GENESIS in an empty log)."""
+        with self._lock:
+            return self._seq - 1, self._last
+
     def append(self, kind: str, body: dict[str, Any]) -> int:
         """Write one record durably; returns its sequence number."""
         return self.append_many(kind, [body])[0]
@@ -289,6 +312,7 @@ class Verified:
     checkpoints: int
     covered: int  # records that a valid signed checkpoint covers (0 without a key)
     signed: bool  # checked against a public key
+    anchored: int = 0  # records of the logs this one anchors, each checked too
 
     @property
     def uncovered(self) -> int:
@@ -297,17 +321,35 @@ class Verified:
 
 def verify(path: Path | str, public_key: Any = None, heads: Iterable[dict[str, Any]] = ()) -> Verified:
     """Check the whole chain, and with the node's public key every signed
-    checkpoint and every head sent out of the host. Raises AuditError naming
-    the first record edited, removed, out of order or re-chained, or the
-    first head the log no longer holds."""
-    from cryptography.exceptions import InvalidSignature
-
+    checkpoint and every head sent out of the host; then every log that an
+    `anchor` record names, the same way, against the heads anchored. Raises
+    AuditError naming the first record edited, removed, out of order or
+    re-chained, or the first head the log no longer holds."""
     path = Path(path)
     if not path.exists():
         raise AuditError(f"{path}: no such audit log")
+    verified, hashes, anchors = _chain(path, public_key)
+    _holds(path, hashes, _heads_of(path, heads), "whose signed head was sent out of the host")
+    anchored = 0
+    for name, held in anchors.items():
+        log = path.with_name(name)
+        if not log.exists():
+            raise AuditError(f"{log}: no such audit log, though {path.name} anchors it: it was removed")
+        inner, inner_hashes, _ = _chain(log, public_key)
+        _holds(log, inner_hashes, held, f"whose head {path.name} anchors")
+        anchored += inner.records
+    return dataclasses.replace(verified, anchored=anchored)
+
+
+def _chain(path: Path, public_key: Any) -> tuple[Verified, dict[int, str], dict[str, list[dict[str, Any]]]]:
+    """One log's chain and checkpoints; its hashes by seq, and the heads its
+    anchors hold for each other log."""
+    from cryptography.exceptions import InvalidSignature
+
     kid = key_id(public_key) if public_key is not None else None
     expected_seq, prev, checkpoints, covered = 0, GENESIS, 0, 0
     hashes: dict[int, str] = {}
+    anchors: dict[str, list[dict[str, Any]]] = {}
     for record in records(path):
         where = f"{path}:{record['_line']}: record seq {record['seq']}"
         if record["seq"] != expected_seq:
@@ -327,15 +369,26 @@ def verify(path: Path | str, public_key: Any = None, heads: Iterable[dict[str, A
                                  f"it: the log was rewritten or re-chained at or before this record") from None
             checkpoints += 1
             covered = expected_seq + 1
+        if record["kind"] == ANCHOR:
+            anchors.setdefault(_anchored_name(record["body"], where), []).append(record["body"])
         hashes[expected_seq] = record["hash"]
         expected_seq, prev = expected_seq + 1, record["hash"]
-    for head in _heads_of(path, heads):
+    return Verified(expected_seq, checkpoints, covered, public_key is not None), hashes, anchors
+
+
+def _anchored_name(body: dict[str, Any], where: str) -> str:
+    name = body.get("log")
+    if not isinstance(name, str) or not name or name.startswith(".") or Path(name).name != name:
+        raise AuditError(f"{where}: anchors {name!r}, not a log beside this one")
+    return name
+
+
+def _holds(path: Path, hashes: dict[int, str], heads: list[dict[str, Any]], whose: str) -> None:
+    for head in heads:
         seq, digest = head.get("covers"), head.get("head")
         if hashes.get(seq) != digest:  # type: ignore[arg-type]
-            state = "is missing" if not isinstance(seq, int) or seq >= expected_seq else "differs"
-            raise AuditError(f"{path}: record seq {seq}, whose signed head was sent out of the host, {state} "
-                             f"in the log: it was truncated or replaced")
-    return Verified(expected_seq, checkpoints, covered, public_key is not None)
+            state = "is missing" if not isinstance(seq, int) or seq >= len(hashes) else "differs"
+            raise AuditError(f"{path}: record seq {seq}, {whose}, {state} in the log: it was truncated or replaced")
 
 
 def _heads_of(log: Path, heads: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -396,6 +449,18 @@ class HeadFile:
         self._fh.close()
 
 
-def read(path: Path | str, kind: str | None = None) -> list[dict[str, Any]]:
-    """The bodies of the records, optionally of one kind."""
-    return [r["body"] for r in records(Path(path)) if kind is None or r["kind"] == kind]
+def read(path: Path | str, kind: str | None = None, anchored: bool = False) -> list[dict[str, Any]]:
+    """The bodies of the records, optionally of one kind; with anchored,
+    then those of every log it anchors."""
+    path = Path(path)
+    bodies, names = [], []
+    for r in records(path):
+        if kind is None or r["kind"] == kind:
+            bodies.append(r["body"])
+        if anchored and r["kind"] == ANCHOR:
+            name = _anchored_name(r["body"], f"{path}:{r['_line']}")
+            if name not in names:
+                names.append(name)
+    for name in names:
+        bodies += read(path.with_name(name), kind)
+    return bodies
