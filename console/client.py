@@ -51,8 +51,8 @@ class NodeClient:
         return self.stub.WatchAlerts(pb.WatchRequest(after_id=after_id))  # type: ignore[no-any-return]
 
     def watch_api_calls(self, from_seq: int = 0) -> Iterator[pb.ApiCallMessage]:
-        """API calls from audit sequence number `from_seq` among those the node
-        keeps, then live ones; cancel() the iterator to stop."""
+        """API calls from place `from_seq` in the node's stream among those
+        it keeps, then live ones; cancel() the iterator to stop."""
         return self.stub.WatchApiCalls(pb.WatchApiCallsRequest(from_seq=from_seq))  # type: ignore[no-any-return]
 
     def alerts(self, **filters: Any) -> list[pb.AlertMessage]:

@@ -59,9 +59,9 @@ def to_message(seq: int, alert: Alert, review: Review) -> pb.AlertMessage:
     )
 
 
-def api_call_message(call: ApiCallRecord) -> pb.ApiCallMessage:
+def api_call_message(place: int, call: ApiCallRecord) -> pb.ApiCallMessage:
     return pb.ApiCallMessage(
-        seq=call.seq, time=call.time, sandbox=call.sandbox, agent=call.agent or "", step=call.step or "",
+        seq=place, record=call.seq, log=call.log, time=call.time, sandbox=call.sandbox, agent=call.agent or "", step=call.step or "",
         tool_call=call.tool_call or "", method=call.method, host=call.host, path=call.path, port=call.port,
         tls=call.tls, body_bytes=call.body_bytes, allowed=call.allowed, held=call.held, reason=call.reason,
         pid=call.pid,
@@ -97,11 +97,11 @@ class _Servicer(pb_grpc.GuardNodeServicer):
         if not self.streams.acquire(blocking=False):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {MAX_STREAMS} streams at once")
         try:
-            seq = max(request.from_seq, 0)
+            place = max(request.from_seq, 0)
             while context.is_active() and not self.stopping.is_set():
-                for call in self.api_calls.wait_from(seq, WAIT_S):
-                    yield api_call_message(call)
-                    seq = call.seq + 1
+                for at, call in self.api_calls.wait_from(place, WAIT_S):
+                    yield api_call_message(at, call)
+                    place = at + 1
         finally:
             self.streams.release()
 

@@ -64,7 +64,7 @@ class AlertsApp(App[None]):
         self.alerts: dict[str, Entry] = {}
         self.last_id = {node: "" for node in clients}
         self.calls: deque[CallEntry] = deque(maxlen=CALLS_SHOWN)  # newest last
-        self.next_call = {node: 0 for node in clients}  # the audit seq each node's call stream resumes at
+        self.next_call = {node: 0 for node in clients}  # the place each node's call stream resumes at
         self._dirty = self._calls_dirty = False
         self._stop = threading.Event()
         self._streams: dict[str, grpc.RpcError] = {}

@@ -55,7 +55,8 @@ class ApiCallRecord(ApiRequest):
     request left the sandbox (a held call: once released)."""
 
     model_config = ConfigDict(extra="forbid")
-    seq: int = Field(-1, description="the record's sequence number in the audit log")
+    seq: int = Field(-1, description="the record's sequence number in its audit log")
+    log: str = Field("", description="that log, where not the node's own: the calls log beside it")
     time: float = Field(default_factory=time.time, description="wall clock, seconds since the epoch")
     sandbox: str
     agent: str | None = None

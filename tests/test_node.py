@@ -125,8 +125,9 @@ def test_api_calls_through_the_node_are_streamed_with_their_audit_records(node: 
     assert got == [("GET", "/records/17", True, "http_request", "task-7/2"),
                    ("POST", "/patients/export", False, "http_request", "task-7/2")]
     assert "no API rule" in streamed[1].reason
+    assert streamed[1].seq == streamed[0].seq + 1  # places in the stream
     logged = {r["seq"]: r["body"] for r in audit.records(tmp_path / "audit.jsonl") if r["kind"] == "api_call"}
-    assert [(logged[c.seq]["method"], logged[c.seq]["path"]) for c in streamed] == [(m, p) for m, p, *_ in got]
+    assert [(logged[c.record]["method"], logged[c.record]["path"]) for c in streamed] == [(m, p) for m, p, *_ in got]
     status = client.status()
     assert (status.api_calls_allowed, status.api_calls_stopped) == (1, 1)
 

@@ -198,7 +198,7 @@ class WatchApiCallsRequest(_message.Message):
     def __init__(self, from_seq: _Optional[int] = ...) -> None: ...
 
 class ApiCallMessage(_message.Message):
-    __slots__ = ("seq", "time", "sandbox", "agent", "step", "tool_call", "method", "host", "path", "port", "tls", "body_bytes", "allowed", "held", "reason", "pid")
+    __slots__ = ("seq", "time", "sandbox", "agent", "step", "tool_call", "method", "host", "path", "port", "tls", "body_bytes", "allowed", "held", "reason", "pid", "record", "log")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +215,8 @@ class ApiCallMessage(_message.Message):
     HELD_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
     seq: int
     time: float
     sandbox: str
@@ -231,4 +233,6 @@ class ApiCallMessage(_message.Message):
     held: bool
     reason: str
     pid: int
-    def __init__(self, seq: _Optional[int] = ..., time: _Optional[float] = ..., sandbox: _Optional[str] = ..., agent: _Optional[str] = ..., step: _Optional[str] = ..., tool_call: _Optional[str] = ..., method: _Optional[str] = ..., host: _Optional[str] = ..., path: _Optional[str] = ..., port: _Optional[int] = ..., tls: bool = ..., body_bytes: _Optional[int] = ..., allowed: bool = ..., held: bool = ..., reason: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    record: int
+    log: str
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[float] = ..., sandbox: _Optional[str] = ..., agent: _Optional[str] = ..., step: _Optional[str] = ..., tool_call: _Optional[str] = ..., method: _Optional[str] = ..., host: _Optional[str] = ..., path: _Optional[str] = ..., port: _Optional[int] = ..., tls: bool = ..., body_bytes: _Optional[int] = ..., allowed: bool = ..., held: bool = ..., reason: _Optional[str] = ..., pid: _Optional[int] = ..., record: _Optional[int] = ..., log: _Optional[str] = ...) -> None: ...

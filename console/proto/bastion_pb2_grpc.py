@@ -123,8 +123,8 @@ class GuardNodeServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def WatchApiCalls(self, request, context):
-        """The sandboxes' API calls, allowed and stopped, from `from_seq` (their
-        sequence numbers in the audit log) among the recent ones kept, then live.
+        """The sandboxes' API calls, allowed and stopped, from place `from_seq` in
+        the node's stream among the recent ones kept, then live.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
