@@ -203,7 +203,7 @@ def check_and_summarise(console: Console, tally: Tally, audit_path: Path, routes
     if latencies:
         table.add_row("detection to enforcement", f"p50 {latencies[len(latencies) // 2]:.2f} ms, "
                                                   f"max {latencies[-1]:.2f} ms")
-    calls = audit.read(audit_path, "api_call")
+    calls = audit.read(audit_path, "api_call", anchored=True)
     stopped = sum(not c["allowed"] for c in calls)
     table.add_row("API calls allowed / stopped or held", f"{len(calls) - stopped} / {stopped}")
     table.add_row("sensor events seen / lost", f"{tally.events:,} / {tally.lost}")

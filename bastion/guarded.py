@@ -21,10 +21,12 @@ from guard.alerts import Alert, ApiCallRecord
 from guard.audit import AuditLog
 from guard.monitor import Assignment, Guard, ResponseMap
 from guard.profile import Profile
+from guard.recorder import CallRecorder
 from guard.rules import AllowedDestination, Rules
 from guard.traces import Behaviour, Trace, after_exec, behaviour_of, split_endpoint_key, traces_from_events
 from sandbox.manager import Sandbox, SandboxManager
 from sandbox.policy import Network, Policy
+from sandbox.quiet import QuietGroup
 from sandbox.result import SandboxResult
 from sandbox.seccomp import name_of
 
@@ -94,9 +96,15 @@ class GuardedSandboxes:
         self.profiles = {p.meta.agent: p for p in profiles}
         self.audit = audit
         with _threads_started_on(node_cpu) as sandbox_cpus:
-            self.manager = SandboxManager(sensor, workdirs, ngram_events=bool(self.profiles),
-                                          sequence_events=any(p.judges_live for p in self.profiles.values()),
-                                          cpus=sandbox_cpus)
+            # on the node's CPU too, where it has one: idle there, it waits for the guard's own threads
+            self.recorder = CallRecorder(sensor, audit, QuietGroup, api_sinks)
+            try:
+                self.manager = SandboxManager(sensor, workdirs, ngram_events=bool(self.profiles),
+                                              sequence_events=any(p.judges_live for p in self.profiles.values()),
+                                              cpus=sandbox_cpus, recorder=self.recorder)
+            except BaseException:
+                self.recorder.close()
+                raise
             # the manager is the guard's Enforcer
             self.guard = Guard(sensor, self.audit, enforcer=self.manager, assign=self._assign,
                                syscall_name=name_of, sinks=sinks, api_sinks=api_sinks)
@@ -142,6 +150,7 @@ class GuardedSandboxes:
     def close(self) -> None:
         """Stop the sandboxes; the audit log stays open for its owner."""
         self.manager.close()
+        self.recorder.close()
         self.guard.close()
         self.manager.sensor.load_known([])
 

@@ -9,13 +9,14 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ebpf.api import KernelApiDest, host_hash
 from ebpf.events import NR_COUNTED, UNIX_PATH_LEN, WATCH_SLOTS, CgStats, Event, SlotInfo, WatchInfo, cgroup_of, decode
+from ebpf.ring import Ring
 
 BPF_DIR = Path(__file__).parent / "bpf"
 # One module: the programs share the watched map, the ring buffer and stats.
@@ -160,10 +161,8 @@ class Sensor:
         self._lost_any: Any = None  # lost_any, mapped: 1 x 1 u64
         self._next_tag = 0
         self._raw: list[bytes] = []  # records fetched from `events`, not yet decoded
-        self._calls_raw: list[bytes] = []  # and from `calls`
         self._limit: int | None = None  # records per drain, while one runs
-        self._calls_ring: Any = None  # libbpf's reader of `calls`, apart from BCC's of `events`
-        self._calls_cb: Any = None  # its callback, kept alive while it may run
+        self._calls: Ring | None = None  # a reader of `calls` of its own, apart from BCC's of `events`
         self._decode_errors: dict[int, int] = {}  # by cgroup id, 0 when even the header was unreadable
         self._attempts: set[str] = set()
         # The programs on every syscall of the host (tracepoint or raw
@@ -194,7 +193,11 @@ class Sensor:
         except Exception as exc:
             raise SensorError(f"loading the BPF programs failed: {exc} (run `bastion doctor`)") from exc
         self._bpf["events"].open_ring_buffer(self._on_event)
-        self._open_calls()
+        try:
+            self._calls = Ring(self.calls_fd())
+        except OSError as exc:
+            self.close()
+            raise SensorError(f"cannot read the ring buffer of allowed API calls: {exc}") from exc
         self._counts = _mapped(self._bpf["syscall_counts"].get_fd(), WATCH_SLOTS, NR_COUNTED)
         self._lost_any = _mapped(self._bpf["lost_any"].get_fd(), 1, 1)
         self._syscall_hooks = {tp: fn for fn, (tp, every_syscall) in _programs(self._bpf.module).items()
@@ -206,16 +209,12 @@ class Sensor:
             raise SensorError(f"attaching the API call programs failed: {exc} (run `bastion doctor`)") from exc
         return self
 
-    def _open_calls(self) -> None:
-        """A reader of the `calls` ring of its own: BCC's reads every ring
-        it opened at once, and the pump reads `calls` at another priority."""
+    def calls_fd(self) -> int:
+        """The `calls` ring's map fd, for a reader in another process (the
+        pump reads it at another priority than `events`, or not at all)."""
         from bcc import libbcc
 
-        self._calls_cb = libbcc._RINGBUF_CB_TYPE(self._on_call)
-        fd = libbcc.lib.bpf_table_fd(self._bpf.module, b"calls")
-        self._calls_ring = libbcc.lib.bpf_new_ringbuf(fd, self._calls_cb, None)
-        if not self._calls_ring:
-            raise SensorError("cannot read the ring buffer of allowed API calls")
+        return int(libbcc.lib.bpf_table_fd(self.bpf.module, b"calls"))
 
     def _start_api(self) -> None:
         """The SK_MSG verdict on every socket that joins `api_socks`, and
@@ -241,11 +240,9 @@ class Sensor:
             if self._bpf is not None:
                 for hook in list(self._attached):
                     self._detach(hook)
-                if self._calls_ring:
-                    from bcc import libbcc
-
-                    libbcc.lib.bpf_free_ringbuf(self._calls_ring)
-                    self._calls_ring = None
+                if self._calls is not None:
+                    self._calls.close()
+                    self._calls = None
                 self._counts = self._lost_any = None  # the views hold the mappings until dropped
                 self._slots.clear()
                 self._bpf.cleanup()
@@ -384,15 +381,9 @@ class Sensor:
 
     # reading -------------------------------------------------------------
     def _on_event(self, _ctx: Any, data: int, size: int) -> int:
-        return self._copy(self._raw, data, size)
-
-    def _on_call(self, _ctx: Any, data: int, size: int) -> int:
-        return self._copy(self._calls_raw, data, size)
-
-    def _copy(self, into: list[bytes], data: int, size: int) -> int:
         # Copy only: the faster records leave the ring buffer, the fewer are lost.
-        into.append(ct.string_at(data, size))
-        return -1 if self._limit is not None and len(into) >= self._limit else 0  # -1: stop here
+        self._raw.append(ct.string_at(data, size))
+        return -1 if self._limit is not None and len(self._raw) >= self._limit else 0  # -1: stop here
 
     def _decode(self, raw: list[bytes]) -> list[Event]:
         batch = []
@@ -421,24 +412,17 @@ class Sensor:
         """Copy records out of `events`, without waiting or decoding them:
         everything, or until `limit` are pending. Returns how many are
         pending for drain."""
-        return self._consume(self.bpf.ring_buffer_consume, self._raw, limit)
-
-    def fetch_calls(self, limit: int | None = None) -> int:
-        """The same for `calls`, the records of API calls the kernel allowed."""
-        from bcc import libbcc
-
-        if not self._calls_ring:
-            raise SensorError("the sensor is not started")
-        return self._consume(lambda: libbcc.lib.bpf_consume_ringbuf(self._calls_ring), self._calls_raw, limit)
-
-    def _consume(self, read: Callable[[], object], pending: list[bytes], limit: int | None) -> int:
-        """Run a ring's reader, its callback stopping at `limit` pending."""
         self._limit = limit
         try:
-            read()
+            self.bpf.ring_buffer_consume()
         finally:
             self._limit = None
-        return len(pending)
+        return len(self._raw)
+
+    def _calls_ring(self) -> Ring:
+        if self._calls is None:
+            raise SensorError("the sensor is not started")
+        return self._calls
 
     def drain(self, limit: int | None = None, calls: bool = True) -> list[Event]:
         """What the ring buffers hold now, without waiting, after any records
@@ -454,9 +438,11 @@ class Sensor:
     def drain_calls(self, limit: int | None = None) -> list[Event]:
         """Only the records of API calls the kernel allowed, which ask user
         space for nothing but their log: everything, or about `limit`."""
-        self.fetch_calls(limit)
-        calls, self._calls_raw = self._calls_raw, []
-        return self._decode(calls)
+        return self._decode(self._calls_ring().take(limit))
+
+    def calls_backlog(self) -> int:
+        """Bytes of allowed API calls' records that no reader has taken yet."""
+        return self._calls_ring().backlog()
 
     def stats(self, cgroup_id: int) -> CgroupStats:
         table = self.bpf["stats"]

@@ -6,7 +6,9 @@ every SYNC_EVERY_S, everything put meanwhile in one write and one fsync:
 an fsync costs the writer ~45 µs of CPU whatever it carries, and on a
 busy node each one can hold a client or a server off its CPU. The pump
 hands over plain `ApiCallRecord` bodies; the model is built only for the
-sinks, off the path of every allowed call."""
+sinks, off the path of every allowed call. Where a recorder takes the
+calls the kernel allowed (guard.recorder, in GuardedSandboxes), only those
+the guard judged (held, stopped) come here."""
 
 from __future__ import annotations
 
@@ -14,14 +16,24 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ebpf.events import EAGAIN, Event  # EAGAIN: an api_call's ret while the kernel holds it
 from guard.alerts import ApiCallRecord
 from guard.audit import AuditLog
 
 # how long an allowed call's record may wait for the disk and the sinks
 SYNC_EVERY_S = 0.1
+
+
+def call_body(sandbox: str, labels: Mapping[str, str], ev: Event, allowed: bool, now: float) -> dict[str, Any]:
+    """An `ApiCallRecord`'s fields but `seq`, as a plain dict: this is built
+    for every allowed call."""
+    return {"sandbox": sandbox, "agent": labels.get("agent"), "step": labels.get("step"),
+            "tool_call": labels.get("tool_call"), "method": ev.method, "host": ev.host, "path": ev.path,
+            "port": ev.port, "tls": ev.tls, "body_bytes": ev.arg, "allowed": allowed, "held": ev.ret == -EAGAIN,
+            "reason": ev.reason, "pid": ev.pid, "ts_ns": ev.ts_ns, "time": now}
 
 
 class ApiCallLog:

@@ -20,7 +20,7 @@ from ebpf.sensor import WATCH_DETECT_NOVEL, Sensor, SensorError
 from common.verdicts import Verdict
 from guard.alerts import Alert, ApiCallRecord, Evidence
 from guard.audit import AuditLog
-from guard.call_log import ApiCallLog
+from guard.call_log import ApiCallLog, call_body
 from guard.detectors import window_means
 from guard.profile import Profile
 from guard.endpoints import ALERT_AT, unseen_call_score
@@ -232,14 +232,8 @@ class Guard:
         records are plain dicts: this runs for every allowed call."""
         if not calls:
             return
-        labels, now = st.target.labels, time.time()
-        self.api_calls.put([
-            {"sandbox": st.target.name, "agent": labels.get("agent"), "step": labels.get("step"),
-             "tool_call": labels.get("tool_call"), "method": ev.method, "host": ev.host, "path": ev.path,
-             "port": ev.port, "tls": ev.tls, "body_bytes": ev.arg, "allowed": allowed, "held": ev.ret == -EAGAIN,
-             "reason": ev.reason, "pid": ev.pid, "ts_ns": ev.ts_ns, "time": now}
-            for ev, allowed in calls
-        ])
+        now = time.time()
+        self.api_calls.put([call_body(st.target.name, st.target.labels, ev, allowed, now) for ev, allowed in calls])
 
     def _stop_ngrams(self, st: _State) -> None:
         """Stop the kernel sending novel n-grams that can no longer change

@@ -13,7 +13,6 @@ orphaned Bastion cgroup and workdir it finds."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -25,10 +24,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
+
+from pydantic import TypeAdapter
 
 from ebpf.api import KernelApiDest
 from ebpf.events import AF_UNIX, Event, EventKind
@@ -46,22 +47,31 @@ from sandbox.result import ApiCall, Denial, SandboxResult
 from sandbox.seccomp import SOCKET_REFUSALS, Filter, name_of, resolve
 
 log = logging.getLogger("bastion.sandbox")
+_API_CALLS = TypeAdapter(list[ApiCall])
 
 PREFIX = "sbx"
 EACCES, EPERM = 13, 1
-# The pump routes allowed API calls' records quietly (_route_quietly) in
-# chunks, each at most this many records: the most a starved pump holds up.
-QUIET_CHUNK = 16
-# Starved: this long into a quiet turn with less than this share of a CPU;
-# then the pump stays at real time for the backoff.
-QUIET_STARVED_S, QUIET_STARVED_SHARE, QUIET_BACKOFF_S = 0.005, 0.2, 1.0
-
 Listener = Callable[["Sandbox", list[Event]], None]
 Finisher = Callable[["Sandbox"], object]
 
 
 class SandboxError(RuntimeError):
     pass
+
+
+class Recorder(Protocol):
+    """Takes the ring of allowed API calls' records off the pump: records
+    them in a process of its own (guard.recorder) and gives a sandbox's
+    back when its command has ended."""
+
+    def watch(self, sb: Sandbox) -> None:
+        """Before its command starts."""
+
+    def collect(self, sb: Sandbox) -> list[bytes]:
+        """Its calls as JSON arrays of objects with (at least) ApiCall's fields."""
+
+    def check(self) -> str | None:
+        """Why it can no longer record, if it cannot: then nothing may run."""
 
 
 class _Capture:
@@ -106,6 +116,7 @@ class Sandbox:
     undecodable_before: int = 0  # the sensor's count of unattributable bad records when it started
     denials: list[Denial] = field(default_factory=list)
     api_calls: list[Event] = field(default_factory=list)  # its api_call events; models only in the result
+    recorded: list[ApiCall] = field(default_factory=list)  # its allowed calls, from the recorder
     api_dests: list[KernelApiDest] = field(default_factory=list)  # its destinations with API rules
     actions: list[str] = field(default_factory=list)
     stopped_by: str | None = None
@@ -153,13 +164,16 @@ class SandboxManager:
 
     def __init__(self, sensor: Sensor, workdirs: Path | None = None, listeners: Sequence[Listener] = (),
                  finishers: Sequence[Finisher] = (), ngram_events: bool = False,
-                 sequence_events: bool = False, cpus: Iterable[int] = ()) -> None:
+                 sequence_events: bool = False, cpus: Iterable[int] = (),
+                 recorder: Recorder | None = None) -> None:
         """Listeners get each sandbox's event batches; finishers are called
         when its command has ended, while its sensor maps still exist. With
         ngram_events, n-grams missing from the sensor's known map are sent
         (all of them while it is empty: the training stream); with
         sequence_events, every syscall id, in batches per thread. With cpus,
-        sandboxes run on those CPUs only and may not move themselves."""
+        sandboxes run on those CPUs only and may not move themselves. With
+        a recorder, the API calls the kernel allowed are its to record, not
+        the listeners'; they are in the run's result."""
         self.sensor = sensor
         self.cpus = tuple(sorted(set(cpus)))
         self.workdirs = workdirs or Path(tempfile.gettempdir()) / "bastion-sandboxes"
@@ -169,6 +183,7 @@ class SandboxManager:
         self.preparers: list[Finisher] = []  # called once its maps are set, before its command starts
         self.ngram_events = ngram_events
         self.sequence_events = sequence_events
+        self.recorder = recorder
         self._active: dict[int, Sandbox] = {}
         self._seccomp_programs: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}
         self._stop = threading.Event()
@@ -226,6 +241,8 @@ class SandboxManager:
             sb.api_dests = api
             for prepare in self.preparers:
                 prepare(sb)
+            if self.recorder is not None:
+                self.recorder.watch(sb)
             self.sensor.set_unix_sockets(cg.id, policy.unix_sockets, quiet=LIBC_PROBE_SOCKETS)
             if not self.sensor.is_watched(cg.id):
                 raise SandboxError(f"the sensor does not confirm that {name} is watched")
@@ -336,7 +353,8 @@ class SandboxManager:
             self.enforce(sb, Verdict.KILL, f"wall timeout of {limit:g}s")
         sb.proc.wait()
         duration = time.monotonic() - sb.started
-        self._settle(sb)
+        sb.recorded = self._recorded(sb)
+        self._settle(sb, len(sb.recorded))
         for finisher in [*self.finishers, *finishers]:
             finisher(sb)
         return self._finish(sb, duration)
@@ -346,12 +364,32 @@ class SandboxManager:
         """Start and wait; facts only, no judge (see bastion.guarded)."""
         return self.wait(self.start(command, policy, labels, timeout), timeout)
 
-    def _settle(self, sb: Sandbox, timeout: float = 2.0) -> None:
-        """Wait until the pump has routed every event the kernel sent for sb."""
+    def _recorded(self, sb: Sandbox) -> list[ApiCall]:
+        """The allowed API calls the recorder took for sb; a recorder that
+        fails counts as lost events. A chunk at a time, Python's lock free
+        between them: a thread that holds it longer than the switch
+        interval (5 ms) keeps the real-time pump waiting, and a held call
+        with it, all the more where this thread waits for a busy CPU."""
+        if self.recorder is None:
+            return []
+        calls: list[ApiCall] = []
+        try:
+            for chunk in self.recorder.collect(sb):
+                calls += _API_CALLS.validate_json(chunk)
+                time.sleep(0)
+        except Exception as exc:  # noqa: BLE001 - the run's result says so
+            log.error("allowed API calls not recorded", extra={"fields": {"sandbox": sb.name, "error": str(exc)}})
+            sb.actions.append(f"its allowed API calls could not be recorded: {exc}")
+            sb.lost_seen = max(sb.lost_seen, 1)
+        return calls
+
+    def _settle(self, sb: Sandbox, recorded: int = 0, timeout: float = 2.0) -> None:
+        """Wait until the pump has routed every event the kernel sent for sb
+        (but the `recorded` calls that the recorder took)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.pump_error is None:
             stats = self.sensor.stats(sb.id)
-            if sb.received >= stats.events:
+            if sb.received + recorded >= stats.events:
                 return
             time.sleep(0.002)
         log.warning("events still in flight at cleanup", extra={"fields": {"sandbox": sb.name}})
@@ -387,7 +425,7 @@ class SandboxManager:
             opens_repeated=stats.opens_repeated,
             denials=sb.denials,
             # allowed calls' records come on a ring of their own: in time order again
-            api_calls=[api_call(ev) for ev in sorted(sb.api_calls, key=lambda ev: ev.ts_ns)],
+            api_calls=sorted([*map(api_call, sb.api_calls), *sb.recorded], key=lambda c: c.ts_ns),
             actions=sb.actions,
         )
 
@@ -447,47 +485,25 @@ class SandboxManager:
     # the pump ------------------------------------------------------------
     def _run_pump(self) -> None:
         try:
-            realtime = _pump_priority()
-            next_check = quiet_from = 0.0
+            _pump_priority()
+            next_check = 0.0
             while not self._stop.is_set():
                 if self.sensor.wait(20):
                     # at once: the records that may need a verdict, never behind a backlog of allowed calls
                     self._route(self.sensor.drain(calls=False))
-                # with no allowed call waiting, no turn at nice 19, where the pump could lose its CPU
-                if self.sensor.fetch_calls(QUIET_CHUNK):
-                    if not realtime or time.monotonic() < quiet_from or _cpus_wanted():
-                        self._route(self.sensor.drain())
-                    elif not self._route_quietly():
-                        quiet_from = time.monotonic() + QUIET_BACKOFF_S
+                if self.recorder is None:
+                    self._route(self.sensor.drain_calls())
                 if time.monotonic() >= next_check:
                     self._check_losses()
+                    failure = self.recorder.check() if self.recorder is not None else None
+                    if failure:
+                        raise SandboxError(failure)
                     next_check = time.monotonic() + 0.05
         except BaseException as exc:  # fail closed: nothing may run unwatched
             self.pump_error = exc
             log.error("event pump died; killing every sandbox", exc_info=exc)
             for sb in list(self._active.values()):
                 self.enforce(sb, Verdict.KILL, f"sensor pump died: {exc}")
-
-    def _route_quietly(self) -> bool:
-        """Route the records of API calls the kernel allowed (a ring of their
-        own) at the lowest ordinary priority: on a busy node the pump's
-        burst of them every 20 ms otherwise takes a CPU from a client or a
-        server mid-call (p99 +1 ms on two CPUs). Real time again as soon as
-        another record comes, or if the pump starves (the CPUs are busy:
-        the guard comes first); False in that case."""
-        start, cpu_start, starved = time.monotonic(), time.thread_time(), False
-        with _quiet():
-            while batch := self.sensor.drain_calls(QUIET_CHUNK):
-                self._route(batch)
-                if self.sensor.fetch():
-                    break  # a record that may need a verdict
-                wall = time.monotonic() - start
-                starved = wall > QUIET_STARVED_S and time.thread_time() - cpu_start < wall * QUIET_STARVED_SHARE
-                if starved:
-                    break
-        # at real time: what came meanwhile; the rest of the allowed calls wait for the next turn
-        self._route(self.sensor.drain(calls=starved))
-        return not starved
 
     def _route(self, batch: list[Event]) -> None:
         by_sandbox: dict[int, list[Event]] = {}
@@ -556,48 +572,18 @@ def _reap(sb: Sandbox) -> None:
             pipe.close()
 
 
-def _pump_priority() -> bool:
+def _pump_priority() -> None:
     """The pump must keep up even when sandboxes saturate the CPUs (a fork
     bomb), and a call the kernel holds waits on it: the lowest real-time
     priority runs it as soon as events arrive, ahead of every ordinary task
     (the kernel's real-time throttling still leaves the others 5%). Threads
     it starts (torch's workers, for one) are ordinary again, so none of them
-    spins at that priority. Where that is refused, a high nice value; False
-    then."""
+    spins at that priority. Where that is refused, a high nice value."""
     tid = threading.get_native_id()
     try:
         os.sched_setscheduler(tid, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
     except PermissionError:
         os.setpriority(os.PRIO_PROCESS, tid, -10)
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The real-time pump at nice 19 for a while: on a CPU someone else
-    wants, it waits."""
-    tid = threading.get_native_id()
-    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-    os.setpriority(os.PRIO_PROCESS, tid, 19)
-    try:
-        yield
-    finally:
-        _pump_priority()
-
-
-def _cpus_wanted() -> bool:
-    """Two tasks or more wait for a CPU (the kernel's count of those that
-    can run, 10 µs to read, includes the pump): a quiet pump would wait
-    for one too, holding the GIL, so for a slice of every other task (~100
-    ms at nice 19) no thread of the node could run. One waiting is not
-    enough: on a busy node a client and its server often both run while
-    the pump reads (2 turns in 3 in bench/api_calls.py), and routing at real
-    time then takes a CPU from one of them mid-call. A turn that starves
-    all the same is cut short (QUIET_STARVED_S)."""
-    with open("/proc/loadavg", "rb") as f:
-        running = int(f.read().split()[3].split(b"/")[0])
-    return running > (os.cpu_count() or 1) + 1
 
 
 def _cpu_seconds(cg: Cgroup) -> float:

@@ -77,7 +77,7 @@ def test_an_allowed_endpoint_unlike_every_learned_call_is_held_and_stopped(
     assert alert.step == LABELS["step"] and alert.action is Verdict.QUARANTINE and alert.score >= 1
     assert run.result.exit_status != 0  # the call failed: quarantined, nothing left the sandbox
     assert [b for b in audit.read(learned.audit.path, "alert") if b["id"] == alert.id]
-    assert [(b["held"], b["allowed"]) for b in audit.read(learned.audit.path, "api_call")
+    assert [(b["held"], b["allowed"]) for b in audit.read(learned.audit.path, "api_call", anchored=True)
             if b["sandbox"] == run.result.sandbox and b["path"] == held.path] == [(True, False)]
 
 
@@ -97,5 +97,5 @@ def test_an_unseen_endpoint_like_a_learned_one_is_released_with_an_alert(
         assert records_api.received[before:] == []
     assert any("never saw" in c.reason for c in run.result.api_calls)
     # the audit log says what became of the held call: released over TLS, dropped in plain
-    assert [(b["held"], b["allowed"]) for b in audit.read(learned.audit.path, "api_call")
+    assert [(b["held"], b["allowed"]) for b in audit.read(learned.audit.path, "api_call", anchored=True)
             if b["sandbox"] == run.result.sandbox and b["held"]] == [(True, tls)]

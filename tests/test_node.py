@@ -126,8 +126,12 @@ def test_api_calls_through_the_node_are_streamed_with_their_audit_records(node: 
                    ("POST", "/patients/export", False, "http_request", "task-7/2")]
     assert "no API rule" in streamed[1].reason
     assert streamed[1].seq == streamed[0].seq + 1  # places in the stream
-    logged = {r["seq"]: r["body"] for r in audit.records(tmp_path / "audit.jsonl") if r["kind"] == "api_call"}
-    assert [(logged[c.record]["method"], logged[c.record]["path"]) for c in streamed] == [(m, p) for m, p, *_ in got]
+    # each names its record: the allowed call's in the calls log beside the node's
+    assert streamed[0].log.startswith("audit.calls-") and not streamed[1].log
+    logged = [{r["seq"]: r["body"] for r in audit.records(tmp_path / (c.log or "audit.jsonl")) if r["kind"] == "api_call"}
+              for c in streamed]
+    assert [(logged[i][c.record]["method"], logged[i][c.record]["path"]) for i, c in enumerate(streamed)] == \
+        [(m, p) for m, p, *_ in got]
     status = client.status()
     assert (status.api_calls_allowed, status.api_calls_stopped) == (1, 1)
 
