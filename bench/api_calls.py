@@ -8,12 +8,13 @@ run: the same keep-alive client, plain HTTP and TLS, run
 
 first with the guard's threads free to run on any CPU, then with a CPU of
 their own (GuardedSandboxes' node_cpu; the sandboxes, the floor and the
-records API on the others): on two CPUs the pump's turn every 20 ms with
-the allowed calls' events, at nice 19, still shares a CPU with the client
-or the server, which shows in the round trip's p99. On shared CPUs the
-bench also counts how often a thread of the node held a client or server
-off a CPU for over 50 µs (bench/node_waits.bpf.c), in each sandbox mode, and
-by which thread at which priority: what the p99 pays for, and the floor of
+records API on the others): on two CPUs the node's work on the allowed
+calls' records (the recorder's process, in an idle cpu group) still shares
+a CPU with the client or the server, which shows in the round trip's p99.
+On shared CPUs the bench also counts how often a thread of the node or of
+its recorder held a client or server off a CPU for over 50 µs
+(bench/node_waits.bpf.c), in each sandbox mode, and by which thread at
+which priority: what the p99 pays for, and the floor of
 any CPU work beside the client: the unwatched client with a process that
 burns the node's share of a CPU, in a session of its own at the lowest
 priority (SCHED_IDLE), and in a cgroup whose cpu.idle is 1. Then, in each, the held
@@ -140,18 +141,22 @@ class NodeWaits:
 
         self.bpf = BPF(src_file=str(Path(__file__).with_name("node_waits.bpf.c")),
                        cflags=[f"-DWAIT_NS={WAIT_US * 1000}"])
+        self.recorder: set[int] = set()  # its recorder's threads
 
-    def start(self) -> None:
-        """Marks the node's threads as they are now, and forgets earlier waits."""
+    def start(self, recorder: int) -> None:
+        """Marks the node's threads and its recorder's (pid) as they are now,
+        and forgets earlier waits."""
         tids = self.bpf["node_tids"]
         tids.clear()  # an exited thread's id may be a client's by now
-        for task in Path("/proc/self/task").iterdir():
+        self.recorder = {int(task.name) for task in Path(f"/proc/{recorder}/task").iterdir()}
+        for task in [*Path("/proc/self/task").iterdir(), *Path(f"/proc/{recorder}/task").iterdir()]:
             tids[ct.c_uint32(int(task.name))] = ct.c_uint8(1)
         self.bpf["waits"].clear()
 
     def add_to(self, into: dict[tuple[str, str], list[int]]) -> None:
         """The waits since start, by thread and priority."""
         names = {t.native_id: self.THREADS.get(t.name, "other threads") for t in threading.enumerate()}
+        names.update(dict.fromkeys(self.recorder, "the recorder"))
         for k, v in self.bpf["waits"].items():
             who = (names.get(k.tid, "other threads"), self.PRIORITIES.get(k.prio, f"prio {k.prio}"))
             total = into.setdefault(who, [0, 0])
@@ -160,6 +165,12 @@ class NodeWaits:
 
     def close(self) -> None:
         self.bpf.cleanup()
+
+
+def _cpu_s(pid: int) -> float:
+    """A process's CPU time so far, user and system."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # Burns a share of one CPU in 20 ms periods, as the node's turns do. argv: share.
@@ -354,14 +365,16 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
                         _keep(sends, trips, (node_cpu, MODES[0], tls), out)
                         for mode, policy in zip(MODES[1:], (free, rules)):
                             before, times_before = program_time_ns(sensor), os.times()
-                            node_waits.start()
+                            recorder_before = _cpu_s(guarded.recorder.proc.pid)
+                            node_waits.start(guarded.recorder.proc.pid)
                             run = guarded.run(cmd, policy, labels={"agent": "bench"})
                             if node_cpu is None:
                                 node_waits.add_to(waits.setdefault((mode, tls), {}))
                                 if policy is rules:
                                     in_programs[tls] += program_time_ns(sensor) - before
                                     times = os.times()
-                                    node_cpu_s[tls] += times.user + times.system - times_before.user - times_before.system
+                                    node_cpu_s[tls] += (times.user + times.system - times_before.user - times_before.system
+                                                        + _cpu_s(guarded.recorder.proc.pid) - recorder_before)
                                     wall_s[tls] += times.elapsed - times_before.elapsed
                             if run.result.exit_status != 0:
                                 raise SystemExit(f"{mode}: the client failed: {run.result.stderr[-400:]}")
