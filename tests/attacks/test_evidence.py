@@ -125,6 +125,32 @@ def test_an_edit_with_the_chain_recomputed_is_caught_at_the_next_checkpoint(tmp_
     assert main(["audit", "verify", str(log), "--key", str(tmp_path / "node.key.pub")]) == 2
 
 
+def test_the_allowed_calls_log_is_checked_through_the_node_logs_anchor(tmp_path: Path, signer: Signer,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The recorder's log of allowed API calls is signed with the node's key
+    and anchored in the node's log: verifying the node's log checks it, and
+    an edit with its chain recomputed fails at its next checkpoint."""
+    calls = tmp_path / "audit.calls-1-1.jsonl"
+    log = AuditLog(calls, signer, checkpoint_every=4)
+    for i in range(6):
+        log.append("api_call", {"method": "GET", "path": f"/records/{i}"})
+    log.close()
+    covers, head = log.head()
+    node = AuditLog(tmp_path / "audit.jsonl", signer)
+    node.append(audit.ANCHOR, {"sandbox": None, "log": calls.name, "calls": 6, "covers": covers, "head": head})
+    node.close()
+    assert verify(node.path, signer.public_key).anchored == 8  # 6 calls, a periodic and the closing checkpoint
+    assert _verify_cli(node.path, tmp_path / "node.key.pub") == 0
+    assert "(and 8 in the allowed calls' logs it anchors)" in capsys.readouterr().out
+
+    records = _lines(calls)
+    records[1]["body"]["path"] = "/patients/export"
+    calls.write_text(_rechain(records))
+    with pytest.raises(AuditError, match=rf"{calls.name}:5: record seq 4: checkpoint is not signed by this node's key"):
+        verify(node.path, signer.public_key)
+    assert _verify_cli(node.path, tmp_path / "node.key.pub") == 2
+
+
 def test_a_head_file_with_a_forged_head_is_refused(tmp_path: Path, signer: Signer) -> None:
     heads = tmp_path / "heads.jsonl"
     heads.write_text(json.dumps({"covers": 3, "head": "0" * 64, "key": signer.key_id, "sig": "00" * 64}) + "\n")
