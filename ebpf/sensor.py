@@ -211,7 +211,7 @@ class Sensor:
 
     def calls_fd(self) -> int:
         """The `calls` ring's map fd, for a reader in another process (the
-        pump reads it at another priority than `events`, or not at all)."""
+        node's recorder); without one, drain_calls reads it here."""
         from bcc import libbcc
 
         return int(libbcc.lib.bpf_table_fd(self.bpf.module, b"calls"))

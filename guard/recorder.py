@@ -176,7 +176,11 @@ class CallRecorder:
             except RecorderError:
                 reply = None
             self._sock.close()
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # hung: what it wrote stays, and the runs' anchors cover what was collected
+                self.proc.wait()
             self._place.remove()
         if reply and reply["covers"] >= 0:
             self.audit.append(ANCHOR, {"sandbox": None, "log": self.path.name, "calls": 0,
