@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from ebpf import probe
 from sandbox import landlock
 from sandbox.cgroup import Cgroup, cgroup2_mount
 from sandbox.launch import launcher_binary
+from sandbox.quiet import QuietGroup
 from sandbox.seccomp import Filter, set_no_new_privs
 
 
@@ -116,6 +118,25 @@ def _seccomp() -> str:
     return "filter loaded in a child; denied syscall returned EPERM"
 
 
+def _idle_cpu_group() -> str:
+    """Where the recorder of allowed API calls would wait for idle CPUs:
+    tried on a short-lived child."""
+    child = subprocess.Popen(["sleep", "10"])
+    try:
+        group = QuietGroup(child.pid)
+        child.kill()
+        child.wait()
+        group.remove()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    if group.path is None:
+        raise RuntimeError("no cpu controller offers cpu.idle: the recorder of allowed API calls runs at "
+                           "SCHED_IDLE, which autogroups weigh within the node's session only")
+    return f"cpu.idle set on a group under {group.path.parent}"
+
+
 CHECKS: list[tuple[str, bool, Callable[[], str], str]] = [
     ("root", True, _root, "run Bastion as root (it loads BPF programs and manages cgroups)"),
     ("cgroup v2", True, _cgroup2, "mount cgroup2 (e.g. `mount -t cgroup2 none /sys/fs/cgroup`)"),
@@ -129,6 +150,8 @@ CHECKS: list[tuple[str, bool, Callable[[], str], str]] = [
     ("BTF", False, _btf, "kernel built without CONFIG_DEBUG_INFO_BTF: not needed by BCC"),
     ("landlock", True, _landlock, "boot with lsm=...,landlock"),
     ("seccomp", True, _seccomp, "apt-get install libseccomp2; kernel needs CONFIG_SECCOMP_FILTER"),
+    ("idle cpu group", False, _idle_cpu_group,
+     "mount the v1 cpu controller, or enable cpu in the v2 hierarchy (kernel 5.15 or later for cpu.idle)"),
     ("sandbox launcher", True, lambda: f"built at {launcher_binary()}", SETUP + " (installs gcc and libc6-dev)"),
 ]
 
