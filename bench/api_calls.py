@@ -430,6 +430,11 @@ def _report(args: argparse.Namespace, console: Console, sends: dict[Key, list[fl
                 for tls in (False, True)}
         console.print(f"{_arrangement(node_cpu)}: round trip p99 with API rules against unwatched: plain "
                       f"{tail[False]}, TLS {tail[True]} (target: at most 20)")
+        # the same for calls that send the node nothing: how far the figure moves on its own here
+        free = {tls: _p99_added(trips[(node_cpu, MODES[1], tls)], trips[(node_cpu, MODES[0], tls)], args.calls)
+                for tls in (False, True)}
+        console.print(f"{_arrangement(node_cpu)}: the same with IP:port only (no record per call): plain "
+                      f"{free[False]}, TLS {free[True]}")
     for (node_cpu, busy), (times, allowed) in held.items():
         console.print(f"{_arrangement(node_cpu)}: held TLS calls (SIGSTOP, scored, released), {len(times)} each to a "
                       f"new endpoint{', beside a sandbox making allowed calls' if busy else ''}: send p50 "
