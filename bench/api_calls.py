@@ -55,9 +55,8 @@ from guard.audit import AuditLog  # noqa: E402
 from guard.profile import Profile  # noqa: E402
 from guard.traces import Behaviour  # noqa: E402
 from guard.training import Settings, train  # noqa: E402
-from sandbox.cgroup import bastion_root  # noqa: E402
-from sandbox.limits import v1_mount  # noqa: E402
 from sandbox.policy import Network, Policy  # noqa: E402
+from sandbox.quiet import QuietGroup  # noqa: E402
 from tests.apis import api_policy  # noqa: E402
 
 # Times each request of a keep-alive connection: the send (where the kernel
@@ -149,8 +148,8 @@ class NodeWaits:
         tids = self.bpf["node_tids"]
         tids.clear()  # an exited thread's id may be a client's by now
         self.recorder = {int(task.name) for task in Path(f"/proc/{recorder}/task").iterdir()}
-        for task in [*Path("/proc/self/task").iterdir(), *Path(f"/proc/{recorder}/task").iterdir()]:
-            tids[ct.c_uint32(int(task.name))] = ct.c_uint8(1)
+        for tid in [*(int(task.name) for task in Path("/proc/self/task").iterdir()), *self.recorder]:
+            tids[ct.c_uint32(tid)] = ct.c_uint8(1)
         self.bpf["waits"].clear()
 
     def add_to(self, into: dict[tuple[str, str], list[int]]) -> None:
@@ -186,50 +185,27 @@ while True:
 BURNERS = ("alone", "beside SCHED_IDLE work, own session", "beside work in a cpu.idle cgroup")
 
 
-@contextlib.contextmanager
-def _idle_cgroup() -> Iterator[Path | None]:
-    """A cgroup with cpu.idle 1 in the cpu controller's hierarchy: v1 where
-    it is mounted so, else v2 under Bastion's root if the controller is on
-    there already (turning it on would change every sandbox's cgroup). None
-    without one."""
-    v1 = v1_mount("cpu")
-    parent = v1 if v1 is not None else bastion_root()
-    if v1 is None and "cpu" not in (parent / "cgroup.subtree_control").read_text().split():
-        yield None
-        return
-    path = parent / "bastion-bench-idle"
-    path.mkdir(exist_ok=True)
-    try:
-        (path / "cpu.idle").write_text("1")
-    except OSError:
-        path.rmdir()
-        yield None
-        return
-    try:
-        yield path
-    finally:
-        path.rmdir()
-
-
 def _beside_work(api: LocalApi, tls: bool, calls: int, paths: list[str], share: float,
-                 where: str, idle_cg: Path | None) -> list[float] | None:
-    """The unwatched client's round trips while a burner runs as `where` says."""
-    burner = None
+                 where: str) -> list[float] | None:
+    """The unwatched client's round trips while a burner runs as `where`
+    says; None where no cpu controller offers cpu.idle."""
+    burner = group = None
     if where != BURNERS[0]:
-        if where == BURNERS[2] and idle_cg is None:
-            return None
         burner = subprocess.Popen([sys.executable, "-c", BURNER, f"{share:.4f}"], start_new_session=True)
         if where == BURNERS[1]:
             os.sched_setscheduler(burner.pid, os.SCHED_IDLE, os.sched_param(0))
         else:
-            assert idle_cg is not None
-            (idle_cg / "cgroup.procs").write_text(str(burner.pid))
+            group = QuietGroup(burner.pid)  # where the node's recorder runs
     try:
+        if group is not None and group.path is None:  # it fell back to SCHED_IDLE: the row above
+            return None
         out = subprocess.run(_client(api, tls, calls, paths), capture_output=True, text=True, check=True).stdout
     finally:
         if burner is not None:
             burner.kill()
             burner.wait()
+        if group is not None:
+            group.remove()
     return _timings(out)[1]
 
 
@@ -384,13 +360,13 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
                                                                  node_cpu, (busy, rules) if busy else None)
         log.close()
         _move(server, everywhere)
-        with _idle_cgroup() as idle_cg, console.status("the floor of CPU work beside the client") as status:
+        with console.status("the floor of CPU work beside the client") as status:
             for r in range(args.rounds):
                 for tls in (False, True):
                     status.update(f"the floor of CPU work: round {r + 1} of {args.rounds}")
                     share = node_cpu_s[tls] / wall_s[tls]
                     for where in BURNERS:
-                        trips_beside = _beside_work(api, tls, args.calls, paths, share, where, idle_cg)
+                        trips_beside = _beside_work(api, tls, args.calls, paths, share, where)
                         if trips_beside is not None:
                             beside.setdefault((where, tls), (share, []))[1].extend(trips_beside)
     return held
