@@ -5,18 +5,18 @@ CPU time no one else wants.
 Why a process: an allowed call needs no verdict, only its record, yet
 reading, decoding and chaining one per call in the node costs the calls
 themselves on a busy host (their round trip p99 +30 µs plain, +50-95 µs
-TLS on two shared CPUs, when the node's pump did it), at any priority the node's threads can take: a
-starved thread holds Python's lock, which the real-time pump needs. In a
-`cpu.idle` cgroup, a process of its own waits for idle CPUs and holds
-nothing of the node's.
+TLS on two shared CPUs, when the node's pump did it), at any priority the
+node's threads can take: a starved thread holds Python's lock, which the
+real-time pump needs. In a `cpu.idle` cgroup, a process of its own waits
+for idle CPUs and holds nothing of the node's.
 
 The calls log is the node's evidence as much as its own log is: signed with
 the node's key, and anchored in the node's log (an `anchor` record with its
-head) whenever a sandbox's calls are collected, so the node's signed
-heads cover it too. A sandbox's calls come back to the node when its
-command has ended, for the run's result and the node's stream; the guard
-judges none of them (the kernel allowed them by the agent's rules and
-learned endpoints). If the recorder dies, every sandbox is killed (the manager's
+head) whenever a sandbox's calls are collected, so the node's signed heads
+cover it too. A sandbox's calls come back to the node when its command has
+ended, for the run's result and the node's stream; the guard judges none
+of them (the kernel allowed them by the agent's rules and learned
+endpoints). If the recorder dies, every sandbox is killed (the manager's
 pump checks it); if it falls behind, it leaves `cpu.idle` until it has
 caught up, before the ring can overflow (a loss kills the sandbox).
 
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import TypeAdapter
 
-from ebpf.events import decode
+from ebpf.events import cgroup_of, decode
 from guard.alerts import ApiCallRecord
 from guard.audit import ANCHOR, AuditLog, Signer
 from guard.call_log import SYNC_EVERY_S, call_body
@@ -238,7 +238,7 @@ class _Recording:
             try:
                 ev = decode(record, self.ngram_n, {})
             except ValueError:
-                cg = int.from_bytes(record[8:16], "little") if len(record) >= 16 else 0
+                cg = cgroup_of(record)
                 self.undecodable[cg] = self.undecodable.get(cg, 0) + 1
                 continue
             name, labels = self.names.get(ev.cgroup_id, (f"cgroup {ev.cgroup_id}", {}))
