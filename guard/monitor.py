@@ -4,7 +4,6 @@ the alert in the audit log before any sink sees it."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
@@ -20,7 +19,7 @@ from ebpf.sensor import WATCH_DETECT_NOVEL, Sensor, SensorError
 from common.verdicts import Verdict
 from guard.alerts import Alert, ApiCallRecord, Evidence
 from guard.audit import AuditLog
-from guard.call_log import ApiCallLog, call_body
+from guard.audit_writer import AuditWriter, call_body
 from guard.detectors import window_means
 from guard.profile import Profile
 from guard.endpoints import ALERT_AT, unseen_call_score
@@ -28,8 +27,6 @@ from guard.rules import Finding, Rules, api_request, check, novelty
 
 if TYPE_CHECKING:
     from guard.sequence import LiveState  # torch, imported only by profiles that hold a model
-
-log = logging.getLogger("bastion.guard")
 
 FREQUENCY_EVERY_S = 0.1  # how often a running sandbox's syscall mix is scored
 AT_THRESHOLD = 1.0  # live, each detector alerts once its calibrated ratio passes its own threshold
@@ -128,8 +125,7 @@ class Guard:
         self.enforcer = enforcer
         self.assign = assign
         self.syscall_name = syscall_name
-        self.sinks = list(sinks)
-        self.api_calls = ApiCallLog(audit, api_sinks)
+        self.writer = AuditWriter(audit, api_sinks, sinks)
         self._states: dict[int, _State] = {}
         self._lock = threading.Lock()
 
@@ -233,7 +229,7 @@ class Guard:
         if not calls:
             return
         now = time.time()
-        self.api_calls.put([call_body(st.target.name, st.target.labels, ev, allowed, now) for ev, allowed in calls])
+        self.writer.calls([call_body(st.target.name, st.target.labels, ev, allowed, now) for ev, allowed in calls])
 
     def _stop_ngrams(self, st: _State) -> None:
         """Stop the kernel sending novel n-grams that can no longer change
@@ -253,13 +249,13 @@ class Guard:
             if profile.judges_live and st.threads:
                 self._threads_ended(st, profile, list(st.threads))
             self._publish(st)
-        self.api_calls.flush()  # its API calls are in the log when its run returns
+        self.writer.flush()  # its alerts and API calls are in the log, and sunk, when its run returns
         with self._lock:
             self._states.pop(target.id, None)
         return st.alerts
 
     def close(self) -> None:
-        self.api_calls.close()
+        self.writer.close()
 
     # detectors -----------------------------------------------------------
     def _ngram(self, st: _State, profile: Profile, ev: Event) -> Finding | None:
@@ -394,14 +390,10 @@ class Guard:
         st.pending.append(alert)
 
     def _publish(self, st: _State) -> None:
-        """Audit the batch's alerts (one fsync), then let others see them."""
+        """The batch's alerts to the audit log, and then to the sinks, from
+        the writer's thread."""
         if not st.pending:
             return
         batch, st.pending = st.pending, []
-        self.audit.append_many("alert", [a.model_dump(mode="json") for a in batch])
+        self.writer.alerts(batch)
         st.alerts += batch
-        for alert in batch:
-            log.warning("alert", extra={"fields": {"sandbox": alert.sandbox, "detector": alert.detector,
-                                                   "rule": alert.rule, "action": alert.action.value}})
-            for sink in self.sinks:
-                sink(alert)

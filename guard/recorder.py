@@ -45,7 +45,7 @@ from pydantic import TypeAdapter
 from ebpf.events import cgroup_of, decode
 from guard.alerts import ApiCallRecord
 from guard.audit import ANCHOR, AuditLog, Signer
-from guard.call_log import SYNC_EVERY_S, call_body
+from guard.audit_writer import SYNC_EVERY_S, call_body
 
 if TYPE_CHECKING:
     from ebpf.sensor import Sensor  # the recorder's process needs none of it

@@ -312,7 +312,7 @@ def test_with_a_node_cpu_sandboxes_run_on_the_others_and_cannot_move_onto_it(sen
     before = set(threading.enumerate())
     with GuardedSandboxes(sensor, log, workdirs=tmp_path, node_cpu=node_cpu) as g:
         started = {t.name: t.native_id for t in set(threading.enumerate()) - before}
-        assert {"sandbox-pump", "api-call-log"} <= set(started)
+        assert {"sandbox-pump", "audit-writer"} <= set(started)
         assert all(os.sched_getaffinity(tid) == {node_cpu} for tid in started.values() if tid is not None)
         run = g.run(["/usr/bin/python3", "-c", PROBE_CPUS, str(node_cpu)], Policy())
     log.close()

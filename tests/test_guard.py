@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,9 +20,9 @@ from sklearn.metrics import roc_auc_score
 from bastion.cli import main
 from common.verdicts import Verdict
 from ebpf.events import Event, EventKind
-from guard import audit, call_log
+from guard import audit, audit_writer
 from guard.alerts import Alert
-from guard.call_log import ApiCallLog
+from guard.audit_writer import AuditWriter
 from guard.monitor import Assignment, Guard, ResponseMap
 from guard.profile import ProfileError, load_profile
 from guard.rules import AllowedDestination, Rules, check
@@ -293,9 +294,9 @@ def test_published_alerts_survive_sigkill(tmp_path: Path) -> None:
     assert audit.verify(path).records == len(logged)
 
 
-def _api_calls(path: Path, sinks: list[int]) -> tuple[audit.AuditLog, ApiCallLog]:
+def _api_calls(path: Path, sinks: list[int]) -> tuple[audit.AuditLog, AuditWriter]:
     log = audit.AuditLog(path)
-    return log, ApiCallLog(log, [lambda record: sinks.append(record.seq)])
+    return log, AuditWriter(log, [lambda record: sinks.append(record.seq)])
 
 
 def _call(i: int) -> dict[str, object]:
@@ -312,28 +313,28 @@ def test_a_busy_pumps_api_calls_share_fsyncs_and_all_reach_the_log(tmp_path: Pat
     log, calls = _api_calls(tmp_path / "audit.jsonl", seen)
     start = time.monotonic()
     for i in range(50):  # the pump's turns, each faster than the commit interval
-        calls.put([_call(i)])
+        calls.calls([_call(i)])
         time.sleep(0.002)
     while len(seen) < 50 and time.monotonic() - start < 10:  # no flush: the interval alone
         time.sleep(0.01)
     elapsed = time.monotonic() - start
     assert seen == list(range(50))
     assert [b["path"] for b in audit.read(tmp_path / "audit.jsonl", "api_call")] == [f"/records/{i}" for i in range(50)]
-    assert len(fsyncs) <= min(25, 2 + elapsed / call_log.SYNC_EVERY_S)
+    assert len(fsyncs) <= min(25, 2 + elapsed / audit_writer.SYNC_EVERY_S)
     calls.close()
     log.close()
 
 
 def test_flushing_api_calls_commits_without_waiting_out_the_interval(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(call_log, "SYNC_EVERY_S", 3600.0)
+    monkeypatch.setattr(audit_writer, "SYNC_EVERY_S", 3600.0)
     seen: list[int] = []
     log, calls = _api_calls(tmp_path / "audit.jsonl", seen)
-    calls.put([_call(0)])  # the first after a quiet spell goes at once
+    calls.calls([_call(0)])  # the first after a quiet spell goes at once
     deadline = time.monotonic() + 10
     while not seen and time.monotonic() < deadline:
         time.sleep(0.01)
-    calls.put([_call(1)])
+    calls.calls([_call(1)])
     time.sleep(0.3)
     assert seen == [0]
     calls.flush()
@@ -344,6 +345,36 @@ def test_flushing_api_calls_commits_without_waiting_out_the_interval(tmp_path: P
 
 
 # the command line ------------------------------------------------------------
+def test_an_alert_is_sunk_once_on_disk_and_its_fsync_never_holds_the_pump(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pump, which calls the guard, releases held calls: an fsync that
+    waited on the disk there held the next one as long. The alert is
+    chained and the sandbox killed at once; the writer's thread puts the
+    alert on disk, and only then passes it on."""
+    disk = threading.Event()  # the disk answers when set
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (disk.wait(10), real_fsync(fd))[1])
+    path = tmp_path / "audit.jsonl"
+    log, enforcer = audit.AuditLog(path), _Enforcer()
+    rules = Rules(binaries=["/usr/bin"], read_paths=["/"], write_paths=[])
+    sunk: list[tuple[str, int]] = []
+    guard = Guard(_Counts(6), log, enforcer, lambda _t: Assignment(rules, ResponseMap(), None),  # type: ignore[arg-type]
+                  sinks=[lambda a: sunk.append((a.rule, len(list(audit.read(path, "alert")))))])
+    start = time.monotonic()
+    guard(_Sandbox(), [Event(kind=EventKind.EXEC, ts_ns=1, cgroup_id=7, pid=3, tid=3, comm="t", path="/usr/bin/python3"),
+                       Event(kind=EventKind.EXEC, ts_ns=2, cgroup_id=7, pid=3, tid=3, comm="t", path="/tmp/evil")])
+    assert time.monotonic() - start < 0.5  # it did not wait for the disk
+    assert enforcer.verdicts == [Verdict.KILL]
+    time.sleep(0.2)
+    assert sunk == [] and log.head()[0] == 0  # chained, and not passed on before it is on disk
+    disk.set()
+    alerts = guard.finish(_Sandbox())
+    assert [a.rule for a in alerts] == ["binary /tmp/evil is outside the allowed binaries"]
+    assert sunk == [(alerts[0].rule, 1)]  # on disk when the sink saw it, and before the run's result
+    guard.close()
+    log.close()
+
+
 def test_cli_trains_scores_and_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(3)
     traces = tmp_path / "traces"
