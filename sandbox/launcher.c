@@ -5,6 +5,12 @@
  * makes the supervisor fork its whole address space (BCC's compiler, torch)
  * where this is started by vfork: a sandbox starts in a few milliseconds.
  *
+ * It starts a session of its own: the node's terminal is not the tool's
+ * (/dev/tty), so it cannot type into it (TIOCSTI), and where the kernel
+ * groups sessions for the scheduler (autogroups), each sandbox is one
+ * group, weighed against the node's and other sandboxes' as a whole, however
+ * many processes it runs.
+ *
  * It unshares namespaces and forks twice. The first process stays behind,
  * outside the pid namespace, as the reaper the supervisor waits on. Its
  * child is pid 1 of the new namespace: a small init that starts the tool as
@@ -307,6 +313,8 @@ int main(int argc, char **argv)
     die_with_parent();
     if (getppid() != supervisor) /* it died before the signal was armed */
         _exit(128 + SIGKILL);
+    if (setsid() < 0) /* no controlling terminal, and a scheduling group of its own */
+        die("setsid");
     if (l.pinned && sched_setaffinity(0, sizeof(l.cpus), &l.cpus)) /* the reaper and init too */
         die("-c: sched_setaffinity");
     if (unshare(l.flags))

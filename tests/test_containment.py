@@ -5,6 +5,7 @@ checked to be stopped, with its denial, its alert and the audit record."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -196,6 +197,44 @@ def test_no_sandboxed_process_outlives_a_killed_node(kernel: None, tmp_path: Pat
     assert not Path(workdir).exists() and not leaf.path.exists()
     (cleanup,) = audit.read(tmp_path / "audit.jsonl", "cleanup")
     assert f"cgroup {name}" in cleanup["orphans"] and f"workdir {workdir}" in cleanup["orphans"]
+
+
+def test_a_sandbox_cannot_type_into_the_terminal_that_started_the_node(kernel: None, tmp_path: Path) -> None:
+    """A tool in the node's session has the node's terminal, the shell's
+    that started it, as /dev/tty: with TIOCSTI it could type commands there
+    (bubblewrap's CVE-2017-5226). Landlock refuses it device ioctls (from
+    kernel 6.10), but not the terminal itself: each sandbox is a session of
+    its own, so even where the policy lets a tool read /dev/tty it has no
+    terminal, and nothing is typed there."""
+    master, slave = os.openpty()
+    terminal = os.ttyname(slave)
+    os.close(slave)
+    policy = Policy(filesystem={"read_only": [*Policy().filesystem.read_only, "/dev/tty"]})
+    script = (
+        "import json, os, sys\n"
+        f"tty = os.open({terminal!r}, os.O_RDWR)  # a session leader's first terminal: its controlling one\n"
+        "from pathlib import Path\n"
+        "from bastion.node import Node, NodeConfig\n"
+        "from sandbox.policy import Policy\n"
+        f"tmp = Path({str(tmp_path)!r})\n"
+        "node = Node(NodeConfig(local=f'unix://{tmp}/node.sock', token_file=tmp / 'token', audit=tmp / 'audit.jsonl',"
+        " signing_key=tmp / 'node.key'))\n"
+        f"run = node.guarded.run(sys.argv[1:], Policy.model_validate_json({policy.model_dump_json()!r}))\n"
+        "node.close()\n"
+        "print(json.dumps([run.result.exit_status, run.result.stdout]), file=sys.stderr)\n"
+    )
+    node = subprocess.run([sys.executable, "-c", script, *command(HERE / "terminal_inject.py")], cwd=REPO,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True, timeout=120)
+    status, stdout = json.loads(node.stderr.strip().splitlines()[-1])
+    os.set_blocking(master, False)
+    typed = b""
+    with contextlib.suppress(BlockingIOError, OSError):  # EIO: the node's end is closed, its output read
+        while chunk := os.read(master, 4096):
+            typed += chunk
+    os.close(master)
+    assert (status, stdout) == (0, "no terminal: ENXIO\n")
+    assert b"pwned" not in typed
 
 
 def test_a_request_cannot_loosen_the_wall_timeout(guarded: GuardedSandboxes) -> None:
