@@ -20,7 +20,10 @@ burns the node's share of a CPU, in a session of its own at the lowest
 priority (SCHED_IDLE), and in a cgroup whose cpu.idle is 1. Then, in each, the held
 path: TLS calls to endpoints the agent's profile never saw, each stopped
 (SIGSTOP) while the guard scores it, then released; alone, and beside
-another sandbox making allowed calls as fast as it can.
+another sandbox making allowed calls as fast as it can. Each held call's
+time is split (bench/held_waits.bpf.c): the guard's hold, from the SIGSTOP
+to its SIGCONT, and the caller's wait for a CPU after that, beside the
+floor of that wait: the same caller's other wakeups (its replies).
 
     .venv/bin/python bench/api_calls.py [--rounds 5] [--calls 4000] [--held 200]
 """
@@ -132,7 +135,7 @@ class NodeWaits:
     """Counts the times a thread of this process (the node) ran while a task
     that is not the node's waited over WAIT_US for the CPU after its wakeup."""
 
-    THREADS = {"sandbox-pump": "the pump", "api-call-log": "the audit writer"}
+    THREADS = {"sandbox-pump": "the pump", "audit-writer": "the audit writer"}
     PRIORITIES = {98: "real time", 120: "nice 0", 139: "nice 19"}
 
     def __init__(self) -> None:
@@ -161,6 +164,35 @@ class NodeWaits:
             total = into.setdefault(who, [0, 0])
             total[0] += v.count
             total[1] += v.ns
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+class HeldWaits:
+    """Where the held calls' time goes (bench/held_waits.bpf.c), in µs: the
+    guard's hold (SIGSTOP to SIGCONT), the caller's wait for a CPU after
+    the SIGCONT, and the same caller's other wakeups' waits for a CPU (its
+    replies arriving: the floor)."""
+
+    SAMPLES = 8192
+
+    def __init__(self) -> None:
+        from bcc import BPF
+
+        self.bpf = BPF(src_file=str(Path(__file__).with_name("held_waits.bpf.c")))
+
+    def start(self) -> None:
+        for name in ("counts", "stopped", "continued", "woken", "running", "held"):
+            self.bpf[name].clear()
+
+    def read(self) -> tuple[list[float], list[float], list[float]]:
+        counts, samples = self.bpf["counts"], self.bpf["samples"]
+        kinds = []
+        for kind in range(3):
+            n = min(counts[ct.c_int(kind)].value, self.SAMPLES)
+            kinds.append([samples[ct.c_int(kind * self.SAMPLES + i)].value / 1000 for i in range(n)])
+        return kinds[0], kinds[1], kinds[2]
 
     def close(self) -> None:
         self.bpf.cleanup()
@@ -199,7 +231,8 @@ def _beside_work(api: LocalApi, tls: bool, calls: int, paths: list[str], share: 
     try:
         if group is not None and group.path is None:  # it fell back to SCHED_IDLE: the row above
             return None
-        out = subprocess.run(_client(api, tls, calls, paths), capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(_client(api, tls, calls, paths), capture_output=True, text=True, check=True,
+                             start_new_session=True).stdout
     finally:
         if burner is not None:
             burner.kill()
@@ -210,7 +243,7 @@ def _beside_work(api: LocalApi, tls: bool, calls: int, paths: list[str], share: 
 
 
 def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100)[q - 1]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 # The records API in a process of its own, as on another host: in the bench's
@@ -287,8 +320,10 @@ def main() -> int:
 
 MODES = ("unwatched", "sandbox, IP:port only", "sandbox, API rules")
 Key = tuple[int | None, str, bool]  # the node's CPU (None: shared), the mode, TLS
-# (the node's CPU, beside a busy sandbox) -> the send times of held calls, and of allowed ones made the same way
-Held = dict[tuple[int | None, bool], tuple[list[float], list[float]]]
+# (the node's CPU, beside a busy sandbox) -> the send times of held calls, of allowed ones made the same
+# way, where the held calls' time went (HeldWaits.read), and the floor of the caller's wait after the SIGCONT
+Held = dict[tuple[int | None, bool],
+            tuple[list[float], list[float], tuple[list[float], list[float], list[float]], list[float]]]
 
 
 def _arrangement(node_cpu: int | None) -> str:
@@ -318,7 +353,8 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
     node_cpu_s = {False: 0.0, True: 0.0}  # the node's CPU time, and the wall time, of the API-rules runs
     wall_s = {False: 0.0, True: 0.0}
     with Sensor() as sensor, serve_apart() as (api, server), tempfile.TemporaryDirectory() as tmp, \
-            contextlib.closing(NodeWaits()) as node_waits:  # on throughout: every mode pays its probes
+            contextlib.closing(NodeWaits()) as node_waits, \
+            contextlib.closing(HeldWaits()) as held_waits:  # on throughout: every mode pays their probes
         rules = api_policy(api)
         free = ip_port_only(rules)
         profile, held_policy = _held_setup(sensor, api, rules)
@@ -337,7 +373,9 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
                         status.update(f"{_arrangement(node_cpu)}: round {r + 1} of {args.rounds}, "
                                       f"{'TLS' if tls else 'plain'}")
                         cmd = _client(api, tls, args.calls, paths)
-                        out = subprocess.run([*floor, *cmd], capture_output=True, text=True, check=True).stdout
+                        # in a session of its own, as each sandbox is: a scheduling group of its own
+                        out = subprocess.run([*floor, *cmd], capture_output=True, text=True, check=True,
+                                             start_new_session=True).stdout
                         _keep(sends, trips, (node_cpu, MODES[0], tls), out)
                         for mode, policy in zip(MODES[1:], (free, rules)):
                             before, times_before = program_time_ns(sensor), os.times()
@@ -357,7 +395,7 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
                             _keep(sends, trips, (node_cpu, mode, tls), run.result.stdout)
             for busy in (None, _client(api, False, args.calls, paths)):
                 held[(node_cpu, busy is not None)] = _held_calls(sensor, api, profile, held_policy, args.held, log,
-                                                                 node_cpu, (busy, rules) if busy else None)
+                                                                 node_cpu, (busy, rules) if busy else None, held_waits)
         log.close()
         _move(server, everywhere)
         with console.status("the floor of CPU work beside the client") as status:
@@ -411,13 +449,24 @@ def _report(args: argparse.Namespace, console: Console, sends: dict[Key, list[fl
                 for tls in (False, True)}
         console.print(f"{_arrangement(node_cpu)}: the same with IP:port only (no record per call): plain "
                       f"{free[False]}, TLS {free[True]}")
-    for (node_cpu, busy), (times, allowed) in held.items():
+    for (node_cpu, busy), (times, allowed, (hold, after, other), stopped) in held.items():
         console.print(f"{_arrangement(node_cpu)}: held TLS calls (SIGSTOP, scored, released), {len(times)} each to a "
-                      f"new endpoint{', beside a sandbox making allowed calls' if busy else ''}: send p50 "
-                      f"{statistics.median(times):.0f} µs, p99 {pct(times, 99):.0f} µs, max {max(times):.0f} µs "
-                      f"(target: at most 2,000), {sum(h > 2000 for h in times)} over 2 ms; the floor, as many allowed "
-                      f"calls made the same way: p50 {statistics.median(allowed):.0f} µs, p99 {pct(allowed, 99):.0f} "
-                      f"µs, max {max(allowed):.0f} µs, {sum(a > 2000 for a in allowed)} over 2 ms")
+                      f"new endpoint{', beside a sandbox making allowed calls' if busy else ''}: send "
+                      f"{_spread(times)} (target: at most 2,000), {sum(h > 2000 for h in times)} over 2 ms; "
+                      f"the floor, as many allowed calls made the same way: {_spread(allowed)}, "
+                      f"{sum(a > 2000 for a in allowed)} over 2 ms")
+        console.print(f"  where the held calls' time went: the guard's hold (SIGSTOP to SIGCONT) {_spread(hold)}; "
+                      f"the caller's wait for a CPU after the SIGCONT {_spread(after)}. The floor of that wait: a "
+                      f"plain process beside the same sandboxes, stopped and continued from the node's CPU after "
+                      f"the same hold, {_spread(stopped)}; the same caller's other wakeups (its replies "
+                      f"arriving) {_spread(other)}")
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "none seen"
+    return (f"p50 {statistics.median(values):.0f} µs, p99 {pct(values, 99):.0f} µs, max {max(values):.0f} µs "
+            f"(of {len(values)})")
 
 
 def _p99_added(watched: list[float], unwatched: list[float], calls: int) -> str:
@@ -483,12 +532,15 @@ def _held_setup(sensor: Sensor, api: LocalApi, policy: Policy) -> tuple[Profile,
 
 
 def _held_calls(sensor: Sensor, api: LocalApi, profile: Profile, policy: Policy, n: int, log: AuditLog,
-                node_cpu: int | None, busy: tuple[list[str], Policy] | None) -> tuple[list[float], list[float]]:
+                node_cpu: int | None, busy: tuple[list[str], Policy] | None,
+                waits: HeldWaits) -> tuple[list[float], list[float], tuple[list[float], list[float], list[float]]]:
     """The send times of n held TLS calls, each to an endpoint never seen,
-    and of n allowed ones to the endpoint learned, the same way; with busy,
-    while another sandbox runs that client over and over."""
+    and of n allowed ones to the endpoint learned, the same way, and where
+    the held calls' time went; with busy, while another sandbox runs that
+    client over and over."""
     with GuardedSandboxes(sensor, log, [profile], node_cpu=node_cpu) as guarded, _busy(guarded, busy):
         floor = guarded.run(_client(api, True, n, ["/records/17"]), policy, labels={"agent": "bench-held"})
+        waits.start()
         run = guarded.run(_client(api, True, n, [f"/records/17/note{i}" for i in range(n)]), policy,
                           labels={"agent": "bench-held"})
         if run.result.exit_status != 0:
@@ -497,7 +549,49 @@ def _held_calls(sensor: Sensor, api: LocalApi, profile: Profile, policy: Policy,
         if len(held) != n or floor.result.exit_status != 0 or any("never saw" in c.reason for c in floor.result.api_calls):
             raise SystemExit(f"held calls: {len(held)} of {n} calls were held, and the floor's client "
                              f"exited {floor.result.exit_status}")
-        return _timings(run.result.stdout)[0], _timings(floor.result.stdout)[0]
+        split = waits.read()
+        stopped = _stopped_floor(node_cpu, n, statistics.median(split[0]), waits)
+        return _timings(run.result.stdout)[0], _timings(floor.result.stdout)[0], split, stopped
+
+
+def _stopped_floor(node_cpu: int | None, n: int, hold_us: float, waits: HeldWaits) -> list[float]:
+    """The floor of a held caller's wait for a CPU after its SIGCONT, µs: a
+    plain process beside the same sandboxes, on their CPUs, that stops
+    itself n times, each continued from the node's CPU after the guard's
+    typical hold by a parent that judges nothing."""
+    where = []
+    if node_cpu is not None:
+        where = ["taskset", "-c", ",".join(map(str, sorted(os.sched_getaffinity(0) - {node_cpu})))]
+    on_node = ["taskset", "-c", str(node_cpu)] if node_cpu is not None else []
+    waits.start()
+    subprocess.run([*on_node, sys.executable, "-c", CONTINUER, STOPPED, str(n), str(hold_us / 1e6), *where],
+                   check=True)
+    return waits.read()[1]
+
+
+# A process that works a moment, as a TLS request does (0.2 ms), and stops
+# itself, n times. argv: n.
+STOPPED = r"""
+import os, signal, sys, time
+for _ in range(int(sys.argv[1])):
+    t = time.perf_counter()
+    while time.perf_counter() - t < 0.0002:
+        pass
+    os.kill(os.getpid(), signal.SIGSTOP)
+"""
+# Its parent, which continues it a moment after each stop, as the guard
+# does. argv: STOPPED, n, the hold in seconds, and a command prefix for the child.
+CONTINUER = r"""
+import os, signal, subprocess, sys, time
+stopped, n, hold, where = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4:]
+child = subprocess.Popen([*where, sys.executable, "-c", stopped, n], start_new_session=True)
+while True:
+    _, status = os.waitpid(child.pid, os.WUNTRACED)
+    if not os.WIFSTOPPED(status):
+        break
+    time.sleep(hold)
+    os.kill(child.pid, signal.SIGCONT)
+"""
 
 
 @contextlib.contextmanager
