@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from common.priority import real_time
 from ebpf.events import EAGAIN, Event  # EAGAIN: an api_call's ret while the kernel holds it
 from guard.alerts import Alert, ApiCallRecord
 from guard.audit import AuditLog
@@ -94,6 +95,10 @@ class AuditWriter:
             raise RuntimeError(f"the guard's records could not be audited: {self.error}") from self.error
 
     def _run(self) -> None:
+        # at the pump's priority: it holds Python's lock for moments between
+        # its writes, and a sandbox's tasks that preempted it there kept the
+        # pump, with a held call, waiting up to 5 ms
+        real_time()
         last, closing = 0.0, False
         while not closing:
             # the rest of the interval first, so a busy pump wakes this thread once per commit

@@ -41,6 +41,7 @@ from sandbox.landlock import LandlockError
 from sandbox.launch import (Launch, LaunchError, await_exec, environment_block, launcher_binary, memfd_of,
                             mount_tmpfs, umount)
 from sandbox.limits import Controllers, v1_leaf
+from common.priority import real_time
 from common.verdicts import Verdict
 from sandbox.policy import Policy
 from sandbox.result import ApiCall, Denial, SandboxResult
@@ -485,7 +486,7 @@ class SandboxManager:
     # the pump ------------------------------------------------------------
     def _run_pump(self) -> None:
         try:
-            _pump_priority()
+            real_time()  # a held call waits on it
             next_check = 0.0
             while not self._stop.is_set():
                 if self.sensor.wait(20):
@@ -570,20 +571,6 @@ def _reap(sb: Sandbox) -> None:
     for pipe in (sb.proc.stdout, sb.proc.stderr):
         if pipe is not None:
             pipe.close()
-
-
-def _pump_priority() -> None:
-    """The pump must keep up even when sandboxes saturate the CPUs (a fork
-    bomb), and a call the kernel holds waits on it: the lowest real-time
-    priority runs it as soon as events arrive, ahead of every ordinary task
-    (the kernel's real-time throttling still leaves the others 5%). Threads
-    it starts (torch's workers, for one) are ordinary again, so none of them
-    spins at that priority. Where that is refused, a high nice value."""
-    tid = threading.get_native_id()
-    try:
-        os.sched_setscheduler(tid, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
-    except PermissionError:
-        os.setpriority(os.PRIO_PROCESS, tid, -10)
 
 
 def _cpu_seconds(cg: Cgroup) -> float:
