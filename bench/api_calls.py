@@ -460,6 +460,10 @@ def _report(args: argparse.Namespace, console: Console, sends: dict[Key, list[fl
                       f"plain process beside the same sandboxes, stopped and continued from the node's CPU after "
                       f"the same hold, {_spread(stopped)}; the same caller's other wakeups (its replies "
                       f"arriving) {_spread(other)}")
+        if len(hold) == len(after) == len(times):  # one of each per call, in the calls' order
+            rest = [t - h - a for t, h, a in zip(times, hold, after, strict=True)]
+            console.print(f"  and the rest of each send, the caller's own work before and after (on a CPU, or "
+                          f"waiting for one again): {_spread(rest)}")
 
 
 def _spread(values: list[float]) -> str:
