@@ -121,7 +121,6 @@ class Guard:
                  sinks: Sequence[Callable[[Alert], None]] = (),
                  api_sinks: Sequence[Callable[[ApiCallRecord], None]] = ()) -> None:
         self.sensor = sensor
-        self.audit = audit
         self.enforcer = enforcer
         self.assign = assign
         self.syscall_name = syscall_name
