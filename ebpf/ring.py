@@ -1,6 +1,7 @@
 """One BPF ring buffer read through its map's fd, in whichever process holds
-the fd: libbpf's reader (BCC's reads every ring its module opened at once),
-and how many bytes wait in it, read from the ring's own shared pages."""
+the fd: libbpf's reader of that ring alone (BCC's reads every ring its
+module opened at once), and how many bytes wait in it, read from the ring's
+own shared pages."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ class Ring:
         # Copy only: the faster records leave the ring buffer, the fewer are lost.
         self.pending.append(ct.string_at(data, size))
         return -1 if self._limit is not None and len(self.pending) >= self._limit else 0  # -1: stop here
+
+    def wait(self, timeout_ms: int) -> bool:
+        """Wait up to timeout_ms for a record sent with a wakeup; True if
+        records are then pending (everything the ring held is)."""
+        self._lib.bpf_poll_ringbuf(self._reader, timeout_ms)
+        return bool(self.pending)
 
     def fetch(self, limit: int | None = None) -> int:
         """Copy records out, without waiting: everything, or until `limit`

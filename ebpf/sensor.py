@@ -160,9 +160,9 @@ class Sensor:
         self._counts: Any = None  # syscall_counts, mapped: WATCH_SLOTS x NR_COUNTED u64
         self._lost_any: Any = None  # lost_any, mapped: 1 x 1 u64
         self._next_tag = 0
-        self._raw: list[bytes] = []  # records fetched from `events`, not yet decoded
-        self._limit: int | None = None  # records per drain, while one runs
-        self._calls: Ring | None = None  # a reader of `calls` of its own, apart from BCC's of `events`
+        # a reader for each ring: the pump waits on `events`; `calls` is read apart
+        self._events: Ring | None = None
+        self._calls: Ring | None = None
         self._decode_errors: dict[int, int] = {}  # by cgroup id, 0 when even the header was unreadable
         self._attempts: set[str] = set()
         # The programs on every syscall of the host (tracepoint or raw
@@ -192,12 +192,12 @@ class Sensor:
             self._bpf = _loader()(text=module_text(), cflags=cflags)
         except Exception as exc:
             raise SensorError(f"loading the BPF programs failed: {exc} (run `bastion doctor`)") from exc
-        self._bpf["events"].open_ring_buffer(self._on_event)
         try:
+            self._events = Ring(self._bpf["events"].get_fd())
             self._calls = Ring(self.calls_fd())
         except OSError as exc:
             self.close()
-            raise SensorError(f"cannot read the ring buffer of allowed API calls: {exc}") from exc
+            raise SensorError(f"cannot read the sensor's ring buffers: {exc}") from exc
         self._counts = _mapped(self._bpf["syscall_counts"].get_fd(), WATCH_SLOTS, NR_COUNTED)
         self._lost_any = _mapped(self._bpf["lost_any"].get_fd(), 1, 1)
         self._syscall_hooks = {tp: fn for fn, (tp, every_syscall) in _programs(self._bpf.module).items()
@@ -240,9 +240,10 @@ class Sensor:
             if self._bpf is not None:
                 for hook in list(self._attached):
                     self._detach(hook)
-                if self._calls is not None:
-                    self._calls.close()
-                    self._calls = None
+                for ring in (self._events, self._calls):
+                    if ring is not None:
+                        ring.close()
+                self._events = self._calls = None
                 self._counts = self._lost_any = None  # the views hold the mappings until dropped
                 self._slots.clear()
                 self._bpf.cleanup()
@@ -380,11 +381,6 @@ class Sensor:
         return final
 
     # reading -------------------------------------------------------------
-    def _on_event(self, _ctx: Any, data: int, size: int) -> int:
-        # Copy only: the faster records leave the ring buffer, the fewer are lost.
-        self._raw.append(ct.string_at(data, size))
-        return -1 if self._limit is not None and len(self._raw) >= self._limit else 0  # -1: stop here
-
     def _decode(self, raw: list[bytes]) -> list[Event]:
         batch = []
         for record in raw:
@@ -400,8 +396,7 @@ class Sensor:
         came: it and everything else `events` held are then pending for
         drain. Allowed API calls' records, sent without a wakeup to `calls`,
         wait there."""
-        self.bpf.ring_buffer_poll(timeout_ms)
-        return bool(self._raw)
+        return self._ring(self._events).wait(timeout_ms)
 
     def poll(self, timeout_ms: int = 100) -> list[Event]:
         """Wait up to timeout_ms for events and return everything pending."""
@@ -412,25 +407,20 @@ class Sensor:
         """Copy records out of `events`, without waiting or decoding them:
         everything, or until `limit` are pending. Returns how many are
         pending for drain."""
-        self._limit = limit
-        try:
-            self.bpf.ring_buffer_consume()
-        finally:
-            self._limit = None
-        return len(self._raw)
+        return self._ring(self._events).fetch(limit)
 
-    def _calls_ring(self) -> Ring:
-        if self._calls is None:
+    @staticmethod
+    def _ring(ring: Ring | None) -> Ring:
+        if ring is None:
             raise SensorError("the sensor is not started")
-        return self._calls
+        return ring
 
     def drain(self, limit: int | None = None, calls: bool = True) -> list[Event]:
         """What the ring buffers hold now, without waiting, after any records
         fetched before: everything, or about `limit` records, the rest left
         for the next call. Allowed API calls' records come after the rest;
         with calls=False they are left for drain_calls."""
-        self.fetch(limit)
-        events, self._raw = self._raw, []
+        events = self._ring(self._events).take(limit)
         if calls and (limit is None or len(events) < limit):
             return self._decode(events) + self.drain_calls(None if limit is None else limit - len(events))
         return self._decode(events)
@@ -438,11 +428,11 @@ class Sensor:
     def drain_calls(self, limit: int | None = None) -> list[Event]:
         """Only the records of API calls the kernel allowed, which ask user
         space for nothing but their log: everything, or about `limit`."""
-        return self._decode(self._calls_ring().take(limit))
+        return self._decode(self._ring(self._calls).take(limit))
 
     def calls_backlog(self) -> int:
         """Bytes of allowed API calls' records that no reader has taken yet."""
-        return self._calls_ring().backlog()
+        return self._ring(self._calls).backlog()
 
     def stats(self, cgroup_id: int) -> CgroupStats:
         table = self.bpf["stats"]

@@ -196,8 +196,9 @@ def test_records_that_cannot_be_decoded_count_as_lost_events(manager: SandboxMan
 
     sb = manager.start(["/bin/sleep", "30"], parse_policy(""))
     bad = bytes(EvHdr(cgroup_id=sb.id, type=99)) + b"garbage"  # a type no program sends
-    manager.sensor._raw.append(bad)
-    manager.sensor._raw.append(b"\x01" * (ct.sizeof(EvHdr) - 1))  # too short to say whose it is
+    pending = manager.sensor._ring(manager.sensor._events).pending  # as if the events ring had sent them
+    pending.append(bad)
+    pending.append(b"\x01" * (ct.sizeof(EvHdr) - 1))  # too short to say whose it is
     result = manager.wait(sb)
     assert result.stopped_by is not None and "2 events lost" in result.stopped_by, result.stopped_by
     assert result.exit_status == STOPPED_EXIT and result.events_lost == 2
