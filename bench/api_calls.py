@@ -22,8 +22,10 @@ path: TLS calls to endpoints the agent's profile never saw, each stopped
 (SIGSTOP) while the guard scores it, then released; alone, and beside
 another sandbox making allowed calls as fast as it can. Each held call's
 time is split (bench/held_waits.bpf.c): the guard's hold, from the SIGSTOP
-to its SIGCONT, and the caller's wait for a CPU after that, beside the
-floor of that wait: the same caller's other wakeups (its replies).
+to its SIGCONT, the caller's wait for a CPU after that, and the rest, its
+own work. Beside the wait, its floor: a plain process beside the same
+sandboxes, stopped and continued the same way, and the same caller's other
+wakeups (its replies).
 
     .venv/bin/python bench/api_calls.py [--rounds 5] [--calls 4000] [--held 200]
 """
@@ -180,7 +182,7 @@ class HeldWaits:
     def __init__(self) -> None:
         from bcc import BPF
 
-        self.bpf = BPF(src_file=str(Path(__file__).with_name("held_waits.bpf.c")))
+        self.bpf = BPF(src_file=str(Path(__file__).with_name("held_waits.bpf.c")), cflags=[f"-DSAMPLES={self.SAMPLES}"])
 
     def start(self) -> None:
         for name in ("counts", "stopped", "continued", "woken", "running", "held"):
@@ -322,8 +324,8 @@ MODES = ("unwatched", "sandbox, IP:port only", "sandbox, API rules")
 Key = tuple[int | None, str, bool]  # the node's CPU (None: shared), the mode, TLS
 # (the node's CPU, beside a busy sandbox) -> the send times of held calls, of allowed ones made the same
 # way, where the held calls' time went (HeldWaits.read), and the floor of the caller's wait after the SIGCONT
-Held = dict[tuple[int | None, bool],
-            tuple[list[float], list[float], tuple[list[float], list[float], list[float]], list[float]]]
+HeldRun = tuple[list[float], list[float], tuple[list[float], list[float], list[float]], list[float]]
+Held = dict[tuple[int | None, bool], HeldRun]
 
 
 def _arrangement(node_cpu: int | None) -> str:
@@ -335,6 +337,11 @@ def _arrangements() -> list[int | None]:
     CPU, on one of their own (GuardedSandboxes' node_cpu)."""
     cpus = sorted(os.sched_getaffinity(0))
     return [None, cpus[-1]] if len(cpus) > 1 else [None]
+
+
+def _taskset(cpus: set[int]) -> list[str]:
+    """A command prefix that runs a command on these CPUs."""
+    return ["taskset", "-c", ",".join(map(str, sorted(cpus)))]
 
 
 def _move(pid: int, cpus: set[int]) -> None:
@@ -365,7 +372,7 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
             # another host, and the unwatched floor
             others = everywhere - {node_cpu}
             _move(server, others)
-            floor = ["taskset", "-c", ",".join(map(str, sorted(others)))] if node_cpu is not None else []
+            floor = _taskset(others) if node_cpu is not None else []
             with GuardedSandboxes(sensor, log, node_cpu=node_cpu) as guarded, \
                     console.status("interleaved client runs") as status:
                 for r in range(args.rounds):
@@ -537,11 +544,11 @@ def _held_setup(sensor: Sensor, api: LocalApi, policy: Policy) -> tuple[Profile,
 
 def _held_calls(sensor: Sensor, api: LocalApi, profile: Profile, policy: Policy, n: int, log: AuditLog,
                 node_cpu: int | None, busy: tuple[list[str], Policy] | None,
-                waits: HeldWaits) -> tuple[list[float], list[float], tuple[list[float], list[float], list[float]]]:
+                waits: HeldWaits) -> HeldRun:
     """The send times of n held TLS calls, each to an endpoint never seen,
-    and of n allowed ones to the endpoint learned, the same way, and where
-    the held calls' time went; with busy, while another sandbox runs that
-    client over and over."""
+    and of n allowed ones to the endpoint learned, the same way, where the
+    held calls' time went, and the floor of the caller's wait; with busy,
+    while another sandbox runs that client over and over."""
     with GuardedSandboxes(sensor, log, [profile], node_cpu=node_cpu) as guarded, _busy(guarded, busy):
         floor = guarded.run(_client(api, True, n, ["/records/17"]), policy, labels={"agent": "bench-held"})
         waits.start()
@@ -563,10 +570,10 @@ def _stopped_floor(node_cpu: int | None, n: int, hold_us: float, waits: HeldWait
     plain process beside the same sandboxes, on their CPUs, that stops
     itself n times, each continued from the node's CPU after the guard's
     typical hold by a parent that judges nothing."""
-    where = []
+    where: list[str] = []
+    on_node: list[str] = []
     if node_cpu is not None:
-        where = ["taskset", "-c", ",".join(map(str, sorted(os.sched_getaffinity(0) - {node_cpu})))]
-    on_node = ["taskset", "-c", str(node_cpu)] if node_cpu is not None else []
+        where, on_node = _taskset(os.sched_getaffinity(0) - {node_cpu}), _taskset({node_cpu})
     waits.start()
     subprocess.run([*on_node, sys.executable, "-c", CONTINUER, STOPPED, str(n), str(hold_us / 1e6), *where],
                    check=True)
