@@ -263,7 +263,8 @@ class _Recording:
             for cg, body, seq in zip(kept, bodies, self.log.append_many("api_call", bodies, durable=False),
                                      strict=True):
                 self.calls.setdefault(cg, []).append({**body, "seq": seq, "log": self.log.path.name})
-            _step_aside()
+            if start + STEP < len(raw):
+                _step_aside()
         self.log.sync()
 
     def answer(self, request: dict[str, Any]) -> bytes | None:
@@ -282,8 +283,9 @@ class _Recording:
         calls = self.calls.pop(cg, [])
         chunks = []
         for i in range(0, len(calls), CHUNK):
+            if i:
+                _step_aside()
             chunks.append(json.dumps(calls[i:i + CHUNK]).encode() + b"\n")
-            _step_aside()
         header = {"calls": len(calls), "chunks": len(chunks), "undecodable": self.undecodable.pop(cg, 0),
                   "covers": covers, "head": head}
         return json.dumps(header).encode() + b"\n" + b"".join(chunks)

@@ -242,8 +242,9 @@ class SandboxManager:
             sb.api_dests = api
             for prepare in self.preparers:
                 prepare(sb)
-            if self.recorder is not None:
-                self.recorder.watch(sb)
+            if (recorder := self.recorder) is not None:
+                recorder.watch(sb)
+                made.append(lambda: recorder.collect(sb))  # so it forgets the name; nothing ran, nothing recorded
             self.sensor.set_unix_sockets(cg.id, policy.unix_sockets, quiet=LIBC_PROBE_SOCKETS)
             if not self.sensor.is_watched(cg.id):
                 raise SandboxError(f"the sensor does not confirm that {name} is watched")
