@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -99,7 +100,7 @@ class AuditWriter:
         # its writes, and a sandbox's tasks that preempted it there kept the
         # pump, with a held call, waiting up to 5 ms
         real_time()
-        last, closing = 0.0, False
+        last, closing = -math.inf, False  # nothing committed yet: the first goes at once, whatever the uptime
         while not closing:
             # the rest of the interval first, so a busy pump wakes this thread once per commit
             self._hurry.wait(last + SYNC_EVERY_S - time.monotonic())
