@@ -105,7 +105,9 @@ class _State:
     last_frequency: float = 0.0
     threads: dict[int, _Thread] = field(default_factory=dict)  # tid -> where its sequence stands
     alerts: list[Alert] = field(default_factory=list)
-    pending: list[Alert] = field(default_factory=list)  # enforced, not yet in the audit log
+    # acted on, its alert not yet made: alerts are made after the batch's
+    # verdicts, so that a held call is released without waiting on them
+    pending: list[tuple[Finding, Verdict, int]] = field(default_factory=list)
 
 
 def _evidence(ev: Event) -> Evidence:
@@ -369,8 +371,12 @@ class Guard:
         if verdict.enforced:
             enforced = self.enforcer.enforce(st.target, verdict, f"{finding.detector}: {finding.rule}")
         st.strongest = Verdict.strongest([st.strongest, verdict])
+        st.pending.append((finding, verdict, enforced))
+
+    @staticmethod
+    def _alert(st: _State, finding: Finding, verdict: Verdict, enforced: int) -> Alert:
         labels = st.target.labels
-        alert = Alert(
+        return Alert(
             sandbox=st.target.name,
             agent=labels.get("agent"),
             step=labels.get("step"),
@@ -386,13 +392,13 @@ class Guard:
             event_ts_ns=finding.event.ts_ns if finding.event else 0,
             enforced_ts_ns=enforced,
         )
-        st.pending.append(alert)
 
     def _publish(self, st: _State) -> None:
         """The batch's alerts to the audit log, and then to the sinks, from
         the writer's thread."""
         if not st.pending:
             return
-        batch, st.pending = st.pending, []
+        batch = [self._alert(st, *acted) for acted in st.pending]
+        st.pending = []
         self.writer.alerts(batch)
         st.alerts += batch

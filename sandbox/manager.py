@@ -475,7 +475,7 @@ class SandboxManager:
         """SIGCONT to a process of the sandbox the kernel stopped; a pid that
         has left the sandbox's cgroup is not signalled."""
         with sb.lock:
-            if not sb.removed and pid in sb.cgroup.pids():
+            if not sb.removed and sb.cgroup.holds(pid):
                 os.kill(pid, signal.SIGCONT)
 
     def thaw(self, sb: Sandbox) -> None:

@@ -144,6 +144,41 @@ def test_freeze_and_thaw(manager: SandboxManager) -> None:
     assert result.actions == ["freeze: test"]
 
 
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _stopped(pid: int, stopped: bool = True) -> bool:
+    deadline = time.monotonic() + 2
+    while (_state(pid) == "T") != stopped and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return (_state(pid) == "T") == stopped
+
+
+def test_a_stopped_caller_is_continued_only_while_it_is_in_its_sandbox(manager: SandboxManager) -> None:
+    """The guard continues a held caller by the pid the kernel reported: a
+    pid no longer in the sandbox (the caller gone, the pid reused) is left
+    alone."""
+    sb = manager.start(["/bin/sleep", "30"], parse_policy(""))
+    outside = subprocess.Popen(["/bin/sleep", "30"])
+    try:
+        deadline = time.monotonic() + 2
+        while not (tool := [p for p in sb.cgroup.pids() if Path(f"/proc/{p}/comm").read_text() == "sleep\n"]):
+            assert time.monotonic() < deadline, "the tool did not start"
+            time.sleep(0.01)
+        for pid in (tool[0], outside.pid):
+            os.kill(pid, signal.SIGSTOP)
+            assert _stopped(pid)
+            manager.resume(sb, pid)
+        assert _stopped(tool[0], False), "the sandbox's caller should run again"
+        assert _stopped(outside.pid), "a process outside the sandbox should not be continued"
+    finally:
+        outside.kill()
+        outside.wait()
+        manager.enforce(sb, Verdict.KILL, "test")
+        manager.wait(sb)
+
+
 def test_lost_events_trigger_the_policy_action(kernel: None) -> None:
     with Sensor(ringbuf_pages=1) as tiny:
         manager = SandboxManager(tiny)
