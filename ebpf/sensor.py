@@ -225,6 +225,7 @@ class Sensor:
         for i, name in enumerate(("api_http", "api_http_headers")):
             bpf["api_progs"][ct.c_int(i)] = ct.c_int(bpf.load_func(name, BPF.SK_MSG).fd)
         bpf["tls_progs"][ct.c_int(0)] = ct.c_int(bpf.load_func("tls_headers", BPF.KPROBE).fd)
+        bpf["tls_calls"]  # BCC makes its Table now, not in the first held call's release (0.15 ms)
         msg = bpf.load_func("api_msg", BPF.SK_MSG)
         BPF.attach_func(msg, libbcc.lib.bpf_table_fd(bpf.module, b"api_socks"), BPFAttachType.SK_MSG_VERDICT)
         for path, (writes, others) in tls_libraries().items():
