@@ -13,7 +13,7 @@ def real_time() -> None:
     saturate every CPU (a fork bomb); the kernel's real-time throttling
     still leaves the others 5%. Threads it starts (torch's workers, for one)
     are ordinary again, so none of them spins at that priority. Where that
-    is refused, a high nice value."""
+    is refused, nice -10: ahead of the sandboxes' nice 0, if not always."""
     tid = threading.get_native_id()
     try:
         os.sched_setscheduler(tid, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
