@@ -22,6 +22,7 @@ from sandbox.manager import SandboxError, SandboxManager, kill_orphans
 from common.verdicts import Verdict
 from sandbox.policy import PolicyError, parse_policy
 from sandbox.result import STOPPED_EXIT
+from tests.waiting import until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,11 +149,8 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-def _stopped(pid: int, stopped: bool = True) -> bool:
-    deadline = time.monotonic() + 2
-    while (_state(pid) == "T") != stopped and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return (_state(pid) == "T") == stopped
+def _sleeping(cgroup: Cgroup) -> list[int]:
+    return [p for p in cgroup.pids() if Path(f"/proc/{p}/comm").read_text() == "sleep\n"]
 
 
 def test_a_stopped_caller_is_continued_only_while_it_is_in_its_sandbox(manager: SandboxManager) -> None:
@@ -162,16 +160,14 @@ def test_a_stopped_caller_is_continued_only_while_it_is_in_its_sandbox(manager: 
     sb = manager.start(["/bin/sleep", "30"], parse_policy(""))
     outside = subprocess.Popen(["/bin/sleep", "30"])
     try:
-        deadline = time.monotonic() + 2
-        while not (tool := [p for p in sb.cgroup.pids() if Path(f"/proc/{p}/comm").read_text() == "sleep\n"]):
-            assert time.monotonic() < deadline, "the tool did not start"
-            time.sleep(0.01)
-        for pid in (tool[0], outside.pid):
+        until(lambda: bool(_sleeping(sb.cgroup)), 2, "the tool did not start")
+        tool = _sleeping(sb.cgroup)[0]
+        for pid in (tool, outside.pid):
             os.kill(pid, signal.SIGSTOP)
-            assert _stopped(pid)
+            until(lambda: _state(pid) == "T", 2, f"SIGSTOP did not stop {pid}")
             manager.resume(sb, pid)
-        assert _stopped(tool[0], False), "the sandbox's caller should run again"
-        assert _stopped(outside.pid), "a process outside the sandbox should not be continued"
+        until(lambda: _state(tool) != "T", 2, "the sandbox's caller should run again")
+        assert _state(outside.pid) == "T", "a process outside the sandbox should not be continued"
     finally:
         outside.kill()
         outside.wait()

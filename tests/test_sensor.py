@@ -10,7 +10,6 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from sandbox.cgroup import Cgroup
 from sandbox.egress import compile_api, compile_rules
 from sandbox.policy import Network, Policy
 from tests.attacks import HERE, command
+from tests.waiting import until
 from tests.workloads import SEQ_SYSCALLS
 
 pytestmark = pytest.mark.usefixtures("kernel")
@@ -164,9 +164,9 @@ def test_a_process_is_counted_for_the_cgroup_it_is_in_now(sensor: Sensor, cgroup
         sensor.watch(cgroup.id, "first")
         sensor.watch(other.id, "moved to")
         proc = subprocess.Popen([str(workload), "seq", "100000000"], preexec_fn=cgroup.enter)
-        _until(lambda: sum(sensor.syscall_counts(cgroup.id).values()) > 1000)
+        until(lambda: sum(sensor.syscall_counts(cgroup.id).values()) > 1000)
         other.add(proc.pid)  # no exec or fork: the process keeps the first cgroup's mark
-        _until(lambda: sum(sensor.syscall_counts(other.id).values()) > 1000)
+        until(lambda: sum(sensor.syscall_counts(other.id).values()) > 1000)
         freed = sensor._slots[other.id]
         sensor.unwatch(other.id)
         sensor.watch(third.id, "takes the freed slot")
@@ -234,7 +234,7 @@ def test_the_programs_on_every_syscall_are_attached_only_while_a_cgroup_is_watch
     def idle() -> bool:
         return sensor.syscall_hooks_attached() == 0
 
-    _until(idle)
+    until(idle)
     target = tmp_path / "f"
     target.write_text("x")
     sensor.watch(cgroup.id, "hooks")
@@ -243,20 +243,13 @@ def test_the_programs_on_every_syscall_are_attached_only_while_a_cgroup_is_watch
     time.sleep(0.1)
     assert (pid, str(target)) in [(e.pid, e.path) for e in sensor.drain() if e.kind is EventKind.OPEN]
     sensor.unwatch(cgroup.id)
-    _until(idle)
+    until(idle)
     # and again: the next watch attaches them before anything runs
     sensor.watch(cgroup.id, "hooks again")
     pid, _ = run_in(cgroup, [str(workload), "flood", str(target), "1"])
     time.sleep(0.1)
     assert (pid, str(target)) in [(e.pid, e.path) for e in sensor.drain() if e.kind is EventKind.OPEN]
     sensor.unwatch(cgroup.id)
-
-
-def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "not in time"
-        time.sleep(0.05)
 
 
 def test_repeated_opens_are_counted_in_the_kernel_not_sent(sensor: Sensor, cgroup: Cgroup, workload: Path,
