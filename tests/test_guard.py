@@ -29,6 +29,7 @@ from guard.rules import AllowedDestination, Rules, check
 from guard.traces import Behaviour, Trace, TraceError, read_trace_dir, traces_from_events
 from guard.training import Settings, score_traces, train
 from tests.profiles import rewrite_profile
+from tests.waiting import until
 
 ROUTINE = [3, 0, 1, 2, 3, 0, 5, 9, 9, 1]
 VARIANT = [3, 0, 4, 4, 1]
@@ -315,8 +316,7 @@ def test_a_busy_pumps_api_calls_share_fsyncs_and_all_reach_the_log(tmp_path: Pat
     for i in range(50):  # the pump's turns, each faster than the commit interval
         calls.calls([_call(i)])
         time.sleep(0.002)
-    while len(seen) < 50 and time.monotonic() - start < 10:  # no flush: the interval alone
-        time.sleep(0.01)
+    until(lambda: len(seen) == 50, what="not all 50 calls reached the log")  # no flush: the interval alone
     elapsed = time.monotonic() - start
     assert seen == list(range(50))
     assert [b["path"] for b in audit.read(tmp_path / "audit.jsonl", "api_call")] == [f"/records/{i}" for i in range(50)]
@@ -331,9 +331,7 @@ def test_flushing_api_calls_commits_without_waiting_out_the_interval(tmp_path: P
     seen: list[int] = []
     log, calls = _api_calls(tmp_path / "audit.jsonl", seen)
     calls.calls([_call(0)])  # the first after a quiet spell goes at once
-    deadline = time.monotonic() + 10
-    while not seen and time.monotonic() < deadline:
-        time.sleep(0.01)
+    until(lambda: bool(seen), what="the first call after a quiet spell did not reach the log")
     calls.calls([_call(1)])
     time.sleep(0.3)
     assert seen == [0]

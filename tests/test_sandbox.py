@@ -265,10 +265,7 @@ def test_sandboxes_die_with_their_supervisor(kernel: None, tmp_path: Path) -> No
     assert Cgroup(leaf).pids(), "the sandbox should be running"
     sup.kill()
     sup.wait()
-    deadline = time.monotonic() + 5
-    while Cgroup(leaf).pids() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert Cgroup(leaf).pids() == []
+    until(lambda: not Cgroup(leaf).pids(), timeout=5, what="the sandbox outlived its supervisor")
     kill_orphans(tmp_path)
     assert not leaf.exists()
 
