@@ -26,9 +26,9 @@ from guard import audit
 from guard.alerts import ApiCallRecord
 from guard.audit import AuditLog
 from guard import recorder
-from sandbox import quiet as sandbox_quiet
 from sandbox.cgroup import cgroup2_mount
 from sandbox.egress import compile_api
+from sandbox.limits import v1_mount
 from sandbox.policy import Network, Policy, PolicyError, parse_policy
 from sandbox.result import STOPPED_EXIT
 from tests.apis import LABELS, base, request
@@ -331,7 +331,7 @@ def _quiet_group(guarded: GuardedSandboxes) -> Path:
     for line in Path(f"/proc/{guarded.recorder.proc.pid}/cgroup").read_text().splitlines():
         _, controllers, group = line.split(":", 2)
         if "bastion-quiet-" in group:
-            mount = sandbox_quiet.v1_mount("cpu") if controllers else cgroup2_mount()
+            mount = v1_mount("cpu") if controllers else cgroup2_mount()
             assert mount is not None
             return mount / group.lstrip("/")
     raise AssertionError("the recorder is in no idle cpu group")
