@@ -64,7 +64,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bastion import logs  # noqa: E402
-from bastion.guarded import GuardedSandboxes, record_runs  # noqa: E402
+from bastion.guarded import GuardedRun, GuardedSandboxes, record_runs  # noqa: E402
 from bastion.local_api import LocalApi  # noqa: E402
 from common.verdicts import Verdict  # noqa: E402
 from ebpf.sensor import Sensor  # noqa: E402
@@ -318,6 +318,13 @@ def _client(api: LocalApi, tls: bool, calls: int, paths: list[str], schedule: Sc
             ",".join(paths), *map(str, schedule or ())]
 
 
+def _output(mode: str, run: GuardedRun) -> str:
+    """A sandboxed client's output; the bench stops where the client failed."""
+    if run.result.exit_status != 0:
+        raise SystemExit(f"{mode}: the client failed: {run.result.stderr[-400:]}")
+    return run.result.stdout
+
+
 def _timings(stdout: str) -> tuple[list[float], list[float]]:
     """Microseconds per call: the sends, and the round trips."""
     sends, trips, late = json.loads(stdout.strip().splitlines()[-1])
@@ -444,8 +451,7 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
                                 node_cpu_s[tls] += (times.user + times.system - times_before.user - times_before.system
                                                     + _cpu_s(guarded.recorder.proc.pid) - recorder_before)
                                 wall_s[tls] += times.elapsed - times_before.elapsed
-                            if run.result.exit_status != 0:
-                                raise SystemExit(f"{mode}: the client failed: {run.result.stderr[-400:]}")
+                            _output(mode, run)
             for busy in (None, _client(api, False, BUSY_CALLS, paths)):
                 held[(node_cpu, busy is not None)] = _held_calls(sensor, api, profile, held_policy, args.held, log,
                                                                  node_cpu, (busy, rules) if busy else None, held_waits)
@@ -481,9 +487,7 @@ def _interleaved(guarded: GuardedSandboxes, api: LocalApi, tls: bool, args: argp
         out, err = unwatched.communicate()
         outs = {MODES[0]: out}
         for mode, run in zip(MODES[1:], (f.result() for f in runs)):
-            if run.result.exit_status != 0:
-                raise SystemExit(f"{mode}: the client failed: {run.result.stderr[-400:]}")
-            outs[mode] = run.result.stdout
+            outs[mode] = _output(mode, run)
     if unwatched.returncode != 0:
         raise SystemExit(f"{MODES[0]}: the client failed: {err[-400:]}")
     return outs
@@ -635,15 +639,14 @@ def _held_calls(sensor: Sensor, api: LocalApi, profile: Profile, policy: Policy,
         waits.start()
         run = guarded.run(_client(api, True, n, [f"/records/17/note{i}" for i in range(n)]), policy,
                           labels={"agent": "bench-held"})
-        if run.result.exit_status != 0:
-            raise SystemExit(f"held calls: the client failed: {run.result.stderr[-400:]}")
+        out = _output("held calls", run)
         held = [c for c in run.result.api_calls if "never saw" in c.reason]
         if len(held) != n or floor.result.exit_status != 0 or any("never saw" in c.reason for c in floor.result.api_calls):
             raise SystemExit(f"held calls: {len(held)} of {n} calls were held, and the floor's client "
                              f"exited {floor.result.exit_status}")
         split = waits.read()
         stopped = _stopped_floor(node_cpu, n, statistics.median(split[0]), waits)
-        return _timings(run.result.stdout)[0], _timings(floor.result.stdout)[0], split, stopped
+        return _timings(out)[0], _timings(floor.result.stdout)[0], split, stopped
 
 
 def _stopped_floor(node_cpu: int | None, n: int, hold_us: float, waits: HeldWaits) -> list[float]:
