@@ -6,18 +6,22 @@ alert names the step, method and path, and the audit log holds the call."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bastion.guarded import GuardedRun, GuardedSandboxes
-from bastion.local_api import LocalApi
+from bastion.local_api import LocalApi, serve
 from common.verdicts import Verdict
 from ebpf.api import API_ANY_SEGMENT, METHODS, fnv1a
 from ebpf.events import Event, EventKind
@@ -32,6 +36,7 @@ from sandbox.limits import v1_mount
 from sandbox.policy import Network, Policy, PolicyError, parse_policy
 from sandbox.result import STOPPED_EXIT
 from tests.apis import LABELS, base, request
+from tests.waiting import until
 
 CURL = Path("/usr/bin/curl")
 
@@ -379,3 +384,17 @@ def test_a_recorder_that_falls_behind_leaves_the_idle_group_until_it_catches_up(
     time.sleep(2 * recorder.CATCH_UP_S)
     guarded.recorder.check()
     assert (group / "cpu.idle").read_text().strip() == "1"
+
+
+def test_the_local_api_goes_on_quietly_after_a_client_resets_its_connection(capfd: pytest.CaptureFixture[str]) -> None:
+    """A tool killed mid-request resets its connection; the demo's API keeps
+    serving and puts no traceback on the terminal."""
+    with serve() as api:
+        with socket.create_connection(("127.0.0.1", api.port)) as sock:
+            sock.sendall(b"GET /records/1")  # no end of line: the server is left reading it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        with urllib.request.urlopen(f"http://127.0.0.1:{api.port}/records/17", timeout=5) as reply:
+            assert json.loads(reply.read())["id"] == 17
+        until(lambda: not any("process_request" in t.name for t in threading.enumerate()),
+              what="the API's request threads did not end")
+    assert "Traceback" not in capfd.readouterr().err
