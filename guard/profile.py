@@ -92,6 +92,9 @@ class ProfileMeta(BaseModel):
     endpoints: dict[Annotated[str, StringConstraints(pattern=ENDPOINT_KEY, max_length=400)],
                     Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=10_000,
                                                          description="API calls seen: largest body per endpoint")
+    endpoint_calls: dict[Annotated[str, StringConstraints(pattern=ENDPOINT_KEY, max_length=400)],
+                         Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, max_length=10_000, description="API calls seen: the most to each endpoint in one run")
     trained_on: dict[str, int] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -121,7 +124,8 @@ class Profile:
     @property
     def behaviour(self) -> Behaviour:
         m = self.meta
-        return Behaviour(set(m.binaries), set(m.path_prefixes), set(m.destinations), dict(m.endpoints))
+        return Behaviour(set(m.binaries), set(m.path_prefixes), set(m.destinations), dict(m.endpoints),
+                         dict(m.endpoint_calls))
 
     def known_ngrams(self) -> list[tuple[int, ...]]:
         """The n-grams for the sensor's `known` map."""

@@ -43,13 +43,16 @@ class Behaviour:
     path_prefixes: set[str] = field(default_factory=set)
     destinations: set[str] = field(default_factory=set)
     endpoints: dict[str, int] = field(default_factory=dict)  # "METHOD host /template" -> largest body seen
+    calls: dict[str, int] = field(default_factory=dict)  # the same keys -> the most calls in one run
 
     def update(self, other: Behaviour) -> None:
+        """Add another run's behaviour (or several runs')."""
         self.binaries |= other.binaries
         self.path_prefixes |= other.path_prefixes
         self.destinations |= other.destinations
-        for key, body in other.endpoints.items():
-            self.endpoints[key] = max(body, self.endpoints.get(key, 0))
+        for mine, theirs in ((self.endpoints, other.endpoints), (self.calls, other.calls)):
+            for key, n in theirs.items():
+                mine[key] = max(n, mine.get(key, 0))
 
 
 def read_trace_file(path: Path) -> Trace:
@@ -92,7 +95,8 @@ def destination(ev: Event) -> str:
 
 
 def behaviour_of(events: Iterable[Event], workdir: str | None = None) -> Behaviour:
-    """The binaries run, path prefixes opened and destinations reached."""
+    """The binaries run, path prefixes opened, destinations reached and API
+    calls made by one run."""
     seen = Behaviour()
     for ev in events:
         if ev.ret < 0:
@@ -107,6 +111,7 @@ def behaviour_of(events: Iterable[Event], workdir: str | None = None) -> Behavio
             case EventKind.API if ev.method:
                 key = endpoint_key(ev.method, ev.host, ev.path)
                 seen.endpoints[key] = max(ev.arg, seen.endpoints.get(key, 0))
+                seen.calls[key] = seen.calls.get(key, 0) + 1
     return seen
 
 

@@ -128,6 +128,7 @@ def train(traces: Sequence[Trace], behaviour: Behaviour, agent: str, settings: S
     meta.path_prefixes = sorted(behaviour.path_prefixes)
     meta.destinations = sorted(behaviour.destinations)
     meta.endpoints = dict(sorted(behaviour.endpoints.items()))
+    meta.endpoint_calls = dict(sorted(behaviour.calls.items()))
     meta.trained_on = {
         "traces": len(usable),
         "syscalls": int(sum(len(t.syscalls) for t in usable)),

@@ -26,7 +26,7 @@ from guard.audit_writer import AuditWriter
 from guard.monitor import Assignment, Guard, ResponseMap
 from guard.profile import ProfileError, load_profile
 from guard.rules import AllowedDestination, Rules, check
-from guard.traces import Behaviour, Trace, TraceError, read_trace_dir, traces_from_events
+from guard.traces import Behaviour, Trace, TraceError, behaviour_of, read_trace_dir, traces_from_events
 from guard.training import Settings, score_traces, train
 from tests.profiles import rewrite_profile
 from tests.waiting import until
@@ -49,11 +49,24 @@ def _attack(rng: np.random.Generator, i: int) -> Trace:
     return Trace(f"attack-{i}", np.array(seq[:at] + ATTACK * 2 + seq[at:]))
 
 
+def _api(method: str, path: str, body: int = 0) -> Event:
+    return Event(kind=EventKind.API, ts_ns=0, cgroup_id=1, pid=1, tid=1, comm="t", method=method,
+                 host="records.example.org", path=path, arg=body)
+
+
+# Two benign runs' API calls: three record reads in one, a read and two notes in the other
+API_RUNS = [[_api("GET", "/records/1"), _api("GET", "/records/2"), _api("GET", "/records/3")],
+            [_api("GET", "/records/4"), _api("POST", "/notes", 300), _api("POST", "/notes", 20)]]
+
+
 @pytest.fixture(scope="module")
 def profile_and_data(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(7)
     train_set = [_benign(rng, i) for i in range(40)]
-    profile = train(train_set, Behaviour(binaries={"/usr/bin/python3"}), "clinic", Settings(window=50, stride=25))
+    behaviour = Behaviour(binaries={"/usr/bin/python3"})
+    for run in API_RUNS:
+        behaviour.update(behaviour_of(run))
+    profile = train(train_set, behaviour, "clinic", Settings(window=50, stride=25))
     path = tmp_path_factory.mktemp("profile") / "clinic.safetensors"
     profile.save(path)
     unseen = [_benign(rng, 100 + i) for i in range(30)]
@@ -78,6 +91,10 @@ def test_profile_round_trip_keeps_behaviour_and_ngrams(profile_and_data) -> None
     profile = load_profile(path)
     assert profile.meta.agent == "clinic"
     assert profile.behaviour.binaries == {"/usr/bin/python3"}
+    # per endpoint: the largest body, and the most calls one run made
+    assert profile.meta.endpoints == {"GET records.example.org /records/{}": 0, "POST records.example.org /notes": 300}
+    assert profile.meta.endpoint_calls == {"GET records.example.org /records/{}": 3,
+                                           "POST records.example.org /notes": 2}
     grams = set(profile.known_ngrams())
     assert tuple(ROUTINE[:6]) in grams and all(len(g) == 6 for g in grams)
 
@@ -91,6 +108,8 @@ def test_profile_round_trip_keeps_behaviour_and_ngrams(profile_and_data) -> None
         ("wrong dtype", None, lambda a: a.update(vocab=a["vocab"].astype(np.float64)), "array vocab"),
         ("unsorted known", None, lambda a: a.update(known=a["known"][::-1].copy()), "array known"),
         ("extra array", None, lambda a: a.update(payload=np.zeros(3)), "arrays"),
+        ("no calls", lambda m: m["endpoint_calls"].update({"GET records.example.org /notes": 0}), None,
+         "field endpoint_calls"),
     ],
 )
 def test_hostile_profile_is_refused_naming_the_problem(profile_and_data, tmp_path: Path, name: str,  # type: ignore[no-untyped-def]
