@@ -417,7 +417,7 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
             contextlib.closing(HeldWaits()) as held_waits:  # on throughout: every mode pays their probes
         rules = api_policy(api)
         free = ip_port_only(rules)
-        profile, held_policy = _held_setup(sensor, api, rules)
+        profile, held_policy = _held_setup(sensor, api, rules, args.held)
         log = AuditLog(Path(tmp) / "audit.jsonl")
         everywhere = os.sched_getaffinity(0)
         for node_cpu in _arrangements():
@@ -609,16 +609,18 @@ def _keep(sends: dict[Key, list[float]], trips: dict[Key, list[float]], key: Key
     trips.setdefault(key, []).extend(t)
 
 
-def _held_setup(sensor: Sensor, api: LocalApi, policy: Policy) -> tuple[Profile, Policy]:
-    """A profile that learned /records/{id}, and a policy under which it
-    judges calls to /records/{id}/<new name> (allowed by a /records/{id}/*
-    rule) like it: each such call is held, scored and released."""
+def _held_setup(sensor: Sensor, api: LocalApi, policy: Policy, n: int) -> tuple[Profile, Policy]:
+    """A profile that learned /records/{id}, from runs making n calls each
+    as the floor of the held calls does (a run far over the most calls
+    training saw is stopped), and a policy under which it judges calls to
+    /records/{id}/<new name> (allowed by a /records/{id}/* rule) like it:
+    each such call is held, scored and released."""
     assert isinstance(policy.network, Network)
     dest = policy.network.allow[0]
     wider = dest.model_copy(update={"api": [*dest.api, dest.api[0].model_copy(update={"path": "/records/{id}/*"})]})
     policy = policy.model_copy(update={"network": policy.network.model_copy(update={"allow": [wider]})})
     behaviour, traces = Behaviour(), []
-    for r in record_runs(sensor, [_client(api, True, 20, ["/records/17"])] * 8, policy):
+    for r in record_runs(sensor, [_client(api, True, n, ["/records/17"])] * 8, policy):
         behaviour.update(r.behaviour())
         traces += r.traces(sensor.ngram_n)
     if set(behaviour.endpoints) != {"GET 127.0.0.1 /records/{}"}:

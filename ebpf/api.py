@@ -24,8 +24,10 @@ REASONS = {
     6: "TLS bytes that no readable, allowed request wrote",
     7: "an endpoint the profile never saw: held for the guard",
     8: "the sandbox is quarantined",
+    9: "more calls to a learned endpoint than its budget: judged by the guard",
 }
 API_ALLOW, API_STOP, API_HOLD = 1, 2, 3
+OVER_BUDGET = REASONS[9]
 ID_SEGMENT = 1
 ID_MIN_HEX = 8
 _HEXISH = frozenset(b"0123456789abcdefABCDEF-")

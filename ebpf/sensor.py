@@ -9,7 +9,7 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -545,21 +545,34 @@ class Sensor:
                 slot.segs[: len(rule.segments)] = list(rule.segments)
             rules[key] = leaf
 
-    def learn_endpoints(self, cgroup_id: int, dest_id: int, endpoints: Iterable[int]) -> None:
+    def learn_endpoints(self, cgroup_id: int, dest_id: int, endpoints: Mapping[int, int]) -> None:
         """The destination's calls were learned: only these endpoint hashes
-        pass in the kernel; an allowed call to any other is held."""
+        pass in the kernel, each up to its budget of calls in this run (0:
+        none); an allowed call to any other is held."""
         learned = self.bpf["api_learned"]
         key = learned.Key()
         key.cgroup_id, key.id = cgroup_id, dest_id
-        for endpoint in endpoints:
-            self.allow_endpoint(cgroup_id, dest_id, endpoint)
+        for endpoint, budget in endpoints.items():
+            self.allow_endpoint(cgroup_id, dest_id, endpoint, budget)
         learned[key] = ct.c_uint8(1)
 
-    def allow_endpoint(self, cgroup_id: int, dest_id: int, endpoint: int) -> None:
+    def allow_endpoint(self, cgroup_id: int, dest_id: int, endpoint: int, budget: int = 0) -> None:
+        """Calls to the endpoint pass in the kernel; past `budget` of them in
+        this run (0: no budget), each still passes, and the guard hears of it."""
         known = self.bpf["api_known"]
         key = known.Key()
         key.cgroup_id, key.dest, key.endpoint = cgroup_id, dest_id, endpoint
-        known[key] = ct.c_uint8(1)
+        known[key] = ct.c_uint32(budget)
+
+    def calls_made(self, cgroup_id: int, dest_id: int, endpoint: int) -> int:
+        """The calls to a budgeted endpoint in this run so far, the kernel's count."""
+        made = self.bpf["api_made"]
+        key = made.Key()
+        key.cgroup_id, key.dest, key.endpoint = cgroup_id, dest_id, endpoint
+        try:
+            return int(made[key].value)
+        except KeyError:
+            return 0
 
     def release_thread(self, tid: int) -> bool:
         """Let a thread held in a TLS write send again (its process is still
@@ -579,7 +592,7 @@ class Sensor:
         mine = cgroup_id.to_bytes(8, "little")
         for key in [k for k in table.keys() if bytes(k.cgroup) == mine]:
             del table[key]
-        for name in ("api_peers", "api_hosts", "api_dests", "api_learned", "api_known"):
+        for name in ("api_peers", "api_hosts", "api_dests", "api_learned", "api_known", "api_made"):
             api = self.bpf[name]
             for key in [k for k in api.keys() if k.cgroup_id == cgroup_id]:
                 del api[key]

@@ -1,6 +1,8 @@
-"""Judging an API call the agent's profile never saw, while the kernel holds
-it: its distance to the nearest call the profile learned on the same host,
-over the method, the path template and the body size."""
+"""Judging an API call the agent's profile did not expect: to an endpoint it
+never saw, while the kernel holds it (its distance to the nearest call the
+profile learned on the same host, over the method, the path template and
+the body size), or to a learned endpoint more often in one run than any
+benign run called it (the kernel counts, and passes the call)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ ALERT_AT = 0.25  # below: allowed quietly; up to 1: allowed with an alert; 1 and
 METHOD_WEIGHT = 0.5
 BODY_WEIGHT = 0.25  # per doubling beyond the largest body the endpoint was seen with
 NO_LEARNED_CALL = 2.0
+# A run making this many times the most calls a benign run made to an endpoint
+# scores 1: the policy's response. Fewer than ALERT_AT's share of it pass quietly.
+STOP_FACTOR = 8
 
 
 def _distance(method: str, segments: list[str], body: int, l_method: str, l_segments: list[str],
@@ -37,3 +42,16 @@ def unseen_call_score(endpoints: dict[str, int], method: str, host: str, target:
         if l_host == host:
             scores.append(_distance(method, segments, body, l_method, path_segments(l_path), learned_body))
     return min(scores, default=NO_LEARNED_CALL)
+
+
+def many_calls_score(most: int, made: int) -> float:
+    """0 at the most calls one benign run made to the endpoint, 1 at
+    STOP_FACTOR times as many; in between by their ratio's logarithm."""
+    return math.log2(max(made, 1) / most) / math.log2(STOP_FACTOR)
+
+
+def call_budget(most: int, score: float) -> int:
+    """The most calls in one run that score below `score`: the kernel lets
+    that many pass before the guard hears of the next (never 0, which
+    the kernel reads as no budget)."""
+    return max(1, math.ceil(most * STOP_FACTOR ** score) - 1)

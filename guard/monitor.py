@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ebpf.api import OVER_BUDGET, template
 from ebpf.events import EAGAIN, Event, EventKind  # EAGAIN: an api_call's ret while the kernel holds it
 from ebpf.sensor import WATCH_DETECT_NOVEL, Sensor, SensorError
 from common.verdicts import Verdict
@@ -22,8 +23,9 @@ from guard.audit import AuditLog
 from guard.audit_writer import AuditWriter, call_body
 from guard.detectors import window_means
 from guard.profile import Profile
-from guard.endpoints import ALERT_AT, unseen_call_score
+from guard.endpoints import ALERT_AT, call_budget, many_calls_score, unseen_call_score
 from guard.rules import Finding, Rules, api_request, check, novelty
+from guard.traces import endpoint_key
 
 if TYPE_CHECKING:
     from guard.sequence import LiveState  # torch, imported only by profiles that hold a model
@@ -179,6 +181,9 @@ class Guard:
             elif ev.kind is EventKind.API and ev.ret == -EAGAIN:
                 calls.append((ev, self._held_call(st, profile, ev)))
                 continue
+            elif ev.kind is EventKind.API and ev.reason == OVER_BUDGET:
+                calls.append((ev, True))
+                finding = self._many_calls(st, profile, ev)
             else:
                 if ev.kind is EventKind.API:
                     calls.append((ev, ev.ret == 0))
@@ -222,6 +227,25 @@ class Guard:
             self.sensor.release_thread(ev.tid)
             self.enforcer.resume(st.target, ev.pid)
         return score < 1.0 and st.strongest.rank < Verdict.QUARANTINE.rank
+
+    def _many_calls(self, st: _State, profile: Profile | None, ev: Event) -> Finding | None:
+        """A call to a learned endpoint past its budget for the run, which
+        the kernel let pass: score the run's count against the most calls
+        a benign run made to it, and raise the budget to the count that
+        next changes the verdict."""
+        key = endpoint_key(ev.method, ev.host, ev.path)
+        most = profile.meta.endpoint_calls.get(key) if profile is not None else None
+        if most is None:
+            return None  # its budget was not the profile's
+        made = self.sensor.calls_made(st.target.id, ev.api_dest, ev.endpoint)
+        score = many_calls_score(most, made)
+        if score < 1.0:
+            next_at = ALERT_AT if score < ALERT_AT else 1.0
+            self.sensor.allow_endpoint(st.target.id, ev.api_dest, ev.endpoint, call_budget(most, next_at))
+        what = f"{made} calls to {ev.method} {ev.host}{template(ev.path)} in one run; training's most was {most}"
+        if score >= 1.0:
+            return Finding("api", what, ev, score, 1.0)
+        return Finding("novelty", what, ev, score, 1.0) if score >= ALERT_AT else None
 
     def _audit_api_calls(self, st: _State, calls: list[tuple[Event, bool]]) -> None:
         """Every request the kernel read goes to the audit log, allowed or

@@ -1,13 +1,15 @@
 """API calls against what the agent's profile learned: endpoints it saw pass
 in the kernel; an endpoint the policy allows but the profile never saw is
 held (TLS: the caller stopped; plain: the request dropped) while the guard
-scores it against the learned calls, then released or stopped.
+scores it against the learned calls, then released or stopped; a run that
+calls a learned endpoint far more often than any benign run did is stopped.
 
 A module of its own: record_runs and each GuardedSandboxes run an event pump
 on the one sensor, and two pumps at once would split a sandbox's events."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from bastion.guarded import GuardedSandboxes, record_runs
 from bastion.local_api import LocalApi
 from common.verdicts import Verdict
+from ebpf.api import OVER_BUDGET
 from ebpf.sensor import Sensor
 from guard import audit
 from guard.audit import AuditLog
@@ -40,6 +43,7 @@ def learned(sensor: Sensor, records_policy: Policy, records_api: LocalApi, tmp_p
     profile = train([t for r in runs for t in r.traces(sensor.ngram_n)], behaviour, "clinic",
                     Settings(sequence=False))
     assert set(profile.meta.endpoints) == {"GET 127.0.0.1 /records/{}", "POST 127.0.0.1 /notes"}
+    assert profile.meta.endpoint_calls == dict.fromkeys(profile.meta.endpoints, 1)  # one call a run
     log = AuditLog(tmp_path_factory.mktemp("learned") / "audit.jsonl")
     with GuardedSandboxes(sensor, log, [profile]) as g:
         yield g
@@ -99,3 +103,46 @@ def test_an_unseen_endpoint_like_a_learned_one_is_released_with_an_alert(
     # the audit log says what became of the held call: released over TLS, dropped in plain
     assert [(b["held"], b["allowed"]) for b in audit.read(learned.audit.path, "api_call", anchored=True)
             if b["sandbox"] == run.result.sandbox and b["held"]] == [(True, tls)]
+
+
+# Reads n records over one keep-alive connection. argv: the records URL, n.
+READ_MANY = r"""
+import http.client, ssl, sys, urllib.parse
+url, n = urllib.parse.urlsplit(sys.argv[1]), int(sys.argv[2])
+if url.scheme == "https":
+    conn = http.client.HTTPSConnection(url.hostname, url.port, context=ssl.create_default_context())
+else:
+    conn = http.client.HTTPConnection(url.hostname, url.port)
+for i in range(n):
+    conn.request("GET", f"{url.path}/{100 + i}")
+    conn.getresponse().read()
+"""
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_run_reading_far_more_records_than_any_benign_run_is_stopped(
+        learned: GuardedSandboxes, only_api_stops: Policy, records_api: LocalApi, tls: bool) -> None:
+    """The profile saw one record read a run. Every read is allowed by the
+    policy and learned, so the kernel passes each; it counts them, the
+    guard alerts at the second and quarantines at eight times the most."""
+    before = len(records_api.received)
+    run = learned.run(["/usr/bin/python3", "-c", READ_MANY, f"{base(records_api, tls)}/records", "50"],
+                      only_api_stops, labels=LABELS)
+    received = records_api.received[before:]
+    # the kernel passed each call until the guard's quarantine at the eighth (in time, over TLS, to
+    # stop the eighth's own record), and stopped the next (the policy then kills the tool)
+    assert 7 <= len(received) < 50, f"the server received {len(received)} of 50 calls"
+    assert [r.path for r in received] == [f"/records/{100 + i}" for i in range(len(received))]
+    assert run.result.exit_status != 0
+    many = re.compile(r"(\d+) calls to GET 127\.0\.0\.1/records/\{\} in one run; training's most was 1")
+    first = next(a for a in run.alerts if a.detector == "novelty" and many.fullmatch(a.rule))
+    stop = next(a for a in run.alerts if a.detector == "api" and many.fullmatch(a.rule))
+    assert first.action is Verdict.ALERT and 0.25 <= first.score < 1
+    assert stop.action is Verdict.QUARANTINE and stop.score >= 1 and stop.step == LABELS["step"]
+    assert int(many.fullmatch(stop.rule)[1]) >= 8  # type: ignore[index]
+    audited = {b["id"] for b in audit.read(learned.audit.path, "alert")}
+    assert {first.id, stop.id} <= audited
+    # the calls the guard heard of passed, and the audit log has each
+    over = [b for b in audit.read(learned.audit.path, "api_call", anchored=True)
+            if b["sandbox"] == run.result.sandbox and b["reason"] == OVER_BUDGET]
+    assert over and all(b["allowed"] and not b["held"] for b in over)

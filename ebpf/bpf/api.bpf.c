@@ -27,9 +27,13 @@ BPF_HASH(api_peers, struct api_peer_key, u32, 4096);
 BPF_HASH(api_hosts, struct api_host_key, u32, 4096);
 BPF_HASH(api_dests, struct api_dest_key, struct api_dest, 1024);
 /* Destinations whose calls the agent's profile learned, and the endpoints it
- * learned there: an allowed call to any other endpoint is held for the guard. */
+ * learned there: an allowed call to any other endpoint is held for the guard.
+ * Each known endpoint's value is its budget: the calls a run may make to it
+ * before the guard hears of the next (0: no budget). The guard alone writes
+ * budgets; the kernel alone counts, in a map of its own. */
 BPF_HASH(api_learned, struct api_dest_key, u8, 1024);
-BPF_HASH(api_known, struct api_known_key, u8, 16384);
+BPF_HASH(api_known, struct api_known_key, u32, 16384);
+BPF_HASH(api_made, struct api_known_key, u32, 16384);
 
 /* Per socket: its destination id once known, and the bytes still owed to
  * the body of the last allowed plain request. */
@@ -399,14 +403,27 @@ static __always_inline struct api_scratch *scratch_for(u64 cg)
     return s;
 }
 
-/* Whether the agent's profile knows the request's endpoint, where it learned any. */
+#define ENDPOINT_UNSEEN 0
+#define ENDPOINT_KNOWN 1
+#define ENDPOINT_OVER 2        /* known, and called more often than its budget */
+
+/* What the agent's profile knows of the request's endpoint, where it learned any. */
 static __always_inline int learned_or_known(u64 cg, struct api_dest *d, struct api_req *r)
 {
     struct api_dest_key dk = {.cgroup_id = cg, .id = d->id};
     if (!api_learned.lookup(&dk))
-        return 1;
+        return ENDPOINT_KNOWN;
     struct api_known_key kk = {.cgroup_id = cg, .endpoint = r->endpoint, .dest = d->id};
-    return api_known.lookup(&kk) != NULL;
+    u32 *budget = api_known.lookup(&kk);
+    if (!budget)
+        return ENDPOINT_UNSEEN;
+    if (!*budget)
+        return ENDPOINT_KNOWN;
+    u32 zero = 0, *made = api_made.lookup_or_try_init(&kk, &zero);
+    if (!made)
+        return ENDPOINT_OVER;  /* cannot count: the guard decides */
+    __sync_fetch_and_add(made, 1);  /* its result unused: BCC's LLVM targets BPF without fetch */
+    return *made > *budget ? ENDPOINT_OVER : ENDPOINT_KNOWN;
 }
 
 /* Decide the request in s and send its event: API_ALLOW, API_STOP or API_HOLD. */
@@ -421,7 +438,8 @@ static __always_inline int judge(struct api_scratch *s, struct api_dest *d, u64 
         verdict = API_STOP;
         m = -API_QUARANTINED;
     }
-    if (verdict == API_ALLOW && !learned_or_known(cg, d, r)) {
+    int known = verdict == API_ALLOW ? learned_or_known(cg, d, r) : ENDPOINT_KNOWN;
+    if (known == ENDPOINT_UNSEEN) {
         verdict = API_HOLD;
         m = -API_UNSEEN;
     }
@@ -432,12 +450,13 @@ static __always_inline int judge(struct api_scratch *s, struct api_dest *d, u64 
     e->method = r->method;
     e->tls = tls;
     e->verdict = verdict;
-    e->reason = m >= 0 ? API_OK : -m;
+    e->reason = m < 0 ? -m : known == ENDPOINT_OVER ? API_OVER_BUDGET : API_OK;
     e->rule = m >= 0 ? m : 0xff;
     /* An allowed call's event can wait for the pump's next read of its
      * ring; waking it costs the caller an interrupt. A stopped or held one
-     * cannot wait. */
-    if (verdict == API_ALLOW)
+     * cannot wait, nor one over its budget: it passes, and the guard judges
+     * the run's count at once. */
+    if (verdict == API_ALLOW && known != ENDPOINT_OVER)
         counted(calls.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP), cg);
     else
         emit_with(e, sizeof(*e), cg, BPF_RB_FORCE_WAKEUP);

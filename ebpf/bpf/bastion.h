@@ -229,6 +229,7 @@ struct unix_key {
 #define API_NO_REQUEST 6       /* TLS bytes on an API socket that no allowed request wrote */
 #define API_UNSEEN 7           /* allowed by the policy, but an endpoint the profile never saw */
 #define API_QUARANTINED 8      /* the sandbox is quarantined: no egress at all */
+#define API_OVER_BUDGET 9      /* allowed, but more calls to a learned endpoint than its budget */
 
 struct api_rule {
     u32 methods;
