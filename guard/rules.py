@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ebpf.api import describe_request
 from ebpf.events import AF_INET, AF_INET6, Event, EventKind
-from guard.traces import Behaviour, WORKDIR, destination, path_prefix
+from guard.traces import Behaviour, WORKDIR, destination, path_prefix, took_place
 
 EACCES, EPERM, EAFNOSUPPORT = 13, 1, 97
 _WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -93,7 +93,7 @@ def check(ev: Event, rules: Rules, syscall_name: Callable[[int], str]) -> Findin
 
 def novelty(ev: Event, learned: Behaviour, workdir: str | None) -> Finding | None:
     """A binary, path prefix or destination the profile never saw."""
-    if ev.ret < 0:
+    if not took_place(ev):
         return None
     match ev.kind:
         case EventKind.EXEC if ev.path not in learned.binaries:

@@ -4,6 +4,7 @@ events."""
 
 from __future__ import annotations
 
+import errno
 import posixpath
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -94,12 +95,19 @@ def destination(ev: Event) -> str:
     return ev.path or f"{ev.addr}:{ev.port}"
 
 
+def took_place(ev: Event) -> bool:
+    """Whether the call did what it asked, as far as a profile cares: a
+    non-blocking connect under way (EINPROGRESS) counts, since a client
+    with a timeout connects so (Python's, curl)."""
+    return ev.ret >= 0 or (ev.kind is EventKind.CONNECT and ev.ret == -errno.EINPROGRESS)
+
+
 def behaviour_of(events: Iterable[Event], workdir: str | None = None) -> Behaviour:
     """The binaries run, path prefixes opened, destinations reached and API
     calls made by one run."""
     seen = Behaviour()
     for ev in events:
-        if ev.ret < 0:
+        if not took_place(ev):
             continue
         match ev.kind:
             case EventKind.EXEC:

@@ -3,6 +3,7 @@ the audit chain and the command line. No kernel needed."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from guard.alerts import Alert
 from guard.audit_writer import AuditWriter
 from guard.monitor import Assignment, Guard, ResponseMap
 from guard.profile import ProfileError, load_profile
-from guard.rules import AllowedDestination, Rules, check
+from guard.rules import AllowedDestination, Rules, check, novelty
 from guard.traces import Behaviour, Trace, TraceError, behaviour_of, read_trace_dir, traces_from_events
 from guard.training import Settings, score_traces, train
 from tests.profiles import rewrite_profile
@@ -255,6 +256,21 @@ def test_rules_name_the_violation() -> None:
     assert check(ev(EventKind.CONNECT, family=2, addr="10.1.2.3", port=443), rules, str) is None
     assert check(ev(EventKind.OPEN, path="/work/notes.txt", flags=os.O_WRONLY), rules, str) is None
     assert check(ev(EventKind.EXEC, path="/usr/bin/python3"), rules, str) is None
+
+
+def test_a_connect_under_way_is_learned_and_judged_as_a_destination() -> None:
+    """A client with a timeout connects without blocking: the kernel says
+    EINPROGRESS, and the destination is one all the same."""
+    def connect(addr: str, ret: int) -> Event:
+        return Event(kind=EventKind.CONNECT, ts_ns=1, cgroup_id=1, pid=1, tid=1, comm="t", family=2, addr=addr,
+                     port=443, ret=ret)
+
+    learned = behaviour_of([connect("10.1.2.3", -errno.EINPROGRESS), connect("10.9.9.9", -errno.ECONNREFUSED)])
+    assert learned.destinations == {"10.1.2.3:443"}
+    assert novelty(connect("10.1.2.3", -errno.EINPROGRESS), learned, None) is None
+    found = novelty(connect("192.0.2.7", -errno.EINPROGRESS), learned, None)
+    assert found is not None and found.rule == "destination 192.0.2.7:443 never seen in training"
+    assert novelty(connect("192.0.2.7", -errno.EPERM), learned, None) is None  # refused: the rules' business
 
 
 # the audit log -------------------------------------------------------------
