@@ -19,7 +19,7 @@ from ebpf.sensor import Sensor
 from common.verdicts import Verdict
 from guard.alerts import Alert, ApiCallRecord
 from guard.audit import AuditLog
-from guard.endpoints import ALERT_AT, call_budget
+from guard.endpoints import call_budget
 from guard.monitor import Assignment, Guard, ResponseMap
 from guard.profile import Profile
 from guard.recorder import CallRecorder
@@ -130,8 +130,8 @@ class GuardedSandboxes:
     def _learned_endpoints(self, sb: Sandbox) -> None:
         """Where the agent's profile learned API calls, only the endpoints it
         saw pass in the kernel; the guard judges any other while it is held.
-        Each passes as often in a run as scores below ALERT_AT against the
-        most calls a benign run made to it; the guard judges the next."""
+        Each passes as often in a run as its calls would not yet alert,
+        against the most a benign run made to it; the guard judges the next."""
         profile = self.profiles.get(sb.labels.get("agent") or "")
         if profile is None or not profile.meta.endpoints:
             return
@@ -139,7 +139,7 @@ class GuardedSandboxes:
         for key in profile.meta.endpoints:
             method, host, path = split_endpoint_key(key)
             most = profile.meta.endpoint_calls.get(key)  # profiles from before calls were counted have none
-            budget = call_budget(most, ALERT_AT) if most else 0
+            budget = call_budget(most) if most else 0
             by_host.setdefault(host, {})[endpoint_hash(method, path)] = budget
         for dest in sb.api_dests:
             self.manager.sensor.learn_endpoints(sb.id, dest.id, by_host.get(dest.host.lower(), {}))

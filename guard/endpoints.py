@@ -50,8 +50,10 @@ def many_calls_score(most: int, made: int) -> float:
     return math.log2(max(made, 1) / most) / math.log2(STOP_FACTOR)
 
 
-def call_budget(most: int, score: float) -> int:
-    """The most calls in one run that score below `score`: the kernel lets
-    that many pass before the guard hears of the next (never 0, which
-    the kernel reads as no budget)."""
-    return max(1, math.ceil(most * STOP_FACTOR ** score) - 1)
+def call_budget(most: int, made: int = 0) -> int:
+    """The calls the kernel lets a run make before the guard hears of the
+    next: up to the count at which the verdict on `made` calls would next
+    change (an alert at ALERT_AT, the response at 1). Never 0, which the
+    kernel reads as no budget."""
+    next_at = ALERT_AT if many_calls_score(most, made) < ALERT_AT else 1.0
+    return max(1, math.ceil(most * STOP_FACTOR ** next_at) - 1)

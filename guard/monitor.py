@@ -240,8 +240,7 @@ class Guard:
         made = self.sensor.calls_made(st.target.id, ev.api_dest, ev.endpoint)
         score = many_calls_score(most, made)
         if score < 1.0:
-            next_at = ALERT_AT if score < ALERT_AT else 1.0
-            self.sensor.allow_endpoint(st.target.id, ev.api_dest, ev.endpoint, call_budget(most, next_at))
+            self.sensor.allow_endpoint(st.target.id, ev.api_dest, ev.endpoint, call_budget(most, made))
         what = f"{made} calls to {ev.method} {ev.host}{template(ev.path)} in one run; training's most was {most}"
         if score >= 1.0:
             return Finding("api", what, ev, score, 1.0)
