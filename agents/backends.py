@@ -4,10 +4,13 @@ OpenAI-compatible server (`vllm serve` on GPUs, `transformers serve` on CPU)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
 import urllib.request
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +20,16 @@ from agents.prompt import END
 
 class BackendError(RuntimeError):
     """A backend that cannot answer; the message names it."""
+
+
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Around building a peft model: peft 0.21 reads the model's
+    `is_gradient_checkpointing`, which transformers 5.23 deprecates, so each
+    user would see a FutureWarning that only peft can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        yield
 
 
 @dataclass(frozen=True)
@@ -69,7 +82,8 @@ class TransformersBackend:
             from peft import PeftModel
 
             _check_adapter_dir(adapter_dir)
-            model = PeftModel.from_pretrained(model, adapter_dir)
+            with peft_quietly():
+                model = PeftModel.from_pretrained(model, adapter_dir)
         self.model = model.to(device).eval()
         try:
             pointer = Pointer.beside(model_dir, adapter_dir, model.config.hidden_size)

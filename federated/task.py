@@ -15,6 +15,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from agents.backends import peft_quietly
 from agents.model_builder import answer_loss, packed
 from agents.decoding import Decoder
 from agents.pointer import POINTER_FILE, Pointer
@@ -33,7 +34,8 @@ def load(base: Path) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     place their arguments in ways the base never saw ("Re: ticket 6999 -")."""
     torch.manual_seed(0)
     base_model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
-    model = get_peft_model(base_model, LORA)
+    with peft_quietly():
+        model = get_peft_model(base_model, LORA)
     model.pointer = Pointer.load(base, base_model.config.hidden_size)
     return model, AutoTokenizer.from_pretrained(base)
 
@@ -110,7 +112,8 @@ def heldout_loss(base: Path, adapter: Path | None, pairs: list[tuple[str, str]])
     """Mean loss of the answers, with the adapter or without (the base model)."""
     model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
     if adapter is not None:
-        model = PeftModel.from_pretrained(model, adapter)
+        with peft_quietly():
+            model = PeftModel.from_pretrained(model, adapter)
     tokenizer = AutoTokenizer.from_pretrained(base)
     with torch.inference_mode():
         return float(answer_loss(model, packed(tokenizer, pairs)))

@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from safetensors.torch import save_file
 
 from agents import domain
 from agents.analyze import cluster, runs_of
-from agents.backends import BackendError, OpenAICompatibleBackend, TransformersBackend
+from agents.backends import BackendError, OpenAICompatibleBackend, TransformersBackend, peft_quietly
 from agents.config import ConfigError, build_router, load_config
 from agents.interaction_log import InteractionLog, read_log
 from agents.answer_grammar import answer_grammar
@@ -258,9 +259,13 @@ def test_built_model_loads_in_transformers_with_a_lora_adapter(quick_models: Pat
 
     base = quick_models / "tool-caller"
     model = AutoModelForCausalLM.from_pretrained(base)
-    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with peft_quietly():
+        lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     lora.save_pretrained(tmp_path / "adapter")
-    backend = TransformersBackend("s", base, tmp_path / "adapter")
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        backend = TransformersBackend("s", base, tmp_path / "adapter")
+    assert not [str(w.message) for w in shown if issubclass(w.category, FutureWarning)], "loading the adapter warned its user"
     completion = backend.complete(render("Look up code I10"), max_tokens=8)
     assert completion.completion_tokens <= 8 and completion.prompt_tokens > 5
     with pytest.raises(BackendError, match="not a model directory"):
