@@ -67,6 +67,7 @@ from bastion import logs  # noqa: E402
 from bastion.guarded import GuardedRun, GuardedSandboxes, record_runs  # noqa: E402
 from bastion.local_api import LocalApi  # noqa: E402
 from common.verdicts import Verdict  # noqa: E402
+from ebpf.program_stats import counting, runs  # noqa: E402
 from ebpf.sensor import Sensor  # noqa: E402
 from guard.audit import AuditLog  # noqa: E402
 from guard.profile import Profile  # noqa: E402
@@ -74,7 +75,7 @@ from guard.traces import Behaviour  # noqa: E402
 from guard.training import Settings, train  # noqa: E402
 from sandbox.policy import Network, Policy  # noqa: E402
 from sandbox.quiet import QuietGroup  # noqa: E402
-from tests.apis import api_policy  # noqa: E402
+from tests.apis import api_policy, ip_port_only  # noqa: E402
 
 # Times each request of a keep-alive connection: the send (where the kernel
 # decides) and the whole round trip. argv: port, tls, ca, calls, paths
@@ -119,43 +120,11 @@ print(json.dumps([sends, trips, late]))
 
 
 API_PROGRAMS = ("api_msg", "api_http", "api_http_headers", "tls_write", "tls_headers", "tls_enter", "tls_leave")
-BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
-
-
-class ProgInfo(ct.Structure):
-    """struct bpf_prog_info up to run_cnt (linux/bpf.h)."""
-
-    _fields_ = [("type", ct.c_uint32), ("id", ct.c_uint32), ("tag", ct.c_uint8 * 8),
-                ("jited_prog_len", ct.c_uint32), ("xlated_prog_len", ct.c_uint32),
-                ("jited_prog_insns", ct.c_uint64), ("xlated_prog_insns", ct.c_uint64), ("load_time", ct.c_uint64),
-                ("created_by_uid", ct.c_uint32), ("nr_map_ids", ct.c_uint32), ("map_ids", ct.c_uint64),
-                ("name", ct.c_char * 16), ("ifindex", ct.c_uint32), ("gpl_compatible", ct.c_uint32),
-                ("netns_dev", ct.c_uint64), ("netns_ino", ct.c_uint64), ("nr_jited_ksyms", ct.c_uint32),
-                ("nr_jited_func_lens", ct.c_uint32), ("jited_ksyms", ct.c_uint64), ("jited_func_lens", ct.c_uint64),
-                ("btf_id", ct.c_uint32), ("func_info_rec_size", ct.c_uint32), ("func_info", ct.c_uint64),
-                ("nr_func_info", ct.c_uint32), ("nr_line_info", ct.c_uint32), ("line_info", ct.c_uint64),
-                ("jited_line_info", ct.c_uint64), ("nr_jited_line_info", ct.c_uint32),
-                ("line_info_rec_size", ct.c_uint32), ("jited_line_info_rec_size", ct.c_uint32),
-                ("nr_prog_tags", ct.c_uint32), ("prog_tags", ct.c_uint64), ("run_time_ns", ct.c_uint64),
-                ("run_cnt", ct.c_uint64)]
 
 
 def program_time_ns(sensor: Sensor) -> int:
-    """Time the kernel has spent in the API programs since bpf_stats was on
-    (a tail-called program's time counts in its caller's)."""
-    from bcc import libbcc
-
-    total = 0
-    for name in API_PROGRAMS:
-        fn = sensor.bpf.funcs.get(name.encode())
-        if fn is None:
-            continue
-        info = ProgInfo()
-        size = ct.c_uint32(ct.sizeof(info))
-        if libbcc.lib.bpf_obj_get_info_by_fd(fn.fd, ct.byref(info), ct.byref(size)) != 0:
-            raise SystemExit(f"cannot read the kernel's statistics of {name}")
-        total += info.run_time_ns
-    return total
+    """Time the kernel has spent in the API programs since bpf_stats was on."""
+    return runs(sensor.bpf, API_PROGRAMS)[1]
 
 
 WAIT_US = 50
@@ -334,12 +303,6 @@ def _timings(stdout: str) -> tuple[list[float], list[float]]:
     return [ns / 1000 for ns in sends], [ns / 1000 for ns in trips]
 
 
-def ip_port_only(policy: Policy) -> Policy:
-    assert isinstance(policy.network, Network)
-    allow = [d.model_copy(update={"api": []}) for d in policy.network.allow]
-    return policy.model_copy(update={"network": policy.network.model_copy(update={"allow": allow})})
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000, help="requests per client run")
@@ -356,12 +319,8 @@ def main() -> int:
     in_programs = {False: 0, True: 0}  # ns the kernel spent in the API programs, by transport
     waits: Waits = {}
     beside: Beside = {}
-    stats_were = BPF_STATS.read_text().strip()
-    BPF_STATS.write_text("1")  # the kernel counts each program's run time only while this is on
-    try:
+    with counting():  # the kernel counts each program's run time only while bpf_stats is on
         held = _measure(args, console, sends, trips, in_programs, waits, beside)
-    finally:
-        BPF_STATS.write_text(stats_were)
     _report(args, console, sends, trips, in_programs, held)
     _report_waits(args, console, waits)
     _report_beside(args, console, beside)

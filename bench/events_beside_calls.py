@@ -29,11 +29,11 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bastion.guarded import GuardedSandboxes  # noqa: E402
-from bench.api_calls import ip_port_only, pct, serve_apart  # noqa: E402
+from bench.api_calls import pct, serve_apart  # noqa: E402
 from ebpf.events import Event, EventKind  # noqa: E402
 from ebpf.sensor import Sensor  # noqa: E402
 from guard.audit import AuditLog  # noqa: E402
-from tests.apis import api_policy  # noqa: E402
+from tests.apis import api_policy, ip_port_only  # noqa: E402
 
 MISSING = "/nonexistent/bench-"
 # argv: port, seconds
