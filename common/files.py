@@ -13,7 +13,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -166,3 +166,32 @@ def open_output(path: Path | str, mode: str = "w") -> IO[Any]:
         raise InputError(f"{path}: is {_kind(st.st_mode)}; outputs go only to regular files or new paths")
     os.set_blocking(fd, True)
     return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""}))
+
+
+def ours_alone(path: Path) -> bool:
+    """Owned by this process's user and writable by no one else."""
+    st = path.lstat()
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def cached(cache: Path, name: str, build: Callable[[str], None], mode: int) -> Path:
+    """cache/name, built on first use by build(a temporary path beside it)
+    and renamed into place with `mode`, so that concurrent users never see
+    half a file. What runs as root must not come from a place others can
+    write: the cache and the file must be ours alone."""
+    path = cache / name
+    if path.exists() and ours_alone(path) and ours_alone(cache):
+        return path
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not ours_alone(cache):
+        raise InputError(f"{cache}: writable by others or not ours; nothing is kept there")
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".build-")
+    os.close(fd)
+    try:
+        build(tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ebpf.sensor import BPF_CGROUP_SOCK_OPS, BPF_DIR, tls_libraries
+from ebpf.sensor import BPF_CGROUP_SOCK_OPS, BPF_DIR
+from ebpf.tls_libraries import tls_libraries
 
 CGROUP_INET4_CONNECT = 10
 

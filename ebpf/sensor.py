@@ -17,6 +17,7 @@ from typing import Any
 from ebpf.api import KernelApiDest, host_hash
 from ebpf.events import NR_COUNTED, UNIX_PATH_LEN, WATCH_SLOTS, CgStats, Event, SlotInfo, WatchInfo, cgroup_of, decode
 from ebpf.ring import Ring
+from ebpf.tls_libraries import TlsLibrary, private_copies
 
 BPF_DIR = Path(__file__).parent / "bpf"
 # One module: the programs share the watched map, the ring buffer and stats.
@@ -38,17 +39,6 @@ EGRESS_PROGRAMS = {
     "egress_unix_sendmsg": 50,  # BPF_CGROUP_UNIX_SENDMSG
 }
 BPF_CGROUP_SOCK_OPS = 3
-# TLS libraries whose write functions are read in clear. A process that
-# brings its own TLS code is not read: its records on an API destination are
-# dropped. Functions that send records of their own (handshake, reads,
-# shutdown) are marked so that their records pass.
-TLS_LIBRARIES = {
-    "libssl.so.3": (("SSL_write", "SSL_write_ex"),
-                    ("SSL_do_handshake", "SSL_connect", "SSL_read", "SSL_read_ex", "SSL_peek",
-                     "SSL_peek_ex", "SSL_shutdown")),
-    "libgnutls.so.30": (("gnutls_record_send",), ("gnutls_handshake", "gnutls_record_recv", "gnutls_bye")),
-}
-LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib", "/lib")
 UNIX_ALLOW = 1
 UNIX_QUIET = 2
 PROTO_TCP = 1
@@ -154,6 +144,7 @@ class Sensor:
             raise ValueError(f"ringbuf_pages must be a power of two, not {ringbuf_pages}")
         self.ngram_n = ngram_n
         self.ringbuf_pages = ringbuf_pages
+        self.tls_libraries: list[TlsLibrary] = []  # probed; each sandbox mounts their copies
         self._bpf: Any = None
         self._tags: dict[int, str] = {}
         self._slots: dict[int, int] = {}  # watched cgroup -> its row of syscall_counts
@@ -218,7 +209,8 @@ class Sensor:
 
     def _start_api(self) -> None:
         """The SK_MSG verdict on every socket that joins `api_socks`, and
-        the uprobes on each TLS library of this machine."""
+        the uprobes on a private copy of each TLS library of this machine,
+        which only the sandboxes map (ebpf.tls_libraries)."""
         from bcc import BPF, BPFAttachType, libbcc
 
         bpf = self._bpf
@@ -228,13 +220,15 @@ class Sensor:
         bpf["tls_calls"]  # BCC makes its Table now, not in the first held call's release (0.15 ms)
         msg = bpf.load_func("api_msg", BPF.SK_MSG)
         BPF.attach_func(msg, libbcc.lib.bpf_table_fd(bpf.module, b"api_socks"), BPFAttachType.SK_MSG_VERDICT)
-        for path, (writes, others) in tls_libraries().items():
-            for sym in writes:
-                bpf.attach_uprobe(name=path, sym=sym, fn_name="tls_write")
-            for sym in others:
-                bpf.attach_uprobe(name=path, sym=sym, fn_name="tls_enter")
-            for sym in writes + others:
-                bpf.attach_uretprobe(name=path, sym=sym, fn_name="tls_leave")
+        self.tls_libraries = private_copies()
+        for library in self.tls_libraries:
+            copy = str(library.copy)
+            for sym in library.writes:
+                bpf.attach_uprobe(name=copy, sym=sym, fn_name="tls_write")
+            for sym in library.others:
+                bpf.attach_uprobe(name=copy, sym=sym, fn_name="tls_enter")
+            for sym in library.writes + library.others:
+                bpf.attach_uretprobe(name=copy, sym=sym, fn_name="tls_leave")
 
     def close(self) -> None:
         with self._hooks_lock:
@@ -646,17 +640,6 @@ class Sensor:
 def _ipv4_mapped(addr: ipaddress.IPv4Address) -> ipaddress.IPv6Address:
     """::ffff:a.b.c.d, the form IPv4 takes in the kernel maps that hold both families."""
     return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + addr.packed)
-
-
-def tls_libraries(dirs: Iterable[str] = LIBRARY_DIRS) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
-    """Each TLS library file of this machine once (/lib may be /usr/lib)."""
-    found: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-    for directory in dirs:
-        for name, funcs in TLS_LIBRARIES.items():
-            path = Path(directory) / name
-            if path.is_file():
-                found.setdefault(str(path.resolve()), funcs)
-    return found
 
 
 def require_root() -> None:

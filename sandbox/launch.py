@@ -14,11 +14,11 @@ import os
 import select
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.files import InputError, cached
 from sandbox.landlock import READ
 
 SOURCE = Path(__file__).with_name("launcher.c")
@@ -51,37 +51,23 @@ def umount(path: Path) -> None:
     _libc.umount2(bytes(path), MNT_DETACH)
 
 
-def _trusted(path: Path) -> bool:
-    """Ours and writable by no one else: root runs it before any confinement."""
-    st = path.lstat()
-    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
-
-
 def launcher_binary(cache: Path = CACHE) -> Path:
     """The compiled launcher for this source, built on first use (about a
     second) and atomically, so concurrent supervisors never run half a file."""
     source = SOURCE.read_bytes()
-    binary = cache / f"bastion-launch-{hashlib.sha256(source).hexdigest()[:12]}"
-    if binary.exists() and _trusted(binary) and _trusted(cache):
-        return binary
-    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not _trusted(cache):
-        raise LaunchError(f"{cache} is writable by others or not ours: the launcher cannot be kept there")
-    compiler = shutil.which("gcc") or shutil.which("cc")
-    if compiler is None:
-        raise LaunchError("gcc is needed to build the sandbox launcher (apt-get install gcc libc6-dev)")
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".build-")
-    os.close(fd)
-    try:
+
+    def build(tmp: str) -> None:
+        compiler = shutil.which("gcc") or shutil.which("cc")
+        if compiler is None:
+            raise LaunchError("gcc is needed to build the sandbox launcher (apt-get install gcc libc6-dev)")
         done = subprocess.run([compiler, "-O2", "-static", "-o", tmp, str(SOURCE)], capture_output=True, text=True)
         if done.returncode != 0:
             raise LaunchError(f"building {SOURCE.name} failed: {done.stderr.strip().splitlines()[-1:]}")
-        os.chmod(tmp, 0o700)
-        os.replace(tmp, binary)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return binary
+
+    try:
+        return cached(cache, f"bastion-launch-{hashlib.sha256(source).hexdigest()[:12]}", build, 0o700)
+    except InputError as exc:
+        raise LaunchError(f"the launcher cannot be kept: {exc}") from None
 
 
 @dataclass
@@ -98,6 +84,7 @@ class Launch:
     env_fd: int
     hostname: str = "bastion"
     cpus: tuple[int, ...] = ()  # the CPUs it may run on; () for any
+    binds: tuple[tuple[Path, Path], ...] = ()  # (copy, file): mounted over the file for the tool
 
     def argv(self, launcher: Path, command: list[str]) -> list[str]:
         """The launcher's command line that confines and then runs command;
@@ -112,6 +99,10 @@ class Launch:
             argv += ["-p", str(procs)]
         for res, value in self.rlimits:
             argv += ["-r", f"{res}:{value}"]
+        for copy, file in self.binds:
+            if ":" in str(copy):
+                raise LaunchError(f"{copy}: a path with ':' cannot be mounted by the launcher")
+            argv += ["-b", f"{copy}:{file}"]
         return [*argv, "--", *command]
 
     @property

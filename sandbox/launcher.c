@@ -21,7 +21,9 @@
  * own parent-death signal, and the tool cannot signal either of them
  * (another pid namespace, another user, Landlock's signal scope).
  *
- * The tool's process mounts a private /proc, and only then enters the
+ * The tool's process mounts each probed copy of a TLS library over the
+ * library (-b), so that the sensor's uprobes trap sandboxed processes only
+ * (ebpf/tls_libraries.py), and a private /proc, and only then enters the
  * sandbox's cgroups: from there on the sensor watches it, and this setup is
  * not mistaken for the tool's. It drops to the policy's user, loses every
  * capability, sets no_new_privs, and applies Landlock and seccomp last, so
@@ -41,7 +43,8 @@
  *
  *   bastion-launch -f CLONE_FLAGS -u UID -g GID -n HOSTNAME -w WORKDIR
  *                  -l RULESET_FD -a PROC_ACCESS -s SECCOMP_FD -e REPORT_FD -v ENV_FD
- *                  [-c CPU,CPU...] [-p CGROUP_PROCS_FILE]... [-r RESOURCE:LIMIT]... -- TOOL ARG...
+ *                  [-c CPU,CPU...] [-p CGROUP_PROCS_FILE]... [-r RESOURCE:LIMIT]...
+ *                  [-b COPY:LIBRARY]... -- TOOL ARG...
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -66,6 +69,7 @@
 
 #define MAX_PROCS 8
 #define MAX_RLIMITS 16
+#define MAX_BINDS 8
 #define MAX_FILTER 4096 /* BPF instructions, the kernel's own limit */
 #define MAX_ENV_BYTES 65536
 #define MAX_ENV 512
@@ -85,6 +89,9 @@ struct launch {
     int rlimit_res[MAX_RLIMITS];
     rlim_t rlimit_val[MAX_RLIMITS];
     int nrlimits;
+    const char *bind_from[MAX_BINDS];
+    const char *bind_to[MAX_BINDS];
+    int nbinds;
     int pinned; /* -c given: run on cpus only */
     cpu_set_t cpus;
 };
@@ -208,10 +215,21 @@ static void load_seccomp(const struct launch *l)
         die("loading the seccomp filter");
 }
 
+/* In this mount namespace only: read-only, as the library is to the tool. */
+static void bind_copies(const struct launch *l)
+{
+    for (int i = 0; i < l->nbinds; i++) {
+        if (mount(l->bind_from[i], l->bind_to[i], NULL, MS_BIND, NULL) ||
+            mount(NULL, l->bind_to[i], NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL))
+            die(l->bind_to[i]);
+    }
+}
+
 static void confine(const struct launch *l)
 {
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
         die("making / private");
+    bind_copies(l);
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
         die("mounting /proc");
     allow_proc(l);
@@ -263,7 +281,7 @@ static int parse(int argc, char **argv, struct launch *l)
 {
     int opt;
     *l = (struct launch){.ruleset_fd = -1, .seccomp_fd = -1, .env_fd = -1, .uid = (uid_t)-1, .gid = (gid_t)-1};
-    while ((opt = getopt(argc, argv, "+f:u:g:n:w:l:a:s:e:v:c:p:r:")) != -1) {
+    while ((opt = getopt(argc, argv, "+f:u:g:n:w:l:a:s:e:v:c:p:r:b:")) != -1) {
         switch (opt) {
         case 'f': l->flags = (int)number(optarg, "-f: not a number"); break;
         case 'u': l->uid = (uid_t)number(optarg, "-u: not a number"); break;
@@ -293,6 +311,15 @@ static int parse(int argc, char **argv, struct launch *l)
             *colon = 0;
             l->rlimit_res[l->nrlimits] = (int)number(optarg, "-r: resource not a number");
             l->rlimit_val[l->nrlimits++] = (rlim_t)number(colon + 1, "-r: limit not a number");
+            break;
+        }
+        case 'b': {
+            char *colon = strchr(optarg, ':');
+            if (!colon || l->nbinds == MAX_BINDS)
+                usage("-b: not COPY:LIBRARY, or too many");
+            *colon = 0;
+            l->bind_from[l->nbinds] = optarg;
+            l->bind_to[l->nbinds++] = colon + 1;
             break;
         }
         default: usage("unknown option");

@@ -263,6 +263,8 @@ class SandboxManager:
                 report_fd=report_w,
                 env_fd=env_fd,
                 cpus=self.cpus,
+                # the TLS probes read requests only for API rules: without any, a sandbox's TLS pays no trap
+                binds=tuple((library.copy, library.path) for library in self.sensor.tls_libraries) if api else (),
             )
             self._active[cg.id] = sb
             made.append(lambda: self._active.pop(cg.id, None))

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from sandbox.egress import compile_api
 from sandbox.limits import v1_mount
 from sandbox.policy import Network, Policy, PolicyError, parse_policy
 from sandbox.result import STOPPED_EXIT
-from tests.apis import LABELS, base, request
+from tests.apis import LABELS, base, ip_port_only, request
 from tests.waiting import until
 
 CURL = Path("/usr/bin/curl")
@@ -132,6 +133,57 @@ def test_gnutls_client_export_is_stopped_and_its_allowed_calls_pass(guarded: Gua
     run = guarded.run([*wget, "--post-data", '{"mrn": "77120934"}', f"{base(records_api, True)}/patients/export"],
                       records_policy, labels=LABELS)
     _assert_stopped(guarded, run, records_api, before + 1, "POST 127.0.0.1/patients/export")
+
+
+# One HTTPS call, then the inode of the libssl this process maps.
+CALL_THEN_MAPPED_LIBSSL = """
+import ssl, sys, urllib.request
+context = ssl.create_default_context(cafile=sys.argv[2])
+urllib.request.urlopen(sys.argv[1], context=context).read()
+print(next(line.split()[4] for line in open("/proc/self/maps") if line.rstrip().endswith("/libssl.so.3")))
+"""
+TLS_PROGRAMS = ("tls_write", "tls_enter", "tls_leave")
+
+
+def test_only_sandboxed_processes_map_the_probed_tls_library(sensor: Sensor, guarded: GuardedSandboxes,
+                                                              records_policy: Policy, records_api: LocalApi) -> None:
+    """A uprobe traps every process that maps the probed file: the host's own
+    TLS clients and servers, and sandboxes without API rules, whose TLS is
+    not read, must not pay for the checks."""
+    from ebpf.program_stats import counting, runs
+
+    (libssl,) = [lib for lib in sensor.tls_libraries if lib.path.name == "libssl.so.3"]
+    url = f"{base(records_api, True)}/records/17"
+    command = ["/usr/bin/python3", "-c", CALL_THEN_MAPPED_LIBSSL, url, str(records_api.ca_file)]
+    with counting():
+        before, _ = runs(sensor.bpf, TLS_PROGRAMS)
+        # this process calls, and the records API in it answers: both unsandboxed
+        urllib.request.urlopen(url, context=ssl.create_default_context(cafile=records_api.ca_file)).read()
+        host, _ = runs(sensor.bpf, TLS_PROGRAMS)
+        unread = guarded.run(command, ip_port_only(records_policy), labels=LABELS)
+        no_rules, _ = runs(sensor.bpf, TLS_PROGRAMS)
+        read = guarded.run(command, records_policy, labels=LABELS)
+        with_rules, _ = runs(sensor.bpf, TLS_PROGRAMS)
+    assert unread.result.exit_status == 0 and read.result.exit_status == 0, (unread.result.stderr, read.result.stderr)
+    assert host - before == 0, "the host's own TLS calls ran the sensor's TLS programs"
+    assert no_rules - host == 0, "a sandbox without API rules ran the sensor's TLS programs"
+    assert with_rules - no_rules > 0, "the TLS call of a sandbox with API rules was not read"
+    assert int(unread.result.stdout) == libssl.path.stat().st_ino
+    assert int(read.result.stdout) == libssl.copy.stat().st_ino != libssl.path.stat().st_ino
+
+
+def test_the_probed_copies_are_kept_only_where_no_one_else_can_write(tmp_path: Path) -> None:
+    """Every sandboxed process runs the copies' code."""
+    from common.files import InputError
+    from ebpf.tls_libraries import private_copies
+
+    copies = tmp_path / "tls"
+    made = private_copies(copies)
+    assert made and all(lib.copy.parent == copies and lib.copy.read_bytes() == lib.path.read_bytes() for lib in made)
+    assert private_copies(copies) == made  # named by content: kept, not made again
+    copies.chmod(0o777)
+    with pytest.raises(InputError, match=f"{copies}: writable by others"):
+        private_copies(copies)
 
 
 # Requests a parser-confusion attack would try; each on a raw socket to the plain port.
