@@ -479,8 +479,7 @@ def _report(args: argparse.Namespace, console: Console, sends: dict[Key, list[fl
                   f"plain {added[False]:+.1f} µs, TLS {added[True]:+.1f} µs (target: at most {TARGET_US}); "
                   f"the kernel's own count of time in the API programs per call: plain "
                   f"{in_programs[False] / args.calls / 1000:.1f} µs, TLS {in_programs[True] / args.calls / 1000:.1f} µs "
-                  "(TLS: the client's and the unwatched server's SSL calls; the uprobe traps themselves are "
-                  "not in it)")
+                  "(the uprobe traps themselves are not in it)")
     for node_cpu in arrangements:
         tail = {tls: _p99_added(trips[(node_cpu, MODES[2], tls)], trips[(node_cpu, MODES[0], tls)], args.calls)
                 for tls in (False, True)}
