@@ -144,7 +144,7 @@ class Sensor:
             raise ValueError(f"ringbuf_pages must be a power of two, not {ringbuf_pages}")
         self.ngram_n = ngram_n
         self.ringbuf_pages = ringbuf_pages
-        self.tls_libraries: list[TlsLibrary] = []  # probed; each sandbox mounts their copies
+        self.tls_libraries: list[TlsLibrary] = []  # probed: a sandbox with API rules mounts their copies
         self._bpf: Any = None
         self._tags: dict[int, str] = {}
         self._slots: dict[int, int] = {}  # watched cgroup -> its row of syscall_counts
@@ -210,7 +210,7 @@ class Sensor:
     def _start_api(self) -> None:
         """The SK_MSG verdict on every socket that joins `api_socks`, and
         the uprobes on a private copy of each TLS library of this machine,
-        which only the sandboxes map (ebpf.tls_libraries)."""
+        which only sandboxes with API rules map (ebpf.tls_libraries)."""
         from bcc import BPF, BPFAttachType, libbcc
 
         bpf = self._bpf

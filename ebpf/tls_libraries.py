@@ -5,8 +5,9 @@ A uprobe traps every process that maps the probed file, sandboxed or not,
 though the program returns at once for the rest: with the probes on the
 host's libssl, an unsandboxed TLS client here paid ~6 µs a request and its
 round trip ~15-20 µs (client and server both trap). So the probes go on a
-copy of each library, and each sandbox mounts the copy over the library's
-path (sandbox/launcher.c): only sandboxed processes map a probed file. A
+copy of each library, and a sandbox whose policy has API rules mounts the
+copy over the library's path (sandbox/launcher.c): only its processes map
+a probed file. A
 copy is named by a hash of its content, so a library upgraded on the host
 gets a fresh copy, probed, when the sensor next starts."""
 
@@ -53,8 +54,8 @@ def tls_libraries(dirs: Iterable[str] = LIBRARY_DIRS) -> dict[str, tuple[tuple[s
 
 
 def private_copies(copies: Path = COPIES, dirs: Iterable[str] = LIBRARY_DIRS) -> list[TlsLibrary]:
-    """Each TLS library with its copy, made where missing. Every sandboxed
-    process runs the copy's code, so the copies are kept where only root
+    """Each TLS library with its copy, made where missing. Sandboxed
+    processes run the copy's code, so the copies are kept where only root
     can write (common.files.cached refuses anything else)."""
     libraries = []
     for path, (writes, others) in tls_libraries(dirs).items():
