@@ -3,10 +3,8 @@ sensor uses, so `bastion doctor` checks features by using them."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ebpf.sensor import BPF_CGROUP_SOCK_OPS, BPF_DIR
-from ebpf.tls_libraries import tls_libraries
+from ebpf.tls_libraries import private_copies
 
 CGROUP_INET4_CONNECT = 10
 
@@ -38,8 +36,8 @@ def attach_cgroup_connect(cgroup_fd: int) -> str:
 
 def attach_api_programs(cgroup_fd: int) -> str:
     """Attach a sock_ops program to a cgroup and an sk_msg program to a
-    sockhash (the plain HTTP checks), and a uprobe to each TLS library's
-    write (the TLS checks)."""
+    sockhash (the plain HTTP checks), and a uprobe to the write of each TLS
+    library's private copy, made as the sensor makes it (the TLS checks)."""
     from bcc import BPF, BPFAttachType, libbcc
 
     bpf = BPF(src_file=str(BPF_DIR / "probe.bpf.c"))
@@ -49,10 +47,12 @@ def attach_api_programs(cgroup_fd: int) -> str:
         BPF.detach_func(ops, cgroup_fd, BPF_CGROUP_SOCK_OPS)
         msg = bpf.load_func("probe_msg", BPF.SK_MSG)
         BPF.attach_func(msg, libbcc.lib.bpf_table_fd(bpf.module, b"probe_socks"), BPFAttachType.SK_MSG_VERDICT)
-        libraries = tls_libraries()
-        for path, (writes, _others) in libraries.items():
-            bpf.attach_uprobe(name=path, sym=writes[0], fn_name="probe_uprobe")
-        names = ", ".join(Path(p).name for p in libraries) or "no TLS library found: TLS calls cannot be read"
-        return f"sock_ops, sk_msg attached; uprobes on {names}"
+        libraries = private_copies()
+        for library in libraries:
+            bpf.attach_uprobe(name=str(library.copy), sym=library.writes[0], fn_name="probe_uprobe")
+        if not libraries:
+            return "sock_ops, sk_msg attached; no TLS library found: TLS calls cannot be read"
+        names = ", ".join(library.path.name for library in libraries)
+        return f"sock_ops, sk_msg attached; uprobes on the copies of {names} in {libraries[0].copy.parent}"
     finally:
         bpf.cleanup()

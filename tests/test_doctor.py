@@ -16,6 +16,7 @@ def test_doctor_reports_every_capability_ok_on_this_machine(kernel: None) -> Non
             "cgroup sock_addr programs", "API call programs", "landlock", "seccomp"} <= rows.keys()
     failed = [r for r in rows.values() if r["required"] and not r["ok"]]
     assert failed == [] and out.returncode == 0, failed
+    assert "copies of libssl.so.3" in rows["API call programs"]["detail"]  # where the sensor's TLS probes go
 
 
 def test_a_failing_check_names_its_fix(monkeypatch) -> None:  # type: ignore[no-untyped-def]
