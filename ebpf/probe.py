@@ -4,7 +4,7 @@ sensor uses, so `bastion doctor` checks features by using them."""
 from __future__ import annotations
 
 from ebpf.sensor import BPF_CGROUP_SOCK_OPS, BPF_DIR
-from ebpf.tls_libraries import private_copies
+from ebpf.tls_libraries import private_copies, where
 
 CGROUP_INET4_CONNECT = 10
 
@@ -49,7 +49,7 @@ def attach_api_programs(cgroup_fd: int) -> str:
         BPF.attach_func(msg, libbcc.lib.bpf_table_fd(bpf.module, b"probe_socks"), BPFAttachType.SK_MSG_VERDICT)
         libraries = private_copies()
         for library in libraries:
-            bpf.attach_uprobe(name=str(library.copy), sym=library.writes[0], fn_name="probe_uprobe")
+            bpf.attach_uprobe(name=str(library.copy), **where(library.writes[0]), fn_name="probe_uprobe")
         if not libraries:
             return "sock_ops, sk_msg attached; no TLS library found: TLS calls cannot be read"
         names = ", ".join(library.path.name for library in libraries)

@@ -17,7 +17,7 @@ from typing import Any
 from ebpf.api import KernelApiDest, host_hash
 from ebpf.events import NR_COUNTED, UNIX_PATH_LEN, WATCH_SLOTS, CgStats, Event, SlotInfo, WatchInfo, cgroup_of, decode
 from ebpf.ring import Ring
-from ebpf.tls_libraries import TlsLibrary, private_copies
+from ebpf.tls_libraries import TlsLibrary, private_copies, where
 
 BPF_DIR = Path(__file__).parent / "bpf"
 # One module: the programs share the watched map, the ring buffer and stats.
@@ -223,12 +223,12 @@ class Sensor:
         self.tls_libraries = private_copies()
         for library in self.tls_libraries:
             copy = str(library.copy)
-            for sym in library.writes:
-                bpf.attach_uprobe(name=copy, sym=sym, fn_name="tls_write")
-            for sym in library.others:
-                bpf.attach_uprobe(name=copy, sym=sym, fn_name="tls_enter")
-            for sym in library.writes + library.others:
-                bpf.attach_uretprobe(name=copy, sym=sym, fn_name="tls_leave")
+            for at in library.writes:
+                bpf.attach_uprobe(name=copy, **where(at), fn_name="tls_write")
+            for at in library.others:
+                bpf.attach_uprobe(name=copy, **where(at), fn_name="tls_enter")
+            for at in library.writes + library.others:
+                bpf.attach_uretprobe(name=copy, **where(at), fn_name="tls_leave")
 
     def close(self) -> None:
         with self._hooks_lock:
