@@ -7,9 +7,9 @@ host's libssl, an unsandboxed TLS client here paid ~6 µs a request and its
 round trip ~15-20 µs (client and server both trap). So the probes go on a
 copy of each library, and a sandbox whose policy has API rules mounts the
 copy over the library's path (sandbox/launcher.c): only its processes map
-a probed file. A
-copy is named by a hash of its content, so a library upgraded on the host
-gets a fresh copy, probed, when the sensor next starts.
+a probed file. A copy is named by a hash of its content, so a library
+upgraded on the host gets a fresh copy, probed, when the sensor next
+starts.
 
 Where a probe sits matters as much. The kernel emulates some instructions
 at a probe (a push, a call) and single-steps the rest out of line: here a
@@ -123,7 +123,7 @@ def _internal(path: Path, wrappers: dict[str, tuple[str, ...]]) -> dict[str, int
 
     found: dict[str, int] = {}
     for wrapper, callers in wrappers.items():
-        head = code(address.get(wrapper, 0), 9)
+        head = code(address[wrapper], 9) if wrapper in address else b""
         if len(head) < 9 or head[:3] != b"\x48\x83\xec" or head[4] != 0xE8:
             continue
         inner = address[wrapper] + 9 + int.from_bytes(head[5:9], "little", signed=True)
