@@ -24,7 +24,6 @@ ones."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -82,10 +81,11 @@ def private_copies(copies: Path = COPIES, dirs: Iterable[str] = LIBRARY_DIRS) ->
     libraries = []
     for path, name in tls_libraries(dirs).items():
         original = Path(path)
-        digest = hashlib.sha256(original.read_bytes()).hexdigest()[:16]
-        copy = cached(copies, f"{digest}-{original.name}", lambda tmp: shutil.copyfile(original, tmp), 0o644)
+        image = original.read_bytes()  # once: hashed, copied and read for the probes' places alike
+        digest = hashlib.sha256(image).hexdigest()[:16]
+        copy = cached(copies, f"{digest}-{original.name}", lambda tmp: Path(tmp).write_bytes(image), 0o644)
         writes, others = TLS_LIBRARIES[name]
-        inner = _internal(copy, WRAPPERS.get(name, {}))
+        inner = _internal(copy, image, WRAPPERS.get(name, {}))
         libraries.append(TlsLibrary(original, copy, _through(writes, inner), _through(others, inner)))
     return libraries
 
@@ -96,18 +96,20 @@ def _through(funcs: Sequence[str], inner: dict[str, int]) -> tuple[Probe, ...]:
     return tuple(dict.fromkeys(inner.get(f, f) for f in funcs))
 
 
-def _internal(path: Path, wrappers: dict[str, tuple[str, ...]]) -> dict[str, int]:
+def _internal(path: Path, image: bytes, wrappers: dict[str, tuple[str, ...]]) -> dict[str, int]:
     """Each public function, wrapper or caller, whose internal function was
-    found: a wrapper `sub $n,%rsp; call F` whose F begins with a push and is
-    called near the start of each listed caller. A wrapper not so found, and
-    its callers, stay probed where they are."""
+    found in the library at path (its content: image): a wrapper
+    `sub $n,%rsp; call F` whose F begins with a push and is called near the
+    start of each listed caller. A wrapper not so found, and its callers,
+    stay probed where they are."""
     from bcc import BPF
 
     if not wrappers:
         return {}
-    image = path.read_bytes()
     segments = _load_segments(image)
-    address = {name.decode(): int(a) for name, a in BPF.get_user_functions_and_addresses(str(path), "^SSL_")}
+    names = sorted({*wrappers, *(c for callers in wrappers.values() for c in callers)})
+    address = {name.decode(): int(a)
+               for name, a in BPF.get_user_functions_and_addresses(str(path), f"^({'|'.join(names)})$")}
 
     def code(vaddr: int, n: int) -> bytes:
         """Up to n bytes from vaddr, within its segment."""
