@@ -172,20 +172,6 @@ def test_only_sandboxed_processes_map_the_probed_tls_library(sensor: Sensor, gua
     assert int(read.result.stdout) == libssl.copy.stat().st_ino != libssl.path.stat().st_ino
 
 
-def test_the_probed_copies_are_kept_only_where_no_one_else_can_write(tmp_path: Path) -> None:
-    """Every sandboxed process runs the copies' code."""
-    from common.files import InputError
-    from ebpf.tls_libraries import private_copies
-
-    copies = tmp_path / "tls"
-    made = private_copies(copies)
-    assert made and all(lib.copy.parent == copies and lib.copy.read_bytes() == lib.path.read_bytes() for lib in made)
-    assert private_copies(copies) == made  # named by content: kept, not made again
-    copies.chmod(0o777)
-    with pytest.raises(InputError, match=f"{copies}: writable by others"):
-        private_copies(copies)
-
-
 # Requests a parser-confusion attack would try; each on a raw socket to the plain port.
 HOSTILE_REQUESTS = {
     "dot segments": b"GET /records/../patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",

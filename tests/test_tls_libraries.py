@@ -1,7 +1,8 @@
-"""Where the sensor's TLS probes go in a library: on the internal function a
-public wrapper calls, where the kernel emulates its first instruction (a
-push), and on the public functions otherwise. Checked on small libraries of
-the two shapes, built here."""
+"""The TLS libraries the sensor probes: their private copies, kept only
+where no one else can write, and where in a library the probes go: on the
+internal function a public wrapper calls, where the kernel emulates its
+first instruction (a push), and on the public functions otherwise, checked
+on small libraries of the two shapes, built here."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from common.files import InputError
 from ebpf.tls_libraries import private_copies
 
 # SSL_write_ex is `sub $8,%rsp; call W`, and SSL_write calls W too.
@@ -66,3 +68,14 @@ def test_a_wrapper_of_another_shape_leaves_the_probes_on_the_public_functions(tm
     lib = _library(tmp_path, "mov %rdi,%rax", "nop")  # no push first: the kernel would single-step it anyway
     (library,) = private_copies(tmp_path / "tls", [str(lib)])
     assert library.writes == ("SSL_write", "SSL_write_ex")
+
+
+def test_the_probed_copies_are_kept_only_where_no_one_else_can_write(tmp_path: Path) -> None:
+    """Every sandboxed process runs the copies' code."""
+    copies = tmp_path / "tls"
+    made = private_copies(copies)
+    assert made and all(lib.copy.parent == copies and lib.copy.read_bytes() == lib.path.read_bytes() for lib in made)
+    assert private_copies(copies) == made  # named by content: kept, not made again
+    copies.chmod(0o777)
+    with pytest.raises(InputError, match=f"{copies}: writable by others"):
+        private_copies(copies)
