@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
-from bastion.guarded import GuardedSandboxes, record_runs
+from bastion.guarded import GuardedSandboxes, Recording, record_runs
 from bastion.local_api import LocalApi
 from common.verdicts import Verdict
 from ebpf.api import OVER_BUDGET
@@ -26,17 +27,25 @@ from guard.training import Settings, train
 from sandbox.policy import Policy
 from tests.apis import LABELS, base, http_request_command, request
 
+URETPROBE_SYSCALL = 335  # x86-64, since Linux 6.11
+
 
 @pytest.fixture(scope="module")
-def learned(sensor: Sensor, records_policy: Policy, records_api: LocalApi, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[GuardedSandboxes]:
-    """Sandboxes held to a profile that saw the clinic read records and post
-    notes, over both transports, and nothing else."""
+def recorded(sensor: Sensor, records_policy: Policy, records_api: LocalApi) -> list[Recording]:
+    """The clinic reading records and posting notes, over both transports."""
     calls = [("GET", f"/records/{n}", None) for n in (3, 17, 250)] + [("POST", "/notes", {"text": "ok"})]
     commands = [http_request_command(m, f"{base(records_api, tls)}{path}", b) for tls in (False, True)
                 for m, path, b in calls] * 2
     runs = record_runs(sensor, commands, records_policy)
     assert all(r.result.exit_status == 0 for r in runs), [r.result.stderr for r in runs]
+    return runs
+
+
+@pytest.fixture(scope="module")
+def learned(sensor: Sensor, recorded: list[Recording], tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[GuardedSandboxes]:
+    """Sandboxes held to a profile that saw the clinic's recorded runs, and nothing else."""
+    runs = recorded
     behaviour = Behaviour()
     for r in runs:
         behaviour.update(r.behaviour())
@@ -48,6 +57,18 @@ def learned(sensor: Sensor, records_policy: Policy, records_api: LocalApi, tmp_p
     with GuardedSandboxes(sensor, log, [profile]) as g:
         yield g
     log.close()
+
+
+def test_a_tls_clients_trace_holds_its_own_syscalls_not_the_sensors_probes(sensor: Sensor,
+                                                                           recorded: list[Recording]) -> None:
+    """Each TLS call returns through the sensor's uretprobes, which enter the
+    kernel by a syscall of their own. Learned into the profile, it would make
+    the same tool novel under a policy without API rules (no probes)."""
+    tls = [r for r in recorded if r.result.api_calls and all(c.tls for c in r.result.api_calls)]
+    assert len(tls) == 8, [r.result.api_calls for r in recorded]
+    syscalls = np.concatenate([t.syscalls for r in tls for t in r.traces(sensor.ngram_n)])
+    assert len(syscalls) > 1000
+    assert URETPROBE_SYSCALL not in syscalls
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,13 @@ static __always_inline struct slot_info *marked_cgroup(u32 pid, u16 *hint, u32 *
     return slots.lookup(slot);
 }
 
+/* A uretprobe's return trampoline enters the kernel by this syscall (x86-64,
+ * since 6.11): on a TLS call it is the sensor's own probe, not the tool's,
+ * so it would make the profile depend on whether the sandbox has API rules.
+ * Called from anywhere else it kills the caller (SIGILL). The headers here
+ * may predate it. */
+#define NR_URETPROBE 335
+
 RAW_TRACEPOINT_PROBE(sys_enter)
 {
     u32 pid = bpf_get_current_pid_tgid() >> 32;
@@ -88,6 +95,8 @@ RAW_TRACEPOINT_PROBE(sys_enter)
             exec_syscall((struct pt_regs *)ctx->args[0], nr);
         return 0;
     }
+    if (nr == NR_URETPROBE)
+        return 0;
     u32 slot;
     u64 cg;
     struct slot_info *s = marked_cgroup(pid, hint, &slot, &cg);
