@@ -21,8 +21,13 @@ from agents.decoding import Decoder
 from agents.pointer import POINTER_FILE, Pointer
 from agents.prompt import json_schema, request_of, same_call
 
-# small on purpose: what travels each round is this adapter, about 1% of the model
-LORA = LoraConfig(r=3, lora_alpha=12, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+
+def lora() -> LoraConfig:
+    """Small on purpose: what travels each round is this adapter, about 1% of
+    the model. A config of its own for each model: peft writes the base
+    model's path into the config it is given, and warns when a later model
+    renames it."""
+    return LoraConfig(r=3, lora_alpha=12, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
 
 
 POINTER = "pointer."  # the pointer's arrays travel beside the adapter's under this prefix
@@ -35,7 +40,7 @@ def load(base: Path) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     torch.manual_seed(0)
     base_model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
     with peft_quietly():
-        model = get_peft_model(base_model, LORA)
+        model = get_peft_model(base_model, lora())
     model.pointer = Pointer.load(base, base_model.config.hidden_size)
     return model, AutoTokenizer.from_pretrained(base)
 

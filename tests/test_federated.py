@@ -3,11 +3,13 @@ private aggregation, and a Flower simulation run with one poisoned site."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -61,6 +63,20 @@ def test_robust_aggregation_resists_one_outlier_and_dp_clips() -> None:
     noisy = Privacy(clip_norm=1.0, noise_multiplier=1.0).noise(OrderedDict([("w", np.zeros(1000))]), 5,
                                                                 np.random.default_rng(0))
     assert 0.1 < np.std(noisy["w"]) < 0.3  # sigma * C / n = 0.2
+
+
+def test_base_models_loaded_one_after_another_warn_of_nothing(base: Path, tmp_path: Path) -> None:
+    """A site's trainer keeps running while its base model moves or changes:
+    each load gets a LoRA config of its own, so peft has no earlier path to
+    warn that it renamed."""
+    moved = tmp_path / "tool-caller"
+    shutil.copytree(base, moved)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, _ = task.load(base)
+        second, _ = task.load(moved)
+    assert [str(w.message) for w in caught if "peft" in w.filename] == []
+    assert [m.peft_config["default"].base_model_name_or_path for m in (first, second)] == [str(base), str(moved)]
 
 
 def test_only_adapter_arrays_and_numbers_leave_a_site(base: Path, tmp_path: Path,
