@@ -25,6 +25,10 @@ def simulate(base_model: Path, n_sites: int, rounds: int, out: Path, **options: 
     path = out / "settings.json"
     path.write_text(json.dumps(settings))
     os.environ["BASTION_FL_SETTINGS"] = str(path)
+    # The clients never use an accelerator: take Ray's coming default (leave
+    # the visible-devices variables alone at num_gpus=0) rather than have it
+    # print a FutureWarning about the change to every user.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n_sites,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": 2, "include_dashboard": False}})

@@ -152,8 +152,11 @@ def test_a_sites_trainer_does_the_clientapps_work_and_refuses_bad_requests_in_on
 
 def test_simulation_with_a_poisoned_site_still_improves(base: Path, tmp_path: Path) -> None:
     out = tmp_path / "fl"
-    report = simulate(base, 3, 2, out, poisoned=[2], **{"local-steps": 15, "lr": 0.01, "max-update-norm": 5.0,
-                                                          "aggregation": "median"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = simulate(base, 3, 2, out, poisoned=[2], **{"local-steps": 15, "lr": 0.01, "max-update-norm": 5.0,
+                                                              "aggregation": "median"})
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
     assert {r["site"] for r in report["rejections"]} == {"clinic"}
     assert all("update norm" in r["reason"] for r in report["rejections"])
     assert (out / "adapter" / "adapter_model.safetensors").exists()
