@@ -1,8 +1,9 @@
 """The TLS libraries the sensor probes: their private copies, kept only
 where no one else can write, and where in a library the probes go: on the
-internal function a public wrapper calls, where the kernel emulates its
-first instruction (a push), and on the public functions otherwise, checked
-on small libraries of the two shapes, built here."""
+internal function a public wrapper calls, or on the public function another
+one only jumps to, where the kernel emulates its first instruction (a
+push), and on the public functions otherwise, checked on small libraries
+of each shape, built here."""
 
 from __future__ import annotations
 
@@ -41,21 +42,45 @@ internal_write:
 """
 
 
-def _library(tmp_path: Path, first: str, last: str) -> Path:
+# gnutls_record_send zeroes two arguments and jumps through the PLT.
+FORWARD = """
+    .text
+    .globl gnutls_record_send
+    .type gnutls_record_send,@function
+gnutls_record_send:
+    xor %r8d,%r8d
+    xor %ecx,%ecx
+    jmp {target}@PLT
+    .globl gnutls_record_send2
+    .type gnutls_record_send2,@function
+gnutls_record_send2:
+    push %rbx
+    mov $1,%eax
+    pop %rbx
+    ret
+    .globl gnutls_record_send_range
+    .type gnutls_record_send_range,@function
+gnutls_record_send_range:
+    push %rbx
+    pop %rbx
+    ret
+"""
+
+
+def _library(tmp_path: Path, name: str, source: str) -> Path:
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("gcc is not installed")
     lib = tmp_path / "lib"
     lib.mkdir()
-    source = tmp_path / "ssl.s"
-    source.write_text(SHAPE.format(first=first, last=last))
-    subprocess.run([gcc, "-shared", "-nostdlib", "-o", str(lib / "libssl.so.3"), str(source)], check=True)
+    (tmp_path / "lib.s").write_text(source)
+    subprocess.run([gcc, "-shared", "-nostdlib", "-o", str(lib / name), str(tmp_path / "lib.s")], check=True)
     return lib
 
 
 def test_a_wrapper_of_an_internal_function_that_begins_with_a_push_is_probed_there(tmp_path: Path) -> None:
     pytest.importorskip("bcc")
-    lib = _library(tmp_path, "push %r14", "pop %r14")
+    lib = _library(tmp_path, "libssl.so.3", SHAPE.format(first="push %r14", last="pop %r14"))
     (library,) = private_copies(tmp_path / "tls", [str(lib)])
     (inner,) = library.writes  # SSL_write and SSL_write_ex: one probe, on the function both call
     assert isinstance(inner, int)
@@ -65,9 +90,23 @@ def test_a_wrapper_of_an_internal_function_that_begins_with_a_push_is_probed_the
 
 def test_a_wrapper_of_another_shape_leaves_the_probes_on_the_public_functions(tmp_path: Path) -> None:
     pytest.importorskip("bcc")
-    lib = _library(tmp_path, "mov %rdi,%rax", "nop")  # no push first: the kernel would single-step it anyway
+    # no push first: the kernel would single-step it anyway
+    lib = _library(tmp_path, "libssl.so.3", SHAPE.format(first="mov %rdi,%rax", last="nop"))
     (library,) = private_copies(tmp_path / "tls", [str(lib)])
     assert library.writes == ("SSL_write", "SSL_write_ex")
+
+
+@pytest.mark.parametrize(("target", "probed"), [("gnutls_record_send2", "gnutls_record_send2"),
+                                               ("gnutls_record_send_range", "gnutls_record_send")])
+def test_a_function_that_only_jumps_to_another_is_probed_there_if_its_slot_names_that_one(
+        tmp_path: Path, target: str, probed: str) -> None:
+    """Calls to gnutls_record_send reach gnutls_record_send2, whose probe
+    then reads them too; a jump that lands elsewhere leaves the probe where
+    it was."""
+    pytest.importorskip("bcc")
+    lib = _library(tmp_path, "libgnutls.so.30", FORWARD.format(target=target))
+    (library,) = private_copies(tmp_path / "tls", [str(lib)])
+    assert library.writes == (probed,)
 
 
 def test_the_probed_copies_are_kept_only_where_no_one_else_can_write(tmp_path: Path) -> None:
