@@ -45,11 +45,10 @@ def recorded(sensor: Sensor, records_policy: Policy, records_api: LocalApi) -> l
 def learned(sensor: Sensor, recorded: list[Recording], tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[GuardedSandboxes]:
     """Sandboxes held to a profile that saw the clinic's recorded runs, and nothing else."""
-    runs = recorded
     behaviour = Behaviour()
-    for r in runs:
+    for r in recorded:
         behaviour.update(r.behaviour())
-    profile = train([t for r in runs for t in r.traces(sensor.ngram_n)], behaviour, "clinic",
+    profile = train([t for r in recorded for t in r.traces(sensor.ngram_n)], behaviour, "clinic",
                     Settings(sequence=False))
     assert set(profile.meta.endpoints) == {"GET 127.0.0.1 /records/{}", "POST 127.0.0.1 /notes"}
     assert profile.meta.endpoint_calls == dict.fromkeys(profile.meta.endpoints, 1)  # one call a run
