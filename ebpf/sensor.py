@@ -584,15 +584,10 @@ class Sensor:
     def clear_egress(self, cgroup_id: int) -> None:
         table = self.bpf["egress_rules"]
         mine = cgroup_id.to_bytes(8, "little")
-        for key in [k for k in table.keys() if bytes(k.cgroup) == mine]:
-            del table[key]
-        for name in ("api_peers", "api_hosts", "api_dests", "api_learned", "api_known", "api_made"):
-            api = self.bpf[name]
-            for key in [k for k in api.keys() if k.cgroup_id == cgroup_id]:
-                del api[key]
-        unix = self.bpf["unix_allow"]
-        for key in [k for k in unix.keys() if k.cgroup_id == cgroup_id]:
-            del unix[key]
+        _delete(table, [k for k in table.keys() if bytes(k.cgroup) == mine])
+        for name in ("api_peers", "api_hosts", "api_dests", "api_learned", "api_known", "api_made", "unix_allow"):
+            table = self.bpf[name]
+            _delete(table, [k for k in table.keys() if k.cgroup_id == cgroup_id])
 
     def set_unix_sockets(self, cgroup_id: int, allowed: Iterable[str], quiet: Iterable[str] = ()) -> None:
         """The unix socket paths the cgroup may connect or send to; `quiet`
@@ -635,6 +630,17 @@ class Sensor:
             val_arr = (known.Leaf * len(wanted))(*([1] * len(wanted)))
             known.items_update_batch(key_arr, val_arr)
         return len(wanted)
+
+
+def _delete(table: Any, keys: list[Any]) -> None:
+    """Delete these keys of a map. A walk of a map starts over when the key
+    it stands on goes (another sandbox clearing its own at the same time),
+    so it may have listed a key twice."""
+    for key in keys:
+        try:
+            del table[key]
+        except KeyError:
+            pass
 
 
 def _ipv4_mapped(addr: ipaddress.IPv4Address) -> ipaddress.IPv6Address:

@@ -363,3 +363,27 @@ def test_allowed_api_calls_come_on_a_ring_of_their_own(sensor: Sensor, cgroup: C
     assert [(e.pid, e.kind, e.method, e.path, e.ret) for e in calls] == [(tool.pid, EventKind.API, "GET", "/records/17", 0)] * 20
     assert [e.ts_ns for e in calls] == sorted(e.ts_ns for e in calls)
     assert stats.lost == 0 and stats.events == len(mine) + len(calls)
+
+
+def test_sandboxes_that_end_at_once_each_clear_their_own_rules(sensor: Sensor, records_policy: Policy) -> None:
+    """Sandboxes that end at the same moment clear their rules from the same
+    maps at once. A walk of a map starts over when the key it stands on is
+    deleted, so it may list a key twice: each sandbox's keys go, without
+    error, and another sandbox's stay."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert isinstance(records_policy.network, Network)
+    rules, dests = compile_rules(records_policy.network), compile_api(records_policy.network)
+    ending, staying = [2**62 + i for i in range(2)], 2**62 + 2  # ids no cgroup has
+    endpoints = dict.fromkeys(range(1, 2000), 0)
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(10):
+            for cgroup_id in (*ending, staying):
+                sensor.set_egress(cgroup_id, rules)
+                sensor.set_api(cgroup_id, dests)
+                sensor.learn_endpoints(cgroup_id, dests[0].id, endpoints)
+            for done in [pool.submit(sensor.clear_egress, cgroup_id) for cgroup_id in ending]:
+                done.result()
+            left = Counter(k.cgroup_id for k in sensor.bpf["api_known"].keys())
+            assert left == {staying: len(endpoints)}
+    sensor.clear_egress(staying)
