@@ -5,6 +5,9 @@ alert names the step, method and path, and the audit log holds the call."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import dataclasses
 import ipaddress
 import json
 import os
@@ -36,7 +39,7 @@ from sandbox.egress import compile_api
 from sandbox.limits import v1_mount
 from sandbox.policy import Network, Policy, PolicyError, parse_policy
 from sandbox.result import STOPPED_EXIT
-from tests.apis import LABELS, base, ip_port_only, request
+from tests.apis import LABELS, api_policy, base, ip_port_only, request
 from tests.waiting import until
 
 CURL = Path("/usr/bin/curl")
@@ -217,6 +220,89 @@ def test_a_tls_client_bastion_cannot_read_is_stopped(guarded: GuardedSandboxes, 
     before = len(records_api.received)
     run = guarded.run(["/usr/bin/python3", "-c", TLS_OF_ITS_OWN, str(records_api.tls_port)], records_policy, labels=LABELS)
     _assert_stopped(guarded, run, records_api, before, "TLS bytes that no readable, allowed request wrote")
+
+
+# Two keep-alive calls over one TLS connection.
+TWO_TLS_CALLS = """
+import http.client, ssl, sys
+connection = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[1]),
+                                         context=ssl.create_default_context(cafile=sys.argv[2]))
+for _ in range(2):
+    connection.request("GET", "/records/17")
+    print(connection.getresponse().read().decode())
+"""
+REPLY = b'{"id": 17, "allergies": ["penicillin"]}'
+HANDSHAKE, CLIENT_HELLO, KEY_UPDATE = 22, 1, 24  # a record's content type; two handshake messages' types
+
+
+def _ssl_of(sock: ssl.SSLSocket) -> ctypes.c_void_p:
+    """The SSL* under a Python TLS socket: CPython 3.11's PySSLSocket keeps
+    it after its object header and its socket's weak reference."""
+    return ctypes.c_void_p.from_address(id(sock._sslobj) + 24)  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _server_that_asks(records_api: LocalApi, what: str) -> Iterator[tuple[int, list[int]]]:
+    """A TLS server for one connection that, after the first request, asks
+    the client for a renegotiation (TLS 1.2), which it answers inside its
+    read, or for a key update (TLS 1.3), answered at its next write. Yields
+    its port and the handshake messages the client sends after the ask."""
+    libssl = ctypes.CDLL("libssl.so.3")  # the library this process's ssl module maps
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(records_api.ca_file.parent / "server.pem", records_api.ca_file.parent / "server.key")
+    if what == "renegotiation":
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    answers: list[int] = []
+    asked = threading.Event()
+
+    def heard(_tls: object, direction: str, _version: object, content: int, message: int, _data: bytes) -> None:
+        if asked.is_set() and direction == "read" and content == HANDSHAKE:
+            answers.append(message)
+
+    context._msg_callback = heard  # type: ignore[attr-defined]
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True) as tls:
+            for call in range(2):
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += tls.recv(4096)
+                if call == 0:
+                    asked.set()
+                    if what == "renegotiation":  # sent with the answer; what the client does, the test asserts
+                        libssl.SSL_renegotiate(_ssl_of(tls))
+                        libssl.SSL_do_handshake(_ssl_of(tls))
+                    else:
+                        libssl.SSL_key_update(_ssl_of(tls), 1)  # SSL_KEY_UPDATE_REQUESTED
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(REPLY), REPLY))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], answers
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("what, answer", [("renegotiation", CLIENT_HELLO), ("key update", KEY_UPDATE)],
+                         ids=["renegotiation", "key update"])
+def test_what_a_tls_server_asks_for_is_answered_and_the_calls_pass(guarded: GuardedSandboxes, records_api: LocalApi,
+                                                                  what: str, answer: int) -> None:
+    """The client's library sends records of its own that no request wrote:
+    a renegotiation's handshake from inside its read, a key update before
+    its next request. They pass, and the calls with them."""
+    with _server_that_asks(records_api, what) as (port, answers):
+        policy = api_policy(dataclasses.replace(records_api, tls_port=port, received=[]))
+        run = guarded.run(["/usr/bin/python3", "-c", TWO_TLS_CALLS, str(port), str(records_api.ca_file)], policy,
+                          labels=LABELS)
+    assert run.result.exit_status == 0, run.result.stderr
+    assert run.result.stdout.count("penicillin") == 2
+    assert not run.alerts and not run.result.denials
+    assert [(c.method, c.path, c.tls, c.allowed) for c in run.result.api_calls] == [("GET", "/records/17", True, True)] * 2
+    assert answer in answers, answers
 
 
 @pytest.mark.parametrize("entry, field", [

@@ -2,8 +2,10 @@
 where no one else can write, and where in a library the probes go: on the
 internal function a public wrapper calls, or on the public function another
 one only jumps to, where the kernel emulates its first instruction (a
-push), and on the public functions otherwise, checked on small libraries
-of each shape, built here."""
+push), and on the public functions otherwise; and libssl's own records
+let out from the functions that send them, found through its method
+table, not from its reads: checked on small libraries of each shape,
+built here."""
 
 from __future__ import annotations
 
@@ -67,6 +69,45 @@ gnutls_record_send_range:
 """
 
 
+# TLS_method returns OpenSSL 3.0's SSL_METHOD: ssl_accept and ssl_connect
+# pick a side and jump to the state machine, ssl_dispatch_alert sends alerts.
+METHOD_TABLE = """
+    .text
+    .globl TLS_method
+    .type TLS_method,@function
+TLS_method:
+    lea table(%rip),%rax
+    ret
+accept:
+    mov $1,%esi
+    jmp {accept_to}
+connect:
+    xor %esi,%esi
+    jmp machine
+    .skip 256
+machine:
+    push %r15
+    pop %r15
+    ret
+other_machine:
+    push %r15
+    pop %r15
+    ret
+dispatch_alert:
+    push %r12
+    mov $0x15,%esi
+    pop %r12
+    ret
+    .section .data.rel.ro
+table:
+    .skip 40
+    .quad accept, connect
+    .skip 64
+    .quad dispatch_alert
+    .skip 104
+"""
+
+
 def _library(tmp_path: Path, name: str, source: str) -> Path:
     gcc = shutil.which("gcc")
     if gcc is None:
@@ -84,8 +125,7 @@ def test_a_wrapper_of_an_internal_function_that_begins_with_a_push_is_probed_the
     (library,) = private_copies(tmp_path / "tls", [str(lib)])
     (inner,) = library.writes  # SSL_write and SSL_write_ex: one probe, on the function both call
     assert isinstance(inner, int)
-    out = subprocess.run(["nm", str(library.copy)], capture_output=True, text=True, check=True).stdout
-    assert int(next(line.split()[0] for line in out.splitlines() if line.endswith(" internal_write")), 16) == inner
+    assert _symbols(library.copy)["internal_write"] == inner
 
 
 def test_a_wrapper_of_another_shape_leaves_the_probes_on_the_public_functions(tmp_path: Path) -> None:
@@ -107,6 +147,29 @@ def test_a_function_that_only_jumps_to_another_is_probed_there_if_its_slot_names
     lib = _library(tmp_path, "libgnutls.so.30", FORWARD.format(target=target))
     (library,) = private_copies(tmp_path / "tls", [str(lib)])
     assert library.writes == (probed,)
+
+
+def _symbols(library: Path) -> dict[str, int]:
+    out = subprocess.run(["nm", str(library)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[2]: int(line.split()[0], 16) for line in out.splitlines() if len(line.split()) == 3}
+
+
+def test_libssls_own_records_are_let_out_from_its_state_machine_and_alerts_not_its_reads(tmp_path: Path) -> None:
+    """The probes that let a library's own records out trap only when it
+    has a handshake or an alert to send, not on every read."""
+    pytest.importorskip("bcc")
+    lib = _library(tmp_path, "libssl.so.3", METHOD_TABLE.format(accept_to="machine"))
+    (library,) = private_copies(tmp_path / "tls", [str(lib)])
+    symbols = _symbols(library.copy)
+    assert library.others == (symbols["machine"], symbols["dispatch_alert"])
+
+
+def test_a_method_table_of_another_shape_leaves_the_reads_probed(tmp_path: Path) -> None:
+    pytest.importorskip("bcc")
+    # accept and connect that go to different places: not OpenSSL 3.0's state machine
+    lib = _library(tmp_path, "libssl.so.3", METHOD_TABLE.format(accept_to="other_machine"))
+    (library,) = private_copies(tmp_path / "tls", [str(lib)])
+    assert "SSL_read" in library.others and "SSL_do_handshake" in library.others
 
 
 def test_the_probed_copies_are_kept_only_where_no_one_else_can_write(tmp_path: Path) -> None:

@@ -56,12 +56,13 @@ BPF_PROG_ARRAY(api_progs, 2);  /* SK_MSG: api_http, api_http_headers */
 BPF_PROG_ARRAY(tls_progs, 1);  /* uprobes: tls_headers */
 
 /* Per thread while it runs a watched TLS library function: how deep, and
- * for which destination its current write was allowed (0: handshake, read
- * or shutdown, which carry no request). */
+ * for which destination its write was allowed. A function that writes the
+ * library's own records (handshake, alert) may run inside a write: the
+ * write's depth is kept, so that its destination still holds after. */
 struct tls_call {
     u32 depth;
     u32 dest;
-    u32 writing;
+    u32 writing;               /* the write's depth (0: no write, only records of the library's own) */
     u32 held;                  /* stopped until the guard releases it: nothing passes */
 };
 BPF_TABLE("lru_hash", u32, struct tls_call, tls_calls, 16384);
@@ -602,8 +603,8 @@ int api_msg(struct sk_msg_md *msg)
     return SK_DROP;
 }
 
-/* TLS library functions that write no request: the handshake, reads and
- * shutdown may send records of their own. */
+/* TLS library functions that write no request but may send records of the
+ * library's own (ebpf/tls_libraries.py): the handshake, alerts. */
 int tls_enter(struct pt_regs *ctx)
 {
     u64 cg;
@@ -627,8 +628,9 @@ int tls_leave(struct pt_regs *ctx)
     if (!call)
         return 0;
     if (call->depth > 1) {
+        if (call->writing == call->depth)
+            call->writing = 0;
         call->depth--;
-        call->writing = 0;
     } else {
         tls_calls.delete(&tid);
     }
@@ -659,7 +661,8 @@ int tls_write(struct pt_regs *ctx)
         /* the body of an allowed request */
         owed->left -= size;
         struct tls_call *call = tls_calls.lookup(&tid);
-        struct tls_call fresh = {.depth = call ? call->depth + 1 : 1, .writing = 1, .dest = owed->dest};
+        u32 depth = call ? call->depth + 1 : 1;
+        struct tls_call fresh = {.depth = depth, .writing = depth, .dest = owed->dest};
         tls_calls.update(&tid, &fresh);
         return 0;
     }
@@ -697,7 +700,7 @@ int tls_headers(struct pt_regs *ctx)
     struct api_host_key hk = {.cgroup_id = cg, .host = r->host, .port = r->host_port ? r->host_port : 443};
     u32 *dest_id = r->unreadable ? NULL : api_hosts.lookup(&hk);
     struct api_dest *d = dest_id ? dest_by_id(cg, *dest_id) : NULL;
-    struct tls_call fresh = {.depth = 1, .writing = 1};
+    struct tls_call fresh = {.depth = 1};
     /* A request to a host without API rules, or one that cannot be read,
      * goes on with no destination: the SK_MSG program lets its records out
      * only on sockets without API rules. */
@@ -719,6 +722,7 @@ int tls_headers(struct pt_regs *ctx)
     struct tls_call *call = tls_calls.lookup(&tid);
     if (call)
         fresh.depth = call->depth + 1;
+    fresh.writing = fresh.depth;
     tls_calls.update(&tid, &fresh);
     return 0;
 }
