@@ -553,20 +553,23 @@ class Sensor:
     def allow_endpoint(self, cgroup_id: int, dest_id: int, endpoint: int, budget: int = 0) -> None:
         """Calls to the endpoint pass in the kernel; past `budget` of them in
         this run (0: no budget), each still passes, and the guard hears of it."""
-        known = self.bpf["api_known"]
-        key = known.Key()
-        key.cgroup_id, key.dest, key.endpoint = cgroup_id, dest_id, endpoint
+        known, key = self._by_endpoint("api_known", cgroup_id, dest_id, endpoint)
         known[key] = ct.c_uint32(budget)
 
     def calls_made(self, cgroup_id: int, dest_id: int, endpoint: int) -> int:
         """The calls to a budgeted endpoint in this run so far, the kernel's count."""
-        made = self.bpf["api_made"]
-        key = made.Key()
-        key.cgroup_id, key.dest, key.endpoint = cgroup_id, dest_id, endpoint
+        made, key = self._by_endpoint("api_made", cgroup_id, dest_id, endpoint)
         try:
             return int(made[key].value)
         except KeyError:
             return 0
+
+    def _by_endpoint(self, name: str, cgroup_id: int, dest_id: int, endpoint: int) -> tuple[Any, Any]:
+        """A map keyed by endpoint (api_known, api_made), and this endpoint's key in it."""
+        table = self.bpf[name]
+        key = table.Key()
+        key.cgroup_id, key.dest, key.endpoint = cgroup_id, dest_id, endpoint
+        return table, key
 
     def release_thread(self, tid: int) -> bool:
         """Let a thread held in a TLS write send again (its process is still
