@@ -140,7 +140,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         if name == "train":
             p.add_argument("--agent", default="default", help="whose profile this is (sandboxes labelled agent=NAME)")
             p.add_argument("--ngram", type=int, default=6, help="n-gram length (the sensor's; default 6)")
-            p.add_argument("--window", type=int, default=100, help="syscalls per scoring window (default 100)")
+            p.add_argument("--window", type=int, default=100, help="syscalls per scoring window, at most 1024 (default 100)")
             p.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate (default 0.01)")
             p.add_argument("--no-sequence", action="store_true",
                            help="leave out the syscall language model (trains in seconds, not a minute or two)")

@@ -111,7 +111,7 @@ class GuardedSandboxes:
                                syscall_name=name_of, sinks=sinks, api_sinks=api_sinks)
         self.guard.load_profiles(list(self.profiles.values()))
         self.manager.listeners.append(self.guard)
-        self.manager.preparers.append(self._learned_endpoints)
+        self.manager.preparers += [self.guard.prepare, self._learned_endpoints]
         # What exists now (modules, models, profiles) lives as long as the
         # node. A full collection rescans all of it holding the GIL, and the
         # pump waits: 50-70 ms for 140k objects, a pytest process's worth.

@@ -34,7 +34,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ebpf.sensor import BPF_DIR, CgroupStats, Sensor  # noqa: E402
+from ebpf.sensor import BPF_DIR, WATCH_DETECT_NOVEL, CgroupStats, Sensor  # noqa: E402
 from sandbox.cgroup import Cgroup  # noqa: E402
 from tests import workloads  # noqa: E402
 
@@ -102,7 +102,8 @@ def main() -> int:
     binary = workloads.build(tmp)
     seq = [str(binary), "seq", str(args.syscalls // 4)]
     n = (args.syscalls // 4) * 4
-    times: dict[str, list[float]] = {"a": [], "f": [], "g": [], "i": [], "b": [], "c": []}
+    times: dict[str, list[float]] = {"a": [], "f": [], "g": [], "i": [], "b": [], "c": [], "n": [], "k": []}
+    loop = list(workloads.SEQ_SYSCALLS) * 4
     lost_c = 0
     cg = Cgroup.create(f"bench-{uuid.uuid4().hex[:8]}")
     other = Cgroup.create(f"bench-{uuid.uuid4().hex[:8]}")  # a sandbox elsewhere on the host
@@ -123,6 +124,11 @@ def main() -> int:
                     times["b"].append(timed_run(cg, seq))
                     sensor.watch(cg.id, "bench")
                     times["c"].append(timed_run(cg, seq))
+                    sensor.load_known({tuple(loop[i:i + sensor.ngram_n]) for i in range(len(loop) - sensor.ngram_n + 1)})
+                    sensor.set_flag(cg.id, WATCH_DETECT_NOVEL, True)
+                    times["n"].append(timed_run(cg, seq))
+                    sensor.count_novel(cg.id, 100, 20, 2**32 - 1)
+                    times["k"].append(timed_run(cg, seq))
                     sensor.drain()
                     lost_c += sensor.unwatch(cg.id).lost
                 progress.advance(task)
@@ -145,7 +151,8 @@ def main() -> int:
         table.add_column(col, justify="right")
     labels = {"a": "(a) no sensor", "f": "(f) floor: empty program",
               "g": "(g) floor with results: + empty sys_exit", "i": "(i) loaded, nothing watched",
-              "b": "(b) unwatched, a sandbox elsewhere", "c": "(c) watched"}
+              "b": "(b) unwatched, a sandbox elsewhere", "c": "(c) watched",
+              "n": "(n) watched, n-grams checked", "k": "(k) watched, novel n-grams counted"}
     for key, label in labels.items():
         table.add_row(label, f"{med[key] * 1e3:.1f} ms", f"{med[key] * 1e9 / n:.1f}",
                       "-" if key == "a" else f"{added[key]:.1f}", f"{med[key] / med['a']:.2f}x")
@@ -174,7 +181,8 @@ def main() -> int:
     )
     added_g = added["g"]
     console.print(f"against (g), the floor of reading results on this kernel ({added_g:.1f} ns): (b) "
-                  f"{added_b / added_g:.2f}x, (c) {added_c / added_g:.2f}x")
+                  f"{added_b / added_g:.2f}x, (c) {added_c / added_g:.2f}x; counting novel n-grams adds "
+                  f"{added['k'] - added['n']:+.1f} ns to checking them ((k) against (n))")
     return 0
 
 

@@ -99,7 +99,8 @@ class Ngram(ct.Structure):
 
 
 class EvNgram(ct.Structure):
-    _fields_ = [("h", EvHdr), ("gram", Ngram), ("pos", ct.c_uint32), ("_pad", ct.c_uint32)]
+    _fields_ = [("h", EvHdr), ("gram", Ngram), ("pos", ct.c_uint32), ("in_window", ct.c_uint16),
+                ("in_frame", ct.c_uint16), ("quarantined", ct.c_uint32), ("_pad", ct.c_uint32)]
 
 
 SEQ_BATCH = 32
@@ -129,13 +130,20 @@ WATCH_SLOTS = 1024  # cgroups watched at once: rows of syscall_counts
 NR_COUNTED = 512  # cells per row; the last counts every syscall number from it up
 
 
+NOVELTY_WINDOW_MAX = 1024  # the longest window over which the kernel counts a thread's novel n-grams
+
+
+class Novelty(ct.Structure):
+    _fields_ = [("window", ct.c_uint16), ("frame", ct.c_uint16), ("quarantine_at", ct.c_uint32)]
+
+
 class WatchInfo(ct.Structure):
     _fields_ = [("tag", ct.c_uint32), ("flags", ct.c_uint32), ("sensitive", ct.c_uint64 * SENSITIVE_WORDS),
-                ("slot", ct.c_uint32), ("_pad", ct.c_uint32)]
+                ("slot", ct.c_uint32), ("_pad", ct.c_uint32), ("novelty", Novelty)]
 
 
 class SlotInfo(ct.Structure):
-    _fields_ = [("cgroup_id", ct.c_uint64), ("flags", ct.c_uint32), ("_pad", ct.c_uint32)]
+    _fields_ = [("cgroup_id", ct.c_uint64), ("flags", ct.c_uint32), ("_pad", ct.c_uint32), ("novelty", Novelty)]
 
 
 class CgStats(ct.Structure):
@@ -184,6 +192,9 @@ class Event:
     addr: str = ""  # IP address as text
     port: int = 0
     arg: int = 0  # listen backlog; syscall: 1 if seccomp trapped it; ngram, sequence: the thread's syscall index
+    in_window: int = 0  # ngram: the thread's novel n-grams in its last window of syscalls (this one included)
+    in_frame: int = 0  # ngram: and in its last frame
+    quarantined: bool = False  # ngram: its counts passed the sandbox's limit and the kernel quarantined it
     hook: str = ""  # deny: the egress hook that denied
     child_pid: int = 0
     exit_code: int = -1
@@ -273,6 +284,7 @@ def decode(record: bytes, ngram_n: int, tags: dict[int, str]) -> Event:
         ev.syscall, ev.arg = raw.nr, raw.trapped
     elif isinstance(raw, EvNgram):
         ev.ngram, ev.arg = tuple(raw.gram.seq[:ngram_n]), raw.pos
+        ev.in_window, ev.in_frame, ev.quarantined = raw.in_window, raw.in_frame, bool(raw.quarantined)
     elif isinstance(raw, EvApi):
         ev.method = METHOD_NAMES.get(raw.method, "")
         ev.host, ev.path, ev.port, ev.arg = _text(raw.host), _text(raw.target), raw.port, raw.body

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ebpf.api import KernelApiDest, host_hash
-from ebpf.events import NR_COUNTED, UNIX_PATH_LEN, WATCH_SLOTS, CgStats, Event, SlotInfo, WatchInfo, cgroup_of, decode
+from ebpf.events import (NOVELTY_WINDOW_MAX, NR_COUNTED, UNIX_PATH_LEN, WATCH_SLOTS, CgStats, Event, Novelty, SlotInfo,
+                         WatchInfo, cgroup_of, decode)
 from ebpf.ring import Ring
 from ebpf.tls_libraries import TlsLibrary, private_copies, where
 
@@ -336,19 +337,37 @@ class Sensor:
         return ct.c_uint64(cgroup_id) in self.bpf["watched"]
 
     def set_flag(self, cgroup_id: int, flag: int, on: bool) -> None:
-        watched = self.bpf["watched"]
-        key = ct.c_uint64(cgroup_id)
-        try:
-            info = watched[key]
-        except KeyError:
-            raise SensorError(f"cgroup {cgroup_id} is not watched") from None
+        info = self._watch_info(cgroup_id)
         info.flags = (info.flags | flag) if on else (info.flags & ~flag)
         self._store_watch(cgroup_id, info)
 
+    def count_novel(self, cgroup_id: int, window: int, frame: int, quarantine_at: int = 0) -> None:
+        """Count each thread's novel n-grams over its last `window` syscalls
+        and its last `frame`, sent with each novel n-gram; with
+        `quarantine_at`, the kernel quarantines the cgroup at the first
+        novel n-gram whose counts give in_window * frame + in_frame * window
+        above it. Set before the cgroup's first task runs."""
+        if not 1 <= frame <= window <= NOVELTY_WINDOW_MAX:
+            raise SensorError(f"novel n-grams are counted over 1 <= frame <= window <= {NOVELTY_WINDOW_MAX} "
+                              f"syscalls, not frame {frame} and window {window}")
+        if not 0 <= quarantine_at < 2**32:
+            raise SensorError(f"quarantine_at {quarantine_at} does not fit the kernel's 32 bits")
+        info = self._watch_info(cgroup_id)
+        info.novelty.window, info.novelty.frame, info.novelty.quarantine_at = window, frame, quarantine_at
+        self._store_watch(cgroup_id, info)
+
+    def _watch_info(self, cgroup_id: int) -> WatchInfo:
+        try:
+            return self.bpf["watched"][ct.c_uint64(cgroup_id)]
+        except KeyError:
+            raise SensorError(f"cgroup {cgroup_id} is not watched") from None
+
     def _store_watch(self, cgroup_id: int, info: WatchInfo) -> None:
-        """The cgroup's watch_info, and its slot's copy of the flags that the
+        """The cgroup's watch_info, and its slot's copy of what the
         every-syscall program reads there instead."""
-        self.bpf["slots"][ct.c_uint32(info.slot)] = SlotInfo(cgroup_id, info.flags)
+        n = info.novelty
+        self.bpf["slots"][ct.c_uint32(info.slot)] = SlotInfo(cgroup_id, info.flags,
+                                                             novelty=Novelty(n.window, n.frame, n.quarantine_at))
         self.bpf["watched"][ct.c_uint64(cgroup_id)] = info
 
     def unwatch(self, cgroup_id: int) -> CgroupStats:

@@ -7,7 +7,7 @@ Hellinger embedding of syscall histograms."""
 
 from __future__ import annotations
 
-from collections import deque
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,17 +82,15 @@ class NgramDetector:
             peak = sliding_window_view(lfc, size)[starts].max(axis=1)
         return 0.5 * (rate + peak / self.frame)
 
-    def score_live(self, novel: deque[int], pos: int, size: int) -> float:
-        """The same score from the positions of the novel n-grams the kernel
-        sent for one thread, newest last; drops positions older than a window."""
-        while novel and novel[0] <= pos - size:
-            novel.popleft()
-        frame = 0
-        for p in reversed(novel):
-            if p <= pos - self.frame:
-                break
-            frame += 1
-        return 0.5 * (len(novel) / size + frame / self.frame)
+    def score_counts(self, in_window: int, in_frame: int, size: int) -> float:
+        """The same score live, from the kernel's counts of a thread's novel
+        n-grams in its last `size` syscalls and its last frame."""
+        return 0.5 * (in_window / size + in_frame / self.frame)
+
+    def count_limit(self, score: float, size: int) -> int:
+        """The kernel's form of a score: in_window * frame + in_frame * size
+        is above this integer exactly when score_counts is above `score`."""
+        return math.floor(2 * score * size * self.frame)
 
 
 @dataclass

@@ -97,7 +97,6 @@ class _Thread:
 class _State:
     target: Target
     assignment: Assignment
-    novel: dict[int, deque[int]] = field(default_factory=dict)  # tid -> positions of novel n-grams
     reported: set[str] = field(default_factory=set)
     strongest: Verdict = Verdict.ALLOW
     running: bool = False  # the command proper has been exec'd; before that only the launcher ran
@@ -149,6 +148,24 @@ class Guard:
                 window = assignment.profile.meta.window if assignment.profile is not None else 0
                 st = self._states[target.id] = _State(target, assignment, recent=deque(maxlen=window))
             return st
+
+    def prepare(self, target: Target) -> None:
+        """Before the sandbox's command runs: the kernel counts its threads'
+        novel n-grams over the profile's window and frame and, where the
+        policy answers an anomaly with quarantine or more, quarantines it
+        itself at the n-gram that passes the profile's threshold, so that no
+        egress waits on this process catching up. The verdict proper (and
+        its alert) follows here, from that n-gram's event."""
+        st = self.state(target)
+        profile = st.assignment.profile
+        if profile is None:
+            return
+        m = profile.meta
+        limit = 0
+        if st.assignment.response.anomaly.rank >= Verdict.QUARANTINE.rank:
+            raw = m.medians.ngram + AT_THRESHOLD * (m.thresholds.ngram - m.medians.ngram)  # where ratio() is AT_THRESHOLD
+            limit = profile.ngrams.count_limit(raw, m.window)
+        self.sensor.count_novel(target.id, m.window, m.frame, limit)
 
     def alerts(self, target: Target) -> list[Alert]:
         return list(self.state(target).alerts)
@@ -283,11 +300,9 @@ class Guard:
 
     # detectors -----------------------------------------------------------
     def _ngram(self, st: _State, profile: Profile, ev: Event) -> Finding | None:
-        m = profile.meta
-        novel = st.novel.setdefault(ev.tid, deque())
-        novel.append(ev.arg)
-        combined = float(profile.ratio("ngram", profile.ngrams.score_live(novel, ev.arg, m.window)))
-        if combined <= AT_THRESHOLD:
+        score = profile.ngrams.score_counts(ev.in_window, ev.in_frame, profile.meta.window)
+        combined = float(profile.ratio("ngram", score))
+        if combined <= AT_THRESHOLD and not ev.quarantined:
             return None
         return Finding("ngram", "syscall sequence unlike the profile", ev, combined, AT_THRESHOLD)
 
@@ -393,6 +408,8 @@ class Guard:
         enforced = 0
         if verdict.enforced:
             enforced = self.enforcer.enforce(st.target, verdict, f"{finding.detector}: {finding.rule}")
+            if verdict is Verdict.QUARANTINE and finding.event is not None and finding.event.quarantined:
+                enforced = finding.event.ts_ns  # the kernel's own, at the n-gram
         st.strongest = Verdict.strongest([st.strongest, verdict])
         st.pending.append((finding, verdict, enforced))
 

@@ -24,6 +24,7 @@ from safetensors.numpy import load, save
 
 from common.files import InputError, parse_json, read_bytes, write_bytes
 from common.models import field_error
+from ebpf.events import NOVELTY_WINDOW_MAX
 
 from guard.detectors import MAX_PACKED_N, FrequencyDetector, NgramDetector, unpack, window_means
 from guard.traces import Behaviour
@@ -79,7 +80,8 @@ class ProfileMeta(BaseModel):
     agent: str = Field(min_length=1, max_length=128)
     ngram_n: int = Field(ge=2, le=MAX_PACKED_N)
     frame: int = Field(ge=2, le=1000)
-    window: int = Field(ge=10, le=100_000)
+    window: int = Field(ge=10, le=NOVELTY_WINDOW_MAX, description="syscalls per scoring window; the kernel counts "
+                        "each thread's novel n-grams over its last window")
     stride: int = Field(ge=1, le=100_000)
     neighbours: int = Field(ge=1, le=50)
     fpr_target: float = Field(gt=0, lt=0.5)
@@ -99,6 +101,8 @@ class ProfileMeta(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ProfileMeta:
+        if self.frame > self.window:
+            raise ValueError(f"frame ({self.frame}) must be at most window ({self.window})")
         for name in Medians.model_fields:
             threshold = getattr(self.thresholds, name)
             if threshold is not None and threshold <= getattr(self.medians, name):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rich.progress import Progress
 
+from ebpf.events import NOVELTY_WINDOW_MAX
 from guard.detectors import MAX_PACKED_N, FrequencyDetector, NgramDetector, pack
 from guard.profile import Medians, Profile, ProfileMeta, SequenceMeta, Thresholds
 from guard.traces import Behaviour, Trace
@@ -55,6 +56,11 @@ class Settings:
     sequence: bool = True  # train the syscall language model (torch)
     sequence_window: int = 100  # live: longer windows ride out a burst of timing-made syscalls
     sequence_steps: int = 1200  # the model's training budget, in optimizer steps
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.frame <= self.window <= NOVELTY_WINDOW_MAX:
+            raise ValueError(f"window: {self.window} syscalls, where the kernel counts novel n-grams over "
+                             f"{self.frame} (the frame) to {NOVELTY_WINDOW_MAX}")
 
 
 SCALES = (1, 4, 16)  # live windows span whatever a sandbox ran between two reads

@@ -6,13 +6,15 @@ an alert."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ebpf.sensor import Sensor
-from sandbox.manager import SandboxManager
+from ebpf.events import Event
+from sandbox.manager import Sandbox, SandboxManager
 from sandbox.policy import Policy
 from sandbox.result import STOPPED_EXIT, SandboxResult
 from bastion.guarded import GuardedRun, GuardedSandboxes, record_runs
@@ -124,10 +126,26 @@ def test_attack_is_stopped_and_on_record(
         assert kill.evidence and kill.latency_ms is not None and kill.latency_ms > 0
 
 
+@pytest.mark.parametrize("stall", [0.0, 0.5], ids=["guard on time", "guard behind"])
 def test_staging_then_exfil_to_an_allowed_api_is_quarantined(
-    guarded: GuardedSandboxes, policy: Policy, api_port: int
+    guarded: GuardedSandboxes, policy: Policy, api_port: int, stall: float
 ) -> None:
-    run = guarded.run(command(HERE / "stage_and_exfil.py", [str(api_port)]), policy, labels=LABELS)
+    """The send comes ~20 ms after the first n-gram that gives the staging
+    away: the kernel quarantines there itself, so the send is refused even
+    while the guard's pump is held up for the whole run, and the guard's
+    alert follows once it catches up."""
+    stalled: set[str] = set()
+
+    def hold_up(sb: Sandbox, events: list[Event]) -> None:
+        if sb.name not in stalled:
+            stalled.add(sb.name)
+            time.sleep(stall)
+
+    guarded.manager.listeners.insert(0, hold_up)
+    try:
+        run = guarded.run(command(HERE / "stage_and_exfil.py", [str(api_port)]), policy, labels=LABELS)
+    finally:
+        guarded.manager.listeners.remove(hold_up)
     result = run.result
     assert "SENT" not in result.stdout
     assert not [p for p in api_requests() if p.startswith("/?d=")], "the staged data left the sandbox"
@@ -135,8 +153,11 @@ def test_staging_then_exfil_to_an_allowed_api_is_quarantined(
     anomaly = [a for a in alerts if a.detector in ANOMALY_DETECTORS]
     assert anomaly and anomaly[0].action is Verdict.QUARANTINE, alerts
     assert anomaly[0].score > anomaly[0].threshold
-    assert [d for d in result.denials if d.kind == "egress"], "the quarantine did not refuse the send"
+    refused = [d for d in result.denials if d.kind == "egress"]
+    assert refused, "the quarantine did not refuse the send"
     assert any(a.startswith("quarantine:") for a in result.actions)
+    kernel = [a for a in anomaly if a.detector == "ngram" and a.enforced_ts_ns == a.event_ts_ns]
+    assert kernel and kernel[0].enforced_ts_ns < refused[0].ts_ns, "the kernel did not quarantine at the n-gram"
 
 
 def test_write_outside_left_no_file(manager: SandboxManager, policy: Policy) -> None:

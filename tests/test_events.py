@@ -26,6 +26,8 @@ C_STRUCTS = {
     "ev_seq": events.EvSeq,
     "ev_api": events.EvApi,
     "watch_info": events.WatchInfo,
+    "slot_info": events.SlotInfo,
+    "novelty": events.Novelty,
     "cg_stats": events.CgStats,
 }
 

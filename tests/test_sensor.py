@@ -3,6 +3,7 @@ events with the right fields; unwatched processes send nothing."""
 
 from __future__ import annotations
 
+import ctypes as ct
 import errno
 import os
 import socket
@@ -16,7 +17,7 @@ import pytest
 
 from bastion.local_api import LocalApi
 from ebpf.events import ARG_LEN, Event, EventKind
-from ebpf.sensor import Sensor
+from ebpf.sensor import WATCH_QUARANTINE, Sensor, SensorError
 from sandbox.cgroup import Cgroup
 from sandbox.egress import compile_api, compile_rules
 from sandbox.policy import Network, Policy
@@ -226,6 +227,48 @@ def test_without_known_set_novel_mode_sends_loop_ngrams(sensor: Sensor, cgroup: 
     # positions let user space rebuild the thread's whole syscall sequence
     positions = [e.arg for e in grams if e.tid == pid]
     assert positions == list(range(sensor.ngram_n - 1, sensor.ngram_n - 1 + len(positions)))
+
+
+def _novel_grams(sensor: Sensor, cgroup: Cgroup, workload: Path, quarantine_at: int) -> list[Event]:
+    """The novel n-grams of a run that breaks the known loop at each mark,
+    counted over a window of 50 syscalls and a frame of 20."""
+    sensor.load_known(expected_loop_ngrams(10, sensor.ngram_n))
+    try:
+        sensor.watch(cgroup.id, "novel", detect_novel=True)
+        sensor.count_novel(cgroup.id, 50, 20, quarantine_at)
+        pid, _ = run_in(cgroup, [str(workload), "phase", "pptpptpp", "4"])
+        grams = [e for e in collect(sensor, pid) if e.kind is EventKind.NGRAM and e.tid == pid]
+    finally:
+        sensor.load_known([])
+    return grams
+
+
+def test_each_novel_ngram_comes_with_the_threads_count_of_them_in_its_window_and_frame(
+        sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:
+    """The counts the guard scores: bursts of novel n-grams at the marks,
+    the known loop between them, and the window sliding past old bursts."""
+    grams = _novel_grams(sensor, cgroup, workload, 0)
+    sensor.unwatch(cgroup.id)
+    at = [e.arg for e in grams]
+    expected = [(sum(p - 50 < q <= p for q in at), sum(p - 20 < q <= p for q in at)) for p in at]
+    assert [(e.in_window, e.in_frame) for e in grams] == expected
+    assert any(w < i + 1 for i, (w, _) in enumerate(expected)), "the window never slid past a novel n-gram"
+    assert not any(e.quarantined for e in grams)
+    with pytest.raises(SensorError, match="frame 60 and window 50"):
+        sensor.count_novel(cgroup.id, 50, 60)
+
+
+def test_the_novel_ngram_whose_counts_pass_the_limit_quarantines_its_cgroup_in_the_kernel(
+        sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:
+    limit = 900  # in_window * 20 + in_frame * 50
+    grams = _novel_grams(sensor, cgroup, workload, limit)
+    flags = sensor.bpf["watched"][ct.c_uint64(cgroup.id)].flags
+    sensor.unwatch(cgroup.id)
+    passed = [e.in_window * 20 + e.in_frame * 50 > limit for e in grams]
+    first = passed.index(True)
+    assert 0 < first < len(grams) - 1
+    assert [e.quarantined for e in grams] == [i == first for i in range(len(grams))]  # once, there
+    assert flags & WATCH_QUARANTINE
 
 
 def test_the_programs_on_every_syscall_are_attached_only_while_a_cgroup_is_watched(

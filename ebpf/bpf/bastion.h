@@ -103,7 +103,10 @@ struct ngram {
 struct ev_ngram {
     struct ev_hdr h;
     struct ngram gram;
-    u32 pos;  /* the thread's syscall index of the gram's last syscall */
+    u32 pos;        /* the thread's syscall index of the gram's last syscall */
+    u16 in_window;  /* the thread's novel n-grams in its last novelty.window syscalls, this one included */
+    u16 in_frame;   /* and in its last novelty.frame */
+    u32 quarantined;  /* 1 when this n-gram passed novelty.quarantine_at and quarantined the cgroup */
     u32 _pad;
 };
 
@@ -125,6 +128,19 @@ struct ev_seq {
 
 #define SENSITIVE_WORDS 8      /* bitmap of syscall numbers 0..511 */
 
+/* How a watched cgroup's novel n-grams are counted: per thread, over its
+ * last `window` syscalls and its last `frame` (frame <= window <=
+ * NOVELTY_WINDOW_MAX; window 0: not counted). A novel n-gram whose counts
+ * give in_window * frame + in_frame * window above `quarantine_at` (0: never)
+ * quarantines the cgroup there and then: the guard's n-gram threshold in
+ * integers, so that no egress of an anomalous sandbox waits on user space. */
+#define NOVELTY_WINDOW_MAX 1024
+struct novelty {
+    u16 window;
+    u16 frame;
+    u32 quarantine_at;
+};
+
 /* Each watched cgroup counts its syscalls by number in its own row of the
  * `syscall_counts` array, which user space reads through a mapping: an array
  * cell costs every watched syscall less than a hash update would. */
@@ -137,6 +153,7 @@ struct watch_info {
     u64 sensitive[SENSITIVE_WORDS];  /* syscalls whose attempts are reported */
     u32 slot;                        /* the cgroup's row of syscall_counts */
     u32 _pad;
+    struct novelty novelty;
 };
 
 /* What the every-syscall program needs of a watched cgroup, by its slot:
@@ -145,6 +162,7 @@ struct slot_info {
     u64 cgroup_id;  /* 0 while the slot is free */
     u32 flags;      /* the cgroup's watch_info.flags */
     u32 _pad;
+    struct novelty novelty;  /* the cgroup's watch_info.novelty */
 };
 
 /* Per-cgroup counters, one copy per CPU, summed by user space. */

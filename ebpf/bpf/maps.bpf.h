@@ -49,12 +49,17 @@ BPF_TABLE("lru_hash", u32, union event_buf, pending, 8192);
 #define NGRAM_N 6
 #endif
 
-/* Sliding syscall window of each watched thread and its unsent batch of
- * syscall ids, deleted at thread exit. */
+/* Sliding syscall window of each watched thread, its unsent batch of
+ * syscall ids and which of its last syscalls ended a novel n-gram (bit
+ * pos % novelty.window), deleted at thread exit. */
 struct seq_state {
     u16 win[NGRAM_MAX];
     u32 count;  /* syscalls of this thread so far: the position of the newest */
     struct ev_seq batch;
+    u16 in_window;  /* bits set in `novel` */
+    u16 in_frame;   /* of those, the last novelty.frame positions' */
+    u32 _pad;
+    u64 novel[NOVELTY_WINDOW_MAX / 64];
 };
 BPF_HASH(windows, u32, struct seq_state, 16384);
 

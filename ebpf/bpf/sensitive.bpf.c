@@ -31,7 +31,10 @@ int sensitive_exit(struct sys_exit_args *args)
     report(cg, args->nr, args->ret, 0);
     /* Never seen at sys_enter, where the thread's sequence is kept: the
      * anomaly detectors see the attempt there too, not only the rules. */
-    sequence(w->flags, w->slot, cg, args->nr);
+    u32 slot = w->slot;
+    struct slot_info *s = slots.lookup(&slot);
+    if (s)
+        sequence(s, slot, cg, args->nr);
     return 0;
 }
 

@@ -12,11 +12,55 @@ BPF_F_TABLE("array", u32, u64, syscall_counts, WATCH_SLOTS * NR_COUNTED, BPF_F_M
  * send only n-grams missing from it. */
 BPF_HASH(known, struct ngram, u8, 65536);
 
-/* One more syscall: the cgroup's count of its number, the thread's window
- * and batch, and the n-gram it ends, sent if the profile lacks it. */
-static __always_inline void sequence(u32 flags, u32 slot, u64 cg, u32 nr)
+/* A zeroed thread state to copy in: too big for the BPF stack. */
+BPF_PERCPU_ARRAY(fresh_state, struct seq_state, 1);
+
+/* Slide the thread's novelty bits on to its newest syscall, which ended a
+ * novel n-gram or not: the position one frame back leaves the frame, the
+ * one a window back leaves the window (its bit is the newest's). */
+static __always_inline void count_novel(struct seq_state *s, u32 window, u32 frame, int novel)
 {
-    u32 cell = slot * NR_COUNTED + (nr < NR_COUNTED ? nr : NR_COUNTED - 1);
+    u32 pos = s->count - 1;
+    if (pos >= frame) {
+        u32 out = (pos - frame) % window;
+        if (s->novel[(out / 64) & (NOVELTY_WINDOW_MAX / 64 - 1)] & (1ULL << (out % 64)))
+            s->in_frame--;
+    }
+    u32 at = pos % window;
+    u64 *word = &s->novel[(at / 64) & (NOVELTY_WINDOW_MAX / 64 - 1)];
+    u64 bit = 1ULL << (at % 64);
+    if (*word & bit) {
+        s->in_window--;
+        *word &= ~bit;
+    }
+    if (novel) {
+        *word |= bit;
+        s->in_window++;
+        s->in_frame++;
+    }
+}
+
+/* Deny the cgroup's egress from now on, as Sensor.quarantine does; 1 if it
+ * is still watched. Not atomic (BCC's clang has no 32-bit atomic or):
+ * while a sandbox runs, user space stores its flags only to quarantine it
+ * or, once it has, to stop its n-grams. */
+static __always_inline u32 quarantine(struct slot_info *slot, u64 cg)
+{
+    struct watch_info *w = watched.lookup(&cg);
+    if (!w)
+        return 0;
+    w->flags |= WATCH_QUARANTINE;
+    slot->flags |= WATCH_QUARANTINE;
+    return 1;
+}
+
+/* One more syscall: the cgroup's count of its number, the thread's window
+ * and batch, and the n-gram it ends, sent if the profile lacks it with the
+ * thread's count of such n-grams; the count may quarantine the cgroup. */
+static __always_inline void sequence(struct slot_info *slot, u32 slot_nr, u64 cg, u32 nr)
+{
+    u32 flags = slot->flags;
+    u32 cell = slot_nr * NR_COUNTED + (nr < NR_COUNTED ? nr : NR_COUNTED - 1);
     u64 *count = syscall_counts.lookup(&cell);
     if (count)
         __sync_fetch_and_add(count, 1);
@@ -24,8 +68,11 @@ static __always_inline void sequence(u32 flags, u32 slot, u64 cg, u32 nr)
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct seq_state *s = windows.lookup(&tid);
     if (!s) {
-        struct seq_state fresh = {};
-        windows.update(&tid, &fresh);
+        u32 zero = 0;
+        struct seq_state *fresh = fresh_state.lookup(&zero);
+        if (!fresh)
+            return;
+        windows.update(&tid, fresh);
         s = windows.lookup(&tid);
         if (!s)
             return;
@@ -44,20 +91,32 @@ static __always_inline void sequence(u32 flags, u32 slot, u64 cg, u32 nr)
         if (s->batch.n >= SEQ_BATCH)
             flush_batch(s, cg);
     }
-    if (s->count < NGRAM_N || !(flags & WATCH_DETECT_NOVEL))
+    if (!(flags & WATCH_DETECT_NOVEL))
         return;
     struct ngram gram = {};
+    int novel = 0;
+    if (s->count >= NGRAM_N) {
 #pragma unroll
-    for (int i = 0; i < NGRAM_N; i++)
-        gram.seq[i] = s->win[i];
-    if (!known.lookup(&gram)) {
-        flush_batch(s, cg);  /* the model judges the novel n-gram with what led to it */
-        struct ev_ngram e = {};
-        fill_hdr(&e.h, EV_NGRAM, cg);
-        e.gram = gram;
-        e.pos = s->count - 1;
-        emit(&e, sizeof(e), cg);
+        for (int i = 0; i < NGRAM_N; i++)
+            gram.seq[i] = s->win[i];
+        novel = !known.lookup(&gram);
     }
+    struct novelty rule = slot->novelty;
+    if (rule.window)
+        count_novel(s, rule.window, rule.frame, novel);
+    if (!novel)
+        return;
+    flush_batch(s, cg);  /* the model judges the novel n-gram with what led to it */
+    struct ev_ngram e = {};
+    fill_hdr(&e.h, EV_NGRAM, cg);
+    e.gram = gram;
+    e.pos = s->count - 1;
+    e.in_window = s->in_window;
+    e.in_frame = s->in_frame;
+    if (rule.quarantine_at && !(flags & WATCH_QUARANTINE) &&
+        (u32)s->in_window * rule.frame + (u32)s->in_frame * rule.window > rule.quarantine_at)
+        e.quarantined = quarantine(slot, cg);
+    emit(&e, sizeof(e), cg);
 }
 
 /* The watched cgroup of a marked process: its slot's, if the process is
@@ -102,7 +161,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     struct slot_info *s = marked_cgroup(pid, hint, &slot, &cg);
     if (!s)
         return 0;
-    sequence(s->flags, slot, cg, nr);
+    sequence(s, slot, cg, nr);
     syscall_enter((struct pt_regs *)ctx->args[0], nr, cg);
     return 0;
 }
