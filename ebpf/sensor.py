@@ -39,6 +39,7 @@ EGRESS_PROGRAMS = {
     "egress_unix_connect": 49,  # BPF_CGROUP_UNIX_CONNECT (Linux 6.7)
     "egress_unix_sendmsg": 50,  # BPF_CGROUP_UNIX_SENDMSG
 }
+BPF_CGROUP_INET_EGRESS = 1
 BPF_CGROUP_SOCK_OPS = 3
 UNIX_ALLOW = 1
 UNIX_QUIET = 2
@@ -498,12 +499,15 @@ class Sensor:
 
     def attach_egress(self, cgroup_fd: int) -> None:
         """Decide the cgroup's connects and UDP sends in the kernel from now on,
-        and what its TCP sockets send to API destinations. Removing the
-        cgroup releases the attachments."""
+        what its TCP sockets send to API destinations, and that none of its
+        packets leave once it is quarantined. Removing the cgroup releases
+        the attachments."""
         from bcc import BPF
 
         ops = self.bpf.load_func("api_sockops", BPF.SOCK_OPS)
-        for fn, attach in [*self._egress_programs(), (ops, BPF_CGROUP_SOCK_OPS)]:
+        packets = self.bpf.load_func("egress_packet", BPF.CGROUP_SKB)
+        for fn, attach in [*self._egress_programs(), (ops, BPF_CGROUP_SOCK_OPS),
+                           (packets, BPF_CGROUP_INET_EGRESS)]:
             try:
                 BPF.attach_func(fn, cgroup_fd, attach)
             except Exception as exc:  # an older kernel lacks the unix hooks: no sandbox without them

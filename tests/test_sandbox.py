@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -109,26 +110,52 @@ def test_output_is_capped_and_flagged(manager: SandboxManager) -> None:
     assert len(result.stdout) == 4096 and result.stdout_truncated and not result.stderr_truncated
 
 
-def test_quarantine_blocks_egress_from_that_instant(manager: SandboxManager) -> None:
-    import socket
+def _received(sock: socket.socket) -> bytes:
+    """All a socket gets until its peer closes or is silent for half a second."""
+    sock.settimeout(0.5)
+    got = b""
+    try:
+        while chunk := sock.recv(100):
+            got += chunk
+    except TimeoutError:
+        pass
+    return got
 
-    with socket.socket() as server:
+
+def test_quarantine_blocks_egress_from_that_instant(manager: SandboxManager) -> None:
+    """New connections are refused, and sockets opened before the
+    quarantine (TCP, and UDP connected to an allowed destination) send
+    nothing more."""
+    with socket.socket() as server, socket.socket(type=socket.SOCK_DGRAM) as udp:
         server.bind(("127.0.0.1", 0))
         server.listen(8)
         port = server.getsockname()[1]
-        policy = parse_policy(f"network: {{allow: [{{host: 127.0.0.1, ports: [{port}]}}]}}\non_violation: deny")
+        udp.bind(("127.0.0.1", 0))
+        udp_port = udp.getsockname()[1]
+        policy = parse_policy(f"network: {{allow: [{{host: 127.0.0.1, ports: [{port}, {udp_port}], protocol: any}}]}}\n"
+                              "on_violation: deny")
         script = (
             "import socket, sys, time\n"
-            f"print(socket.create_connection(('127.0.0.1', {port})).fileno() > 0, flush=True)\n"
+            f"tcp = socket.create_connection(('127.0.0.1', {port}))\n"
+            "udp = socket.socket(type=socket.SOCK_DGRAM)\n"
+            f"udp.connect(('127.0.0.1', {udp_port}))\n"
+            "tcp.sendall(b'before'); udp.send(b'before')\n"
+            "print(True, flush=True)\n"
             "time.sleep(1)\n"
+            "for s in (tcp, udp):\n"
+            "    try:\n        print(s.send(b'after'))\n    except OSError as e:\n        print(e.errno)\n"
             f"try:\n    socket.create_connection(('127.0.0.1', {port}))\nexcept OSError as e:\n    print(e.errno)\n"
         )
         sb = manager.start(["/usr/bin/python3", "-c", script], policy)
+        peer, _ = server.accept()
         time.sleep(0.5)
         manager.enforce(sb, Verdict.QUARANTINE, "test")
         result = manager.wait(sb)
-    assert result.stdout.split() == ["True", "1"]  # first connect allowed, second EPERM
-    assert [d.kind for d in result.denials] == ["egress"]
+        with peer:
+            assert [_received(peer), _received(udp)] == [b"before", b"before"]
+    # the queued TCP send is dropped on its way out, the UDP one refused, the new connect refused
+    assert result.stdout.split() == ["True", "5", "1", "1"], (result.stdout, result.stderr)
+    assert "egress" in [d.kind for d in result.denials]
     assert result.verdict == "quarantine"
 
 

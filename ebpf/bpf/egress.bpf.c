@@ -1,6 +1,7 @@
 /* Egress decided in the kernel: cgroup connect and sendmsg hooks allow a
  * destination only if the sandbox's allowlist has it and the sandbox is not
  * quarantined. Anything else fails with EPERM and is reported as EV_DENY.
+ * A quarantined sandbox's packets are dropped whatever socket sends them.
  * Unix sockets (pathname and abstract) go through the same decision with
  * their own allowlist. Attached per sandbox cgroup by the sandbox, never
  * auto-attached. */
@@ -103,6 +104,17 @@ int egress_sendmsg4(struct bpf_sock_addr *ctx)
 int egress_sendmsg6(struct bpf_sock_addr *ctx)
 {
     return decide6(ctx, DENY_SENDMSG6);
+}
+
+/* Every packet the cgroup's sockets send, from any socket: none while it is
+ * quarantined or no longer watched. The hooks above decide each new
+ * destination; this stops what a socket opened before the quarantine
+ * would still send (TCP, connected UDP, an accepted connection). */
+int egress_packet(struct __sk_buff *skb)
+{
+    u64 cg = bpf_skb_cgroup_id(skb);
+    struct watch_info *w = watched.lookup(&cg);
+    return w && !(w->flags & WATCH_QUARANTINE);
 }
 
 /* The unix hooks cannot read the destination path without kernel structs,
