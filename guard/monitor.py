@@ -99,6 +99,7 @@ class _State:
     assignment: Assignment
     reported: set[str] = field(default_factory=set)
     strongest: Verdict = Verdict.ALLOW
+    quarantined_ns: int = 0  # when the kernel quarantined it at an n-gram, before this process heard of it
     running: bool = False  # the command proper has been exec'd; before that only the launcher ran
     counted: dict[int, int] = field(default_factory=dict)  # the sensor's syscall counts when last read
     scored: dict[int, float] = field(default_factory=dict)  # the syscall mix last scored
@@ -194,6 +195,8 @@ class Guard:
             if ev.kind is EventKind.EXIT:
                 exited.add(ev.pid)
             if ev.kind is EventKind.NGRAM:
+                if ev.quarantined and not st.quarantined_ns:
+                    st.quarantined_ns = ev.ts_ns
                 finding = self._ngram(st, profile, ev) if score_ngrams else None  # type: ignore[arg-type]
             elif ev.kind is EventKind.API and ev.ret == -EAGAIN:
                 calls.append((ev, self._held_call(st, profile, ev)))
@@ -408,8 +411,8 @@ class Guard:
         enforced = 0
         if verdict.enforced:
             enforced = self.enforcer.enforce(st.target, verdict, f"{finding.detector}: {finding.rule}")
-            if verdict is Verdict.QUARANTINE and finding.event is not None and finding.event.quarantined:
-                enforced = finding.event.ts_ns  # the kernel's own, at the n-gram
+            if verdict is Verdict.QUARANTINE and st.quarantined_ns:
+                enforced = min(enforced, st.quarantined_ns)
         st.strongest = Verdict.strongest([st.strongest, verdict])
         st.pending.append((finding, verdict, enforced))
 
