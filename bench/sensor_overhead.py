@@ -103,7 +103,6 @@ def main() -> int:
     seq = [str(binary), "seq", str(args.syscalls // 4)]
     n = (args.syscalls // 4) * 4
     times: dict[str, list[float]] = {"a": [], "f": [], "g": [], "i": [], "b": [], "c": [], "n": [], "k": []}
-    loop = list(workloads.SEQ_SYSCALLS) * 4
     lost_c = 0
     cg = Cgroup.create(f"bench-{uuid.uuid4().hex[:8]}")
     other = Cgroup.create(f"bench-{uuid.uuid4().hex[:8]}")  # a sandbox elsewhere on the host
@@ -124,7 +123,7 @@ def main() -> int:
                     times["b"].append(timed_run(cg, seq))
                     sensor.watch(cg.id, "bench")
                     times["c"].append(timed_run(cg, seq))
-                    sensor.load_known({tuple(loop[i:i + sensor.ngram_n]) for i in range(len(loop) - sensor.ngram_n + 1)})
+                    sensor.load_known(workloads.loop_ngrams(4, sensor.ngram_n))
                     sensor.set_flag(cg.id, WATCH_DETECT_NOVEL, True)
                     times["n"].append(timed_run(cg, seq))
                     sensor.count_novel(cg.id, 100, 20, 2**32 - 1)

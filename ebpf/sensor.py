@@ -366,9 +366,8 @@ class Sensor:
     def _store_watch(self, cgroup_id: int, info: WatchInfo) -> None:
         """The cgroup's watch_info, and its slot's copy of what the
         every-syscall program reads there instead."""
-        n = info.novelty
         self.bpf["slots"][ct.c_uint32(info.slot)] = SlotInfo(cgroup_id, info.flags,
-                                                             novelty=Novelty(n.window, n.frame, n.quarantine_at))
+                                                             novelty=Novelty.from_buffer_copy(info.novelty))
         self.bpf["watched"][ct.c_uint64(cgroup_id)] = info
 
     def unwatch(self, cgroup_id: int) -> CgroupStats:

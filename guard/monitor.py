@@ -164,8 +164,7 @@ class Guard:
         m = profile.meta
         limit = 0
         if st.assignment.response.anomaly.rank >= Verdict.QUARANTINE.rank:
-            raw = m.medians.ngram + AT_THRESHOLD * (m.thresholds.ngram - m.medians.ngram)  # where ratio() is AT_THRESHOLD
-            limit = profile.ngrams.count_limit(raw, m.window)
+            limit = profile.ngrams.count_limit(profile.score_at("ngram", AT_THRESHOLD), m.window)
         self.sensor.count_novel(target.id, m.window, m.frame, limit)
 
     def alerts(self, target: Target) -> list[Alert]:

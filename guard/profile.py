@@ -140,6 +140,11 @@ class Profile:
         median = getattr(self.meta.medians, detector)
         return (np.asarray(score, dtype=np.float64) - median) / (getattr(self.meta.thresholds, detector) - median)
 
+    def score_at(self, detector: str, ratio: float) -> float:
+        """The detector's score where ratio() gives `ratio`."""
+        median = getattr(self.meta.medians, detector)
+        return float(median + ratio * (getattr(self.meta.thresholds, detector) - median))
+
     def detector_scores(self, traces: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Per trace, each detector's score of it: the most anomalous window
         of the n-gram, frequency and sequence detectors, and the sequence

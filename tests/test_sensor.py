@@ -23,7 +23,7 @@ from sandbox.egress import compile_api, compile_rules
 from sandbox.policy import Network, Policy
 from tests.attacks import HERE, command
 from tests.waiting import until
-from tests.workloads import SEQ_SYSCALLS
+from tests.workloads import SEQ_SYSCALLS, loop_ngrams
 
 pytestmark = pytest.mark.usefixtures("kernel")
 SYS_BPF = 321  # what tests/attacks/bpf.py attempts
@@ -114,12 +114,6 @@ def test_failed_exec_and_kill_signal_are_reported(sensor: Sensor, cgroup: Cgroup
     assert exit_.signal == 9
 
 
-def expected_loop_ngrams(rounds: int, n: int) -> Counter[tuple[int, ...]]:
-    """Counts of the n-grams that lie wholly inside the workload's loop."""
-    loop = list(SEQ_SYSCALLS) * rounds
-    return Counter(tuple(loop[i : i + n]) for i in range(len(loop) - n + 1))
-
-
 def test_syscall_counts_match_a_known_sequence(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:
     rounds = 1000
     sensor.watch(cgroup.id, "seq")
@@ -202,7 +196,7 @@ def test_a_syscall_seccomp_refuses_joins_the_threads_sequence(sensor: Sensor) ->
 
 
 def test_known_ngrams_are_suppressed(sensor: Sensor, cgroup: Cgroup, workload: Path) -> None:
-    loop_grams = set(expected_loop_ngrams(10, sensor.ngram_n))
+    loop_grams = set(loop_ngrams(10, sensor.ngram_n))
     try:
         sensor.load_known(loop_grams)
         sensor.watch(cgroup.id, "novel", detect_novel=True)
@@ -222,7 +216,7 @@ def test_without_known_set_novel_mode_sends_loop_ngrams(sensor: Sensor, cgroup: 
     grams = [e for e in collect(sensor, pid) if e.kind is EventKind.NGRAM]
     sensor.unwatch(cgroup.id)
     sent = Counter(e.ngram for e in grams)
-    expected = expected_loop_ngrams(50, sensor.ngram_n)
+    expected = loop_ngrams(50, sensor.ngram_n)
     assert {g: sent[g] for g in expected} == dict(expected)
     # positions let user space rebuild the thread's whole syscall sequence
     positions = [e.arg for e in grams if e.tid == pid]
@@ -232,7 +226,7 @@ def test_without_known_set_novel_mode_sends_loop_ngrams(sensor: Sensor, cgroup: 
 def _novel_grams(sensor: Sensor, cgroup: Cgroup, workload: Path, quarantine_at: int) -> list[Event]:
     """The novel n-grams of a run that breaks the known loop at each mark,
     counted over a window of 50 syscalls and a frame of 20."""
-    sensor.load_known(expected_loop_ngrams(10, sensor.ngram_n))
+    sensor.load_known(loop_ngrams(10, sensor.ngram_n))
     try:
         sensor.watch(cgroup.id, "novel", detect_novel=True)
         sensor.count_novel(cgroup.id, 50, 20, quarantine_at)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("workload.c")
 SEQ_SYSCALLS = (110, 102, 104, 107)  # getppid getuid getgid geteuid, in workload.c's order
+
+
+def loop_ngrams(rounds: int, n: int) -> Counter[tuple[int, ...]]:
+    """Counts of the n-grams that lie wholly inside `rounds` of seq's loop."""
+    loop = list(SEQ_SYSCALLS) * rounds
+    return Counter(tuple(loop[i : i + n]) for i in range(len(loop) - n + 1))
 
 
 def build(out_dir: Path) -> Path:
