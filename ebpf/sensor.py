@@ -602,6 +602,8 @@ class Sensor:
             call = calls[key]
         except KeyError:
             return False
+        if not call.held:
+            return False
         call.held = 0
         calls[key] = call
         return True

@@ -105,6 +105,22 @@ def test_an_allowed_endpoint_unlike_every_learned_call_is_held_and_stopped(
             if b["sandbox"] == run.result.sandbox and b["path"] == held.path] == [(True, False)]
 
 
+def test_a_caller_killed_inside_its_held_write_leaves_no_tls_call_behind(
+        sensor: Sensor, learned: GuardedSandboxes, only_api_stops: Policy, records_api: LocalApi) -> None:
+    """A thread that dies inside a watched TLS call never returns through
+    its uretprobe. Its entry goes at its exit: a later thread given its id
+    must not inherit its pass to send on the API's sockets."""
+    policy = only_api_stops.model_copy(
+        update={"response": only_api_stops.response.model_copy(update={"api": Verdict.KILL})})
+    before = len(records_api.received)
+    run = request(learned, policy, "GET", f"{base(records_api, True)}/ledger/accounts/AB-1042")
+    assert records_api.received[before:] == []
+    alert = next(a for a in run.alerts if a.detector == "api")
+    assert alert.action is Verdict.KILL and run.result.signal == 9, (alert, run.result)
+    assert [c.reason for c in run.result.api_calls] == ["an endpoint the profile never saw: held for the guard"]
+    assert [c.depth for c in sensor.bpf["tls_calls"].values() if c.depth] == []
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 def test_an_unseen_endpoint_like_a_learned_one_is_released_with_an_alert(
         learned: GuardedSandboxes, only_api_stops: Policy, records_api: LocalApi, tls: bool) -> None:

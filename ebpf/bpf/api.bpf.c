@@ -55,18 +55,6 @@ BPF_SK_STORAGE(api_sock_state, struct api_sock);
 BPF_PROG_ARRAY(api_progs, 2);  /* SK_MSG: api_http, api_http_headers */
 BPF_PROG_ARRAY(tls_progs, 1);  /* uprobes: tls_headers */
 
-/* Per thread while it runs a watched TLS library function: how deep, and
- * for which destination its write was allowed. A function that writes the
- * library's own records (handshake, alert) may run inside a write: the
- * write's depth is kept, so that its destination still holds after. */
-struct tls_call {
-    u32 depth;
-    u32 dest;
-    u32 writing;               /* the write's depth (0: no write, only records of the library's own) */
-    u32 held;                  /* stopped until the guard releases it: nothing passes */
-};
-BPF_TABLE("lru_hash", u32, struct tls_call, tls_calls, 16384);
-
 /* Per TLS connection (process, library object): body bytes still owed to
  * the last allowed request and its destination, so a body written in later
  * calls passes. */
@@ -588,7 +576,7 @@ int api_msg(struct sk_msg_md *msg)
     int quarantined = !w || (w->flags & WATCH_QUARANTINE);
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct tls_call *call = tls_calls.lookup(&tid);
-    if (!quarantined && call && !call->held && (call->writing ? call->dest == st->dest : 1))
+    if (!quarantined && call && call->depth && !call->held && (call->writing ? call->dest == st->dest : 1))
         return SK_PASS;
     struct api_scratch *s = scratch_for(cg);
     if (s) {
@@ -603,6 +591,15 @@ int api_msg(struct sk_msg_md *msg)
     return SK_DROP;
 }
 
+/* The calling thread's entry, made at its first watched call; NULL only
+ * where the map is full of calls in progress, and then nothing it sends
+ * on an API socket passes. */
+static __always_inline struct tls_call *thread_call(u32 tid)
+{
+    struct tls_call none = {};
+    return tls_calls.lookup_or_try_init(&tid, &none);
+}
+
 /* TLS library functions that write no request but may send records of the
  * library's own (ebpf/tls_libraries.py): the handshake, alerts. */
 int tls_enter(struct pt_regs *ctx)
@@ -610,14 +607,9 @@ int tls_enter(struct pt_regs *ctx)
     u64 cg;
     if (!watched_cgroup(&cg))
         return 0;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct tls_call *call = tls_calls.lookup(&tid);
-    if (call) {
+    struct tls_call *call = thread_call((u32)bpf_get_current_pid_tgid());
+    if (call)
         call->depth++;
-    } else {
-        struct tls_call fresh = {.depth = 1};
-        tls_calls.update(&tid, &fresh);
-    }
     return 0;
 }
 
@@ -625,16 +617,27 @@ int tls_leave(struct pt_regs *ctx)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct tls_call *call = tls_calls.lookup(&tid);
-    if (!call)
+    if (!call || !call->depth)
         return 0;
-    if (call->depth > 1) {
-        if (call->writing == call->depth)
-            call->writing = 0;
-        call->depth--;
-    } else {
-        tls_calls.delete(&tid);
+    if (call->depth == 1) {
+        __builtin_memset(call, 0, sizeof(*call));
+        return 0;
     }
+    if (call->writing == call->depth)
+        call->writing = 0;
+    call->depth--;
     return 0;
+}
+
+/* The thread enters a write whose records may go to dest (0: only to a
+ * socket without API rules). */
+static __always_inline void enter_write(struct tls_call *call, u32 dest, u32 held)
+{
+    u32 depth = call->depth + 1;
+    call->depth = depth;
+    call->writing = depth;
+    call->dest = dest;
+    call->held = held;
 }
 
 static __always_inline void stop_caller(void)
@@ -660,10 +663,9 @@ int tls_write(struct pt_regs *ctx)
     if (owed && owed->left >= size) {
         /* the body of an allowed request */
         owed->left -= size;
-        struct tls_call *call = tls_calls.lookup(&tid);
-        u32 depth = call ? call->depth + 1 : 1;
-        struct tls_call fresh = {.depth = depth, .writing = depth, .dest = owed->dest};
-        tls_calls.update(&tid, &fresh);
+        struct tls_call *call = thread_call(tid);
+        if (call)
+            enter_write(call, owed->dest, 0);
         return 0;
     }
     struct api_scratch *s = scratch_for(cg);
@@ -700,7 +702,7 @@ int tls_headers(struct pt_regs *ctx)
     struct api_host_key hk = {.cgroup_id = cg, .host = r->host, .port = r->host_port ? r->host_port : 443};
     u32 *dest_id = r->unreadable ? NULL : api_hosts.lookup(&hk);
     struct api_dest *d = dest_id ? dest_by_id(cg, *dest_id) : NULL;
-    struct tls_call fresh = {.depth = 1};
+    u32 dest = 0, held = 0;
     /* A request to a host without API rules, or one that cannot be read,
      * goes on with no destination: the SK_MSG program lets its records out
      * only on sockets without API rules. */
@@ -712,17 +714,19 @@ int tls_headers(struct pt_regs *ctx)
         }
         if (verdict == API_HOLD) {
             /* stopped before the library runs; the guard releases or kills it */
-            fresh.held = 1;
+            held = 1;
             bpf_send_signal(SIGSTOP_);
         }
         struct tls_body left = {.left = r->body - (s->ps.size - r->head_len), .dest = d->id};
-        tls_bodies.update(&ck, &left);
-        fresh.dest = d->id;
+        struct tls_body *owed = tls_bodies.lookup(&ck);
+        if (owed)
+            *owed = left;  /* in place: an LRU insert costs more than the lookup */
+        else
+            tls_bodies.update(&ck, &left);
+        dest = d->id;
     }
-    struct tls_call *call = tls_calls.lookup(&tid);
+    struct tls_call *call = thread_call(tid);
     if (call)
-        fresh.depth = call->depth + 1;
-    fresh.writing = fresh.depth;
-    tls_calls.update(&tid, &fresh);
+        enter_write(call, dest, held);
     return 0;
 }

@@ -63,6 +63,21 @@ struct seq_state {
 };
 BPF_HASH(windows, u32, struct seq_state, 16384);
 
+/* Per thread while it runs a watched TLS library function (ebpf/bpf/api.bpf.c):
+ * how deep, and for which destination its write was allowed. A function
+ * that writes the library's own records (handshake, alert) may run inside a
+ * write: the write's depth is kept, so that its destination still holds
+ * after. The entry stays between calls at depth 0 (an insert and a delete
+ * per call cost more than the call's parse) and goes at thread exit, so a
+ * thread killed inside a call leaves nothing to a later one of its id. */
+struct tls_call {
+    u32 depth;                 /* 0: in no watched call */
+    u32 dest;
+    u32 writing;               /* the write's depth (0: no write, only records of the library's own) */
+    u32 held;                  /* stopped until the guard releases it: nothing passes */
+};
+BPF_TABLE("lru_hash", u32, struct tls_call, tls_calls, 16384);
+
 /* Mark a process as in the watched cgroup w, or, with w NULL, as unwatched. */
 static __always_inline void mark_pid(u32 pid, struct watch_info *w)
 {

@@ -95,10 +95,12 @@ TRACEPOINT_PROBE(signal, signal_deliver)
 
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    /* whether or not its cgroup is still watched: a later thread of its id must not inherit its TLS call */
+    tls_calls.delete(&tid);
     u64 cg;
     if (!watched_cgroup(&cg))
         return 0;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
     pending.delete(&tid);
     if (flush_thread(cg))
         windows.delete(&tid);
