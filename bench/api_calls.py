@@ -2,6 +2,12 @@
 run: the same keep-alive client, plain HTTP and TLS, run
 
   - unwatched (a plain process: the floor),
+  - unwatched, with the sensor's copy of each TLS library in place of the
+    library (LD_LIBRARY_PATH): each TLS write traps into the uprobe and
+    out through the uretprobe, whose programs return at once for a process
+    no sandbox holds. The floor of reading TLS in clear with uprobes on
+    this machine; in plain HTTP nothing traps, and it is the unwatched
+    client again: how far two runs of the same thing differ here,
   - in a sandbox whose policy allows the host by IP:port only,
   - in a sandbox whose policy has API rules (SK_MSG parses each plain
     request; the libssl uprobes parse each TLS one),
@@ -327,7 +333,8 @@ def main() -> int:
     return 0
 
 
-MODES = ("unwatched", "sandbox, IP:port only", "sandbox, API rules")
+MODES = ("unwatched", "unwatched, probed TLS copy", "sandbox, IP:port only", "sandbox, API rules")
+UNWATCHED, TRAPS, FREE, RULES = MODES
 TARGET_US = 20  # added per allowed call, at p50 and p99
 LEAD_S = 0.3  # from a round's start to its schedule's: every client is started and connected by then
 # Calls per run of the busy sandbox beside held calls: each of its starts and ends is work on the CPUs too,
@@ -378,6 +385,7 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
         free = ip_port_only(rules)
         profile, held_policy = _held_setup(sensor, api, rules, args.held)
         log = AuditLog(Path(tmp) / "audit.jsonl")
+        probed = _probed_copies(sensor, tmp)
         everywhere = os.sched_getaffinity(0)
         for node_cpu in _arrangements():
             # kept off the node's CPU like the sandboxes: the records API, as if on
@@ -391,14 +399,14 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
                     for tls in (False, True):
                         status.update(f"{_arrangement(node_cpu)}: round {r + 1} of {args.rounds}, "
                                       f"{'TLS' if tls else 'plain'}")
-                        outs = _interleaved(guarded, api, tls, args, paths, (free, rules), floor, r)
+                        outs = _interleaved(guarded, api, tls, args, paths, (free, rules), floor, probed, r)
                         for mode, out in outs.items():
                             _keep(sends, trips, (node_cpu, mode, tls), out)
                 if node_cpu is None:
                     for tls in (False, True):
                         status.update(f"each sandbox mode alone, {'TLS' if tls else 'plain'}: the node's share")
                         cmd = _client(api, tls, args.calls, paths)
-                        for mode, policy in zip(MODES[1:], (free, rules)):
+                        for mode, policy in ((FREE, free), (RULES, rules)):
                             before, times_before = program_time_ns(sensor), os.times()
                             recorder_before = _cpu_s(guarded.recorder.proc.pid)
                             node_waits.start(guarded.recorder.proc.pid)
@@ -429,7 +437,7 @@ def _measure(args: argparse.Namespace, console: Console, sends: dict[Key, list[f
 
 
 def _interleaved(guarded: GuardedSandboxes, api: LocalApi, tls: bool, args: argparse.Namespace, paths: list[str],
-                 policies: tuple[Policy, Policy], floor: list[str], r: int) -> dict[str, str]:
+                 policies: tuple[Policy, Policy], floor: list[str], probed: dict[str, str], r: int) -> dict[str, str]:
     """One round: the client of every mode at once, each calling only in its
     own slots of one schedule (the order turned by one each round), so that
     what slows this machine for a moment slows the modes alike; each
@@ -439,17 +447,38 @@ def _interleaved(guarded: GuardedSandboxes, api: LocalApi, tls: bool, args: argp
     cmds = [_client(api, tls, args.calls, paths, (start, slot, len(MODES), (i + r) % len(MODES)))
             for i in range(len(MODES))]
     # in a session of its own, as each sandbox is: a scheduling group of its own
-    unwatched = subprocess.Popen([*floor, *cmds[0]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 start_new_session=True)
+    unwatched = {mode: subprocess.Popen([*floor, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env=env, start_new_session=True)
+                 for mode, cmd, env in ((UNWATCHED, cmds[0], None), (TRAPS, cmds[1], probed))}
     with ThreadPoolExecutor(len(policies)) as pool:
-        runs = [pool.submit(guarded.run, cmd, policy, labels={"agent": "bench"}) for cmd, policy in zip(cmds[1:], policies)]
-        out, err = unwatched.communicate()
-        outs = {MODES[0]: out}
-        for mode, run in zip(MODES[1:], (f.result() for f in runs)):
+        runs = [pool.submit(guarded.run, cmd, policy, labels={"agent": "bench"}) for cmd, policy in zip(cmds[2:], policies)]
+        outs = {}
+        for mode, proc in unwatched.items():
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                raise SystemExit(f"{mode}: the client failed: {err[-400:]}")
+            outs[mode] = out
+        for mode, run in zip((FREE, RULES), (f.result() for f in runs)):
             outs[mode] = _output(mode, run)
-    if unwatched.returncode != 0:
-        raise SystemExit(f"{MODES[0]}: the client failed: {err[-400:]}")
     return outs
+
+
+def _probed_copies(sensor: Sensor, tmp: str) -> dict[str, str]:
+    """An environment in which an unwatched process loads the sensor's
+    copy of each TLS library instead of the library: a directory of links
+    named as the libraries, first on LD_LIBRARY_PATH. Checked: a process
+    that imports ssl maps the copy."""
+    links = Path(tmp) / "probed"
+    links.mkdir()
+    for library in sensor.tls_libraries:
+        (links / library.path.name).symlink_to(library.copy)
+    env = {**os.environ, "LD_LIBRARY_PATH": str(links)}
+    maps = subprocess.run(["/usr/bin/python3", "-c", "import ssl; print(open('/proc/self/maps').read())"], env=env,
+                          capture_output=True, text=True, check=True).stdout
+    libssl = [lib.copy for lib in sensor.tls_libraries if lib.path.name.startswith("libssl")]
+    if not libssl or str(libssl[0]) not in maps:
+        raise SystemExit(f"{TRAPS}: python3's ssl does not load the probed copy through {links}")
+    return env
 
 
 def _report(args: argparse.Namespace, console: Console, sends: dict[Key, list[float]],
@@ -463,18 +492,18 @@ def _report(args: argparse.Namespace, console: Console, sends: dict[Key, list[fl
     arrangements = sorted({k[0] for k in sends}, key=lambda c: c is not None)
     for node_cpu in arrangements:
         for tls in (False, True):
-            floor = statistics.median(sends[(node_cpu, MODES[0], tls)])
-            floor_p99 = pct(trips[(node_cpu, MODES[0], tls)], 99)
+            floor = statistics.median(sends[(node_cpu, UNWATCHED, tls)])
+            floor_p99 = pct(trips[(node_cpu, UNWATCHED, tls)], 99)
             for mode in MODES:
                 s, t = sends[(node_cpu, mode, tls)], trips[(node_cpu, mode, tls)]
-                first = mode == MODES[0]
+                first = mode == UNWATCHED
                 table.add_row(_arrangement(node_cpu), "TLS" if tls else "plain", mode, f"{statistics.median(s):.1f}",
                               f"{pct(s, 99):.1f}", "floor" if first else f"{statistics.median(s) - floor:+.1f}",
                               f"{statistics.median(t):.0f}", f"{pct(t, 99):.0f}",
                               "floor" if first else f"{pct(t, 99) - floor_p99:+.0f}", f"{1e6 / statistics.mean(t):,.0f}")
     console.print(table)
-    added = {(node_cpu, tls): statistics.median(sends[(node_cpu, MODES[2], tls)])
-             - statistics.median(sends[(node_cpu, MODES[1], tls)]) for node_cpu in arrangements for tls in (False, True)}
+    added = {(node_cpu, tls): statistics.median(sends[(node_cpu, RULES, tls)])
+             - statistics.median(sends[(node_cpu, FREE, tls)]) for node_cpu in arrangements for tls in (False, True)}
     each = "; ".join(f"{_arrangement(node_cpu)}: plain {added[(node_cpu, False)]:+.1f} µs, TLS {added[(node_cpu, True)]:+.1f} µs"
                      for node_cpu in arrangements)
     over = [f"{_arrangement(c)} {'TLS' if tls else 'plain'}" for (c, tls), us in added.items() if us > TARGET_US]
@@ -484,15 +513,17 @@ def _report(args: argparse.Namespace, console: Console, sends: dict[Key, list[fl
                   f"{in_programs[False] / args.calls / 1000:.1f} µs, TLS {in_programs[True] / args.calls / 1000:.1f} µs "
                   "(the uprobe traps themselves are not in it)")
     for node_cpu in arrangements:
-        tail = {tls: _p99_added(trips[(node_cpu, MODES[2], tls)], trips[(node_cpu, MODES[0], tls)], args.calls)
+        tail = {tls: _p99_added(trips[(node_cpu, RULES, tls)], trips[(node_cpu, UNWATCHED, tls)], args.calls)
                 for tls in (False, True)}
         console.print(f"{_arrangement(node_cpu)}: round trip p99 with API rules against unwatched: plain "
                       f"{tail[False]}, TLS {tail[True]}")
-        # the same for calls that send the node nothing: how far the figure moves on its own here
-        free = {tls: _p99_added(trips[(node_cpu, MODES[1], tls)], trips[(node_cpu, MODES[0], tls)], args.calls,
-                                target=False) for tls in (False, True)}
-        console.print(f"{_arrangement(node_cpu)}: the same with IP:port only (no record per call): plain "
-                      f"{free[False]}, TLS {free[True]}")
+        # the same for calls that send the node nothing, and for the unwatched client on the probed copy:
+        # in TLS the traps' floor, in plain the same client twice (how far the figure moves on its own here)
+        for mode, what in ((FREE, "with IP:port only (no record per call)"),
+                           (TRAPS, "unwatched on the probed TLS copy (TLS: the uprobes' traps alone)")):
+            same = {tls: _p99_added(trips[(node_cpu, mode, tls)], trips[(node_cpu, UNWATCHED, tls)], args.calls,
+                                    target=False) for tls in (False, True)}
+            console.print(f"{_arrangement(node_cpu)}: the same {what}: plain {same[False]}, TLS {same[True]}")
     for (node_cpu, busy), (times, allowed, (hold, after, other), stopped) in held.items():
         console.print(f"{_arrangement(node_cpu)}: held TLS calls (SIGSTOP, scored, released), {len(times)} each to a "
                       f"new endpoint{', beside a sandbox making allowed calls' if busy else ''}: send "
