@@ -150,22 +150,23 @@ class Guard:
                 st = self._states[target.id] = _State(target, assignment, recent=deque(maxlen=window))
             return st
 
-    def prepare(self, target: Target) -> None:
+    def prepare(self, target: Target) -> Callable[[], object]:
         """Before the sandbox's command runs: the kernel counts its threads'
         novel n-grams over the profile's window and frame and, where the
         policy answers an anomaly with quarantine or more, quarantines it
         itself at the n-gram that passes the profile's threshold, so that no
         egress waits on this process catching up. The verdict proper (and
-        its alert) follows here, from that n-gram's event."""
+        its alert) follows here, from that n-gram's event. Returns what
+        forgets the sandbox if its start fails after this."""
         st = self.state(target)
         profile = st.assignment.profile
-        if profile is None:
-            return
-        m = profile.meta
-        limit = 0
-        if st.assignment.response.anomaly.rank >= Verdict.QUARANTINE.rank:
-            limit = profile.ngrams.count_limit(profile.score_at("ngram", AT_THRESHOLD), m.window)
-        self.sensor.count_novel(target.id, m.window, m.frame, limit)
+        if profile is not None:
+            m = profile.meta
+            limit = 0
+            if st.assignment.response.anomaly.rank >= Verdict.QUARANTINE.rank:
+                limit = profile.ngrams.count_limit(profile.score_at("ngram", AT_THRESHOLD), m.window)
+            self.sensor.count_novel(target.id, m.window, m.frame, limit)
+        return lambda: self._forget(target)
 
     def alerts(self, target: Target) -> list[Alert]:
         return list(self.state(target).alerts)
@@ -293,9 +294,12 @@ class Guard:
                 self._threads_ended(st, profile, list(st.threads))
             self._publish(st)
         self.writer.flush()  # its alerts and API calls are in the log, and sunk, when its run returns
+        self._forget(target)
+        return st.alerts
+
+    def _forget(self, target: Target) -> None:
         with self._lock:
             self._states.pop(target.id, None)
-        return st.alerts
 
     def close(self) -> None:
         self.writer.close()

@@ -54,6 +54,8 @@ PREFIX = "sbx"
 EACCES, EPERM = 13, 1
 Listener = Callable[["Sandbox", list[Event]], None]
 Finisher = Callable[["Sandbox"], object]
+# Called before a sandbox's command starts; returns what undoes it if the start then fails, or None.
+Preparer = Callable[["Sandbox"], Callable[[], object] | None]
 
 
 class SandboxError(RuntimeError):
@@ -181,7 +183,7 @@ class SandboxManager:
         self.workdirs.mkdir(parents=True, exist_ok=True)
         self.listeners = list(listeners)
         self.finishers = list(finishers)
-        self.preparers: list[Finisher] = []  # called once its maps are set, before its command starts
+        self.preparers: list[Preparer] = []  # called once its maps are set, before its command starts
         self.ngram_events = ngram_events
         self.sequence_events = sequence_events
         self.recorder = recorder
@@ -241,7 +243,8 @@ class SandboxManager:
             self.sensor.set_api(cg.id, api)
             sb.api_dests = api
             for prepare in self.preparers:
-                prepare(sb)
+                if (undo := prepare(sb)) is not None:
+                    made.append(undo)
             if (recorder := self.recorder) is not None:
                 recorder.watch(sb)
                 made.append(lambda: recorder.collect(sb))  # so it forgets the name; nothing ran, nothing recorded

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ import pytest
 from ebpf.sensor import Sensor
 from sandbox.cgroup import Cgroup, bastion_root
 from sandbox.launch import LaunchError, launcher_binary
-from sandbox.manager import SandboxError, SandboxManager, kill_orphans
+from sandbox.manager import Sandbox, SandboxError, SandboxManager, kill_orphans
 from common.verdicts import Verdict
 from sandbox.policy import PolicyError, parse_policy
 from sandbox.result import STOPPED_EXIT
@@ -58,6 +58,26 @@ def test_a_tool_that_cannot_be_executed_is_refused_at_start_naming_it(manager: S
         manager.run(["/no/such/tool"], parse_policy(""))
     assert sorted(p.name for p in bastion_root().iterdir() if p.is_dir()) == before
     assert manager.sandboxes() == []
+
+
+def test_a_start_that_fails_after_its_preparers_undoes_what_they_made(manager: SandboxManager) -> None:
+    """The guard makes its state for a sandbox before the command starts; a
+    start that then fails must not leave it behind for a later cgroup."""
+    prepared: list[str] = []
+
+    def prepare(sb: Sandbox) -> Callable[[], object]:
+        prepared.append(sb.name)
+        return lambda: prepared.remove(sb.name)
+
+    manager.preparers.append(prepare)
+    try:
+        with pytest.raises(SandboxError, match=r"/no/such/tool"):
+            manager.run(["/no/such/tool"], parse_policy(""))
+        assert prepared == []
+        result = manager.run(["/bin/true"], parse_policy(""))
+        assert result.exit_status == 0 and prepared == [result.sandbox]  # a start that succeeds keeps it
+    finally:
+        manager.preparers.remove(prepare)
 
 
 def test_the_tool_gets_exactly_the_policys_environment_and_the_launcher_none(manager: SandboxManager) -> None:
