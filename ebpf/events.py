@@ -151,6 +151,7 @@ class CgStats(ct.Structure):
         ("events", ct.c_uint64),
         ("lost", ct.c_uint64),
         ("opens_repeated", ct.c_uint64),
+        ("packets_dropped", ct.c_uint64),
     ]
 
 

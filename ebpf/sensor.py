@@ -69,6 +69,7 @@ class CgroupStats:
     events: int = 0
     lost: int = 0
     opens_repeated: int = 0
+    packets_dropped: int = 0  # while quarantined
 
 
 IDLE_S = 2.0  # nothing watched this long: the per-syscall programs are detached

@@ -409,6 +409,9 @@ class SandboxManager:
         cpu = _cpu_seconds(sb.cgroup)
         peak = sb.controllers.memory_peak()
         stats = self._cleanup(sb)
+        if stats.packets_dropped:
+            sb.denials.append(Denial(kind="egress", detail=f"{stats.packets_dropped} packets dropped while quarantined, "
+                                                           "on connections made before the quarantine"))
         rc = sb.proc.returncode
         verdict = Verdict.strongest([sb.strongest, Verdict.DENY if sb.denials else Verdict.ALLOW])
         return SandboxResult(

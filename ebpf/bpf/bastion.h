@@ -170,6 +170,7 @@ struct cg_stats {
     u64 events;
     u64 lost;
     u64 opens_repeated;  /* opens counted in the kernel instead of sent again */
+    u64 packets_dropped; /* while quarantined: counted, not sent (a flood would fill the ring) */
 };
 
 /* Egress allowlist: an LPM trie over (cgroup id, address). IPv4 addresses

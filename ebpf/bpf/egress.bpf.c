@@ -109,12 +109,19 @@ int egress_sendmsg6(struct bpf_sock_addr *ctx)
 /* Every packet the cgroup's sockets send, from any socket: none while it is
  * quarantined or no longer watched. The hooks above decide each new
  * destination; this stops what a socket opened before the quarantine
- * would still send (TCP, connected UDP, an accepted connection). */
+ * would still send (TCP, connected UDP, an accepted connection). A
+ * quarantined sandbox's drops are counted for its result, not sent as
+ * events: a flood would fill the ring. */
 int egress_packet(struct __sk_buff *skb)
 {
     u64 cg = bpf_skb_cgroup_id(skb);
     struct watch_info *w = watched.lookup(&cg);
-    return w && !(w->flags & WATCH_QUARANTINE);
+    if (w && !(w->flags & WATCH_QUARANTINE))
+        return 1;
+    struct cg_stats *st = w ? stats.lookup(&cg) : NULL;
+    if (st)
+        st->packets_dropped++;
+    return 0;
 }
 
 /* The unix hooks cannot read the destination path without kernel structs,
