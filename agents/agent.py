@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from agents.backends import Completion
 from agents.interaction_log import InteractionLog
-from agents.prompt import CallError, Turn, context, json_schema, parse, render
+from agents.prompt import CallError, PromptTooLong, Turn, context, json_schema, parse, render
 from agents.router import Router
 from agents.tools import TOOLS, Tool
 from common.verdicts import Verdict
@@ -74,7 +74,7 @@ class AgentRun:
     agent: str
     task: str
     steps: list[Step] = field(default_factory=list)
-    ended: str = ""  # done, step limit, invalid calls
+    ended: str = ""  # done, step limit, invalid calls, the prompt outgrew the model's context
 
     @property
     def tool_calls(self) -> int:
@@ -109,7 +109,11 @@ class Agent:
             schema = json_schema(grounds, self.tools)
             for attempt in range(self.max_retries + 1):
                 prompt = render(task, turns, step.error)
-                completion = self.router.complete(decision, prompt, schema)
+                try:
+                    completion = self.router.complete(decision, prompt, schema)
+                except PromptTooLong as exc:
+                    run.ended = f"the prompt outgrew the model's context: {exc}"
+                    return run
                 step.answer, step.retries = completion.text, attempt
                 step.latency_s += completion.latency_s
                 self._log_lm(run, step, decision.backend, prompt, completion)

@@ -21,7 +21,7 @@ import xgrammar
 from agents.answer_grammar import AnswerGrammars
 from agents.grounding import assigned, occurrences
 from agents.pointer import Pointer, pointed_schema
-from agents.prompt import END, LEAD, choices, request_of, with_arg
+from agents.prompt import END, LEAD, PromptTooLong, choices, request_of, with_arg
 
 
 class Decoder:
@@ -37,9 +37,12 @@ class Decoder:
 
     def decode(self, prompt: str, max_tokens: int = 128, json_schema: dict[str, Any] | None = None
                ) -> tuple[str, int, int]:
-        """The answer up to END, the prompt's length and the answer's, in tokens."""
+        """The answer up to END, the prompt's length and the answer's, in
+        tokens; an answer that would run past the model's context is cut
+        there (and comes back invalid)."""
         enc, offsets = self._encode(prompt)
         prompt_ids = enc["input_ids"][0].tolist()
+        max_tokens = min(max_tokens, self.context - len(prompt_ids))
         if self._grammars is None or json_schema is None:
             with torch.inference_mode():
                 out = self.model.generate(**enc, max_new_tokens=max_tokens, do_sample=False,
@@ -62,9 +65,21 @@ class Decoder:
         enc, offsets = self._encode(prompt)
         return self._narrow(prompt, enc["input_ids"], offsets, json_schema)
 
+    @property
+    def context(self) -> int:
+        """The positions the model was trained on: its prompt and answer together."""
+        return int(self.model.config.max_position_embeddings)
+
     def _encode(self, prompt: str) -> tuple[Any, list[tuple[int, int]]]:
-        """The prompt's tokens on the device, and each token's characters (where the pointer reads)."""
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False, return_offsets_mapping=True)
+        """The prompt's tokens on the device, and each token's characters
+        (where the pointer reads). A prompt that leaves no room for an
+        answer is refused: past the positions it learned, a model's output
+        means nothing."""
+        # verbose=False: the length is checked here, not by a warning from the tokenizer
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False, return_offsets_mapping=True,
+                             verbose=False)
+        if (n := enc["input_ids"].shape[1]) >= self.context:
+            raise PromptTooLong(f"the prompt is {n} tokens and the model reads at most {self.context}")
         offsets = enc.pop("offset_mapping")[0].tolist()
         return enc.to(self.device), offsets
 
@@ -88,7 +103,7 @@ class Decoder:
                     tokens = self.tokenizer(forced, add_special_tokens=False)["input_ids"]
                     new += tokens
                     feed = feed + tokens
-                    if matcher.is_terminated():
+                    if matcher.is_terminated() or len(new) >= max_tokens:
                         break
                 out = self.model(input_ids=torch.tensor([feed], device=self.device), past_key_values=past,
                                  use_cache=True)

@@ -45,6 +45,11 @@ class CallError(ValueError):
     """The model's answer is not a valid tool call; the message goes back to it."""
 
 
+class PromptTooLong(ValueError):
+    """The prompt leaves the model no room to answer within the positions it
+    was trained on; the message gives both lengths, in tokens."""
+
+
 @dataclass(frozen=True)
 class ToolCall:
     tool: str

@@ -69,7 +69,7 @@ def test_injected_referral_is_stopped_and_the_alert_names_the_step(fleet: Fleet,
     assert nothing_arrived(exfil_sink)
     alerts = [b for b in audit.read(fleet.guarded.audit.path, "alert") if b["step"] == step.id]
     assert alerts and alerts[0]["agent"] == "clinic" and alerts[0]["tool_call"] == "http_get"
-    assert run.ended in ("done", "step limit") or run.ended.startswith("invalid tool call")
+    assert run.ended in ("done", "step limit") or run.ended.startswith(("invalid tool call", "the prompt outgrew"))
 
 
 def test_invalid_calls_are_retried_and_never_run(sensor: Sensor, tmp_path: Path, fleet: Fleet) -> None:

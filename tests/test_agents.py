@@ -32,7 +32,7 @@ from agents.interaction_log import InteractionLog, read_log
 from agents.answer_grammar import answer_grammar
 from agents.model_builder import packed, train_tokenizer
 from agents.pointer import FIELDS, POINTER_FILE, targets
-from agents.prompt import END, LEAD, CallError, json_schema, parse, render, request_of
+from agents.prompt import END, LEAD, CallError, PromptTooLong, json_schema, parse, render, request_of
 from agents.redact import Redactor
 from agents.router import TaskClassifier
 from bastion.cli import main
@@ -149,6 +149,27 @@ def test_an_answer_cut_short_by_max_tokens_is_returned_as_invalid_not_raised(qui
         render(text), max_tokens=3, json_schema=json_schema(text, ["python"])).text
     with pytest.raises(CallError, match="not JSON"):
         parse(answer, text)
+
+
+def test_a_prompt_that_outgrows_the_models_context_ends_the_run_naming_both_lengths(quick_models: Path) -> None:
+    """A hijacked agent that retries a stopped call grows its prompt with each
+    refusal. Past the positions the model was trained on its answer means
+    nothing: the prompt is refused before the model runs, and the agent's
+    run ends saying why, without running a tool."""
+    from agents.agent import Agent
+
+    long = "Handle this referral: " + " ".join(f"line {i} of the notes." for i in range(80))
+    backend = TransformersBackend("c", quick_models / "tool-caller")
+    with pytest.raises(PromptTooLong, match=r"^the prompt is \d+ tokens and the model reads at most 256$"):
+        backend.complete(render(long), json_schema=json_schema(long))
+
+    class NoTools:
+        def run(self, tool: Any, args: Any, labels: dict[str, str]) -> Any:
+            raise AssertionError(f"a tool ran: {tool}")
+
+    run = Agent("clinic", build_router(load_config(quick_models / "agents.yaml")), NoTools()).run(long)
+    assert run.ended.startswith("the prompt outgrew the model's context: the prompt is"), run.ended
+    assert run.tool_calls == 0
 
 
 def test_each_number_of_the_request_fills_no_more_arguments_than_it_appears(quick_models: Path) -> None:
