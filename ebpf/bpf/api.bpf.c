@@ -631,8 +631,11 @@ int tls_leave(struct pt_regs *ctx)
 
 /* The thread enters a write whose records may go to dest (0: only to a
  * socket without API rules). */
-static __always_inline void enter_write(struct tls_call *call, u32 dest, u32 held)
+static __always_inline void enter_write(u32 tid, u32 dest, u32 held)
 {
+    struct tls_call *call = thread_call(tid);
+    if (!call)
+        return;
     u32 depth = call->depth + 1;
     call->depth = depth;
     call->writing = depth;
@@ -663,9 +666,7 @@ int tls_write(struct pt_regs *ctx)
     if (owed && owed->left >= size) {
         /* the body of an allowed request */
         owed->left -= size;
-        struct tls_call *call = thread_call(tid);
-        if (call)
-            enter_write(call, owed->dest, 0);
+        enter_write(tid, owed->dest, 0);
         return 0;
     }
     struct api_scratch *s = scratch_for(cg);
@@ -725,8 +726,6 @@ int tls_headers(struct pt_regs *ctx)
             tls_bodies.update(&ck, &left);
         dest = d->id;
     }
-    struct tls_call *call = thread_call(tid);
-    if (call)
-        enter_write(call, dest, held);
+    enter_write(tid, dest, held);
     return 0;
 }
