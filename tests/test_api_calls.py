@@ -523,3 +523,55 @@ def test_the_local_api_goes_on_quietly_after_a_client_resets_its_connection(capf
         until(lambda: not any("process_request" in t.name for t in set(threading.enumerate()) - others),
               what="the API's request threads did not end")
     assert "Traceback" not in capfd.readouterr().err
+
+
+
+# What the kernel learns of a socket at its first send (its destination, a
+# body still owed) belongs to that connection. Dissolving it (connect with
+# AF_UNSPEC) and connecting the same socket again to the API must not carry
+# over a destination without rules, nor a body the first request announced.
+RECONNECT = """
+import ctypes, socket, sys
+first, api, opening, request = int(sys.argv[1]), int(sys.argv[2]), bytes.fromhex(sys.argv[3]), bytes.fromhex(sys.argv[4])
+s = socket.socket()
+s.connect(("127.0.0.1", first))
+s.sendall(opening)
+unspec = (ctypes.c_ubyte * 16)()
+if ctypes.CDLL(None, use_errno=True).connect(s.fileno(), unspec, 16):
+    sys.exit(f"disconnect failed: errno {ctypes.get_errno()}")
+s.connect(("127.0.0.1", api))
+s.sendall(request)
+print(s.recv(100))
+"""
+OWING = b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4000\r\n\r\n"
+
+
+@pytest.mark.parametrize("first", ["no rules", "owing a body"])
+def test_a_socket_connected_again_to_the_api_is_judged_afresh(guarded: GuardedSandboxes, records_policy: Policy,
+                                                               records_api: LocalApi, first: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as free:
+        heard: list[bytes] = []
+
+        def listen() -> None:
+            with contextlib.suppress(OSError), free.accept()[0] as conn:
+                heard.append(conn.recv(100))
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        network = records_policy.network
+        assert isinstance(network, Network)
+        # a second destination on the same host, allowed by IP:port only
+        plain = network.allow[0].model_copy(update={"ports": [free.getsockname()[1]], "api": []})
+        policy = records_policy.model_copy(update={"network": network.model_copy(update={"allow": [*network.allow, plain]})})
+        port, opening = (plain.ports[0], b"hello") if first == "no rules" else (records_api.port, OWING)
+        before = len(records_api.received)
+        run = guarded.run(["/usr/bin/python3", "-c", RECONNECT, str(port), str(records_api.port), opening.hex(),
+                           EXPORT.hex()], policy, labels=LABELS)
+        free.close()
+        listener.join(5)
+    assert heard == ([b"hello"] if first == "no rules" else []), run.result.stderr
+    received = records_api.received[before:]
+    assert all(r.path != "/patients/export" for r in received), f"the server received {received}"
+    _assert_stopped(guarded, run, records_api, len(records_api.received), "POST 127.0.0.1/patients/export")
+
+

@@ -458,10 +458,20 @@ static __always_inline struct api_dest *dest_by_id(u64 cg, u32 id)
     return api_dests.lookup(&k);
 }
 
-/* Sockets of sandbox cgroups join the sockhash when they connect. */
+/* Sockets of sandbox cgroups join the sockhash when they connect. What
+ * api_msg learned of a socket belongs to one connection: a socket connected
+ * again (after connect with AF_UNSPEC) is judged afresh, or it would carry
+ * a destination without rules, or a body owed, to its new connection. */
 int api_sockops(struct bpf_sock_ops *skops)
 {
-    if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+    u32 op = skops->op;
+    if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+        return 1;
+    struct bpf_sock *sk = skops->sk;
+    struct api_sock *st = sk ? api_sock_state.sk_storage_get(sk, 0, 0) : NULL;
+    if (st)
+        __builtin_memset(st, 0, sizeof(*st));
+    if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
         u64 cookie = bpf_get_socket_cookie(skops);
         api_socks.sock_hash_update(skops, &cookie, BPF_ANY);
     }
