@@ -25,6 +25,7 @@ REASONS = {
     7: "an endpoint the profile never saw: held for the guard",
     8: "the sandbox is quarantined",
     9: "more calls to a learned endpoint than its budget: judged by the guard",
+    10: "TLS bytes written as the body of a request made on another connection",
 }
 API_ALLOW, API_STOP, API_HOLD = 1, 2, 3
 OVER_BUDGET = REASONS[9]

@@ -575,3 +575,41 @@ def test_a_socket_connected_again_to_the_api_is_judged_afresh(guarded: GuardedSa
     _assert_stopped(guarded, run, records_api, len(records_api.received), "POST 127.0.0.1/patients/export")
 
 
+
+# A TLS request's body is owed to the library object that wrote its headers.
+# The same object used again for a new connection (SSL_clear, then a new
+# socket), its first write is a request to read, not that body.
+SAME_OBJECT_NEW_CONNECTION = """
+import ctypes, socket, sys
+port, opening, request = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3])
+lib = ctypes.CDLL("libssl.so.3")
+ptr = ctypes.c_void_p
+lib.TLS_client_method.restype = lib.SSL_CTX_new.restype = lib.SSL_new.restype = ptr
+lib.SSL_CTX_new.argtypes = lib.SSL_new.argtypes = lib.SSL_clear.argtypes = lib.SSL_connect.argtypes = [ptr]
+lib.SSL_set_fd.argtypes = [ptr, ctypes.c_int]
+lib.SSL_write.argtypes = lib.SSL_read.argtypes = [ptr, ctypes.c_char_p, ctypes.c_int]
+ssl = lib.SSL_new(lib.SSL_CTX_new(lib.TLS_client_method()))
+connections = []
+for data in (opening, request):
+    connections.append(socket.create_connection(("127.0.0.1", port)))
+    lib.SSL_clear(ssl)
+    lib.SSL_set_fd(ssl, connections[-1].fileno())
+    if lib.SSL_connect(ssl) != 1 or lib.SSL_write(ssl, data, len(data)) != len(data):
+        sys.exit("the TLS connection failed")
+reply = ctypes.create_string_buffer(100)
+print(reply.raw[:lib.SSL_read(ssl, reply, 100)])
+"""
+
+
+def test_a_tls_body_owed_on_one_connection_is_not_carried_to_the_next(
+        guarded: GuardedSandboxes, records_policy: Policy, records_api: LocalApi) -> None:
+    host = f"Host: 127.0.0.1:{records_api.tls_port}".encode()  # without a port, TLS means 443
+    opening, export = (r.replace(b"Host: 127.0.0.1", host) for r in (OWING, EXPORT))
+    before = len(records_api.received)
+    run = guarded.run(["/usr/bin/python3", "-c", SAME_OBJECT_NEW_CONNECTION, str(records_api.tls_port),
+                       opening.hex(), export.hex()], records_policy, labels=LABELS)
+    received = records_api.received[before:]
+    assert all(r.path != "/patients/export" for r in received), f"the server received {received}"
+    # taken for the owed body, the write is not parsed: what names it is where it went
+    _assert_stopped(guarded, run, records_api, len(records_api.received),
+                    "written as the body of a request made on another connection")

@@ -35,8 +35,9 @@ BPF_HASH(api_learned, struct api_dest_key, u8, 1024);
 BPF_HASH(api_known, struct api_known_key, u32, 16384);
 BPF_HASH(api_made, struct api_known_key, u32, 16384);
 
-/* Per socket: its destination id once known, and the bytes still owed to
- * the body of the last allowed plain request. */
+/* Per socket: its destination id once known, the bytes still owed to the
+ * body of the last allowed plain request, and whether a TLS request went
+ * out on it (a body may follow only there). */
 #define SOCK_UNKNOWN 0
 #define SOCK_FREE 1            /* no API rules: today's IP:port meaning */
 #define SOCK_HTTP 2
@@ -45,7 +46,8 @@ struct api_sock {
     u32 dest;
     u32 body_left;
     u8 mode;
-    u8 _pad[7];
+    u8 requested;
+    u8 _pad[6];
 };
 BPF_SK_STORAGE(api_sock_state, struct api_sock);
 /* Programs entered by tail call: each parser loop is verified on its own. */
@@ -554,6 +556,23 @@ int api_http_headers(struct sk_msg_md *msg)
     return SK_PASS;
 }
 
+/* Whether a thread inside a watched TLS call may send on this API socket.
+ * The library's own records (handshake, alerts) may go anywhere; a write's
+ * only to its destination, and a body's only to a connection that carried
+ * a request: the library object that owes it may have been set up again
+ * for a new connection since (SSL_clear), whose first write is a request. */
+static __always_inline int tls_may_send(struct tls_call *call, struct api_sock *st)
+{
+    if (!call->writing)
+        return 1;
+    if (call->dest != st->dest)
+        return 0;
+    if (call->body)
+        return st->requested;
+    st->requested = 1;
+    return 1;
+}
+
 int api_msg(struct sk_msg_md *msg)
 {
     struct bpf_sock *sk = msg->sk;
@@ -586,14 +605,15 @@ int api_msg(struct sk_msg_md *msg)
     int quarantined = !w || (w->flags & WATCH_QUARANTINE);
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct tls_call *call = tls_calls.lookup(&tid);
-    if (!quarantined && call && call->depth && !call->held && (call->writing ? call->dest == st->dest : 1))
+    if (!quarantined && call && call->depth && !call->held && tls_may_send(call, st))
         return SK_PASS;
     struct api_scratch *s = scratch_for(cg);
     if (s) {
         s->ev.dest = st->dest;
         s->ev.tls = 1;
         s->ev.verdict = API_STOP;
-        s->ev.reason = quarantined ? API_QUARANTINED : API_NO_REQUEST;
+        s->ev.reason = quarantined ? API_QUARANTINED
+                       : call && call->writing && call->body ? API_BODY_ELSEWHERE : API_NO_REQUEST;
         s->ev.rule = 0xff;
         s->ev.port = __builtin_bswap16((u16)(msg->remote_port >> 16));
         emit(&s->ev, sizeof(s->ev), cg);
@@ -640,8 +660,8 @@ int tls_leave(struct pt_regs *ctx)
 }
 
 /* The thread enters a write whose records may go to dest (0: only to a
- * socket without API rules). */
-static __always_inline void enter_write(u32 tid, u32 dest, u32 held)
+ * socket without API rules): a request, or the body of one. */
+static __always_inline void enter_write(u32 tid, u32 dest, u16 held, u16 body)
 {
     struct tls_call *call = thread_call(tid);
     if (!call)
@@ -651,6 +671,7 @@ static __always_inline void enter_write(u32 tid, u32 dest, u32 held)
     call->writing = depth;
     call->dest = dest;
     call->held = held;
+    call->body = body;
 }
 
 static __always_inline void stop_caller(void)
@@ -676,7 +697,7 @@ int tls_write(struct pt_regs *ctx)
     if (owed && owed->left >= size) {
         /* the body of an allowed request */
         owed->left -= size;
-        enter_write(tid, owed->dest, 0);
+        enter_write(tid, owed->dest, 0, 1);
         return 0;
     }
     struct api_scratch *s = scratch_for(cg);
@@ -736,6 +757,6 @@ int tls_headers(struct pt_regs *ctx)
             tls_bodies.update(&ck, &left);
         dest = d->id;
     }
-    enter_write(tid, dest, held);
+    enter_write(tid, dest, held, 0);
     return 0;
 }

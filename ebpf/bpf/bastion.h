@@ -249,6 +249,7 @@ struct unix_key {
 #define API_UNSEEN 7           /* allowed by the policy, but an endpoint the profile never saw */
 #define API_QUARANTINED 8      /* the sandbox is quarantined: no egress at all */
 #define API_OVER_BUDGET 9      /* allowed, but more calls to a learned endpoint than its budget */
+#define API_BODY_ELSEWHERE 10  /* TLS: a write taken for the body of a request made on another connection */
 
 struct api_rule {
     u32 methods;

@@ -74,7 +74,8 @@ struct tls_call {
     u32 depth;                 /* 0: in no watched call */
     u32 dest;
     u32 writing;               /* the write's depth (0: no write, only records of the library's own) */
-    u32 held;                  /* stopped until the guard releases it: nothing passes */
+    u16 held;                  /* stopped until the guard releases it: nothing passes */
+    u16 body;                  /* the write is the body of the connection's last request */
 };
 BPF_TABLE("lru_hash", u32, struct tls_call, tls_calls, 16384);
 
