@@ -72,7 +72,7 @@ def check(ev: Event, rules: Rules, syscall_name: Callable[[int], str]) -> Findin
         case EventKind.API if ev.ret == -EACCES:
             rule = f"API call {api_request(ev)} stopped in the kernel: {ev.reason}"
         case EventKind.SYSCALL if ev.arg:  # seccomp's trap carries no syscall number
-            rule = "denied syscall attempted (one this kernel lacks, trapped by seccomp)"
+            rule = "denied syscall attempted (trapped by seccomp: one this kernel lacks, or one through another ABI)"
         case EventKind.SYSCALL if ev.ret in (-EPERM, -EAFNOSUPPORT):  # seccomp's refusals
             rule = f"denied syscall {syscall_name(ev.syscall)} attempted"
         case EventKind.EXEC if ev.ret == 0 and not _under(ev.path, rules.binaries):

@@ -148,7 +148,8 @@ def _denial(ev: Event, sb: Sandbox) -> Denial | None:
             kind, detail = "api", api_call(ev).line()
         case EventKind.SYSCALL if ev.arg:
             kind = "syscall"
-            detail = f"a denied syscall this kernel lacks, trapped (one of {', '.join(sb.trapped)})"
+            detail = (f"a syscall seccomp trapped: a denied one this kernel lacks ({', '.join(sb.trapped) or 'none'}), "
+                      "or one made through another ABI (32-bit int 0x80, x32), which kills")
         case EventKind.SYSCALL if name_of(ev.syscall) == "socket" and ev.ret in SOCKET_REFUSALS:
             kind, detail = "syscall", f"socket of a family the policy does not allow = {ev.ret}"
         case EventKind.SYSCALL:

@@ -146,6 +146,18 @@ def test_socket_families_the_policy_does_not_need_are_refused(guarded: GuardedSa
     assert any("socket" in a.rule for a in _rule_alerts(guarded, run))
 
 
+def test_a_syscall_through_the_32_bit_abi_is_killed(guarded: GuardedSandboxes) -> None:
+    """The filter's rules are x86-64's; a packet socket asked for by its
+    i386 number would pass them, so any syscall of another ABI kills."""
+    run = guarded.run(command(HERE / "other_abi.py"), Policy(network=NETWORKS["network allowed"]))
+    result = run.result
+    # killed by seccomp (SIGSYS), or by the guard on its report first
+    assert "OPENED" not in result.stdout and result.signal in (9, 31), (result.stdout, result.stderr, result.signal)
+    assert run.verdict is Verdict.KILL
+    assert [d for d in result.denials if d.kind == "syscall" and "another ABI" in d.detail], result.denials
+    assert any("another ABI" in a.rule for a in _rule_alerts(guarded, run))
+
+
 def test_the_workdir_has_a_quota_of_bytes_and_files(guarded: GuardedSandboxes) -> None:
     policy = Policy(limits=Limits(workdir_mb=8, workdir_files=64))
     result = guarded.run(command(HERE / "fill_workdir.py"), policy).result
