@@ -184,6 +184,11 @@ HOSTILE_REQUESTS = {
     "another host": b"GET /records/17 HTTP/1.1\r\nHost: evil.example\r\n\r\n",
     "HTTP/2": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     "chunked body": b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    # a lenient server may take a name with space before its colon as that header
+    "space before a colon": (b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
+                             b"Transfer-Encoding : chunked\r\n\r\n{}"),
+    "folded line": (b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nX-Note: a\r\n"
+                    b" Transfer-Encoding: chunked\r\n\r\n{}"),
     "body over the limit": b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000,
     "pipelined second request": (b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
                                  b"POST /patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"),

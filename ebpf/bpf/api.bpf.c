@@ -279,6 +279,9 @@ static __always_inline void parse_headers(struct api_scratch *s)
             if (c == '\n') {
                 r->head_len = i + 1;
                 p->state = P_END;
+            } else if (c == ' ' || c == '\t') {
+                r->bad = 1;  /* a folded line: the server may join it to the header above */
+                p->state = P_SKIP;
             } else if (c != '\r') {
                 p->name = fnv(FNV_OFFSET, lower(c));
                 p->state = P_NAME;
@@ -301,6 +304,9 @@ static __always_inline void parse_headers(struct api_scratch *s)
                 }
             } else if (c == '\n') {
                 p->state = P_END;
+            } else if (c == ' ' || c == '\t') {
+                r->bad = 1;  /* space before the colon: a lenient server may still read the header */
+                p->state = P_SKIP;
             } else {
                 p->name = fnv(p->name, lower(c));
             }
