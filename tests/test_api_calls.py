@@ -85,6 +85,36 @@ def test_allowed_calls_pass_with_their_replies(guarded: GuardedSandboxes, record
         assert [(b["method"], b["path"], b["allowed"]) for b in logged] == [(method, path, True)]
 
 
+# A call with a bearer token: its headers take more than one of the kernel's
+# 512-byte windows. argv: port, tls, CA file, token length.
+WITH_TOKEN = """
+import http.client, ssl, sys
+port, tls, ca, n = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3], int(sys.argv[4])
+conn = (http.client.HTTPSConnection("127.0.0.1", port, context=ssl.create_default_context(cafile=ca)) if tls
+        else http.client.HTTPConnection("127.0.0.1", port))
+conn.request("POST", "/notes", body=b'{"text": "seen"}', headers={"Authorization": "Bearer " + "t" * n})
+print(conn.getresponse().read().decode())
+"""
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_call_with_a_kilobytes_long_token_is_read_and_one_past_the_scan_is_stopped(
+        guarded: GuardedSandboxes, records_policy: Policy, records_api: LocalApi, tls: bool) -> None:
+    port = str(records_api.tls_port if tls else records_api.port)
+    before = len(records_api.received)
+    allowed = guarded.run(["/usr/bin/python3", "-c", WITH_TOKEN, port, "1" if tls else "0", str(records_api.ca_file),
+                           "3000"], records_policy, labels=LABELS)
+    assert allowed.result.exit_status == 0 and '"stored": 16' in allowed.result.stdout, allowed.result.stderr
+    assert [(r.method, r.path) for r in records_api.received[before:]] == [("POST", "/notes")]
+    assert [(c.method, c.path, c.allowed) for c in allowed.result.api_calls] == [("POST", "/notes", True)]
+    assert not allowed.alerts
+    # headers that end past the kernel's 4,096 bytes cannot be read
+    before = len(records_api.received)
+    past = guarded.run(["/usr/bin/python3", "-c", WITH_TOKEN, port, "1" if tls else "0", str(records_api.ca_file),
+                        "5000"], records_policy, labels=LABELS)
+    _assert_stopped(guarded, past, records_api, before, "POST 127.0.0.1/notes stopped in the kernel: not an HTTP/1.x")
+
+
 def _assert_stopped(guarded: GuardedSandboxes, run: GuardedRun, records_api: LocalApi, before: int, what: str) -> None:
     """The call never reached the server, the tool was killed, and the alert
     and the audit record name the step and the call."""

@@ -185,7 +185,7 @@ static __always_inline void parse_line(struct api_scratch *s, u32 len)
      * cannot be part of a request line or header. */
     s->buf[len] = 0;
     p->state = P_METHOD;
-    for (u32 i = 0; i < API_SCAN; i++) {
+    for (u32 i = 0; i < API_WINDOW; i++) {
         u8 c = s->buf[i];
         if (!c || p->state == P_END)
             break;
@@ -253,23 +253,28 @@ static __always_inline void parse_line(struct api_scratch *s, u32 len)
     asm volatile("" ::: "memory");
     if (!r->method || p->state != P_END)
         p->pos = 0;
+    else
+        p->state = P_LINE;  /* for parse_headers */
 }
 
-/* Parse the headers from p->pos on: Host, Content-Length, Transfer-Encoding,
- * and where they end; marks the request unreadable where that fails. */
-static __always_inline void parse_headers(struct api_scratch *s)
+/* Parse a window of the headers from p->pos on: Host, Content-Length,
+ * Transfer-Encoding, and where they end. Returns 1 where the next window
+ * is to be read (the caller tail-calls itself: p->pos is where it starts);
+ * at the end, marks the request unreadable where reading it failed. */
+static __always_inline int parse_headers(struct api_scratch *s)
 {
     volatile struct api_req *r = &s->req;
     volatile struct parse_state *p = &s->ps;
     u32 start = p->pos;
-    p->state = P_LINE;
-    for (u32 j = 0; j < API_SCAN; j++) {
+    for (u32 j = 0; j < API_WINDOW; j++) {
         u32 i = start + j;
         if (!start || i >= API_SCAN)
             break;
         asm volatile("%0 &= %1" : "+r"(i) : "i"(API_SCAN - 1));  /* a bound the verifier sees */
         u8 c = s->buf[i];
-        if (!c || p->state == P_END)
+        if (!c)
+            p->state = P_END;  /* the bytes read end here */
+        if (p->state == P_END)
             break;
         u32 state = p->state;
         if (state == P_SKIP) {
@@ -343,10 +348,15 @@ static __always_inline void parse_headers(struct api_scratch *s)
         asm volatile("" ::: "memory");
     }
     asm volatile("" ::: "memory");
+    if (start && p->state != P_END && start + API_WINDOW < API_SCAN) {
+        p->pos = start + API_WINDOW;
+        return 1;
+    }
     if (!r->head_len || !r->method)
         r->unreadable = 1;
     else if (p->size - r->head_len > r->body)
         r->unreadable = 1;  /* a second request behind the first in one send */
+    return 0;
 }
 
 /* Which rule of d allows the request: its index, or -reason. */
@@ -542,17 +552,22 @@ int api_http(struct sk_msg_md *msg)
 
 int api_http_headers(struct sk_msg_md *msg)
 {
+    u32 zero = 0;
+    struct api_scratch *s = api_scratch.lookup(&zero);
+    if (!s)
+        return SK_DROP;
+    if (parse_headers(s)) {
+        api_progs.call(msg, PROG_HTTP_HEADERS);  /* the next window */
+        return SK_DROP;
+    }
     struct bpf_sock *sk = msg->sk;
     if (!sk)
         return SK_DROP;
     struct api_sock *st = api_sock_state.sk_storage_get(sk, 0, 0);
-    u32 zero = 0;
-    struct api_scratch *s = api_scratch.lookup(&zero);
-    if (!st || !s)
+    if (!st)
         return SK_DROP;
     u64 cg;
     struct watch_info *w = watched_cgroup(&cg);
-    parse_headers(s);
     struct api_req *r = &s->req;
     /* a held plain request is dropped: the guard's verdict decides the next one */
     if (judge(s, dest_by_id(cg, st->dest), cg, 0, __builtin_bswap16((u16)(msg->remote_port >> 16)),
@@ -732,18 +747,23 @@ int tls_headers(struct pt_regs *ctx)
         stop_caller();
         return 0;
     }
+    if (parse_headers(s)) {
+        tls_progs.call(ctx, PROG_TLS_HEADERS);  /* the next window */
+        stop_caller();
+        return 0;
+    }
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
     struct tls_conn_key ck = {.obj = PT_REGS_PARM1(ctx), .pid = id >> 32};
-    parse_headers(s);
     struct api_req *r = &s->req;
     struct api_host_key hk = {.cgroup_id = cg, .host = r->host, .port = r->host_port ? r->host_port : 443};
-    u32 *dest_id = r->unreadable ? NULL : api_hosts.lookup(&hk);
+    u32 *dest_id = api_hosts.lookup(&hk);
     struct api_dest *d = dest_id ? dest_by_id(cg, *dest_id) : NULL;
     u32 dest = 0, held = 0;
-    /* A request to a host without API rules, or one that cannot be read,
-     * goes on with no destination: the SK_MSG program lets its records out
-     * only on sockets without API rules. */
+    /* A request to a host without API rules, or one whose Host header
+     * cannot be read, goes on with no destination: the SK_MSG program lets
+     * its records out only on sockets without API rules. One to an API host
+     * that cannot be read otherwise is judged, and stopped, here. */
     if (d) {
         int verdict = judge(s, d, cg, 1, hk.port, 0);
         if (verdict == API_STOP) {

@@ -214,9 +214,13 @@ struct unix_key {
 #define UNIX_QUIET 2
 
 /* API calls (api.bpf.c). A request's method, Host header and path are
- * parsed from its first API_SCAN bytes; path segments are compared as
- * FNV-1a hashes, so rules need no strings in the kernel. */
-#define API_SCAN 512
+ * parsed from its first API_SCAN bytes (a bearer token or cookies easily
+ * take a kilobyte), the request line from the first API_WINDOW of them and
+ * the headers a window at a time, each window one pass of one program (the
+ * verifier walks each byte of a loop: 512 is what it takes). Path segments
+ * are compared as FNV-1a hashes, so rules need no strings in the kernel. */
+#define API_SCAN 4096
+#define API_WINDOW 512
 #define API_SEGS 8             /* path segments a rule can name */
 #define API_RULES 16           /* rules per destination */
 #define API_HOST_LEN 64
