@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 API_SEGS = 8
 API_RULES = 16
+API_DESTS_MAX = 31  # destination ids are bits of a word in api_peers, 1..31
 API_ANY_SEGMENT = 0
 API_NO_LIMIT = 0xFFFFFFFF
 
@@ -108,6 +109,8 @@ class KernelApiDest:
     rules: tuple[KernelApiRule, ...]
 
     def __post_init__(self) -> None:
+        if not 1 <= self.id <= API_DESTS_MAX:
+            raise ValueError(f"destination {self.host}: id {self.id} is outside 1..{API_DESTS_MAX}")
         if not 1 <= len(self.rules) <= API_RULES:
             raise ValueError(f"destination {self.host}: between 1 and {API_RULES} API rules, not {len(self.rules)}")
         for rule in self.rules:

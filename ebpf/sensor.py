@@ -541,13 +541,11 @@ class Sensor:
         """The cgroup's destinations with API rules; on every other one a
         connected socket keeps the IP:port meaning."""
         peers, hosts, rules = self.bpf["api_peers"], self.bpf["api_hosts"], self.bpf["api_dests"]
+        reached: dict[tuple[bytes, int], int] = {}  # each peer's destinations, a bit per id
         for dest in dests:
             for addr, port in dest.peers:
-                key = peers.Key()
-                key.cgroup_id = cgroup_id
-                key.addr[:] = list((addr if addr.version == 6 else _ipv4_mapped(addr)).packed)
-                key.port = port
-                peers[key] = ct.c_uint32(dest.id)
+                packed = (addr if addr.version == 6 else _ipv4_mapped(addr)).packed
+                reached[packed, port] = reached.get((packed, port), 0) | 1 << dest.id
             for port in dest.ports:
                 key = hosts.Key()
                 key.cgroup_id, key.host, key.port = cgroup_id, host_hash(dest.host), port
@@ -561,6 +559,11 @@ class Sensor:
                 slot.nsegs = len(rule.segments)
                 slot.segs[: len(rule.segments)] = list(rule.segments)
             rules[key] = leaf
+        for (packed, port), bits in reached.items():
+            key = peers.Key()
+            key.cgroup_id, key.port = cgroup_id, port
+            key.addr[:] = list(packed)
+            peers[key] = ct.c_uint32(bits)
 
     def learn_endpoints(self, cgroup_id: int, dest_id: int, endpoints: Mapping[int, int]) -> None:
         """The destination's calls were learned: only these endpoint hashes

@@ -152,6 +152,21 @@ class Network(_Strict):
             ipaddress.ip_address(r)
         return resolvers
 
+    @field_validator("allow")
+    @classmethod
+    def _api_hosts_named_once(cls, allow: list[Destination]) -> list[Destination]:
+        with_api = [d for d in allow if d.api]
+        if len(with_api) > 31:  # the kernel keeps each peer's destinations as bits of a word (ebpf.api)
+            raise ValueError(f"at most 31 destinations with API rules, not {len(with_api)}")
+        named: set[tuple[str, int]] = set()
+        for d in with_api:
+            for port in d.ports:
+                if (d.host.lower(), port) in named:
+                    raise ValueError(f"{d.host} port {port} has API rules in two entries: one Host header "
+                                     "cannot answer to two rule lists; merge them")
+                named.add((d.host.lower(), port))
+        return allow
+
     def destinations(self) -> list[Destination]:
         """The allowlist with the resolvers' DNS service added."""
         dns = [Destination(host=r, ports=[53], protocol=Protocol.ANY) for r in self.dns_resolvers]

@@ -37,7 +37,7 @@ from guard import recorder
 from sandbox.cgroup import cgroup2_mount
 from sandbox.egress import compile_api
 from sandbox.limits import v1_mount
-from sandbox.policy import Network, Policy, PolicyError, parse_policy
+from sandbox.policy import ApiRule, Network, Policy, PolicyError, parse_policy
 from sandbox.result import STOPPED_EXIT
 from tests.apis import LABELS, api_policy, base, ip_port_only, request
 from tests.waiting import until
@@ -83,6 +83,29 @@ def test_allowed_calls_pass_with_their_replies(guarded: GuardedSandboxes, record
         assert [(c.method, c.path, c.tls, c.allowed) for c in calls] == [(method, path, tls, True)]
         logged = _audited_calls(guarded, run.result.sandbox)
         assert [(b["method"], b["path"], b["allowed"]) for b in logged] == [(method, path, True)]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_two_api_hosts_on_one_address_and_port_each_keep_their_rules(
+        guarded: GuardedSandboxes, records_api: LocalApi, tls: bool) -> None:
+    """Virtual hosts behind one gateway: the Host header, not the address,
+    says whose rules a request answers to."""
+    network = api_policy(records_api).network
+    assert isinstance(network, Network)
+    records = network.allow[0].model_copy(update={"api": [ApiRule(methods=["GET"], path="/records/{id}")]})
+    formulary = records.model_copy(update={"host": "localhost", "api": [ApiRule(methods=["GET"], path="/formulary")]})
+    policy = api_policy(records_api).model_copy(
+        update={"network": network.model_copy(update={"allow": [records, formulary]})})
+    port = records_api.tls_port if tls else records_api.port
+    scheme = "https" if tls else "http"
+    before = len(records_api.received)
+    for host, path in (("127.0.0.1", "/records/17"), ("localhost", "/formulary")):
+        run = request(guarded, policy, "GET", f"{scheme}://{host}:{port}{path}")
+        assert run.result.exit_status == 0 and not run.alerts, (host, run.result.stderr, run.alerts)
+    assert [r.path for r in records_api.received[before:]] == ["/records/17", "/formulary"]
+    before = len(records_api.received)
+    crossed = request(guarded, policy, "GET", f"{scheme}://127.0.0.1:{port}/formulary")
+    _assert_stopped(guarded, crossed, records_api, before, "GET 127.0.0.1/formulary stopped in the kernel: no API rule")
 
 
 # A call with a bearer token: its headers take more than one of the kernel's
@@ -347,6 +370,8 @@ def test_what_a_tls_server_asks_for_is_answered_and_the_calls_pass(guarded: Guar
     ('{host: 127.0.0.1, ports: [80], api: [{methods: [GET], path: "/a/../b"}]}', "'..'"),
     ('{host: 127.0.0.1, ports: [80], api: [{methods: [GET], path: "records"}]}', "does not start with /"),
     ('{host: 127.0.0.1, ports: [80], api: [{methods: [FETCH], path: "/x"}]}', "methods"),
+    ('{host: records.example, ports: [80], api: [{methods: [GET], path: "/x"}]}, '
+     '{host: Records.example, ports: [80, 443], api: [{methods: [POST], path: "/y"}]}', "two entries"),
 ])
 def test_malformed_api_rules_are_refused_naming_the_field(entry: str, field: str) -> None:
     with pytest.raises(PolicyError) as err:

@@ -23,6 +23,9 @@
 #define ID_MIN_HEX 8           /* shorter hex words are names ("cafe", "add") */
 
 BPF_SOCKHASH(api_socks, u64, 65535);
+/* Each peer's destinations, a bit per id (API_DESTS_MAX): several API hosts
+ * may share an address and port (virtual hosts behind one gateway), and the
+ * Host header tells them apart. */
 BPF_HASH(api_peers, struct api_peer_key, u32, 4096);
 BPF_HASH(api_hosts, struct api_host_key, u32, 4096);
 BPF_HASH(api_dests, struct api_dest_key, struct api_dest, 1024);
@@ -35,15 +38,15 @@ BPF_HASH(api_learned, struct api_dest_key, u8, 1024);
 BPF_HASH(api_known, struct api_known_key, u32, 16384);
 BPF_HASH(api_made, struct api_known_key, u32, 16384);
 
-/* Per socket: its destination id once known, the bytes still owed to the
- * body of the last allowed plain request, and whether a TLS request went
- * out on it (a body may follow only there). */
+/* Per socket: its peer's destinations once known, the bytes still owed to
+ * the body of the last allowed plain request, and whether a TLS request
+ * went out on it (a body may follow only there). */
 #define SOCK_UNKNOWN 0
 #define SOCK_FREE 1            /* no API rules: today's IP:port meaning */
 #define SOCK_HTTP 2
 #define SOCK_TLS 3
 struct api_sock {
-    u32 dest;
+    u32 dests;                 /* a bit per destination id */
     u32 body_left;
     u8 mode;
     u8 requested;
@@ -496,7 +499,7 @@ int api_sockops(struct bpf_sock_ops *skops)
     return 1;
 }
 
-static __always_inline u32 peer_dest(struct sk_msg_md *msg, u64 cg)
+static __always_inline u32 peer_dests(struct sk_msg_md *msg, u64 cg)
 {
     struct api_peer_key k = {.cgroup_id = cg};
     if (msg->family == 2) {
@@ -509,8 +512,13 @@ static __always_inline u32 peer_dest(struct sk_msg_md *msg, u64 cg)
         __builtin_memcpy(k.addr, ip, 16);
     }
     k.port = __builtin_bswap16((u16)(msg->remote_port >> 16));
-    u32 *id = api_peers.lookup(&k);
-    return id ? *id : 0;
+    u32 *dests = api_peers.lookup(&k);
+    return dests ? *dests : 0;
+}
+
+static __always_inline int reaches(struct api_sock *st, u32 dest)
+{
+    return dest && dest < 32 && (st->dests & (1u << dest));
 }
 
 /* A send on a plain HTTP socket of an API destination: the body still
@@ -569,9 +577,13 @@ int api_http_headers(struct sk_msg_md *msg)
     u64 cg;
     struct watch_info *w = watched_cgroup(&cg);
     struct api_req *r = &s->req;
+    /* the destination the Host header names, if the socket's peer is one of its */
+    u16 port = __builtin_bswap16((u16)(msg->remote_port >> 16));
+    struct api_host_key hk = {.cgroup_id = cg, .host = r->host, .port = port};
+    u32 *dest = api_hosts.lookup(&hk);
+    struct api_dest *d = dest && reaches(st, *dest) ? dest_by_id(cg, *dest) : NULL;
     /* a held plain request is dropped: the guard's verdict decides the next one */
-    if (judge(s, dest_by_id(cg, st->dest), cg, 0, __builtin_bswap16((u16)(msg->remote_port >> 16)),
-              !w || (w->flags & WATCH_QUARANTINE)) != API_ALLOW)
+    if (judge(s, d, cg, 0, port, !w || (w->flags & WATCH_QUARANTINE)) != API_ALLOW)
         return SK_DROP;
     st->body_left = r->body - (s->ps.size - r->head_len);
     return SK_PASS;
@@ -586,7 +598,7 @@ static __always_inline int tls_may_send(struct tls_call *call, struct api_sock *
 {
     if (!call->writing)
         return 1;
-    if (call->dest != st->dest)
+    if (!reaches(st, call->dest))
         return 0;
     if (call->body)
         return st->requested;
@@ -607,8 +619,8 @@ int api_msg(struct sk_msg_md *msg)
     u64 cg;
     struct watch_info *w = watched_cgroup(&cg);
     if (st->mode == SOCK_UNKNOWN) {
-        st->dest = w ? peer_dest(msg, cg) : 0;
-        if (!st->dest) {
+        st->dests = w ? peer_dests(msg, cg) : 0;
+        if (!st->dests) {
             st->mode = SOCK_FREE;
             return SK_PASS;
         }
@@ -630,7 +642,7 @@ int api_msg(struct sk_msg_md *msg)
         return SK_PASS;
     struct api_scratch *s = scratch_for(cg);
     if (s) {
-        s->ev.dest = st->dest;
+        s->ev.dest = call ? call->dest : 0;
         s->ev.tls = 1;
         s->ev.verdict = API_STOP;
         s->ev.reason = quarantined ? API_QUARANTINED
