@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import platform
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from common.files import read_bytes, read_text
 from ebpf import probe
 from sandbox import landlock
 from sandbox.cgroup import Cgroup, cgroup2_mount
@@ -118,6 +120,39 @@ def _seccomp() -> str:
     return "filter loaded in a child; denied syscall returned EPERM"
 
 
+# Models under which a BPF program can be preempted part way: the API
+# programs share a per-CPU scratch along a chain of tail calls, and a call
+# parsed on the same CPU meanwhile would overwrite the state of the first.
+PREEMPTIBLE = ("full", "lazy", "laziest", "rt")
+_BUILD_MODELS = (("CONFIG_PREEMPT_RT=y", "rt"), ("CONFIG_PREEMPT=y", "full"), ("CONFIG_PREEMPT_LAZY=y", "lazy"),
+                 ("CONFIG_PREEMPT_VOLUNTARY=y", "voluntary"), ("CONFIG_PREEMPT_NONE=y", "none"))
+
+
+def preemption_model(config: str, cmdline: str) -> str:
+    """The kernel's preemption model: `preempt=` on its command line where
+    the build lets the boot choose (CONFIG_PREEMPT_DYNAMIC), else the build's."""
+    options = set(config.splitlines())
+    if "CONFIG_PREEMPT_DYNAMIC=y" in options:
+        for arg in cmdline.split():
+            if arg.startswith("preempt="):
+                return arg.removeprefix("preempt=")
+    for option, model in _BUILD_MODELS:
+        if option in options:
+            return model
+    raise RuntimeError("the kernel's build configuration names no preemption model")
+
+
+def _preemption() -> str:
+    boot = Path(f"/boot/config-{platform.release()}")
+    config = (gzip.decompress(read_bytes("/proc/config.gz", 1 << 20)).decode() if Path("/proc/config.gz").exists()
+              else read_text(boot, 1 << 22))
+    model = preemption_model(config, read_text("/proc/cmdline", 1 << 16))
+    if model in PREEMPTIBLE:
+        raise RuntimeError(f"preemption {model}: an API call program can be preempted between its tail calls, "
+                           "and a call parsed on its CPU meanwhile would overwrite its state")
+    return f"{model}: a BPF program runs to its end on its CPU"
+
+
 def _idle_cpu_group() -> str:
     """Where the recorder of allowed API calls would wait for idle CPUs:
     tried on a short-lived child."""
@@ -150,6 +185,7 @@ CHECKS: list[tuple[str, bool, Callable[[], str], str]] = [
     ("BTF", False, _btf, "kernel built without CONFIG_DEBUG_INFO_BTF: not needed by BCC"),
     ("landlock", True, _landlock, "boot with lsm=...,landlock"),
     ("seccomp", True, _seccomp, "apt-get install libseccomp2; kernel needs CONFIG_SECCOMP_FILTER"),
+    ("kernel preemption", False, _preemption, "boot with preempt=none or preempt=voluntary"),
     ("idle cpu group", False, _idle_cpu_group,
      "mount the v1 cpu controller, or enable cpu in the v2 hierarchy (kernel 5.15 or later for cpu.idle)"),
     ("sandbox launcher", True, lambda: f"built at {launcher_binary()}", SETUP + " (installs gcc and libc6-dev)"),

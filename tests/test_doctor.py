@@ -29,3 +29,19 @@ def test_a_failing_check_names_its_fix(monkeypatch) -> None:  # type: ignore[no-
     [row] = doctor.run_checks()
     assert (row.ok, row.detail, row.fix) == (False, "no tracefs here", "mount -t tracefs tracefs /sys/kernel/tracing")
     assert not doctor.healthy([row])
+
+
+def test_a_kernel_that_can_preempt_a_bpf_program_is_named_with_its_fix(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The API programs share a per-CPU scratch along their tail calls: a
+    kernel that preempts kernel code could let one call's parse overwrite another's."""
+    from bastion import doctor
+
+    dynamic = "CONFIG_PREEMPT_DYNAMIC=y\nCONFIG_PREEMPT_NONE=y\n"
+    assert doctor.preemption_model(dynamic, "root=/dev/vda1 ro") == "none"
+    assert doctor.preemption_model(dynamic, "root=/dev/vda1 preempt=full") == "full"
+    assert doctor.preemption_model("CONFIG_PREEMPT_NONE=y\n", "preempt=full") == "none"  # not the boot's to choose
+    assert doctor.preemption_model("CONFIG_PREEMPT_RT=y\nCONFIG_PREEMPT=y\n", "") == "rt"
+    monkeypatch.setattr(doctor, "preemption_model", lambda config, cmdline: "full")
+    monkeypatch.setattr(doctor, "CHECKS", [c for c in doctor.CHECKS if c[0] == "kernel preemption"])
+    [row] = doctor.run_checks()
+    assert not row.ok and "preempted between its tail calls" in row.detail and "preempt=none" in row.fix
