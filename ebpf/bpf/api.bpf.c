@@ -479,6 +479,20 @@ static __always_inline struct api_dest *dest_by_id(u64 cg, u32 id)
     return api_dests.lookup(&k);
 }
 
+/* The id of the destination a Host header names on this port, 0 if none. */
+static __always_inline u32 host_dest(u64 cg, u64 host, u16 port)
+{
+    struct api_host_key k = {.cgroup_id = cg, .host = host, .port = port};
+    u32 *id = api_hosts.lookup(&k);
+    return id ? *id : 0;
+}
+
+/* The peer's port: sk_msg_md keeps it in network order in the upper half. */
+static __always_inline u16 peer_port(struct sk_msg_md *msg)
+{
+    return __builtin_bswap16((u16)(msg->remote_port >> 16));
+}
+
 /* Sockets of sandbox cgroups join the sockhash when they connect. What
  * api_msg learned of a socket belongs to one connection: a socket connected
  * again (after connect with AF_UNSPEC) is judged afresh, or it would carry
@@ -511,7 +525,7 @@ static __always_inline u32 peer_dests(struct sk_msg_md *msg, u64 cg)
         u32 ip[4] = {msg->remote_ip6[0], msg->remote_ip6[1], msg->remote_ip6[2], msg->remote_ip6[3]};
         __builtin_memcpy(k.addr, ip, 16);
     }
-    k.port = __builtin_bswap16((u16)(msg->remote_port >> 16));
+    k.port = peer_port(msg);
     u32 *dests = api_peers.lookup(&k);
     return dests ? *dests : 0;
 }
@@ -578,10 +592,9 @@ int api_http_headers(struct sk_msg_md *msg)
     struct watch_info *w = watched_cgroup(&cg);
     struct api_req *r = &s->req;
     /* the destination the Host header names, if the socket's peer is one of its */
-    u16 port = __builtin_bswap16((u16)(msg->remote_port >> 16));
-    struct api_host_key hk = {.cgroup_id = cg, .host = r->host, .port = port};
-    u32 *dest = api_hosts.lookup(&hk);
-    struct api_dest *d = dest && reaches(st, *dest) ? dest_by_id(cg, *dest) : NULL;
+    u16 port = peer_port(msg);
+    u32 dest = host_dest(cg, r->host, port);
+    struct api_dest *d = reaches(st, dest) ? dest_by_id(cg, dest) : NULL;
     /* a held plain request is dropped: the guard's verdict decides the next one */
     if (judge(s, d, cg, 0, port, !w || (w->flags & WATCH_QUARANTINE)) != API_ALLOW)
         return SK_DROP;
@@ -648,7 +661,7 @@ int api_msg(struct sk_msg_md *msg)
         s->ev.reason = quarantined ? API_QUARANTINED
                        : call && call->writing && call->body ? API_BODY_ELSEWHERE : API_NO_REQUEST;
         s->ev.rule = 0xff;
-        s->ev.port = __builtin_bswap16((u16)(msg->remote_port >> 16));
+        s->ev.port = peer_port(msg);
         emit(&s->ev, sizeof(s->ev), cg);
     }
     return SK_DROP;
@@ -752,10 +765,9 @@ int tls_write(struct pt_regs *ctx)
 
 int tls_headers(struct pt_regs *ctx)
 {
-    u64 cg;
     u32 zero = 0;
     struct api_scratch *s = api_scratch.lookup(&zero);
-    if (!watched_cgroup(&cg) || !s) {
+    if (!s) {
         stop_caller();
         return 0;
     }
@@ -764,20 +776,25 @@ int tls_headers(struct pt_regs *ctx)
         stop_caller();
         return 0;
     }
+    u64 cg;
+    if (!watched_cgroup(&cg)) {
+        stop_caller();
+        return 0;
+    }
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
     struct tls_conn_key ck = {.obj = PT_REGS_PARM1(ctx), .pid = id >> 32};
     struct api_req *r = &s->req;
-    struct api_host_key hk = {.cgroup_id = cg, .host = r->host, .port = r->host_port ? r->host_port : 443};
-    u32 *dest_id = api_hosts.lookup(&hk);
-    struct api_dest *d = dest_id ? dest_by_id(cg, *dest_id) : NULL;
+    u16 port = r->host_port ? r->host_port : 443;
+    u32 named = host_dest(cg, r->host, port);
+    struct api_dest *d = named ? dest_by_id(cg, named) : NULL;
     u32 dest = 0, held = 0;
     /* A request to a host without API rules, or one whose Host header
      * cannot be read, goes on with no destination: the SK_MSG program lets
      * its records out only on sockets without API rules. One to an API host
      * that cannot be read otherwise is judged, and stopped, here. */
     if (d) {
-        int verdict = judge(s, d, cg, 1, hk.port, 0);
+        int verdict = judge(s, d, cg, 1, port, 0);
         if (verdict == API_STOP) {
             stop_caller();
             return 0;
