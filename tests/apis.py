@@ -5,7 +5,7 @@ from __future__ import annotations
 from agents.tools import TOOLS
 from bastion.guarded import GuardedRun, GuardedSandboxes
 from bastion.local_api import LocalApi, api_rules
-from sandbox.policy import Network, Policy, parse_policy
+from sandbox.policy import Destination, Network, Policy, parse_policy
 
 LABELS = {"agent": "clinic", "step": "task-7/2", "tool_call": "http_request"}
 
@@ -15,11 +15,16 @@ def api_policy(api: LocalApi) -> Policy:
     return parse_policy(api_policy_yaml(api), "records-api policy")
 
 
+def allowing(policy: Policy, allow: list[Destination]) -> Policy:
+    """The same policy with these destinations allowed instead of its own."""
+    assert isinstance(policy.network, Network)
+    return policy.model_copy(update={"network": policy.network.model_copy(update={"allow": allow})})
+
+
 def ip_port_only(policy: Policy) -> Policy:
     """The same policy with its destinations' API rules removed: allowed by IP:port only."""
     assert isinstance(policy.network, Network)
-    allow = [d.model_copy(update={"api": []}) for d in policy.network.allow]
-    return policy.model_copy(update={"network": policy.network.model_copy(update={"allow": allow})})
+    return allowing(policy, [d.model_copy(update={"api": []}) for d in policy.network.allow])
 
 
 def api_policy_yaml(api: LocalApi) -> str:

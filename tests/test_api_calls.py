@@ -39,7 +39,7 @@ from sandbox.egress import compile_api
 from sandbox.limits import v1_mount
 from sandbox.policy import ApiRule, Network, Policy, PolicyError, parse_policy
 from sandbox.result import STOPPED_EXIT
-from tests.apis import LABELS, api_policy, base, ip_port_only, request
+from tests.apis import LABELS, allowing, api_policy, base, ip_port_only, request
 from tests.waiting import until
 
 CURL = Path("/usr/bin/curl")
@@ -90,12 +90,11 @@ def test_two_api_hosts_on_one_address_and_port_each_keep_their_rules(
         guarded: GuardedSandboxes, records_api: LocalApi, tls: bool) -> None:
     """Virtual hosts behind one gateway: the Host header, not the address,
     says whose rules a request answers to."""
-    network = api_policy(records_api).network
-    assert isinstance(network, Network)
-    records = network.allow[0].model_copy(update={"api": [ApiRule(methods=["GET"], path="/records/{id}")]})
+    policy = api_policy(records_api)
+    assert isinstance(policy.network, Network)
+    records = policy.network.allow[0].model_copy(update={"api": [ApiRule(methods=["GET"], path="/records/{id}")]})
     formulary = records.model_copy(update={"host": "localhost", "api": [ApiRule(methods=["GET"], path="/formulary")]})
-    policy = api_policy(records_api).model_copy(
-        update={"network": network.model_copy(update={"allow": [records, formulary]})})
+    policy = allowing(policy, [records, formulary])
     port = records_api.tls_port if tls else records_api.port
     scheme = "https" if tls else "http"
     before = len(records_api.received)
@@ -625,7 +624,7 @@ def test_a_socket_connected_again_to_the_api_is_judged_afresh(guarded: GuardedSa
         assert isinstance(network, Network)
         # a second destination on the same host, allowed by IP:port only
         plain = network.allow[0].model_copy(update={"ports": [free.getsockname()[1]], "api": []})
-        policy = records_policy.model_copy(update={"network": network.model_copy(update={"allow": [*network.allow, plain]})})
+        policy = allowing(records_policy, [*network.allow, plain])
         port, opening = (plain.ports[0], b"hello") if first == "no rules" else (records_api.port, OWING)
         before = len(records_api.received)
         run = guarded.run(["/usr/bin/python3", "-c", RECONNECT, str(port), str(records_api.port), opening.hex(),
