@@ -371,6 +371,8 @@ def test_what_a_tls_server_asks_for_is_answered_and_the_calls_pass(guarded: Guar
     ('{host: 127.0.0.1, ports: [80], api: [{methods: [FETCH], path: "/x"}]}', "methods"),
     ('{host: records.example, ports: [80], api: [{methods: [GET], path: "/x"}]}, '
      '{host: Records.example, ports: [80, 443], api: [{methods: [POST], path: "/y"}]}', "two entries"),
+    (", ".join(f'{{host: h{i}.example, ports: [80], api: [{{methods: [GET], path: "/x"}}]}}' for i in range(32)),
+     "at most 31 destinations"),
 ])
 def test_malformed_api_rules_are_refused_naming_the_field(entry: str, field: str) -> None:
     with pytest.raises(PolicyError) as err:
