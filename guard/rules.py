@@ -16,7 +16,7 @@ from ebpf.api import describe_request
 from ebpf.events import AF_INET, AF_INET6, Event, EventKind
 from guard.traces import Behaviour, WORKDIR, destination, path_prefix, took_place
 
-EACCES, EPERM, EAFNOSUPPORT = 13, 1, 97
+EACCES, EPERM, EAFNOSUPPORT, EPROTONOSUPPORT = 13, 1, 97, 93
 _WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -73,7 +73,7 @@ def check(ev: Event, rules: Rules, syscall_name: Callable[[int], str]) -> Findin
             rule = f"API call {api_request(ev)} stopped in the kernel: {ev.reason}"
         case EventKind.SYSCALL if ev.arg:  # seccomp's trap carries no syscall number
             rule = "denied syscall attempted (trapped by seccomp: one this kernel lacks, or one through another ABI)"
-        case EventKind.SYSCALL if ev.ret in (-EPERM, -EAFNOSUPPORT):  # seccomp's refusals
+        case EventKind.SYSCALL if ev.ret in (-EPERM, -EAFNOSUPPORT, -EPROTONOSUPPORT):  # seccomp's refusals
             rule = f"denied syscall {syscall_name(ev.syscall)} attempted"
         case EventKind.EXEC if ev.ret == 0 and not _under(ev.path, rules.binaries):
             rule = f"binary {ev.path} is outside the allowed binaries"

@@ -151,7 +151,7 @@ def _denial(ev: Event, sb: Sandbox) -> Denial | None:
             detail = (f"a syscall seccomp trapped: a denied one this kernel lacks ({', '.join(sb.trapped) or 'none'}), "
                       "or one made through another ABI (32-bit int 0x80, x32), which kills")
         case EventKind.SYSCALL if name_of(ev.syscall) == "socket" and ev.ret in SOCKET_REFUSALS:
-            kind, detail = "syscall", f"socket of a family the policy does not allow = {ev.ret}"
+            kind, detail = "syscall", f"socket of a family or protocol the policy does not allow = {ev.ret}"
         case EventKind.SYSCALL:
             kind, detail = "syscall", f"{name_of(ev.syscall)} = {ev.ret}"
         case EventKind.CONNECT | EventKind.SENDTO if ev.ret == -EACCES and ev.family != AF_UNIX:  # Landlock's TCP wall

@@ -19,7 +19,7 @@ SCMP_CMP_MASKED_EQ = 7
 CLONE_NEWUSER = 0x10000000
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
 NETLINK_ROUTE = 0
-IPPROTO_TCP, TCP_FASTOPEN_CONNECT = 6, 30
+IPPROTO_TCP, IPPROTO_UDP, TCP_FASTOPEN_CONNECT = 6, 17, 30
 AF_MAX = 46  # families this kernel knows are below it; the rest are refused too
 # The socket families a tool may create: everything else (vsock, packet,
 # bluetooth, can, alg, xdp, ...) reaches past the egress hooks, so seccomp
@@ -63,13 +63,20 @@ ARG_RULES: tuple[tuple[str, int, tuple[tuple[int, int, int, int], ...]], ...] = 
     ("socket", errno.EAFNOSUPPORT, ((0, SCMP_CMP_GE, AF_MAX, 0),)),
     ("socket", errno.EAFNOSUPPORT, ((0, SCMP_CMP_EQ, AF_NETLINK, 0), (2, SCMP_CMP_NE, NETLINK_ROUTE, 0))),
     ("socketpair", errno.EAFNOSUPPORT, ((0, SCMP_CMP_NE, AF_UNIX, 0),)),
+    # TCP and UDP only: the IP families' other protocols (MPTCP, SCTP, UDP-Lite)
+    # send on sockets the SK_MSG program that judges API calls never sees; the
+    # error is the one a kernel without them gives, on which clients fall back.
+    *(("socket", errno.EPROTONOSUPPORT, ((0, SCMP_CMP_EQ, family, 0), (2, SCMP_CMP_GE, IPPROTO_UDP + 1, 0)))
+      for family in (AF_INET, AF_INET6)),
+    *(("socket", errno.EPROTONOSUPPORT, ((0, SCMP_CMP_EQ, family, 0), (2, SCMP_CMP_EQ, protocol, 0)))
+      for family in (AF_INET, AF_INET6) for protocol in range(1, IPPROTO_UDP) if protocol != IPPROTO_TCP),
     # TCP Fast Open on connect() would send the first write's data in the SYN,
     # before the socket joins the kernel's API checks (MSG_FASTOPEN sends are
     # refused by the egress connect hook, with an event).
     ("setsockopt", errno.ENOPROTOOPT, ((1, SCMP_CMP_EQ, IPPROTO_TCP, 0), (2, SCMP_CMP_EQ, TCP_FASTOPEN_CONNECT, 0))),
 )
 # How a refused socket shows in the sensor's sys_exit_socket events.
-SOCKET_REFUSALS = (-errno.EPERM, -errno.EAFNOSUPPORT)
+SOCKET_REFUSALS = (-errno.EPERM, -errno.EAFNOSUPPORT, -errno.EPROTONOSUPPORT)
 
 
 @functools.cache
