@@ -27,6 +27,7 @@ REASONS = {
     8: "the sandbox is quarantined",
     9: "more calls to a learned endpoint than its budget: judged by the guard",
     10: "TLS bytes written as the body of a request made on another connection",
+    11: "a send made to wait for its connection's handshake, which would leave before the API checks see it",
 }
 API_ALLOW, API_STOP, API_HOLD = 1, 2, 3
 OVER_BUDGET = REASONS[9]
@@ -53,6 +54,8 @@ def describe_request(method: str, host: str, target: str, tls: bool, port: int) 
     """`POST records.example.org/export`, or what was sent where no request could be read."""
     if method:
         return f"{method} {host}{target}"
+    if not port:  # a send stopped before its socket was known
+        return "(a send on a connection not yet made)"
     return f"({'TLS' if tls else 'plain'} bytes to port {port})"
 
 

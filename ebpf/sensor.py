@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ebpf.api import KernelApiDest, host_hash
+from ebpf.kallsyms import function_range
 from ebpf.events import (NOVELTY_WINDOW_MAX, NR_COUNTED, UNIX_PATH_LEN, WATCH_SLOTS, CgStats, Event, Novelty, SlotInfo,
                          WatchInfo, cgroup_of, decode)
 from ebpf.ring import Ring
@@ -79,7 +80,9 @@ _TRACEPOINT, _RAW_TRACEPOINT = b"tracepoint__", b"raw_tracepoint__"
 
 def _programs(module: Any) -> dict[bytes, tuple[bytes, bool]]:
     """The module's tracepoint programs: function -> (tracepoint, whether it
-    runs on every syscall of the host)."""
+    runs on every syscall of the host). The raw tracepoints (sys_enter, and
+    sched_switch, on every context switch) count as such: attached only
+    while a cgroup is watched."""
     from bcc import lib
 
     found = {}
@@ -221,6 +224,9 @@ class Sensor:
             bpf["api_progs"][ct.c_int(i)] = ct.c_int(bpf.load_func(name, BPF.SK_MSG).fd)
         bpf["tls_progs"][ct.c_int(0)] = ct.c_int(bpf.load_func("tls_headers", BPF.KPROBE).fd)
         bpf["tls_calls"]  # BCC makes its Table now, not in the first held call's release (0.15 ms)
+        wait = bpf["connect_wait"]
+        for i, address in enumerate(function_range("sk_stream_wait_connect")):
+            wait[ct.c_int(i)] = ct.c_uint64(address)
         msg = bpf.load_func("api_msg", BPF.SK_MSG)
         BPF.attach_func(msg, libbcc.lib.bpf_table_fd(bpf.module, b"api_socks"), BPFAttachType.SK_MSG_VERDICT)
         self.tls_libraries = private_copies()

@@ -37,7 +37,7 @@ from guard import recorder
 from sandbox.cgroup import cgroup2_mount
 from sandbox.egress import compile_api
 from sandbox.limits import v1_mount
-from sandbox.policy import ApiRule, Network, Policy, PolicyError, parse_policy
+from sandbox.policy import ApiRule, Destination, Network, Policy, PolicyError, parse_policy
 from sandbox.result import STOPPED_EXIT
 from tests.apis import LABELS, allowing, api_policy, base, ip_port_only, request
 from tests.waiting import until
@@ -403,9 +403,10 @@ def test_unwatched_sockets_are_not_touched(sensor: Sensor, records_api: LocalApi
 
 
 # Ways around the SK_MSG program an attacker would try: data in the SYN (TCP
-# Fast Open, by a send or by a socket option), a send racing the handshake, a
-# protocol whose sends it never sees (multipath TCP) and bytes spliced from a
-# file.
+# Fast Open, by a send or by a socket option), a protocol whose sends it never
+# sees (multipath TCP) and bytes spliced from a file. A
+# send racing the handshake has a test of its own, below: on loopback the
+# handshake is over before connect returns.
 EXPORT = b"POST /patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
 AROUND_THE_CHECKS = {
     "fast open send": """
@@ -422,18 +423,6 @@ try:
 except OSError as exc:
     print("refused:", exc, flush=True)
 s.connect(("127.0.0.1", int(sys.argv[1])))
-s.sendall(bytes.fromhex(sys.argv[2]))
-print(s.recv(100))
-""",
-    "send during the handshake": """
-import socket, sys
-s = socket.socket()
-s.setblocking(False)
-try:
-    s.connect(("127.0.0.1", int(sys.argv[1])))
-except BlockingIOError:
-    pass
-s.setblocking(True)
 s.sendall(bytes.fromhex(sys.argv[2]))
 print(s.recv(100))
 """,
@@ -466,6 +455,86 @@ def test_sends_that_avoid_a_connected_socket_are_stopped(guarded: GuardedSandbox
     alert = next(a for a in run.alerts if a.detector == "rule")
     assert any(why in alert.rule for why in ("stopped in the kernel", "(fastopen)", "denied syscall socket")), alert.rule
     assert [b for b in audit.read(guarded.audit.path, "alert") if b["id"] == alert.id]
+
+
+# A send begun before its connection is made: it waits in the kernel for the
+# handshake, and then goes on in the TCP code it began in, past SK_MSG.
+SEND_WHILE_CONNECTING = r"""
+import socket, sys, time
+s = socket.socket()
+s.setblocking(False)
+try:
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+except BlockingIOError:
+    pass
+s.setblocking(True)
+started = time.monotonic()
+s.sendall(bytes.fromhex(sys.argv[2]))
+print(f"sent after {time.monotonic() - started:.1f} s", flush=True)
+"""
+SYN_SENT = "02"  # /proc/net/tcp's state
+
+
+def _connecting_to(port: int) -> bool:
+    """Whether a socket of this host is waiting for its handshake with the port."""
+    rows = (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+    return any(row[3] == SYN_SENT and int(row[2].split(":")[1], 16) == port for row in rows)
+
+
+@contextlib.contextmanager
+def _slow_handshake() -> Iterator[tuple[int, list[bytes]]]:
+    """A listener whose accept queue is full, so a client's SYN is dropped
+    and sent again a second later. Once a client is seen waiting, it makes
+    room; what that client sends is appended to the list."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = listener.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))
+    received: list[bytes] = []
+    done = threading.Event()  # the client's run is over: one killed at once is never seen waiting
+
+    def serve() -> None:
+        while not _connecting_to(port):
+            if done.wait(0.01):
+                return
+        listener.accept()[0].close()  # the filler: room for the SYN sent again
+        listener.settimeout(3)
+        with contextlib.suppress(OSError), listener.accept()[0] as conn:
+            conn.settimeout(2)
+            received.append(conn.recv(1000))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        yield port, received
+    finally:
+        done.set()
+        server.join(timeout=10)
+        filler.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("api", [True, False], ids=["API rules", "IP:port only"])
+def test_a_send_waiting_for_its_connection_is_killed_before_it_leaves(guarded: GuardedSandboxes,
+                                                                      records_policy: Policy, api: bool) -> None:
+    """With API rules, such a send would leave unjudged: the tool is killed
+    while it waits, the server receives nothing, and the alert and audit
+    record say why. With IP:port only there is nothing to judge: the same
+    send waits out the handshake and arrives."""
+    with _slow_handshake() as (port, received):
+        rules = [ApiRule(methods=["GET"], path="/records/{id}")] if api else []
+        policy = allowing(records_policy, [Destination(host="127.0.0.1", ports=[port], api=rules)])
+        run = guarded.run(["/usr/bin/python3", "-c", SEND_WHILE_CONNECTING, str(port), EXPORT.hex()], policy,
+                          labels=LABELS)
+    if not api:
+        assert run.result.exit_status == 0 and received == [EXPORT], (run.result.stderr, received)
+        assert float(run.result.stdout.split()[-2]) >= 0.5, run.result.stdout  # it did wait for the handshake
+        return
+    assert received in ([], [b""]), received
+    assert run.result.signal == 9 and "sent after" not in run.result.stdout, run.result.stdout
+    alert = next(a for a in run.alerts if a.detector == "rule")
+    assert "a send made to wait for its connection's handshake" in alert.rule and alert.step == LABELS["step"]
+    assert [b for b in audit.read(guarded.audit.path, "alert") if b["id"] == alert.id]
+    assert [c for c in _audited_calls(guarded, run.result.sandbox) if not c["allowed"]]
 
 
 def test_the_kernel_header_hashes_are_the_header_names() -> None:

@@ -10,8 +10,10 @@
  *     SK_MSG program passes TLS bytes only while the sending thread is inside
  *     a watched TLS library call for that destination, so a client Bastion
  *     cannot read (its own TLS code, HTTP/2) gets nothing out.
+ * A send made to wait for its socket's connection is killed (sched_switch, below).
  * Every request is sent to user space as EV_API. */
 #include <uapi/linux/ptrace.h>  /* the uprobes' registers: their arguments */
+#include <asm/unistd.h>
 #include "maps.bpf.h"
 
 #define SIGKILL_ 9
@@ -813,5 +815,89 @@ int tls_headers(struct pt_regs *ctx)
         dest = d->id;
     }
     enter_write(tid, dest, held, 0);
+    return 0;
+}
+
+/* A blocking send on a socket still connecting sleeps in the kernel until the
+ * handshake is done, then goes on in the TCP code it began in: the socket
+ * joins `api_socks` (and SK_MSG) at that moment, too late for a send already
+ * under way, whose bytes would leave unjudged. No program type open here can
+ * refuse it (BPF-LSM and fentry are refused on this kernel), so in a sandbox
+ * with API rules a thread that goes to sleep inside a send, in
+ * sk_stream_wait_connect, is killed: the signal ends the wait with an error
+ * before anything is queued. What sleeps there is told by the kernel's own
+ * stack (a helper's result); where that function lies, user space reads from
+ * /proc/kallsyms. A client that waits for the connection before it sends
+ * (blocking connect, or poll for writability: http.client, curl, asyncio)
+ * never sleeps there. */
+#define WAIT_FRAMES 16
+struct wait_stack {
+    u64 ip[WAIT_FRAMES];
+};
+BPF_PERCPU_ARRAY(wait_stacks, struct wait_stack, 1);
+BPF_ARRAY(connect_wait, u64, 2);  /* sk_stream_wait_connect's start and end */
+
+/* Syscalls that sleep without sending: reads, polls, futexes, sleeps,
+ * waits, accepts and connect's own wait. The stack of any other is read
+ * (a thread with no window yet included), so a send by a syscall not
+ * named here (io_submit, pwritev2 with offset -1) is still seen. */
+static __always_inline int sleeps_without_sending(u32 nr)
+{
+    switch (nr) {
+    case __NR_read: case __NR_readv: case __NR_recvfrom: case __NR_recvmsg: case __NR_recvmmsg:
+    case __NR_poll: case __NR_ppoll: case __NR_select: case __NR_pselect6:
+    case __NR_epoll_wait: case __NR_epoll_pwait: case __NR_epoll_pwait2:
+    case __NR_futex: case __NR_futex_waitv: case __NR_nanosleep: case __NR_clock_nanosleep:
+    case __NR_wait4: case __NR_waitid: case __NR_pause: case __NR_rt_sigsuspend: case __NR_rt_sigtimedwait:
+    case __NR_accept: case __NR_accept4: case __NR_connect:
+        return 1;
+    }
+    return 0;
+}
+
+static __always_inline int waits_for_connect(struct bpf_raw_tracepoint_args *ctx)
+{
+    u32 zero = 0, one = 1;
+    u64 *start = connect_wait.lookup(&zero), *end = connect_wait.lookup(&one);
+    struct wait_stack *st = wait_stacks.lookup(&zero);
+    if (!start || !end || !st)
+        return 0;
+    long n = bpf_get_stack(ctx, st->ip, sizeof(st->ip), 0);
+    for (u32 i = 0; i < WAIT_FRAMES; i++) {
+        if ((long)(i * sizeof(u64)) >= n)
+            break;
+        if (st->ip[i] >= *start && st->ip[i] < *end)
+            return 1;
+    }
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sched_switch)
+{
+    /* preempted, or still runnable (a client's write woke its server, which
+     * runs first): not asleep. args: preempt, prev, next, prev_state. */
+    if (ctx->args[0] || !ctx->args[3])
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 pid = id >> 32, tid = (u32)id;
+    u16 *hint = watched_pids.lookup(&pid);
+    if (!hint || !*hint)
+        return 0;
+    /* the syscall the thread is in: its newest, counted at sys_enter */
+    struct seq_state *seq = windows.lookup(&tid);
+    if (seq && sleeps_without_sending(seq->win[NGRAM_N - 1]))
+        return 0;
+    u64 cg;
+    /* destination ids count from 1: a cgroup with API rules has the first */
+    if (!watched_cgroup(&cg) || !dest_by_id(cg, 1) || !waits_for_connect(ctx))
+        return 0;
+    bpf_send_signal(SIGKILL_);
+    struct api_scratch *s = scratch_for(cg);
+    if (s) {
+        s->ev.verdict = API_STOP;
+        s->ev.reason = API_BEFORE_CHECKS;
+        s->ev.rule = 0xff;
+        emit(&s->ev, sizeof(s->ev), cg);
+    }
     return 0;
 }
