@@ -28,6 +28,7 @@ REASONS = {
     9: "more calls to a learned endpoint than its budget: judged by the guard",
     10: "TLS bytes written as the body of a request made on another connection",
     11: "a send made to wait for its connection's handshake, which would leave before the API checks see it",
+    12: "a connection the API checks could not take (their socket map is full): the sandbox is quarantined",
 }
 API_ALLOW, API_STOP, API_HOLD = 1, 2, 3
 OVER_BUDGET = REASONS[9]

@@ -143,13 +143,14 @@ class Sensor:
 
     # 4 MiB: a burst of about 100k distinct opens (each record as long as its
     # path) waits there while the pump catches up
-    def __init__(self, ngram_n: int = 6, ringbuf_pages: int = 1024) -> None:
+    def __init__(self, ngram_n: int = 6, ringbuf_pages: int = 1024, api_sockets: int = 65535) -> None:
         if not 2 <= ngram_n <= 8:
             raise ValueError(f"ngram_n must be between 2 and 8, not {ngram_n}")
         if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
             raise ValueError(f"ringbuf_pages must be a power of two, not {ringbuf_pages}")
         self.ngram_n = ngram_n
         self.ringbuf_pages = ringbuf_pages
+        self.api_sockets = api_sockets  # connected TCP sockets of all sandboxes at once; the next quarantines its own
         self.tls_libraries: list[TlsLibrary] = []  # probed: a sandbox with API rules mounts their copies
         self._bpf: Any = None
         self._tags: dict[int, str] = {}
@@ -184,6 +185,7 @@ class Sensor:
             f"-DNGRAM_N={self.ngram_n}",
             f"-DRINGBUF_PAGES={self.ringbuf_pages}",
             f"-DPID_MAX={pid_max}",
+            f"-DAPI_SOCKS={self.api_sockets}",
         ]
         try:
             self._bpf = _loader()(text=module_text(), cflags=cflags)

@@ -404,9 +404,9 @@ def test_unwatched_sockets_are_not_touched(sensor: Sensor, records_api: LocalApi
 
 # Ways around the SK_MSG program an attacker would try: data in the SYN (TCP
 # Fast Open, by a send or by a socket option), a protocol whose sends it never
-# sees (multipath TCP) and bytes spliced from a file. A
-# send racing the handshake has a test of its own, below: on loopback the
-# handshake is over before connect returns.
+# sees (multipath TCP) and bytes spliced from a file. A send racing the
+# handshake has a test of its own, below: on loopback the handshake is over
+# before connect returns.
 EXPORT = b"POST /patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
 AROUND_THE_CHECKS = {
     "fast open send": """
@@ -535,6 +535,38 @@ def test_a_send_waiting_for_its_connection_is_killed_before_it_leaves(guarded: G
     assert "a send made to wait for its connection's handshake" in alert.rule and alert.step == LABELS["step"]
     assert [b for b in audit.read(guarded.audit.path, "alert") if b["id"] == alert.id]
     assert [c for c in _audited_calls(guarded, run.result.sandbox) if not c["allowed"]]
+
+
+# Fills the checks' socket map with connections held open, then sends the
+# export on one more.
+CONNECTIONS_THEN_EXPORT = r"""
+import socket, sys
+held = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(int(sys.argv[3]))]
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(bytes.fromhex(sys.argv[2]))
+print(s.recv(100), flush=True)
+"""
+
+
+def test_a_connection_the_checks_cannot_take_quarantines_its_sandbox(records_policy: Policy,
+                                                                     records_api: LocalApi,
+                                                                     tmp_path: Path) -> None:
+    """Past the socket map's size a socket cannot join the checks, and its
+    sends would pass unjudged: its sandbox is quarantined before it can
+    send, so the export never arrives, and the alert and audit record say
+    why. A sensor whose map holds two sockets stands for a host holding
+    65,535 at once."""
+    log = AuditLog(tmp_path / "audit.jsonl")
+    before = len(records_api.received)
+    with Sensor(api_sockets=2) as tiny, GuardedSandboxes(tiny, log) as guarded:
+        run = guarded.run(["/usr/bin/python3", "-c", CONNECTIONS_THEN_EXPORT, str(records_api.port), EXPORT.hex(),
+                           "2"], records_policy, labels=LABELS)
+    log.close()
+    assert records_api.received[before:] == [], records_api.received[before:]
+    assert run.verdict is Verdict.KILL and run.result.exit_status != 0, run.result.stdout
+    alert = next(a for a in run.alerts if a.detector == "rule")
+    assert "could not take" in alert.rule and alert.step == LABELS["step"], alert.rule
+    assert [b for b in audit.read(log.path, "alert") if b["id"] == alert.id]
 
 
 def test_the_kernel_header_hashes_are_the_header_names() -> None:

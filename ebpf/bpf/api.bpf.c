@@ -17,6 +17,7 @@
 #include "maps.bpf.h"
 
 #define SIGKILL_ 9
+#define E2BIG_ 7
 #define FNV_OFFSET 0xcbf29ce484222325ULL
 #define FNV_PRIME 0x100000001b3ULL
 #define SIGSTOP_ 19
@@ -24,7 +25,10 @@
 #define ID_SEGMENT 1           /* what an id segment adds to an endpoint hash */
 #define ID_MIN_HEX 8           /* shorter hex words are names ("cafe", "add") */
 
-BPF_SOCKHASH(api_socks, u64, 65535);
+#ifndef API_SOCKS
+#define API_SOCKS 65535
+#endif
+BPF_SOCKHASH(api_socks, u64, API_SOCKS);
 /* Each peer's destinations, a bit per id (API_DESTS_MAX): several API hosts
  * may share an address and port (virtual hosts behind one gateway), and the
  * Host header tells them apart. */
@@ -48,6 +52,7 @@ BPF_HASH(api_made, struct api_known_key, u32, 16384);
 #define SOCK_HTTP 2
 #define SOCK_TLS 3
 struct api_sock {
+    u64 cgroup_id;             /* its sandbox's, kept at connect: the handshake ends in softirq */
     u32 dests;                 /* a bit per destination id */
     u32 body_left;
     u8 mode;
@@ -489,47 +494,96 @@ static __always_inline u32 host_dest(u64 cg, u64 host, u16 port)
     return id ? *id : 0;
 }
 
-/* The peer's port: sk_msg_md keeps it in network order in the upper half. */
-static __always_inline u16 peer_port(struct sk_msg_md *msg)
+/* The peer's port: sk_msg_md and bpf_sock_ops keep it in network order in
+ * the upper half. */
+static __always_inline u16 port_of(u32 remote_port)
 {
-    return __builtin_bswap16((u16)(msg->remote_port >> 16));
+    return __builtin_bswap16((u16)(remote_port >> 16));
 }
 
-/* Sockets of sandbox cgroups join the sockhash when they connect. What
- * api_msg learned of a socket belongs to one connection: a socket connected
- * again (after connect with AF_UNSPEC) is judged afresh, or it would carry
- * a destination without rules, or a body owed, to its new connection. */
+static __always_inline u16 peer_port(struct sk_msg_md *msg)
+{
+    return port_of(msg->remote_port);
+}
+
+/* The destinations the cgroup's rules give a peer (a bit per id, 0: none). */
+static __always_inline u32 dests_of(u64 cg, u32 family, u32 ip4, u32 ip6_0, u32 ip6_1, u32 ip6_2, u32 ip6_3,
+                                    u32 remote_port)
+{
+    struct api_peer_key k = {.cgroup_id = cg};
+    if (family == 2) {
+        k.addr[10] = 0xff;
+        k.addr[11] = 0xff;
+        __builtin_memcpy(&k.addr[12], &ip4, 4);
+    } else {
+        u32 ip[4] = {ip6_0, ip6_1, ip6_2, ip6_3};
+        __builtin_memcpy(k.addr, ip, 16);
+    }
+    k.port = port_of(remote_port);
+    u32 *dests = api_peers.lookup(&k);
+    return dests ? *dests : 0;
+}
+
+/* sk_msg_md and bpf_sock_ops name the peer alike (BCC's rewriter cannot
+ * take a macro over either). */
+static __always_inline u32 msg_dests(struct sk_msg_md *msg, u64 cg)
+{
+    return dests_of(cg, msg->family, msg->remote_ip4, msg->remote_ip6[0], msg->remote_ip6[1], msg->remote_ip6[2],
+                    msg->remote_ip6[3], msg->remote_port);
+}
+
+static __always_inline u32 sockops_dests(struct bpf_sock_ops *skops, u64 cg)
+{
+    return dests_of(cg, skops->family, skops->remote_ip4, skops->remote_ip6[0], skops->remote_ip6[1],
+                    skops->remote_ip6[2], skops->remote_ip6[3], skops->remote_port);
+}
+
+/* Quarantine the cgroup of a socket the checks could not take, and say why. */
+static __always_inline void outside_the_checks(u64 cg, struct bpf_sock_ops *skops)
+{
+    struct watch_info *w = watched.lookup(&cg);
+    u32 at = w ? w->slot : 0;
+    struct slot_info *slot = w ? slots.lookup(&at) : NULL;
+    if (slot)
+        quarantine(slot, cg);
+    struct api_scratch *s = scratch_for(cg);
+    if (s) {
+        s->ev.verdict = API_STOP;
+        s->ev.reason = API_NOT_CHECKED;
+        s->ev.rule = 0xff;
+        s->ev.port = port_of(skops->remote_port);
+        emit(&s->ev, sizeof(s->ev), cg);
+    }
+}
+
+/* A sandbox's socket to a peer with API rules joins the sockhash when its
+ * handshake ends; one to any other keeps the IP:port meaning and stays out,
+ * sparing its sends and reads the sockhash's slower path. What api_msg
+ * learned of a socket belongs to one connection: a socket connected again
+ * (after connect with AF_UNSPEC) is judged afresh, or it would carry a
+ * destination without rules, or a body owed, to its new connection. A
+ * socket that cannot join (the map is full: thousands of connections held
+ * open) would send past every check, so its sandbox is quarantined before
+ * the handshake's end wakes anyone to send. */
 int api_sockops(struct bpf_sock_ops *skops)
 {
     u32 op = skops->op;
     if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
         return 1;
     struct bpf_sock *sk = skops->sk;
-    struct api_sock *st = sk ? api_sock_state.sk_storage_get(sk, 0, 0) : NULL;
-    if (st)
-        __builtin_memset(st, 0, sizeof(*st));
-    if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+    struct api_sock *st = sk ? api_sock_state.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : NULL;
+    if (!st)
+        return 1;
+    u64 cg = op == BPF_SOCK_OPS_TCP_CONNECT_CB ? bpf_get_current_cgroup_id() : st->cgroup_id;
+    __builtin_memset(st, 0, sizeof(*st));
+    st->cgroup_id = cg;
+    if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && sockops_dests(skops, cg)) {
         u64 cookie = bpf_get_socket_cookie(skops);
-        api_socks.sock_hash_update(skops, &cookie, BPF_ANY);
+        long err = api_socks.sock_hash_update(skops, &cookie, BPF_ANY);
+        if (err == -E2BIG_)  /* full; a socket connected again may still be held by its old link (EBUSY) */
+            outside_the_checks(cg, skops);
     }
     return 1;
-}
-
-static __always_inline u32 peer_dests(struct sk_msg_md *msg, u64 cg)
-{
-    struct api_peer_key k = {.cgroup_id = cg};
-    if (msg->family == 2) {
-        u32 ip = msg->remote_ip4;
-        k.addr[10] = 0xff;
-        k.addr[11] = 0xff;
-        __builtin_memcpy(&k.addr[12], &ip, 4);
-    } else {
-        u32 ip[4] = {msg->remote_ip6[0], msg->remote_ip6[1], msg->remote_ip6[2], msg->remote_ip6[3]};
-        __builtin_memcpy(k.addr, ip, 16);
-    }
-    k.port = peer_port(msg);
-    u32 *dests = api_peers.lookup(&k);
-    return dests ? *dests : 0;
 }
 
 static __always_inline int reaches(struct api_sock *st, u32 dest)
@@ -634,7 +688,7 @@ int api_msg(struct sk_msg_md *msg)
     u64 cg;
     struct watch_info *w = watched_cgroup(&cg);
     if (st->mode == SOCK_UNKNOWN) {
-        st->dests = w ? peer_dests(msg, cg) : 0;
+        st->dests = w ? msg_dests(msg, cg) : 0;
         if (!st->dests) {
             st->mode = SOCK_FREE;
             return SK_PASS;
