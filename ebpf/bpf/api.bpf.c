@@ -572,12 +572,13 @@ int api_sockops(struct bpf_sock_ops *skops)
         return 1;
     struct bpf_sock *sk = skops->sk;
     struct api_sock *st = sk ? api_sock_state.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : NULL;
-    if (!st)
-        return 1;
-    u64 cg = op == BPF_SOCK_OPS_TCP_CONNECT_CB ? bpf_get_current_cgroup_id() : st->cgroup_id;
-    __builtin_memset(st, 0, sizeof(*st));
-    st->cgroup_id = cg;
-    if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && sockops_dests(skops, cg)) {
+    u64 cg = 0;  /* 0: not known (no storage at connect), and then the socket joins */
+    if (st) {
+        cg = op == BPF_SOCK_OPS_TCP_CONNECT_CB ? bpf_get_current_cgroup_id() : st->cgroup_id;
+        __builtin_memset(st, 0, sizeof(*st));
+        st->cgroup_id = cg;
+    }
+    if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && (!cg || sockops_dests(skops, cg))) {
         u64 cookie = bpf_get_socket_cookie(skops);
         long err = api_socks.sock_hash_update(skops, &cookie, BPF_ANY);
         if (err == -E2BIG_)  /* full; a socket connected again may still be held by its old link (EBUSY) */
