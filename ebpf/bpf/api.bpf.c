@@ -420,6 +420,22 @@ static __always_inline struct api_scratch *scratch_for(u64 cg)
     return s;
 }
 
+/* Send the stop of bytes the kernel refused without a request to name:
+ * where they went (dest, port; 0 when not known) and why. */
+static __always_inline void emit_stop(u64 cg, u32 dest, u8 tls, u8 reason, u16 port)
+{
+    struct api_scratch *s = scratch_for(cg);
+    if (!s)
+        return;
+    s->ev.dest = dest;
+    s->ev.tls = tls;
+    s->ev.verdict = API_STOP;
+    s->ev.reason = reason;
+    s->ev.rule = 0xff;
+    s->ev.port = port;
+    emit(&s->ev, sizeof(s->ev), cg);
+}
+
 #define ENDPOINT_UNSEEN 0
 #define ENDPOINT_KNOWN 1
 #define ENDPOINT_OVER 2        /* known, and called more often than its budget */
@@ -546,14 +562,7 @@ static __always_inline void outside_the_checks(u64 cg, struct bpf_sock_ops *skop
     struct slot_info *slot = w ? slots.lookup(&at) : NULL;
     if (slot)
         quarantine(slot, cg);
-    struct api_scratch *s = scratch_for(cg);
-    if (s) {
-        s->ev.verdict = API_STOP;
-        s->ev.reason = API_NOT_CHECKED;
-        s->ev.rule = 0xff;
-        s->ev.port = port_of(skops->remote_port);
-        emit(&s->ev, sizeof(s->ev), cg);
-    }
+    emit_stop(cg, 0, 0, API_NOT_CHECKED, port_of(skops->remote_port));
 }
 
 /* A sandbox's socket to a peer with API rules joins the sockhash when its
@@ -710,17 +719,9 @@ int api_msg(struct sk_msg_md *msg)
     struct tls_call *call = tls_calls.lookup(&tid);
     if (!quarantined && call && call->depth && !call->held && tls_may_send(call, st))
         return SK_PASS;
-    struct api_scratch *s = scratch_for(cg);
-    if (s) {
-        s->ev.dest = call ? call->dest : 0;
-        s->ev.tls = 1;
-        s->ev.verdict = API_STOP;
-        s->ev.reason = quarantined ? API_QUARANTINED
-                       : call && call->writing && call->body ? API_BODY_ELSEWHERE : API_NO_REQUEST;
-        s->ev.rule = 0xff;
-        s->ev.port = peer_port(msg);
-        emit(&s->ev, sizeof(s->ev), cg);
-    }
+    emit_stop(cg, call ? call->dest : 0, 1,
+              quarantined ? API_QUARANTINED : call && call->writing && call->body ? API_BODY_ELSEWHERE : API_NO_REQUEST,
+              peer_port(msg));
     return SK_DROP;
 }
 
@@ -947,12 +948,6 @@ RAW_TRACEPOINT_PROBE(sched_switch)
     if (!watched_cgroup(&cg) || !dest_by_id(cg, 1) || !waits_for_connect(ctx))
         return 0;
     bpf_send_signal(SIGKILL_);
-    struct api_scratch *s = scratch_for(cg);
-    if (s) {
-        s->ev.verdict = API_STOP;
-        s->ev.reason = API_BEFORE_CHECKS;
-        s->ev.rule = 0xff;
-        emit(&s->ev, sizeof(s->ev), cg);
-    }
+    emit_stop(cg, 0, 0, API_BEFORE_CHECKS, 0);
     return 0;
 }
