@@ -29,6 +29,8 @@ REASONS = {
     10: "TLS bytes written as the body of a request made on another connection",
     11: "a send made to wait for its connection's handshake, which would leave before the API checks see it",
     12: "a connection the API checks could not take (their socket map is full): the sandbox is quarantined",
+    13: ("TLS records from a sandbox whose program asked its TLS library to call it back from inside its calls, "
+         "where what it sends cannot be told from the library's own records"),
 }
 API_ALLOW, API_STOP, API_HOLD = 1, 2, 3
 OVER_BUDGET = REASONS[9]

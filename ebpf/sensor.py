@@ -240,6 +240,8 @@ class Sensor:
                 bpf.attach_uprobe(name=copy, **where(at), fn_name="tls_enter")
             for at in library.writes + library.others:
                 bpf.attach_uretprobe(name=copy, **where(at), fn_name="tls_leave")
+            for setter, argument in library.callbacks:
+                bpf.attach_uprobe(name=copy, sym=setter, fn_name=f"tls_callback{argument}")
 
     def close(self) -> None:
         with self._hooks_lock:
@@ -383,7 +385,7 @@ class Sensor:
         """Stop watching a cgroup; returns its final stats and frees its maps."""
         final = self.stats(cgroup_id)
         key = ct.c_uint64(cgroup_id)
-        for name in ("watched", "stats"):
+        for name in ("watched", "stats", "tls_callbacks"):
             table = self.bpf[name]
             if key in table:
                 del table[key]

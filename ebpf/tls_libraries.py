@@ -61,6 +61,16 @@ WRAPPERS = {"libssl.so.3": {"SSL_write_ex": ("SSL_write",), "SSL_read_ex": ("SSL
 # A public function that only zeroes arguments and jumps to another public
 # one through the PLT: probed at the other (above).
 FORWARDS = {"libgnutls.so.30": {"gnutls_record_send": "gnutls_record_send2"}}
+# Functions that give the library a function of the program's to call from
+# inside its calls, with the argument that holds it: a message or info
+# callback, or any other by its control code (Python's `_msg_callback` and
+# `sni_callback` come through these). What such a callback sends is sent
+# inside the library's call, where it would pass for the library's own
+# records, so a sandbox whose program gives one has its TLS records on API
+# sockets stopped. Curl gives a session callback, which only keeps a ticket,
+# and no other unless asked to trace (-v).
+CALLBACK_SETTERS = {"libssl.so.3": {"SSL_CTX_callback_ctrl": 3, "SSL_callback_ctrl": 3,
+                                    "SSL_CTX_set_info_callback": 2, "SSL_set_info_callback": 2}}
 # A library that sends each record of its own (handshake, alert) from one
 # of two internal functions, found through the method table this public
 # function returns: where found, those two are its `others`, so a read
@@ -84,6 +94,7 @@ class TlsLibrary:
     copy: Path  # what the uprobes are attached to
     writes: tuple[Probe, ...]  # functions that write a request
     others: tuple[Probe, ...]  # functions that send records of their own
+    callbacks: tuple[tuple[str, int], ...] = ()  # callback setters, with the argument that holds the callback
 
 
 def where(probe: Probe) -> dict[str, str | int]:
@@ -115,7 +126,8 @@ def private_copies(copies: Path = COPIES, dirs: Iterable[str] = LIBRARY_DIRS) ->
         copy = cached(copies, f"{digest}-{original.name}", lambda tmp: Path(tmp).write_bytes(image), 0o644)
         writes, others = TLS_LIBRARIES[name]
         inner, writers = _internal(copy, image, name)
-        libraries.append(TlsLibrary(original, copy, _through(writes, inner), writers or _through(others, inner)))
+        libraries.append(TlsLibrary(original, copy, _through(writes, inner), writers or _through(others, inner),
+                                    tuple(CALLBACK_SETTERS.get(name, {}).items())))
     return libraries
 
 

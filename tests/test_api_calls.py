@@ -279,6 +279,58 @@ def test_a_tls_client_bastion_cannot_read_is_stopped(guarded: GuardedSandboxes, 
     _assert_stopped(guarded, run, records_api, before, "TLS bytes that no readable, allowed request wrote")
 
 
+# The records of a request the library encrypted into memory (its Host names
+# no API destination, so its write is let be), sent from a callback that the
+# library runs inside a handshake of another connection of its own: bytes
+# sent there were taken for the library's own records. Pure Python.
+TLS_FROM_A_CALLBACK = r"""
+import socket, ssl, sys
+port, ca, request = int(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3])
+sock = socket.create_connection(("127.0.0.1", port))
+context = ssl.create_default_context(cafile=ca)
+incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+
+def send_inside_the_library(data):
+    decoy = ssl.create_default_context()
+    def callback(*_):
+        if data:
+            sock.sendall(data)
+            data.clear()
+    decoy._msg_callback = callback  # called as the decoy writes its ClientHello
+    try:
+        decoy.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO()).do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+
+while True:
+    try:
+        tls.do_handshake()
+        break
+    except ssl.SSLWantReadError:
+        send_inside_the_library(bytearray(outgoing.read()))
+        incoming.write(sock.recv(65536))
+tls.write(request)
+send_inside_the_library(bytearray(outgoing.read()))
+while True:
+    incoming.write(sock.recv(65536))
+    try:
+        print(tls.read(4096))
+        break
+    except ssl.SSLWantReadError:
+        pass
+"""
+
+
+def test_tls_sent_from_a_callback_inside_the_library_is_stopped(guarded: GuardedSandboxes, records_policy: Policy,
+                                                               records_api: LocalApi) -> None:
+    before = len(records_api.received)
+    export = EXPORT.replace(b"Host: 127.0.0.1", b"Host: 127.0.0.1:1")  # a port without API rules
+    run = guarded.run(["/usr/bin/python3", "-c", TLS_FROM_A_CALLBACK, str(records_api.tls_port),
+                       str(records_api.ca_file), export.hex()], records_policy, labels=LABELS)
+    _assert_stopped(guarded, run, records_api, before, "asked its TLS library to call it back")
+
+
 # Two keep-alive calls over one TLS connection.
 TWO_TLS_CALLS = """
 import http.client, ssl, sys

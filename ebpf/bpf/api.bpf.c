@@ -668,6 +668,13 @@ int api_http_headers(struct sk_msg_md *msg)
     return SK_PASS;
 }
 
+/* The sandboxes whose programs gave their TLS library a function of their
+ * own to call from inside its calls (a message, info or extension callback:
+ * ebpf/tls_libraries.py). What such a callback sends is sent inside the
+ * library's call, where it would be taken for the library's own records or
+ * a judged request's, so none of their TLS records leave on an API socket. */
+BPF_HASH(tls_callbacks, u64, u8, WATCH_SLOTS);
+
 /* Whether a thread inside a watched TLS call may send on this API socket.
  * The library's own records (handshake, alerts) may go anywhere; a write's
  * only to its destination, and a body's only to a connection that carried
@@ -717,11 +724,13 @@ int api_msg(struct sk_msg_md *msg)
     int quarantined = !w || (w->flags & WATCH_QUARANTINE);
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct tls_call *call = tls_calls.lookup(&tid);
-    if (!quarantined && call && call->depth && !call->held && tls_may_send(call, st))
-        return SK_PASS;
-    emit_stop(cg, call ? call->dest : 0, 1,
-              quarantined ? API_QUARANTINED : call && call->writing && call->body ? API_BODY_ELSEWHERE : API_NO_REQUEST,
-              peer_port(msg));
+    u8 reason = quarantined ? API_QUARANTINED : call && call->writing && call->body ? API_BODY_ELSEWHERE : API_NO_REQUEST;
+    if (!quarantined && call && call->depth && !call->held && tls_may_send(call, st)) {
+        if (!tls_callbacks.lookup(&cg))
+            return SK_PASS;
+        reason = API_CALLED_BACK;
+    }
+    emit_stop(cg, call ? call->dest : 0, 1, reason, peer_port(msg));
     return SK_DROP;
 }
 
@@ -781,6 +790,29 @@ static __always_inline void enter_write(u32 tid, u32 dest, u16 held, u16 body)
 static __always_inline void stop_caller(void)
 {
     bpf_send_signal(SIGKILL_);
+}
+
+/* A callback given to the library, in its setter's second or third argument. */
+static __always_inline void callback_given(u64 fn)
+{
+    u64 cg;
+    if (!fn || !watched_cgroup(&cg))
+        return;
+    u8 one = 1;
+    if (tls_callbacks.update(&cg, &one))
+        stop_caller();  /* not kept: the callback would be trusted */
+}
+
+int tls_callback2(struct pt_regs *ctx)
+{
+    callback_given(PT_REGS_PARM2(ctx));
+    return 0;
+}
+
+int tls_callback3(struct pt_regs *ctx)
+{
+    callback_given(PT_REGS_PARM3(ctx));
+    return 0;
 }
 
 /* SSL_write(ssl, buf, num), SSL_write_ex(ssl, buf, num, written),

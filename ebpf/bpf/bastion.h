@@ -256,6 +256,7 @@ struct unix_key {
 #define API_BODY_ELSEWHERE 10  /* TLS: a write taken for the body of a request made on another connection */
 #define API_BEFORE_CHECKS 11   /* a send that waited for its connection to be made: the caller is killed */
 #define API_NOT_CHECKED 12     /* a connection that could not join the checks: the sandbox is quarantined */
+#define API_CALLED_BACK 13     /* TLS from a sandbox whose program gave its TLS library a callback */
 
 struct api_rule {
     u32 methods;
