@@ -227,11 +227,19 @@ def test_only_sandboxed_processes_map_the_probed_tls_library(sensor: Sensor, gua
     assert int(read.result.stdout) == libssl.copy.stat().st_ino != libssl.path.stat().st_ino
 
 
+# What an injected agent wants to send the allowed host
+EXPORT = b"POST /patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
+
 # Requests a parser-confusion attack would try; each on a raw socket to the plain port.
 HOSTILE_REQUESTS = {
     "dot segments": b"GET /records/../patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     "encoded slash": b"GET /records/1%2f..%2fpatients HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     "doubled slash": b"GET //records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    # a server that takes path parameters off each segment (Tomcat) reads
+    # `..;` as `..`: /allergies, not a record's allergies
+    "dot segment with a parameter": b"GET /records/..;/allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    # a URL parser drops tabs and newlines (WHATWG's), which joins the dots
+    "tab between dots": b"GET /records/.\t./allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     "two Host headers": b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n",
     "another host": b"GET /records/17 HTTP/1.1\r\nHost: evil.example\r\n\r\n",
     "HTTP/2": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
@@ -242,6 +250,11 @@ HOSTILE_REQUESTS = {
     "folded line": (b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nX-Note: a\r\n"
                     b" Transfer-Encoding: chunked\r\n\r\n{}"),
     "body over the limit": b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000,
+    # a server that ends a line at a bare CR (Python's http.server) reads a
+    # Content-Length that the kernel took for part of another header: the
+    # body it reads ends where the kernel's begins, and what follows is a request
+    "header behind a bare CR": (b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Note: 1\rContent-Length: 0\r\n"
+                                b"Content-Length: %d\r\n\r\n%s" % (len(EXPORT), EXPORT)),
     "pipelined second request": (b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
                                  b"POST /patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"),
 }
@@ -459,7 +472,6 @@ def test_unwatched_sockets_are_not_touched(sensor: Sensor, records_api: LocalApi
 # sees (multipath TCP) and bytes spliced from a file. A send racing the
 # handshake has a test of its own, below: on loopback the handshake is over
 # before connect returns.
-EXPORT = b"POST /patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
 AROUND_THE_CHECKS = {
     "fast open send": """
 import socket, sys

@@ -238,10 +238,15 @@ static __always_inline void parse_line(struct api_scratch *s, u32 len)
                 else if (c == ' ')
                     p->state = P_VERSION;
             } else if (state == P_SEGMENT) {
-                /* encoded slashes, backslashes and encoded dots are not normal form */
+                /* encoded slashes, backslashes and encoded dots are not normal form;
+                 * nor a control byte (URL parsers drop a tab or a newline, which
+                 * can join two dots), nor dots before a `;` (a server that takes
+                 * path parameters off a segment reads `..;` as `..`) */
                 u8 p1 = p->prev1, p2 = p->prev2;
-                if (c == '\\' || (p2 == '%' && ((p1 == '2' && (lower(c) == 'f' || lower(c) == 'e'))
-                                                || (p1 == '5' && lower(c) == 'c'))))
+                u32 seglen = p->seglen;
+                if (c == '\\' || c < 0x20 || c == 0x7f || (c == ';' && seglen && seglen <= 2 && p->dots == seglen)
+                    || (p2 == '%' && ((p1 == '2' && (lower(c) == 'f' || lower(c) == 'e'))
+                                      || (p1 == '5' && lower(c) == 'c'))))
                     r->bad = 1;
                 p->seg = fnv(p->seg, c);
                 p->seglen++;
@@ -286,6 +291,11 @@ static __always_inline int parse_headers(struct api_scratch *s)
             p->state = P_END;  /* the bytes read end here */
         if (p->state == P_END)
             break;
+        /* a bare CR: a server may end the line there (Python's http.server
+         * does), and read a header that Bastion took for part of a value */
+        if (p->prev1 == '\r' && c != '\n')
+            r->bad = 1;
+        p->prev1 = c;
         u32 state = p->state;
         if (state == P_SKIP) {
             if (c == '\n')
