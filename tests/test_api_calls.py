@@ -240,6 +240,8 @@ HOSTILE_REQUESTS = {
     "dot segment with a parameter": b"GET /records/..;/allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     # a URL parser drops tabs and newlines (WHATWG's), which joins the dots
     "tab between dots": b"GET /records/.\t./allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    # raw UTF-8 where percent-encoding belongs: NFKC folds fullwidth dots to dots
+    "fullwidth dots": "GET /records/\uff0e\uff0e/allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode(),
     "two Host headers": b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n",
     "another host": b"GET /records/17 HTTP/1.1\r\nHost: evil.example\r\n\r\n",
     "HTTP/2": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
@@ -342,6 +344,35 @@ def test_tls_sent_from_a_callback_inside_the_library_is_stopped(guarded: Guarded
     run = guarded.run(["/usr/bin/python3", "-c", TLS_FROM_A_CALLBACK, str(records_api.tls_port),
                        str(records_api.ca_file), export.hex()], records_policy, labels=LABELS)
     _assert_stopped(guarded, run, records_api, before, "asked its TLS library to call it back")
+
+
+# One write of 4 GiB and a few bytes, through the library's own API: its
+# size's low 32 bits are an allowed request, and the export follows it (the
+# rest is a mapping never touched).
+WRITE_PAST_4_GIB = r"""
+import ctypes, http.client, mmap, ssl, sys
+port, ca, allowed, export = int(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3]), bytes.fromhex(sys.argv[4])
+conn = http.client.HTTPSConnection("127.0.0.1", port, context=ssl.create_default_context(cafile=ca))
+conn.connect()
+size = (1 << 32) + len(allowed)
+buf = mmap.mmap(-1, size)
+buf[:len(allowed) + len(export)] = allowed + export
+tls = ctypes.c_void_p.from_address(id(conn.sock._sslobj) + 24)  # CPython 3.11's PySSLSocket: its SSL*
+written = ctypes.c_size_t()
+start = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(buf)))
+ctypes.CDLL("libssl.so.3").SSL_write_ex(tls, start, ctypes.c_size_t(size), ctypes.byref(written))
+print(conn.sock.recv(100))
+"""
+
+
+def test_a_tls_write_past_4_gib_is_not_taken_for_its_first_bytes(guarded: GuardedSandboxes, records_policy: Policy,
+                                                                records_api: LocalApi) -> None:
+    before = len(records_api.received)
+    host = f"Host: 127.0.0.1:{records_api.tls_port}".encode()
+    allowed = b"GET /records/17 HTTP/1.1\r\n%s\r\n\r\n" % host
+    run = guarded.run(["/usr/bin/python3", "-c", WRITE_PAST_4_GIB, str(records_api.tls_port), str(records_api.ca_file),
+                       allowed.hex(), EXPORT.replace(b"Host: 127.0.0.1", host).hex()], records_policy, labels=LABELS)
+    _assert_stopped(guarded, run, records_api, before, "not an HTTP/1.x request Bastion can read")
 
 
 # Two keep-alive calls over one TLS connection.

@@ -240,11 +240,13 @@ static __always_inline void parse_line(struct api_scratch *s, u32 len)
             } else if (state == P_SEGMENT) {
                 /* encoded slashes, backslashes and encoded dots are not normal form;
                  * nor a control byte (URL parsers drop a tab or a newline, which
-                 * can join two dots), nor dots before a `;` (a server that takes
-                 * path parameters off a segment reads `..;` as `..`) */
+                 * can join two dots), nor a byte outside ASCII (one that must be
+                 * percent-encoded: a server that folds Unicode reads a fullwidth
+                 * dot as a dot), nor dots before a `;` (a server that takes path
+                 * parameters off a segment reads `..;` as `..`) */
                 u8 p1 = p->prev1, p2 = p->prev2;
                 u32 seglen = p->seglen;
-                if (c == '\\' || c < 0x20 || c == 0x7f || (c == ';' && seglen && seglen <= 2 && p->dots == seglen)
+                if (c == '\\' || c < 0x20 || c >= 0x7f || (c == ';' && seglen && seglen <= 2 && p->dots == seglen)
                     || (p2 == '%' && ((p1 == '2' && (lower(c) == 'f' || lower(c) == 'e'))
                                       || (p1 == '5' && lower(c) == 'c'))))
                     r->bad = 1;
@@ -838,7 +840,10 @@ int tls_write(struct pt_regs *ctx)
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
     struct tls_conn_key ck = {.obj = PT_REGS_PARM1(ctx), .pid = id >> 32};
-    u32 size = (u32)PT_REGS_PARM3(ctx);
+    /* a size_t: past 4 GiB, its low half alone would pass for a whole request
+     * and the rest leave unread; saturated, the write cannot be read */
+    u64 whole = PT_REGS_PARM3(ctx);
+    u32 size = whole > 0xffffffff ? 0xffffffff : (u32)whole;
     struct tls_body *owed = tls_bodies.lookup(&ck);
     if (owed && owed->left >= size) {
         /* the body of an allowed request */
