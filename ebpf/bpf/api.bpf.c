@@ -245,8 +245,7 @@ static __always_inline void parse_line(struct api_scratch *s, u32 len)
                  * dot as a dot), nor dots before a `;` (a server that takes path
                  * parameters off a segment reads `..;` as `..`) */
                 u8 p1 = p->prev1, p2 = p->prev2;
-                u32 seglen = p->seglen;
-                if (c == '\\' || c < 0x20 || c >= 0x7f || (c == ';' && seglen && seglen <= 2 && p->dots == seglen)
+                if (c == '\\' || c < 0x20 || c >= 0x7f || (c == ';' && p->seglen && p->seglen <= 2 && p->dots == p->seglen)
                     || (p2 == '%' && ((p1 == '2' && (lower(c) == 'f' || lower(c) == 'e'))
                                       || (p1 == '5' && lower(c) == 'c'))))
                     r->bad = 1;
@@ -294,10 +293,10 @@ static __always_inline int parse_headers(struct api_scratch *s)
         if (p->state == P_END)
             break;
         /* a bare CR: a server may end the line there (Python's http.server
-         * does), and read a header that Bastion took for part of a value */
-        if (p->prev1 == '\r' && c != '\n')
+         * does), and read a header that Bastion took for part of a value.
+         * The byte after it is in the buffer (NUL past the bytes read). */
+        if (c == '\r' && s->buf[i + 1] != '\n')
             r->bad = 1;
-        p->prev1 = c;
         u32 state = p->state;
         if (state == P_SKIP) {
             if (c == '\n')
