@@ -62,15 +62,30 @@ WRAPPERS = {"libssl.so.3": {"SSL_write_ex": ("SSL_write",), "SSL_read_ex": ("SSL
 # one through the PLT: probed at the other (above).
 FORWARDS = {"libgnutls.so.30": {"gnutls_record_send": "gnutls_record_send2"}}
 # Functions that give the library a function of the program's to call from
-# inside its calls, with the argument that holds it: a message or info
-# callback, or any other by its control code (Python's `_msg_callback` and
-# `sni_callback` come through these). What such a callback sends is sent
-# inside the library's call, where it would pass for the library's own
-# records, so a sandbox whose program gives one has its TLS records on API
-# sockets stopped. Curl gives a session callback, which only keeps a ticket,
-# and no other unless asked to trace (-v).
-CALLBACK_SETTERS = {"libssl.so.3": {"SSL_CTX_callback_ctrl": 3, "SSL_callback_ctrl": 3,
-                                    "SSL_CTX_set_info_callback": 2, "SSL_set_info_callback": 2}}
+# inside its calls, with the argument that holds it: message, info, verify,
+# certificate, PSK, record padding, security and CT callbacks, and any other
+# by its control code (Python's `_msg_callback` and `sni_callback` come
+# through those). What such a callback sends is sent inside the library's
+# call, where it would pass for the library's own records, so a sandbox
+# whose program gives one has its TLS records on API sockets stopped. Not
+# here: the session callback, which curl gives to keep a ticket; the key log
+# callback, which Python and curl give where SSLKEYLOGFILE is set and whose
+# code is theirs; custom extensions, whose callbacks come in later arguments;
+# and the setters only a server calls. Python's `ssl` gives none of these by
+# default, and curl none unless asked to trace (-v). A setter a build lacks
+# (no SRP, say) is left out.
+CALLBACK_SETTERS = {"libssl.so.3": {
+    "SSL_CTX_callback_ctrl": 3, "SSL_callback_ctrl": 3,
+    "SSL_CTX_set_info_callback": 2, "SSL_set_info_callback": 2,
+    "SSL_CTX_set_verify": 3, "SSL_set_verify": 3, "SSL_CTX_set_cert_verify_callback": 2,
+    "SSL_CTX_set_cert_cb": 2, "SSL_set_cert_cb": 2, "SSL_CTX_set_client_cert_cb": 2,
+    "SSL_CTX_set_psk_client_callback": 2, "SSL_set_psk_client_callback": 2,
+    "SSL_CTX_set_psk_use_session_callback": 2, "SSL_set_psk_use_session_callback": 2,
+    "SSL_CTX_set_record_padding_callback": 2, "SSL_set_record_padding_callback": 2,
+    "SSL_CTX_set_security_callback": 2, "SSL_set_security_callback": 2,
+    "SSL_CTX_set_ct_validation_callback": 2, "SSL_set_ct_validation_callback": 2,
+    "SSL_CTX_set_next_proto_select_cb": 2, "SSL_CTX_set_srp_client_pwd_callback": 2,
+}}
 # A library that sends each record of its own (handshake, alert) from one
 # of two internal functions, found through the method table this public
 # function returns: where found, those two are its `others`, so a read
@@ -127,8 +142,21 @@ def private_copies(copies: Path = COPIES, dirs: Iterable[str] = LIBRARY_DIRS) ->
         writes, others = TLS_LIBRARIES[name]
         inner, writers = _internal(copy, image, name)
         libraries.append(TlsLibrary(original, copy, _through(writes, inner), writers or _through(others, inner),
-                                    tuple(CALLBACK_SETTERS.get(name, {}).items())))
+                                    _callback_setters(copy, name)))
     return libraries
+
+
+def _callback_setters(path: Path, name: str) -> tuple[tuple[str, int], ...]:
+    """The library's callback setters (above) that it exports, with the
+    argument that holds the callback."""
+    from bcc import BPF
+
+    setters = CALLBACK_SETTERS.get(name, {})
+    if not setters:
+        return ()
+    found = {symbol.decode() for symbol, _ in
+             BPF.get_user_functions_and_addresses(str(path), f"^({'|'.join(setters)})$")}
+    return tuple((setter, argument) for setter, argument in setters.items() if setter in found)
 
 
 def _through(funcs: Sequence[str], inner: dict[str, Probe]) -> tuple[Probe, ...]:

@@ -337,12 +337,29 @@ while True:
 """
 
 
-def test_tls_sent_from_a_callback_inside_the_library_is_stopped(guarded: GuardedSandboxes, records_policy: Policy,
-                                                               records_api: LocalApi) -> None:
+# An allowed call from a tool that gave libssl a verify callback (ctypes).
+CALL_WITH_A_VERIFY_CALLBACK = r"""
+import ctypes, http.client, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[2])
+ctx = ctypes.c_void_p.from_address(id(context) + 16)  # CPython 3.11's PySSLContext: its SSL_CTX*
+verify = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)(lambda ok, store: ok)
+ctypes.CDLL("libssl.so.3").SSL_CTX_set_verify(ctx, 1, verify)  # SSL_VERIFY_PEER
+conn = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[1]), context=context)
+conn.request("GET", "/records/17")
+print(conn.getresponse().read())
+"""
+
+
+@pytest.mark.parametrize("script, request_hex", [
+    (TLS_FROM_A_CALLBACK, EXPORT.replace(b"Host: 127.0.0.1", b"Host: 127.0.0.1:1").hex()),  # a port without rules
+    (CALL_WITH_A_VERIFY_CALLBACK, ""),
+], ids=["export from a message callback", "allowed call with a verify callback"])
+def test_tls_from_a_tool_that_gave_its_library_a_callback_is_stopped(guarded: GuardedSandboxes, records_policy: Policy,
+                                                                    records_api: LocalApi, script: str,
+                                                                    request_hex: str) -> None:
     before = len(records_api.received)
-    export = EXPORT.replace(b"Host: 127.0.0.1", b"Host: 127.0.0.1:1")  # a port without API rules
-    run = guarded.run(["/usr/bin/python3", "-c", TLS_FROM_A_CALLBACK, str(records_api.tls_port),
-                       str(records_api.ca_file), export.hex()], records_policy, labels=LABELS)
+    run = guarded.run(["/usr/bin/python3", "-c", script, str(records_api.tls_port), str(records_api.ca_file),
+                       request_hex], records_policy, labels=LABELS)
     _assert_stopped(guarded, run, records_api, before, "asked its TLS library to call it back")
 
 
