@@ -245,6 +245,9 @@ HOSTILE_REQUESTS = {
     "two Host headers": b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n",
     "another host": b"GET /records/17 HTTP/1.1\r\nHost: evil.example\r\n\r\n",
     "HTTP/2": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    # method-override middleware (Express, Rails, ASP.NET) would act on this allowed POST as a DELETE
+    "method override": (b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nX-HTTP-Method-Override: DELETE\r\n"
+                        b"Content-Length: 2\r\n\r\n{}"),
     "chunked body": b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     # a lenient server may take a name with space before its colon as that header
     "space before a colon": (b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
@@ -686,7 +689,8 @@ def test_the_kernel_header_hashes_are_the_header_names() -> None:
     from ebpf.sensor import BPF_DIR
 
     source = (BPF_DIR / "api.bpf.c").read_text()
-    for name in ("host", "content-length", "transfer-encoding"):
+    for name in ("host", "content-length", "transfer-encoding", "x-http-method-override", "x-http-method",
+                 "x-method-override"):
         define = f"H_{name.upper().replace('-', '_')} {fnv1a(name.encode()):#018x}ULL"
         assert define in source, define
 

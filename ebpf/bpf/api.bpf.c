@@ -135,6 +135,10 @@ static __always_inline u8 method_of(u64 word, u32 len)
 #define H_HOST 0x4077f8cc7eaf4d6fULL
 #define H_CONTENT_LENGTH 0x2d69a1e6ee916e7dULL
 #define H_TRANSFER_ENCODING 0x8640bd735e9d802cULL
+/* headers that ask a framework to act as another method than the request line's */
+#define H_X_HTTP_METHOD_OVERRIDE 0xf2cba41c3a26e7f3ULL
+#define H_X_HTTP_METHOD 0x1ae58cab02ab95e4ULL
+#define H_X_METHOD_OVERRIDE 0xc9e35bdb06d5b112ULL
 
 /* The parser's variables live in map memory, not registers: the verifier
  * then sees every iteration of a byte loop alike and prunes, where precise
@@ -326,6 +330,8 @@ static __always_inline int parse_headers(struct api_scratch *s)
                 } else {
                     if (name == H_TRANSFER_ENCODING)
                         r->unreadable = 1;  /* a chunked body's end is not counted */
+                    if (name == H_X_HTTP_METHOD_OVERRIDE || name == H_X_HTTP_METHOD || name == H_X_METHOD_OVERRIDE)
+                        r->bad = 1;  /* the method a server would act on is not the one read */
                     p->state = P_SKIP;
                 }
             } else if (c == '\n') {
