@@ -686,8 +686,8 @@ int api_http_headers(struct sk_msg_md *msg)
 }
 
 /* The sandboxes whose programs gave their TLS library a function of their
- * own to call from inside its calls (a message, info or extension callback:
- * ebpf/tls_libraries.py). What such a callback sends is sent inside the
+ * own to call from inside its calls (any callback whose setter
+ * ebpf/tls_libraries.py names). What such a callback sends is sent inside the
  * library's call, where it would be taken for the library's own records or
  * a judged request's, so none of their TLS records leave on an API socket. */
 BPF_HASH(tls_callbacks, u64, u8, WATCH_SLOTS);
