@@ -31,6 +31,8 @@ REASONS = {
     12: "a connection the API checks could not take (their socket map is full): the sandbox is quarantined",
     13: ("TLS records from a sandbox whose program asked its TLS library to call it back from inside its calls, "
          "where what it sends cannot be told from the library's own records"),
+    14: ("a TLS write after one that did not go out, not beginning with that one's bytes: the library sends the "
+         "records it kept of that write first"),
 }
 API_ALLOW, API_STOP, API_HOLD = 1, 2, 3
 OVER_BUDGET = REASONS[9]

@@ -224,7 +224,8 @@ class Sensor:
         bpf = self._bpf
         for i, name in enumerate(("api_http", "api_http_headers")):
             bpf["api_progs"][ct.c_int(i)] = ct.c_int(bpf.load_func(name, BPF.SK_MSG).fd)
-        bpf["tls_progs"][ct.c_int(0)] = ct.c_int(bpf.load_func("tls_headers", BPF.KPROBE).fd)
+        for i, name in enumerate(("tls_headers", "tls_retry", "tls_write")):
+            bpf["tls_progs"][ct.c_int(i)] = ct.c_int(bpf.load_func(name, BPF.KPROBE).fd)
         bpf["tls_calls"]  # BCC makes its Table now, not in the first held call's release (0.15 ms)
         wait = bpf["connect_wait"]
         for i, address in enumerate(function_range("sk_stream_wait_connect")):
@@ -240,6 +241,8 @@ class Sensor:
                 bpf.attach_uprobe(name=copy, **where(at), fn_name="tls_enter")
             for at in library.writes + library.others:
                 bpf.attach_uretprobe(name=copy, **where(at), fn_name="tls_leave")
+            for end in library.ends:
+                bpf.attach_uprobe(name=copy, sym=end, fn_name="tls_forget")
             for setter, argument in library.callbacks:
                 bpf.attach_uprobe(name=copy, sym=setter, fn_name=f"tls_callback{argument}")
 

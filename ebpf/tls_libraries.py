@@ -55,6 +55,10 @@ TLS_LIBRARIES = {
                      "SSL_peek_ex", "SSL_shutdown")),
     "libgnutls.so.30": (("gnutls_record_send",), ("gnutls_handshake", "gnutls_record_recv", "gnutls_bye")),
 }
+# Functions that end an object's connection (free it, or clear it for
+# another): what the kernel kept for the object goes with it, since a new
+# object may take its address.
+ENDS = {"libssl.so.3": ("SSL_free", "SSL_clear"), "libgnutls.so.30": ("gnutls_deinit",)}
 # A wrapper whose body is one call to an internal function, and the other
 # public functions that call it: probed at that function instead (above).
 WRAPPERS = {"libssl.so.3": {"SSL_write_ex": ("SSL_write",), "SSL_read_ex": ("SSL_read",), "SSL_peek_ex": ("SSL_peek",)}}
@@ -110,6 +114,7 @@ class TlsLibrary:
     writes: tuple[Probe, ...]  # functions that write a request
     others: tuple[Probe, ...]  # functions that send records of their own
     callbacks: tuple[tuple[str, int], ...] = ()  # callback setters, with the argument that holds the callback
+    ends: tuple[str, ...] = ()  # functions that end an object's connection
 
 
 def where(probe: Probe) -> dict[str, str | int]:
@@ -142,7 +147,7 @@ def private_copies(copies: Path = COPIES, dirs: Iterable[str] = LIBRARY_DIRS) ->
         writes, others = TLS_LIBRARIES[name]
         inner, writers = _internal(copy, image, name)
         libraries.append(TlsLibrary(original, copy, _through(writes, inner), writers or _through(others, inner),
-                                    _callback_setters(copy, name)))
+                                    _callback_setters(copy, name), ENDS[name]))
     return libraries
 
 

@@ -64,12 +64,15 @@ BPF_SK_STORAGE(api_sock_state, struct api_sock);
 #define PROG_HTTP 0
 #define PROG_HTTP_HEADERS 1
 #define PROG_TLS_HEADERS 0
+#define PROG_TLS_RETRY 1
+#define PROG_TLS_WRITE 2
 BPF_PROG_ARRAY(api_progs, 2);  /* SK_MSG: api_http, api_http_headers */
-BPF_PROG_ARRAY(tls_progs, 1);  /* uprobes: tls_headers */
+BPF_PROG_ARRAY(tls_progs, 3);  /* uprobes: tls_headers, tls_retry, tls_write */
 
 /* Per TLS connection (process, library object): body bytes still owed to
  * the last allowed request and its destination, so a body written in later
- * calls passes. */
+ * calls passes; and the write that last failed on it, whose records may
+ * wait in the library for the next write (tls_retry). */
 struct tls_conn_key {
     u64 obj;
     u32 pid;
@@ -78,6 +81,9 @@ struct tls_conn_key {
 struct tls_body {
     u32 left;
     u32 dest;
+    u64 retry_hash;            /* of the failed write's first API_SCAN bytes; 0: they could not be read */
+    u32 retry_size;            /* its size; 0: no write failed since the last one that went out */
+    u32 retry_body;            /* it was a body: its size went off `left` */
 };
 BPF_TABLE("lru_hash", struct tls_conn_key, struct tls_body, tls_bodies, 16384);
 
@@ -751,6 +757,11 @@ int api_msg(struct sk_msg_md *msg)
     return SK_DROP;
 }
 
+static __always_inline void stop_caller(void)
+{
+    bpf_send_signal(SIGKILL_);
+}
+
 /* The calling thread's entry, made at its first watched call; NULL only
  * where the map is full of calls in progress, and then nothing it sends
  * on an API socket passes. */
@@ -773,12 +784,53 @@ int tls_enter(struct pt_regs *ctx)
     return 0;
 }
 
+/* FNV-1a of the first n bytes of a write, read into s->buf; 0 where they
+ * could not be read (no write's bytes hash to it in practice). */
+static __always_inline u64 hash_write(struct api_scratch *s, u64 buf, u32 n)
+{
+    if (n && bpf_probe_read_user(s->buf, n, (const void *)buf))
+        return 0;
+    u64 h = FNV_OFFSET;
+    for (u32 i = 0; i < API_SCAN; i++) {
+        if (i >= n)
+            break;
+        u32 k = i;
+        asm volatile("%0 &= %1" : "+r"(k) : "i"(API_SCAN - 1));  /* a bound the verifier sees */
+        h = fnv(h, s->buf[k]);
+    }
+    return h;
+}
+
+/* A write that failed (the socket full, say) may leave its records in the
+ * library, which sends them at the start of the next write on the object,
+ * whatever that one's bytes: its own judgement must hold for them too. */
+static __always_inline void write_failed(struct tls_call *call)
+{
+    struct tls_conn_key ck = {.obj = call->obj, .pid = bpf_get_current_pid_tgid() >> 32};
+    struct tls_body none = {};
+    u32 zero = 0;
+    struct api_scratch *s = api_scratch.lookup(&zero);
+    struct tls_body *owed = tls_bodies.lookup_or_try_init(&ck, &none);
+    if (!s || !owed) {
+        stop_caller();  /* nothing kept: the next write could send it unjudged */
+        return;
+    }
+    if (!call->size)
+        return;  /* wrote nothing: what waits, if anything, is still the earlier write's */
+    owed->retry_hash = hash_write(s, call->buf, scan_len(call->size));
+    owed->retry_size = call->size;
+    owed->retry_body = call->body;
+}
+
 int tls_leave(struct pt_regs *ctx)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct tls_call *call = tls_calls.lookup(&tid);
     if (!call || !call->depth)
         return 0;
+    /* every probed write returns a count or 1 when done, and 0 or less when not */
+    if (call->writing == call->depth && (int)PT_REGS_RC(ctx) <= 0)
+        write_failed(call);
     if (call->depth == 1) {
         __builtin_memset(call, 0, sizeof(*call));
         return 0;
@@ -791,7 +843,7 @@ int tls_leave(struct pt_regs *ctx)
 
 /* The thread enters a write whose records may go to dest (0: only to a
  * socket without API rules): a request, or the body of one. */
-static __always_inline void enter_write(u32 tid, u32 dest, u16 held, u16 body)
+static __always_inline void enter_write(struct pt_regs *ctx, u32 tid, u32 dest, u16 held, u16 body, u32 size)
 {
     struct tls_call *call = thread_call(tid);
     if (!call)
@@ -802,11 +854,22 @@ static __always_inline void enter_write(u32 tid, u32 dest, u16 held, u16 body)
     call->dest = dest;
     call->held = held;
     call->body = body;
+    call->obj = PT_REGS_PARM1(ctx);
+    call->buf = PT_REGS_PARM2(ctx);
+    call->size = size;
 }
 
-static __always_inline void stop_caller(void)
+/* SSL_free, SSL_clear, gnutls_deinit: the object's connection is over,
+ * and with it what the library kept for it; the address may be a new
+ * object's next. */
+int tls_forget(struct pt_regs *ctx)
 {
-    bpf_send_signal(SIGKILL_);
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return 0;
+    struct tls_conn_key ck = {.obj = PT_REGS_PARM1(ctx), .pid = bpf_get_current_pid_tgid() >> 32};
+    tls_bodies.delete(&ck);
+    return 0;
 }
 
 /* A callback given to the library, in its setter's second or third argument. */
@@ -832,6 +895,47 @@ int tls_callback3(struct pt_regs *ctx)
     return 0;
 }
 
+/* The size_t size of a write: past 4 GiB, its low half alone would pass
+ * for a whole request and the rest leave unread; saturated, the write
+ * cannot be read. */
+static __always_inline u32 write_size(struct pt_regs *ctx)
+{
+    u64 whole = PT_REGS_PARM3(ctx);
+    return whole > 0xffffffff ? 0xffffffff : (u32)whole;
+}
+
+/* A write on an object whose last write failed. OpenSSL sends the failed
+ * one's records first and then the new bytes past its length, and lets the
+ * new write be another buffer (Python and curl ask it to); so the new one
+ * must begin with the failed one's bytes, and is then judged whole, as
+ * what the server receives. Anything else is stopped: the records waiting
+ * were judged for other bytes, or (a Host without rules) for no API at all. */
+int tls_retry(struct pt_regs *ctx)
+{
+    u64 cg;
+    u32 zero = 0;
+    struct api_scratch *s = api_scratch.lookup(&zero);
+    struct tls_conn_key ck = {.obj = PT_REGS_PARM1(ctx), .pid = bpf_get_current_pid_tgid() >> 32};
+    struct tls_body *owed = tls_bodies.lookup(&ck);
+    if (!s || !owed || !watched_cgroup(&cg)) {
+        stop_caller();
+        return 0;
+    }
+    u32 failed = owed->retry_size;
+    if (write_size(ctx) < failed || !owed->retry_hash
+        || hash_write(s, PT_REGS_PARM2(ctx), scan_len(failed)) != owed->retry_hash) {
+        emit_stop(cg, owed->dest, 1, API_NOT_A_RETRY, 0);
+        stop_caller();
+        return 0;
+    }
+    /* undo the failed write's count: this one is judged in its place */
+    owed->left = owed->retry_body ? owed->left + failed : 0;
+    owed->retry_size = 0;
+    tls_progs.call(ctx, PROG_TLS_WRITE);
+    stop_caller();
+    return 0;
+}
+
 /* SSL_write(ssl, buf, num), SSL_write_ex(ssl, buf, num, written),
  * gnutls_record_send(session, data, size): the request in clear. Its line is
  * parsed here, its headers in tls_headers. */
@@ -845,15 +949,17 @@ int tls_write(struct pt_regs *ctx)
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
     struct tls_conn_key ck = {.obj = PT_REGS_PARM1(ctx), .pid = id >> 32};
-    /* a size_t: past 4 GiB, its low half alone would pass for a whole request
-     * and the rest leave unread; saturated, the write cannot be read */
-    u64 whole = PT_REGS_PARM3(ctx);
-    u32 size = whole > 0xffffffff ? 0xffffffff : (u32)whole;
+    u32 size = write_size(ctx);
     struct tls_body *owed = tls_bodies.lookup(&ck);
+    if (owed && owed->retry_size) {
+        tls_progs.call(ctx, PROG_TLS_RETRY);
+        stop_caller();
+        return 0;
+    }
     if (owed && owed->left >= size) {
         /* the body of an allowed request */
         owed->left -= size;
-        enter_write(tid, owed->dest, 0, 1);
+        enter_write(ctx, tid, owed->dest, 0, 1, size);
         return 0;
     }
     struct api_scratch *s = scratch_for(cg);
@@ -922,7 +1028,7 @@ int tls_headers(struct pt_regs *ctx)
             tls_bodies.update(&ck, &left);
         dest = d->id;
     }
-    enter_write(tid, dest, held, 0);
+    enter_write(ctx, tid, dest, held, 0, s->ps.size);
     return 0;
 }
 

@@ -76,6 +76,10 @@ struct tls_call {
     u32 writing;               /* the write's depth (0: no write, only records of the library's own) */
     u16 held;                  /* stopped until the guard releases it: nothing passes */
     u16 body;                  /* the write is the body of the connection's last request */
+    u64 obj;                   /* the write's library object, buffer and size, */
+    u64 buf;                   /* kept in case it fails (ebpf/bpf/api.bpf.c tls_retry) */
+    u32 size;
+    u32 _pad;
 };
 BPF_TABLE("lru_hash", u32, struct tls_call, tls_calls, 16384);
 
