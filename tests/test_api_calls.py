@@ -246,6 +246,9 @@ HOSTILE_REQUESTS = {
     "tab between dots": b"GET /records/.\t./allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     # raw UTF-8 where percent-encoding belongs: NFKC folds fullwidth dots to dots
     "fullwidth dots": "GET /records/\uff0e\uff0e/allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode(),
+    # a server that splits the target as a URL (uvicorn, with httptools) ends
+    # the path at the `#`: /records/17, where the kernel matched /records/{id}/allergies
+    "fragment": b"GET /records/17#/allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     "two Host headers": b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n",
     "another host": b"GET /records/17 HTTP/1.1\r\nHost: evil.example\r\n\r\n",
     "HTTP/2": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",

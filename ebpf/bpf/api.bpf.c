@@ -253,9 +253,11 @@ static __always_inline void parse_line(struct api_scratch *s, u32 len)
                  * can join two dots), nor a byte outside ASCII (one that must be
                  * percent-encoded: a server that folds Unicode reads a fullwidth
                  * dot as a dot), nor dots before a `;` (a server that takes path
-                 * parameters off a segment reads `..;` as `..`) */
+                 * parameters off a segment reads `..;` as `..`), nor a `#`: a
+                 * client sends no fragment, and a server that splits the target
+                 * as a URL (uvicorn with httptools) ends the path there */
                 u8 p1 = p->prev1, p2 = p->prev2;
-                if (c == '\\' || c < 0x20 || c >= 0x7f || (c == ';' && p->seglen && p->seglen <= 2 && p->dots == p->seglen)
+                if (c == '\\' || c == '#' || c < 0x20 || c >= 0x7f || (c == ';' && p->seglen && p->seglen <= 2 && p->dots == p->seglen)
                     || (p2 == '%' && ((p1 == '2' && (lower(c) == 'f' || lower(c) == 'e'))
                                       || (p1 == '5' && lower(c) == 'c'))))
                     r->bad = 1;
