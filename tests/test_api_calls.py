@@ -934,9 +934,10 @@ def test_a_tls_body_owed_on_one_connection_is_not_carried_to_the_next(
 # with allowed calls while the server reads nothing (TCP_NOTSENT_LOWAT makes
 # the socket full as soon as a byte waits unsent, so the next write finds no
 # room before the kernel sees any of it), writes `first`, and once the
-# server reads again, `retry` and then `rest`. Pure Python.
+# server reads again, `retry` and then `rest`, itself or from a child it
+# forks. Pure Python.
 AFTER_A_FULL_SOCKET = r"""
-import select, socket, ssl, sys
+import os, select, socket, ssl, sys
 port, ca = int(sys.argv[1]), sys.argv[2]
 filler, first, retry, rest = (bytes.fromhex(a) for a in sys.argv[3:7])
 tls = ssl.create_default_context(cafile=ca).wrap_socket(socket.create_connection(("127.0.0.1", port)),
@@ -950,6 +951,8 @@ try:
     sys.exit("the first write went out")
 except ssl.SSLWantWriteError:
     pass
+if sys.argv[7:] == ["fork"] and os.fork():  # the child has the connection, and the export waiting in it
+    sys.exit(os.waitstatus_to_exitcode(os.wait()[1]) != 0)
 for data in (retry, rest):
     if data:
         select.select([], [tls], [], 10)
@@ -983,25 +986,27 @@ def _server_that_waits(records_api: LocalApi) -> Iterator[tuple[int, list[bytes]
 
 
 def _after_a_full_socket(guarded: GuardedSandboxes, records_api: LocalApi, first: bytes, retry: bytes,
-                         rest: bytes = b"") -> tuple[GuardedRun, bytes]:
+                         rest: bytes = b"", by: str = "") -> tuple[GuardedRun, bytes]:
     with _server_that_waits(records_api) as (port, read):
         policy = api_policy(dataclasses.replace(records_api, tls_port=port, received=[]))
         requests = [r.replace(b"Host: 127.0.0.1\r\n", b"Host: 127.0.0.1:%d\r\n" % port) for r in (first, retry, rest)]
         filler = f"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
         run = guarded.run(["/usr/bin/python3", "-c", AFTER_A_FULL_SOCKET, str(port), str(records_api.ca_file),
-                           filler.hex(), *(r.hex() for r in requests)], policy, labels=LABELS)
+                           filler.hex(), *(r.hex() for r in requests), by], policy, labels=LABELS)
     return run, b"".join(read)
 
 
+@pytest.mark.parametrize("by", ["", "fork"], ids=["the writer", "its forked child"])
 def test_records_a_write_left_in_the_library_go_out_only_with_its_retry(guarded: GuardedSandboxes,
-                                                                        records_api: LocalApi) -> None:
+                                                                        records_api: LocalApi, by: str) -> None:
     """The export, its Host a port without rules (its write let be, its
     records kept for the API socket), then an allowed call of its length:
-    before, the library sent the export inside that call's write."""
+    before, the library sent the export inside that call's write. A child
+    forked after the export has the connection and its records as well."""
     export = EXPORT.replace(b"Host: 127.0.0.1", b"Host: 127.0.0.1:1")
     allowed = b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: \r\n\r\n"
     allowed = allowed.replace(b"X-Pad: ", b"X-Pad: " + b"x" * (len(export) - len(allowed) + 6))
-    run, read = _after_a_full_socket(guarded, records_api, export, allowed)
+    run, read = _after_a_full_socket(guarded, records_api, export, allowed, by=by)
     assert read.count(b"GET /records/17") > 10, read[:200]  # the filler went out
     assert b"/patients/export" not in read and b"X-Pad" not in read
     _assert_killed_and_recorded(guarded, run, "not beginning with that one's bytes")

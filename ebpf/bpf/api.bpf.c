@@ -17,6 +17,7 @@
 #include "maps.bpf.h"
 
 #define SIGKILL_ 9
+#define CLONE_THREAD_ 0x00010000
 #define E2BIG_ 7
 #define FNV_OFFSET 0xcbf29ce484222325ULL
 #define FNV_PRIME 0x100000001b3ULL
@@ -861,6 +862,52 @@ static __always_inline void enter_write(struct pt_regs *ctx, u32 tid, u32 dest, 
     call->size = size;
 }
 
+/* Per process forked from a process of a sandbox, until it execs: that
+ * process. The child has its parent's TLS library objects as they were at
+ * the fork, and with them the records a failed write left in them. */
+BPF_TABLE("lru_hash", u32, u32, forked_from, 16384);
+
+TRACEPOINT_PROBE(task, task_newtask)
+{
+    u64 cg;
+    if (!watched_cgroup(&cg) || (args->clone_flags & CLONE_THREAD_))
+        return 0;
+    u32 child = args->pid, parent = bpf_get_current_pid_tgid() >> 32;
+    forked_from.update(&child, &parent);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    forked_from.delete(&pid);
+    return 0;
+}
+
+/* A failed write that this process's object inherited from an ancestor
+ * (up to four forks back), made its own: only the retry, since a body owed
+ * there may be written by the ancestor too. */
+static __always_inline struct tls_body *inherited(struct tls_conn_key *ck)
+{
+    u32 pid = ck->pid;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        u32 *parent = forked_from.lookup(&pid);
+        if (!parent)
+            return NULL;
+        struct tls_conn_key pk = {.obj = ck->obj, .pid = *parent};
+        struct tls_body *b = tls_bodies.lookup(&pk);
+        if (b && b->retry_size) {
+            struct tls_body mine = {.retry_hash = b->retry_hash, .retry_size = b->retry_size,
+                                    .retry_body = b->retry_body, .dest = b->dest};
+            tls_bodies.update(ck, &mine);
+            return tls_bodies.lookup(ck);
+        }
+        pid = *parent;
+    }
+    return NULL;
+}
+
 /* SSL_free, SSL_clear, gnutls_deinit: the object's connection is over,
  * and with it what the library kept for it; the address may be a new
  * object's next. */
@@ -906,12 +953,13 @@ static __always_inline u32 write_size(struct pt_regs *ctx)
     return whole > 0xffffffff ? 0xffffffff : (u32)whole;
 }
 
-/* A write on an object whose last write failed. OpenSSL sends the failed
- * one's records first and then the new bytes past its length, and lets the
- * new write be another buffer (Python and curl ask it to); so the new one
- * must begin with the failed one's bytes, and is then judged whole, as
- * what the server receives. Anything else is stopped: the records waiting
- * were judged for other bytes, or (a Host without rules) for no API at all. */
+/* A write on an object whose last write failed. The library sends the
+ * failed one's records first, whatever the new write holds: OpenSSL lets
+ * that be another buffer (Python and curl ask it to) and goes on with its
+ * bytes past the failed one's length, GnuTLS drops them. So the new write
+ * must be the failed one again, its size and its first API_SCAN bytes, and
+ * is judged again. Anything else is stopped: the records waiting were
+ * judged for other bytes, or (a Host without rules) for no API at all. */
 int tls_retry(struct pt_regs *ctx)
 {
     u64 cg;
@@ -924,7 +972,7 @@ int tls_retry(struct pt_regs *ctx)
         return 0;
     }
     u32 failed = owed->retry_size;
-    if (write_size(ctx) < failed || !owed->retry_hash
+    if (write_size(ctx) != failed || !owed->retry_hash
         || hash_write(s, PT_REGS_PARM2(ctx), scan_len(failed)) != owed->retry_hash) {
         emit_stop(cg, owed->dest, 1, API_NOT_A_RETRY, 0);
         stop_caller();
@@ -953,6 +1001,8 @@ int tls_write(struct pt_regs *ctx)
     struct tls_conn_key ck = {.obj = PT_REGS_PARM1(ctx), .pid = id >> 32};
     u32 size = write_size(ctx);
     struct tls_body *owed = tls_bodies.lookup(&ck);
+    if (!owed)
+        owed = inherited(&ck);
     if (owed && owed->retry_size) {
         tls_progs.call(ctx, PROG_TLS_RETRY);
         stop_caller();
