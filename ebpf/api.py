@@ -31,8 +31,10 @@ REASONS = {
     12: "a connection the API checks could not take (their socket map is full): the sandbox is quarantined",
     13: ("TLS records from a sandbox whose program asked its TLS library to call it back from inside its calls, "
          "where what it sends cannot be told from the library's own records"),
-    14: ("a TLS write after one that did not go out, not beginning with that one's bytes: the library sends the "
-         "records it kept of that write first"),
+    14: ("a TLS write after one that did not go out on the same connection, not that write again: the library "
+         "sends the records it kept of that one first"),
+    15: ("a TLS write that did not go out, which the kernel could not keep to check the write that sends its records "
+         "(8 at a time in a process; or a forked child's copy)"),
 }
 API_ALLOW, API_STOP, API_HOLD = 1, 2, 3
 OVER_BUDGET = REASONS[9]
@@ -59,8 +61,8 @@ def describe_request(method: str, host: str, target: str, tls: bool, port: int) 
     """`POST records.example.org/export`, or what was sent where no request could be read."""
     if method:
         return f"{method} {host}{target}"
-    if not port:  # a send stopped before its socket was known
-        return "(a send on a connection not yet made)"
+    if not port:  # stopped before a socket was known: a TLS write, or a send waiting for its connection
+        return "(a TLS write)" if tls else "(a send on a connection not yet made)"
     return f"({'TLS' if tls else 'plain'} bytes to port {port})"
 
 

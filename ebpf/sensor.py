@@ -224,7 +224,7 @@ class Sensor:
         bpf = self._bpf
         for i, name in enumerate(("api_http", "api_http_headers")):
             bpf["api_progs"][ct.c_int(i)] = ct.c_int(bpf.load_func(name, BPF.SK_MSG).fd)
-        for i, name in enumerate(("tls_headers", "tls_retry", "tls_write")):
+        for i, name in enumerate(("tls_headers", "tls_retry", "tls_write", "tls_failed")):
             bpf["tls_progs"][ct.c_int(i)] = ct.c_int(bpf.load_func(name, BPF.KPROBE).fd)
         bpf["tls_calls"]  # BCC makes its Table now, not in the first held call's release (0.15 ms)
         wait = bpf["connect_wait"]

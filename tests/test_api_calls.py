@@ -1009,7 +1009,8 @@ def test_records_a_write_left_in_the_library_go_out_only_with_its_retry(guarded:
     run, read = _after_a_full_socket(guarded, records_api, export, allowed, by=by)
     assert read.count(b"GET /records/17") > 10, read[:200]  # the filler went out
     assert b"/patients/export" not in read and b"X-Pad" not in read
-    _assert_killed_and_recorded(guarded, run, "not beginning with that one's bytes")
+    _assert_killed_and_recorded(guarded, run, "(a TLS write) stopped in the kernel: a TLS write after one that did "
+                                               "not go out on the same connection, not that write again")
 
 
 def test_a_request_written_again_after_a_full_socket_passes_with_its_body(guarded: GuardedSandboxes,
@@ -1023,3 +1024,31 @@ def test_a_request_written_again_after_a_full_socket_passes_with_its_body(guarde
     assert run.result.exit_status == 0 and "written" in run.result.stdout, run.result.stderr
     assert not run.alerts and not run.result.denials
     assert read.count(b"POST /notes") == 1 and read.endswith(b"\r\n\r\n" + body), read[-300:]
+
+
+# Writes that cannot go out yet, each on its own library object: into
+# memory, before the handshake, which then waits for the server's answer.
+WRITES_LEFT_WAITING = r"""
+import ssl, sys
+context, kept = ssl.create_default_context(), []
+for n in range(int(sys.argv[1])):
+    tls = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="example.org")
+    try:
+        tls.write(b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n")
+    except ssl.SSLWantReadError:
+        kept.append(tls)
+print(len(kept), "waiting")
+"""
+
+
+@pytest.mark.parametrize("writes", [8, 9])
+def test_a_process_keeps_at_most_eight_tls_writes_waiting(guarded: GuardedSandboxes, records_policy: Policy,
+                                                          writes: int) -> None:
+    """The kernel keeps eight failed writes a process, to check what sends
+    their records; a ninth cannot be kept, and its writer is stopped."""
+    run = guarded.run(["/usr/bin/python3", "-c", WRITES_LEFT_WAITING, str(writes)], records_policy, labels=LABELS)
+    if writes == 8:
+        assert run.result.exit_status == 0 and "8 waiting" in run.result.stdout, run.result.stderr
+        assert not run.alerts
+    else:
+        _assert_killed_and_recorded(guarded, run, "which the kernel could not keep")

@@ -67,13 +67,13 @@ BPF_SK_STORAGE(api_sock_state, struct api_sock);
 #define PROG_TLS_HEADERS 0
 #define PROG_TLS_RETRY 1
 #define PROG_TLS_WRITE 2
+#define PROG_TLS_FAILED 3
 BPF_PROG_ARRAY(api_progs, 2);  /* SK_MSG: api_http, api_http_headers */
-BPF_PROG_ARRAY(tls_progs, 3);  /* uprobes: tls_headers, tls_retry, tls_write */
+BPF_PROG_ARRAY(tls_progs, 4);  /* uprobes: tls_headers, tls_retry, tls_write, tls_failed */
 
 /* Per TLS connection (process, library object): body bytes still owed to
  * the last allowed request and its destination, so a body written in later
- * calls passes; and the write that last failed on it, whose records may
- * wait in the library for the next write (tls_retry). */
+ * calls passes. */
 struct tls_conn_key {
     u64 obj;
     u32 pid;
@@ -82,9 +82,6 @@ struct tls_conn_key {
 struct tls_body {
     u32 left;
     u32 dest;
-    u64 retry_hash;            /* of the failed write's first API_SCAN bytes; 0: they could not be read */
-    u32 retry_size;            /* its size; 0: no write failed since the last one that went out */
-    u32 retry_body;            /* it was a body: its size went off `left` */
 };
 BPF_TABLE("lru_hash", struct tls_conn_key, struct tls_body, tls_bodies, 16384);
 
@@ -804,25 +801,54 @@ static __always_inline u64 hash_write(struct api_scratch *s, u64 buf, u32 n)
     return h;
 }
 
+/* The slot of obj in r, or RETRY_SLOTS where it has none. */
+static __always_inline u32 retry_slot(struct tls_retries *r, u64 obj)
+{
+#pragma unroll
+    for (u32 i = 0; i < RETRY_SLOTS; i++)
+        if (r->obj[i] == obj)
+            return i;
+    return RETRY_SLOTS;
+}
+
 /* A write that failed (the socket full, say) may leave its records in the
  * library, which sends them at the start of the next write on the object,
  * whatever that one's bytes: its own judgement must hold for them too. */
 static __always_inline void write_failed(struct tls_call *call)
 {
-    struct tls_conn_key ck = {.obj = call->obj, .pid = bpf_get_current_pid_tgid() >> 32};
-    struct tls_body none = {};
-    u32 zero = 0;
+    u32 pid = bpf_get_current_pid_tgid() >> 32, zero = 0;
     struct api_scratch *s = api_scratch.lookup(&zero);
-    struct tls_body *owed = tls_bodies.lookup_or_try_init(&ck, &none);
-    if (!s || !owed) {
-        stop_caller();  /* nothing kept: the next write could send it unjudged */
+    /* hashed first: the verifier then walks its loop once, not once per slot */
+    u64 hash = s ? hash_write(s, call->buf, scan_len(call->size)) : 0;
+    struct tls_retries none = {};
+    struct tls_retries *r = tls_retries.lookup_or_try_init(&pid, &none);
+    u32 i = r ? retry_slot(r, call->obj) : RETRY_SLOTS;
+    if (r && i >= RETRY_SLOTS)
+        i = retry_slot(r, 0);
+    u64 cg;
+    if (!r || !s || i >= RETRY_SLOTS) {
+        if (watched_cgroup(&cg))
+            emit_stop(cg, 0, 1, API_NOT_KEPT, 0);
+        stop_caller();  /* not kept: the next write could send its records unjudged */
         return;
     }
-    if (!call->size)
-        return;  /* wrote nothing: what waits, if anything, is still the earlier write's */
-    owed->retry_hash = hash_write(s, call->buf, scan_len(call->size));
-    owed->retry_size = call->size;
-    owed->retry_body = call->body;
+    i &= RETRY_SLOTS - 1;
+    r->obj[i] = call->obj;
+    r->hash[i] = hash;
+    r->size[i] = call->size;
+    r->body[i] = call->body;
+}
+
+/* The thread leaves a probed function. */
+static __always_inline void leave(struct tls_call *call)
+{
+    if (call->depth == 1) {
+        __builtin_memset(call, 0, sizeof(*call));
+        return;
+    }
+    if (call->writing == call->depth)
+        call->writing = 0;
+    call->depth--;
 }
 
 int tls_leave(struct pt_regs *ctx)
@@ -831,16 +857,25 @@ int tls_leave(struct pt_regs *ctx)
     struct tls_call *call = tls_calls.lookup(&tid);
     if (!call || !call->depth)
         return 0;
-    /* every probed write returns a count or 1 when done, and 0 or less when not */
-    if (call->writing == call->depth && (int)PT_REGS_RC(ctx) <= 0)
-        write_failed(call);
-    if (call->depth == 1) {
-        __builtin_memset(call, 0, sizeof(*call));
+    /* every probed write returns a count or 1 when done, and 0 or less when
+     * not; one of nothing leaves nothing (what waits is an earlier write's) */
+    if (call->writing == call->depth && (int)PT_REGS_RC(ctx) <= 0 && call->size) {
+        tls_progs.call(ctx, PROG_TLS_FAILED);
+        stop_caller();  /* the tail call failed: the next write could send its records unjudged */
         return 0;
     }
-    if (call->writing == call->depth)
-        call->writing = 0;
-    call->depth--;
+    leave(call);
+    return 0;
+}
+
+int tls_failed(struct pt_regs *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct tls_call *call = tls_calls.lookup(&tid);
+    if (!call || !call->depth)
+        return 0;
+    write_failed(call);
+    leave(call);
     return 0;
 }
 
@@ -862,50 +897,34 @@ static __always_inline void enter_write(struct pt_regs *ctx, u32 tid, u32 dest, 
     call->size = size;
 }
 
-/* Per process forked from a process of a sandbox, until it execs: that
- * process. The child has its parent's TLS library objects as they were at
- * the fork, and with them the records a failed write left in them. */
-BPF_TABLE("lru_hash", u32, u32, forked_from, 16384);
-
+/* A forked child has its parent's TLS library objects as they were at the
+ * fork, and with them the records a failed write left in them. Where the
+ * copy cannot be made, the sandbox is quarantined: the child would go
+ * unchecked. */
 TRACEPOINT_PROBE(task, task_newtask)
 {
     u64 cg;
     if (!watched_cgroup(&cg) || (args->clone_flags & CLONE_THREAD_))
         return 0;
-    u32 child = args->pid, parent = bpf_get_current_pid_tgid() >> 32;
-    forked_from.update(&child, &parent);
+    u32 parent = bpf_get_current_pid_tgid() >> 32, child = args->pid;
+    struct tls_retries *r = tls_retries.lookup(&parent);
+    if (r && tls_retries.update(&child, r)) {
+        struct watch_info *w = watched.lookup(&cg);
+        u32 at = w ? w->slot : 0;
+        struct slot_info *slot = w ? slots.lookup(&at) : NULL;
+        if (slot)
+            quarantine(slot, cg);
+        emit_stop(cg, 0, 1, API_NOT_KEPT, 0);
+    }
     return 0;
 }
 
+/* An exec replaces the memory, and the objects in it. */
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-    forked_from.delete(&pid);
+    tls_retries.delete(&pid);
     return 0;
-}
-
-/* A failed write that this process's object inherited from an ancestor
- * (up to four forks back), made its own: only the retry, since a body owed
- * there may be written by the ancestor too. */
-static __always_inline struct tls_body *inherited(struct tls_conn_key *ck)
-{
-    u32 pid = ck->pid;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        u32 *parent = forked_from.lookup(&pid);
-        if (!parent)
-            return NULL;
-        struct tls_conn_key pk = {.obj = ck->obj, .pid = *parent};
-        struct tls_body *b = tls_bodies.lookup(&pk);
-        if (b && b->retry_size) {
-            struct tls_body mine = {.retry_hash = b->retry_hash, .retry_size = b->retry_size,
-                                    .retry_body = b->retry_body, .dest = b->dest};
-            tls_bodies.update(ck, &mine);
-            return tls_bodies.lookup(ck);
-        }
-        pid = *parent;
-    }
-    return NULL;
 }
 
 /* SSL_free, SSL_clear, gnutls_deinit: the object's connection is over,
@@ -918,6 +937,10 @@ int tls_forget(struct pt_regs *ctx)
         return 0;
     struct tls_conn_key ck = {.obj = PT_REGS_PARM1(ctx), .pid = bpf_get_current_pid_tgid() >> 32};
     tls_bodies.delete(&ck);
+    struct tls_retries *r = tls_retries.lookup(&ck.pid);
+    u32 i = r ? retry_slot(r, ck.obj) : RETRY_SLOTS;
+    if (r && i < RETRY_SLOTS)
+        r->obj[i & (RETRY_SLOTS - 1)] = 0;
     return 0;
 }
 
@@ -963,24 +986,30 @@ static __always_inline u32 write_size(struct pt_regs *ctx)
 int tls_retry(struct pt_regs *ctx)
 {
     u64 cg;
-    u32 zero = 0;
+    u32 zero = 0, pid = bpf_get_current_pid_tgid() >> 32;
+    u64 obj = PT_REGS_PARM1(ctx);
+    u32 size = write_size(ctx);
     struct api_scratch *s = api_scratch.lookup(&zero);
-    struct tls_conn_key ck = {.obj = PT_REGS_PARM1(ctx), .pid = bpf_get_current_pid_tgid() >> 32};
-    struct tls_body *owed = tls_bodies.lookup(&ck);
-    if (!s || !owed || !watched_cgroup(&cg)) {
+    u64 hash = s ? hash_write(s, PT_REGS_PARM2(ctx), scan_len(size)) : 0;
+    struct tls_retries *r = tls_retries.lookup(&pid);
+    u32 i = r ? retry_slot(r, obj) : RETRY_SLOTS;
+    if (!r || i >= RETRY_SLOTS || !watched_cgroup(&cg)) {
         stop_caller();
         return 0;
     }
-    u32 failed = owed->retry_size;
-    if (write_size(ctx) != failed || !owed->retry_hash
-        || hash_write(s, PT_REGS_PARM2(ctx), scan_len(failed)) != owed->retry_hash) {
-        emit_stop(cg, owed->dest, 1, API_NOT_A_RETRY, 0);
+    i &= RETRY_SLOTS - 1;
+    u32 failed = r->size[i];
+    if (size != failed || !hash || hash != r->hash[i]) {
+        emit_stop(cg, 0, 1, API_NOT_A_RETRY, 0);
         stop_caller();
         return 0;
     }
     /* undo the failed write's count: this one is judged in its place */
-    owed->left = owed->retry_body ? owed->left + failed : 0;
-    owed->retry_size = 0;
+    struct tls_conn_key ck = {.obj = obj, .pid = pid};
+    struct tls_body *owed = tls_bodies.lookup(&ck);
+    if (owed)
+        owed->left = r->body[i] ? owed->left + failed : 0;
+    r->obj[i] = 0;
     tls_progs.call(ctx, PROG_TLS_WRITE);
     stop_caller();
     return 0;
@@ -1000,14 +1029,13 @@ int tls_write(struct pt_regs *ctx)
     u32 tid = (u32)id;
     struct tls_conn_key ck = {.obj = PT_REGS_PARM1(ctx), .pid = id >> 32};
     u32 size = write_size(ctx);
-    struct tls_body *owed = tls_bodies.lookup(&ck);
-    if (!owed)
-        owed = inherited(&ck);
-    if (owed && owed->retry_size) {
+    struct tls_retries *retries = tls_retries.lookup(&ck.pid);
+    if (retries && retry_slot(retries, ck.obj) < RETRY_SLOTS) {
         tls_progs.call(ctx, PROG_TLS_RETRY);
         stop_caller();
         return 0;
     }
+    struct tls_body *owed = tls_bodies.lookup(&ck);
     if (owed && owed->left >= size) {
         /* the body of an allowed request */
         owed->left -= size;

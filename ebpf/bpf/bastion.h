@@ -257,7 +257,8 @@ struct unix_key {
 #define API_BEFORE_CHECKS 11   /* a send that waited for its connection to be made: the caller is killed */
 #define API_NOT_CHECKED 12     /* a connection that could not join the checks: the sandbox is quarantined */
 #define API_CALLED_BACK 13     /* TLS from a sandbox whose program gave its TLS library a callback */
-#define API_NOT_A_RETRY 14     /* TLS: a write after one that failed, not beginning with its bytes */
+#define API_NOT_A_RETRY 14     /* TLS: a write after one that failed on its object, not that write again */
+#define API_NOT_KEPT 15        /* TLS: a failed write the kernel could not keep to check its retry */
 
 struct api_rule {
     u32 methods;

@@ -83,6 +83,20 @@ struct tls_call {
 };
 BPF_TABLE("lru_hash", u32, struct tls_call, tls_calls, 16384);
 
+/* Per process with TLS writes that failed (ebpf/bpf/api.bpf.c tls_retry):
+ * the library object of each, its size and a hash of its first bytes. A
+ * plain hash, not an LRU: an entry pushed out would let the records such a
+ * write left go out with any later write. Copied to a forked child, which
+ * has the objects too; gone at exec and exit. */
+#define RETRY_SLOTS 8
+struct tls_retries {
+    u64 obj[RETRY_SLOTS];      /* 0: a free slot */
+    u64 hash[RETRY_SLOTS];     /* of the write's first API_SCAN bytes; 0: they could not be read */
+    u32 size[RETRY_SLOTS];
+    u32 body[RETRY_SLOTS];     /* it was a body: its size went off the owed count */
+};
+BPF_HASH(tls_retries, u32, struct tls_retries, 16384);
+
 /* Mark a process as in the watched cgroup w, or, with w NULL, as unwatched. */
 static __always_inline void mark_pid(u32 pid, struct watch_info *w)
 {
