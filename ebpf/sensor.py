@@ -243,6 +243,8 @@ class Sensor:
                 bpf.attach_uretprobe(name=copy, **where(at), fn_name="tls_leave")
             for end in library.ends:
                 bpf.attach_uprobe(name=copy, sym=end, fn_name="tls_forget")
+            for ref in library.refs:
+                bpf.attach_uprobe(name=copy, sym=ref, fn_name="tls_ref")
             for setter, argument in library.callbacks:
                 bpf.attach_uprobe(name=copy, sym=setter, fn_name=f"tls_callback{argument}")
 

@@ -57,8 +57,10 @@ TLS_LIBRARIES = {
 }
 # Functions that end an object's connection (free it, or clear it for
 # another): what the kernel kept for the object goes with it, since a new
-# object may take its address.
+# object may take its address. And the function that takes a reference to
+# an object, after which SSL_free may free nothing.
 ENDS = {"libssl.so.3": ("SSL_free", "SSL_clear"), "libgnutls.so.30": ("gnutls_deinit",)}
+REFS = {"libssl.so.3": ("SSL_up_ref",)}
 # A wrapper whose body is one call to an internal function, and the other
 # public functions that call it: probed at that function instead (above).
 WRAPPERS = {"libssl.so.3": {"SSL_write_ex": ("SSL_write",), "SSL_read_ex": ("SSL_read",), "SSL_peek_ex": ("SSL_peek",)}}
@@ -115,6 +117,7 @@ class TlsLibrary:
     others: tuple[Probe, ...]  # functions that send records of their own
     callbacks: tuple[tuple[str, int], ...] = ()  # callback setters, with the argument that holds the callback
     ends: tuple[str, ...] = ()  # functions that end an object's connection
+    refs: tuple[str, ...] = ()  # functions that take a reference to an object
 
 
 def where(probe: Probe) -> dict[str, str | int]:
@@ -147,7 +150,7 @@ def private_copies(copies: Path = COPIES, dirs: Iterable[str] = LIBRARY_DIRS) ->
         writes, others = TLS_LIBRARIES[name]
         inner, writers = _internal(copy, image, name)
         libraries.append(TlsLibrary(original, copy, _through(writes, inner), writers or _through(others, inner),
-                                    _callback_setters(copy, name), ENDS[name]))
+                                    _callback_setters(copy, name), ENDS[name], REFS.get(name, ())))
     return libraries
 
 

@@ -935,7 +935,7 @@ def test_a_tls_body_owed_on_one_connection_is_not_carried_to_the_next(
 # the socket full as soon as a byte waits unsent, so the next write finds no
 # room before the kernel sees any of it), writes `first`, and once the
 # server reads again, `retry` and then `rest`, itself or from a child it
-# forks. Pure Python.
+# forks. Pure Python, but for SSL_up_ref and SSL_free through ctypes.
 AFTER_A_FULL_SOCKET = r"""
 import os, select, socket, ssl, sys
 port, ca = int(sys.argv[1]), sys.argv[2]
@@ -953,6 +953,11 @@ except ssl.SSLWantWriteError:
     pass
 if sys.argv[7:] == ["fork"] and os.fork():  # the child has the connection, and the export waiting in it
     sys.exit(os.waitstatus_to_exitcode(os.wait()[1]) != 0)
+if sys.argv[7:] == ["free"]:  # an SSL_free that frees nothing, the object's reference count raised first
+    import ctypes
+    libssl, obj = ctypes.CDLL("libssl.so.3"), ctypes.c_void_p.from_address(id(tls._sslobj) + 24)
+    libssl.SSL_up_ref(obj)
+    libssl.SSL_free(obj)
 for data in (retry, rest):
     if data:
         select.select([], [tls], [], 10)
@@ -996,13 +1001,15 @@ def _after_a_full_socket(guarded: GuardedSandboxes, records_api: LocalApi, first
     return run, b"".join(read)
 
 
-@pytest.mark.parametrize("by", ["", "fork"], ids=["the writer", "its forked child"])
+@pytest.mark.parametrize("by", ["", "fork", "free"],
+                         ids=["the writer", "its forked child", "the writer after an SSL_free that freed nothing"])
 def test_records_a_write_left_in_the_library_go_out_only_with_its_retry(guarded: GuardedSandboxes,
                                                                         records_api: LocalApi, by: str) -> None:
     """The export, its Host a port without rules (its write let be, its
     records kept for the API socket), then an allowed call of its length:
     before, the library sent the export inside that call's write. A child
-    forked after the export has the connection and its records as well."""
+    forked after the export has the connection and its records as well; an
+    SSL_free of an object with another reference leaves both."""
     export = EXPORT.replace(b"Host: 127.0.0.1", b"Host: 127.0.0.1:1")
     allowed = b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: \r\n\r\n"
     allowed = allowed.replace(b"X-Pad: ", b"X-Pad: " + b"x" * (len(export) - len(allowed) + 6))

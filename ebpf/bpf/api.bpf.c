@@ -929,7 +929,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 
 /* SSL_free, SSL_clear, gnutls_deinit: the object's connection is over,
  * and with it what the library kept for it; the address may be a new
- * object's next. */
+ * object's next. Where the process took a reference to an object
+ * (SSL_up_ref), an SSL_free may free nothing: its failed writes stay. */
 int tls_forget(struct pt_regs *ctx)
 {
     u64 cg;
@@ -939,8 +940,26 @@ int tls_forget(struct pt_regs *ctx)
     tls_bodies.delete(&ck);
     struct tls_retries *r = tls_retries.lookup(&ck.pid);
     u32 i = r ? retry_slot(r, ck.obj) : RETRY_SLOTS;
-    if (r && i < RETRY_SLOTS)
+    if (r && !r->refs && i < RETRY_SLOTS)
         r->obj[i & (RETRY_SLOTS - 1)] = 0;
+    return 0;
+}
+
+/* SSL_up_ref */
+int tls_ref(struct pt_regs *ctx)
+{
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return 0;
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct tls_retries none = {};
+    struct tls_retries *r = tls_retries.lookup_or_try_init(&pid, &none);
+    if (r) {
+        r->refs = 1;
+        return 0;
+    }
+    emit_stop(cg, 0, 1, API_NOT_KEPT, 0);
+    stop_caller();  /* not kept: an SSL_free that frees nothing would end a failed write's check */
     return 0;
 }
 

@@ -94,6 +94,8 @@ struct tls_retries {
     u64 hash[RETRY_SLOTS];     /* of the write's first API_SCAN bytes; 0: they could not be read */
     u32 size[RETRY_SLOTS];
     u32 body[RETRY_SLOTS];     /* it was a body: its size went off the owed count */
+    u32 refs;                  /* the process took a reference to an object: SSL_free may not free it */
+    u32 _pad;
 };
 BPF_HASH(tls_retries, u32, struct tls_retries, 16384);
 
