@@ -680,30 +680,38 @@ def test_a_send_waiting_for_its_connection_is_killed_before_it_leaves(guarded: G
 CONNECTIONS_THEN_EXPORT = r"""
 import socket, sys
 held = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(int(sys.argv[3]))]
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s = socket.create_connection(("127.0.0.1", int(sys.argv[4])))
 s.sendall(bytes.fromhex(sys.argv[2]))
 print(s.recv(100), flush=True)
 """
 
 
+@pytest.mark.parametrize("slow", [False, True], ids=["at once", "a second later"])
 def test_a_connection_the_checks_cannot_take_quarantines_its_sandbox(records_policy: Policy,
                                                                      records_api: LocalApi,
-                                                                     tmp_path: Path) -> None:
+                                                                     tmp_path: Path, slow: bool) -> None:
     """Past the socket map's size a socket cannot join the checks, and its
     sends would pass unjudged: its sandbox is quarantined before it can
     send, so the export never arrives, and the alert and audit record say
-    why. A sensor whose map holds two sockets stands for a host holding
-    65,535 at once."""
+    why, in the name of the process that connected it, also where its
+    handshake ends a second later (in softirq, on whatever task then runs).
+    A sensor whose map holds two sockets stands for a host holding 65,535
+    at once."""
     log = AuditLog(tmp_path / "audit.jsonl")
     before = len(records_api.received)
-    with Sensor(api_sockets=2) as tiny, GuardedSandboxes(tiny, log) as guarded:
+    with contextlib.ExitStack() as stack:
+        port, received = stack.enter_context(_slow_handshake()) if slow else (records_api.port, records_api.received)
+        policy = api_policy(dataclasses.replace(records_api, tls_port=port)) if slow else records_policy
+        tiny = stack.enter_context(Sensor(api_sockets=2))
+        guarded = stack.enter_context(GuardedSandboxes(tiny, log))
         run = guarded.run(["/usr/bin/python3", "-c", CONNECTIONS_THEN_EXPORT, str(records_api.port), EXPORT.hex(),
-                           "2"], records_policy, labels=LABELS)
+                           "2", str(port)], policy, labels=LABELS)
     log.close()
-    assert records_api.received[before:] == [], records_api.received[before:]
+    assert records_api.received[before:] == [] and (not slow or received == []), received
     assert run.verdict is Verdict.KILL and run.result.exit_status != 0, run.result.stdout
     alert = next(a for a in run.alerts if a.detector == "rule")
     assert "could not take" in alert.rule and alert.step == LABELS["step"], alert.rule
+    assert [e.comm for e in alert.evidence] == ["python3"], alert.evidence
     assert [b for b in audit.read(log.path, "alert") if b["id"] == alert.id]
 
 

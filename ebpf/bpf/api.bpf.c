@@ -58,7 +58,10 @@ struct api_sock {
     u32 body_left;
     u8 mode;
     u8 requested;
-    u8 _pad[6];
+    u8 _pad[2];
+    u32 pid;                   /* who connected it, for the same reason */
+    u32 tid;
+    char comm[TASK_COMM_LEN];
 };
 BPF_SK_STORAGE(api_sock_state, struct api_sock);
 /* Programs entered by tail call: each parser loop is verified on its own. */
@@ -444,8 +447,10 @@ static __always_inline struct api_scratch *scratch_for(u64 cg)
 }
 
 /* Send the stop of bytes the kernel refused without a request to name:
- * where they went (dest, port; 0 when not known) and why. */
-static __always_inline void emit_stop(u64 cg, u32 dest, u8 tls, u8 reason, u16 port)
+ * where they went (dest, port; 0 when not known) and why; in the name of
+ * the process that connected st, where the caller may be another (a
+ * handshake ends in softirq, on whatever task the CPU was running). */
+static __always_inline void emit_stop_by(u64 cg, u32 dest, u8 tls, u8 reason, u16 port, struct api_sock *st)
 {
     struct api_scratch *s = scratch_for(cg);
     if (!s)
@@ -456,7 +461,17 @@ static __always_inline void emit_stop(u64 cg, u32 dest, u8 tls, u8 reason, u16 p
     s->ev.reason = reason;
     s->ev.rule = 0xff;
     s->ev.port = port;
+    if (st) {
+        s->ev.h.pid = st->pid;
+        s->ev.h.tid = st->tid;
+        __builtin_memcpy(s->ev.h.comm, st->comm, TASK_COMM_LEN);
+    }
     emit(&s->ev, sizeof(s->ev), cg);
+}
+
+static __always_inline void emit_stop(u64 cg, u32 dest, u8 tls, u8 reason, u16 port)
+{
+    emit_stop_by(cg, dest, tls, reason, port, NULL);
 }
 
 #define ENDPOINT_UNSEEN 0
@@ -578,14 +593,14 @@ static __always_inline u32 sockops_dests(struct bpf_sock_ops *skops, u64 cg)
 }
 
 /* Quarantine the cgroup of a socket the checks could not take, and say why. */
-static __always_inline void outside_the_checks(u64 cg, struct bpf_sock_ops *skops)
+static __always_inline void outside_the_checks(u64 cg, struct bpf_sock_ops *skops, struct api_sock *st)
 {
     struct watch_info *w = watched.lookup(&cg);
     u32 at = w ? w->slot : 0;
     struct slot_info *slot = w ? slots.lookup(&at) : NULL;
     if (slot)
         quarantine(slot, cg);
-    emit_stop(cg, 0, 0, API_NOT_CHECKED, port_of(skops->remote_port));
+    emit_stop_by(cg, 0, 0, API_NOT_CHECKED, port_of(skops->remote_port), st);
 }
 
 /* A sandbox's socket to a peer with API rules joins the sockhash when its
@@ -605,16 +620,22 @@ int api_sockops(struct bpf_sock_ops *skops)
     struct bpf_sock *sk = skops->sk;
     struct api_sock *st = sk ? api_sock_state.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : NULL;
     u64 cg = 0;  /* 0: not known (no storage at connect), and then the socket joins */
-    if (st) {
-        cg = op == BPF_SOCK_OPS_TCP_CONNECT_CB ? bpf_get_current_cgroup_id() : st->cgroup_id;
+    if (st && op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
         __builtin_memset(st, 0, sizeof(*st));
-        st->cgroup_id = cg;
+        cg = st->cgroup_id = bpf_get_current_cgroup_id();
+        u64 id = bpf_get_current_pid_tgid();
+        st->pid = id >> 32;
+        st->tid = (u32)id;
+        bpf_get_current_comm(st->comm, sizeof(st->comm));
+    } else if (st) {
+        cg = st->cgroup_id;
+        st->dests = st->body_left = st->mode = st->requested = 0;
     }
     if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && (!cg || sockops_dests(skops, cg))) {
         u64 cookie = bpf_get_socket_cookie(skops);
         long err = api_socks.sock_hash_update(skops, &cookie, BPF_ANY);
         if (err == -E2BIG_)  /* full; a socket connected again may still be held by its old link (EBUSY) */
-            outside_the_checks(cg, skops);
+            outside_the_checks(cg, skops, st);
     }
     return 1;
 }
