@@ -937,7 +937,7 @@ def test_a_tls_body_owed_on_one_connection_is_not_carried_to_the_next(
 
 # A write that did not go out (its socket full) leaves its records in the
 # library, which sends them at the start of the next write on the object;
-# Python and curl let that be another buffer, no shorter
+# Python's ssl lets that be another buffer, no shorter
 # (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER). The script fills the connection
 # with allowed calls while the server reads nothing (TCP_NOTSENT_LOWAT makes
 # the socket full as soon as a byte waits unsent, so the next write finds no

@@ -1018,7 +1018,7 @@ static __always_inline u32 write_size(struct pt_regs *ctx)
 
 /* A write on an object whose last write failed. The library sends the
  * failed one's records first, whatever the new write holds: OpenSSL lets
- * that be another buffer (Python and curl ask it to) and goes on with its
+ * that be another buffer (Python's ssl asks it to) and goes on with its
  * bytes past the failed one's length, GnuTLS drops them. So the new write
  * must be the failed one again, its size and its first API_SCAN bytes, and
  * is judged again. Anything else is stopped: the records waiting were
