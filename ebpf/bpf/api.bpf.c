@@ -592,14 +592,20 @@ static __always_inline u32 sockops_dests(struct bpf_sock_ops *skops, u64 cg)
                     skops->remote_ip6[2], skops->remote_ip6[3], skops->remote_port);
 }
 
-/* Quarantine the cgroup of a socket the checks could not take, and say why. */
-static __always_inline void outside_the_checks(u64 cg, struct bpf_sock_ops *skops, struct api_sock *st)
+/* Quarantine a sandbox that something the checks rest on could not follow. */
+static __always_inline void quarantine_sandbox(u64 cg)
 {
     struct watch_info *w = watched.lookup(&cg);
     u32 at = w ? w->slot : 0;
     struct slot_info *slot = w ? slots.lookup(&at) : NULL;
     if (slot)
         quarantine(slot, cg);
+}
+
+/* Quarantine the cgroup of a socket the checks could not take, and say why. */
+static __always_inline void outside_the_checks(u64 cg, struct bpf_sock_ops *skops, struct api_sock *st)
+{
+    quarantine_sandbox(cg);
     emit_stop_by(cg, 0, 0, API_NOT_CHECKED, port_of(skops->remote_port), st);
 }
 
@@ -930,11 +936,7 @@ TRACEPOINT_PROBE(task, task_newtask)
     u32 parent = bpf_get_current_pid_tgid() >> 32, child = args->pid;
     struct tls_retries *r = tls_retries.lookup(&parent);
     if (r && tls_retries.update(&child, r)) {
-        struct watch_info *w = watched.lookup(&cg);
-        u32 at = w ? w->slot : 0;
-        struct slot_info *slot = w ? slots.lookup(&at) : NULL;
-        if (slot)
-            quarantine(slot, cg);
+        quarantine_sandbox(cg);
         emit_stop(cg, 0, 1, API_NOT_KEPT, 0);
     }
     return 0;

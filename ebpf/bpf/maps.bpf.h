@@ -77,7 +77,7 @@ struct tls_call {
     u16 held;                  /* stopped until the guard releases it: nothing passes */
     u16 body;                  /* the write is the body of the connection's last request */
     u64 obj;                   /* the write's library object, buffer and size, */
-    u64 buf;                   /* kept in case it fails (ebpf/bpf/api.bpf.c tls_retry) */
+    u64 buf;                   /* kept in case it fails (ebpf/bpf/api.bpf.c tls_failed) */
     u32 size;
     u32 _pad;
 };
