@@ -970,7 +970,9 @@ for data in (retry, rest):
     if data:
         select.select([], [tls], [], 10)
         tls.write(data)
-tls.setblocking(True)
+# a socket in the checks' sockhash may answer a blocking recv with EAGAIN when
+# the peer closes during the wait; with a timeout, Python polls and tries again
+tls.settimeout(10)
 tls.shutdown(socket.SHUT_WR)  # a close with the server's tickets unread would reset the connection
 while tls.recv(4096):  # until the server has read all and closed
     pass
