@@ -35,6 +35,8 @@ REASONS = {
          "sends the records it kept of that one first"),
     15: ("a TLS write that did not go out, which the kernel could not keep to check the write that sends its records "
          "(8 at a time in a process; or a forked child's copy)"),
+    16: ("a body on a GET, HEAD, DELETE or OPTIONS request whose rule sets no max_body_bytes: a server may read "
+         "none there, and take it for the next request"),
 }
 API_ALLOW, API_STOP, API_HOLD = 1, 2, 3
 OVER_BUDGET = REASONS[9]

@@ -79,6 +79,8 @@ class ApiRule(_Strict):
 
     methods: list[HttpMethod] = Field(min_length=1)
     path: str = Field(description='for example "/records/{id}"')
+    # unset: any size on POST, PUT and PATCH, and no body at all on GET, HEAD,
+    # DELETE and OPTIONS, where a server may read none and take it for a request
     max_body_bytes: int | None = Field(None, ge=0, le=100_000_000, description="largest Content-Length")
 
     @field_validator("path")

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from bastion.guarded import GuardedRun, GuardedSandboxes
-from bastion.local_api import LocalApi, serve
+from bastion.local_api import LocalApi, Received, serve
 from common.verdicts import Verdict
 from ebpf.api import API_ANY_SEGMENT, METHODS, fnv1a
 from ebpf.events import Event, EventKind
@@ -285,6 +285,47 @@ def test_requests_outside_normal_form_are_stopped(guarded: GuardedSandboxes, rec
     run = guarded.run(["/usr/bin/python3", "-c", RAW_SEND, str(records_api.port), HOSTILE_REQUESTS[name].hex()],
                       records_policy, labels=LABELS)
     _assert_stopped(guarded, run, records_api, before, "stopped in the kernel")
+
+
+# A body on a GET that carries a request: the server reads at most 1 MiB of a
+# body (many cap what they read, and many read none on a GET), and takes the
+# rest for the next request. argv: port, tls, CA file, the request carried.
+BODY_PAST_THE_SERVER = r"""
+import socket, ssl, sys
+port, tls, ca, carried = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3], bytes.fromhex(sys.argv[4])
+s = socket.create_connection(("127.0.0.1", port))
+if tls:
+    s = ssl.create_default_context(cafile=ca).wrap_socket(s, server_hostname="127.0.0.1")
+filler = b"x" * (1 << 20)
+head = b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: %d\r\n\r\n" % (port, len(filler) + len(carried))
+s.sendall(head + filler + carried)
+print(s.recv(100))
+"""
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_body_on_a_get_cannot_carry_a_request_past_the_server(guarded: GuardedSandboxes, records_policy: Policy,
+                                                               records_api: LocalApi, tls: bool) -> None:
+    before = len(records_api.received)
+    port = records_api.tls_port if tls else records_api.port
+    run = guarded.run(["/usr/bin/python3", "-c", BODY_PAST_THE_SERVER, str(port), "1" if tls else "0",
+                       str(records_api.ca_file), EXPORT.hex()], records_policy, labels=LABELS)
+    _assert_stopped(guarded, run, records_api, before, "GET 127.0.0.1/records/17 stopped in the kernel: a body on a GET")
+
+
+def test_a_get_carries_a_body_where_its_rule_asks_for_one(guarded: GuardedSandboxes, records_policy: Policy,
+                                                          records_api: LocalApi) -> None:
+    """A search API that takes its query as a GET's body: its rule sets max_body_bytes."""
+    assert isinstance(records_policy.network, Network)
+    dest = records_policy.network.allow[0].model_copy(
+        update={"api": [ApiRule(methods=["GET"], path="/records/{id}", max_body_bytes=16)]})
+    get = b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
+    before = len(records_api.received)
+    run = guarded.run(["/usr/bin/python3", "-c", RAW_SEND, str(records_api.port), get.hex()],
+                      allowing(records_policy, [dest]), labels=LABELS)
+    assert run.result.exit_status == 0 and "200 OK" in run.result.stdout, run.result.stderr
+    assert records_api.received[before:] == [Received("GET", "/records/17", b"{}")]
+    assert not run.alerts
 
 
 TLS_OF_ITS_OWN = """

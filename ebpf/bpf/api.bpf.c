@@ -418,7 +418,17 @@ static __always_inline int match(struct api_dest *d, struct api_req *r)
                 same = 0;
         if (!same)
             continue;
-        if (r->body > rule->max_body) {
+        /* GET, HEAD, DELETE and OPTIONS carry no body unless the rule asks
+         * for one: a server may read none there and take it for the next
+         * request, which the kernel read as body */
+        u32 max_body = rule->max_body;
+        int bodiless = r->method == API_GET || r->method == API_HEAD || r->method == API_DELETE
+                       || r->method == API_OPTIONS;
+        if (r->body && bodiless && max_body == API_NO_LIMIT) {
+            reason = API_BODY_UNASKED;
+            continue;
+        }
+        if (r->body > max_body) {
             reason = API_TOO_BIG;
             continue;
         }

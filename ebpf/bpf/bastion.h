@@ -259,6 +259,7 @@ struct unix_key {
 #define API_CALLED_BACK 13     /* TLS from a sandbox whose program gave its TLS library a callback */
 #define API_NOT_A_RETRY 14     /* TLS: a write after one that failed on its object, not that write again */
 #define API_NOT_KEPT 15        /* TLS: a failed write the kernel could not keep to check its retry */
+#define API_BODY_UNASKED 16    /* a body on a GET, HEAD, DELETE or OPTIONS whose rule sets no max_body_bytes */
 
 struct api_rule {
     u32 methods;
