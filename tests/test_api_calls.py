@@ -249,6 +249,11 @@ HOSTILE_REQUESTS = {
     # a server that splits the target as a URL (uvicorn, with httptools) ends
     # the path at the `#`: /records/17, where the kernel matched /records/{id}/allergies
     "fragment": b"GET /records/17#/allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    # escapes a lenient decoder turns into dots: a server that decodes twice,
+    # IIS's and ASP.NET's %u, overlong UTF-8
+    "double-encoded dots": b"GET /records/%252e%252e/allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "percent-u dots": b"GET /records/%u002e%u002e/allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "overlong UTF-8 dots": b"GET /records/%c0%ae%c0%AE/allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     "two Host headers": b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n",
     "another host": b"GET /records/17 HTTP/1.1\r\nHost: evil.example\r\n\r\n",
     "HTTP/2": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
@@ -261,6 +266,9 @@ HOSTILE_REQUESTS = {
                              b"Transfer-Encoding : chunked\r\n\r\n{}"),
     "folded line": (b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nX-Note: a\r\n"
                     b" Transfer-Encoding: chunked\r\n\r\n{}"),
+    # 200 to Bastion; 2 to a server that stops at the space, which then reads the export
+    "space inside Content-Length": (b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2 00\r\n\r\n{}"
+                                    + EXPORT),
     "body over the limit": b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000,
     # a server that ends a line at a bare CR (Python's http.server) reads a
     # Content-Length that the kernel took for part of another header: the

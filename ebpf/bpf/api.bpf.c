@@ -137,6 +137,7 @@ static __always_inline u8 method_of(u64 word, u32 len)
 #define P_LENGTH 9
 #define P_SKIP 10
 #define P_END 11
+#define P_NUMBER_END 12        /* after a port's or a Content-Length's last digit */
 
 /* FNV-1a of the lowercased header names (tests/test_api_calls.py checks them) */
 #define H_HOST 0x4077f8cc7eaf4d6fULL
@@ -158,6 +159,7 @@ struct parse_state {
     u32 pos;                   /* where the headers start */
     u32 size;                  /* bytes in the send or write */
     u8 prev1, prev2;
+    u8 digit;                  /* a digit of the port or Content-Length read */
 };
 
 struct api_scratch {
@@ -256,11 +258,17 @@ static __always_inline void parse_line(struct api_scratch *s, u32 len)
                  * dot as a dot), nor dots before a `;` (a server that takes path
                  * parameters off a segment reads `..;` as `..`), nor a `#`: a
                  * client sends no fragment, and a server that splits the target
-                 * as a URL (uvicorn with httptools) ends the path there */
+                 * as a URL (uvicorn with httptools) ends the path there. Nor
+                 * escapes that a lenient decoder turns into a dot or a slash:
+                 * `%25` (a server that decodes twice reads `%252e` as `.`),
+                 * `%u` (IIS and ASP.NET read `%u002e` as `.`) and `%c0`,
+                 * `%c1` (overlong UTF-8: `%c0%ae` is a dot to an old decoder) */
                 u8 p1 = p->prev1, p2 = p->prev2;
                 if (c == '\\' || c == '#' || c < 0x20 || c >= 0x7f || (c == ';' && p->seglen && p->seglen <= 2 && p->dots == p->seglen)
-                    || (p2 == '%' && ((p1 == '2' && (lower(c) == 'f' || lower(c) == 'e'))
-                                      || (p1 == '5' && lower(c) == 'c'))))
+                    || (p1 == '%' && lower(c) == 'u')
+                    || (p2 == '%' && ((p1 == '2' && (lower(c) == 'f' || lower(c) == 'e' || c == '5'))
+                                      || (p1 == '5' && lower(c) == 'c')
+                                      || (lower(p1) == 'c' && (c == '0' || c == '1')))))
                     r->bad = 1;
                 p->seg = fnv(p->seg, c);
                 p->seglen++;
@@ -335,6 +343,7 @@ static __always_inline int parse_headers(struct api_scratch *s)
                 } else if (name == H_CONTENT_LENGTH) {
                     r->bad |= p->seen_length;
                     p->seen_length = 1;
+                    p->digit = 0;
                     p->state = P_LENGTH;
                 } else {
                     if (name == H_TRANSFER_ENCODING)
@@ -357,6 +366,7 @@ static __always_inline int parse_headers(struct api_scratch *s)
                 if (h)
                     p->state = P_SKIP;
             } else if (c == ':') {
+                p->digit = 0;
                 p->state = P_PORT;
             } else if (c == '\r') {
                 p->state = P_SKIP;
@@ -368,15 +378,22 @@ static __always_inline int parse_headers(struct api_scratch *s)
                     s->ev.host[h & (API_HOST_LEN - 1)] = lower(c);
                 p->hlen = h + 1;
             }
-        } else {  /* P_PORT, P_LENGTH */
-            if (c >= '0' && c <= '9') {
+        } else {  /* P_PORT, P_LENGTH, P_NUMBER_END */
+            if (c >= '0' && c <= '9' && state != P_NUMBER_END) {
                 if (state == P_PORT)
                     r->host_port = r->host_port * 10 + (c - '0');
                 else if (r->body < 100000000)
                     r->body = r->body * 10 + (c - '0');
+                p->digit = 1;
             } else if (c == '\n') {
                 p->state = P_LINE;
-            } else if (c != ' ' && c != '\r') {
+            } else if (c == ' ' || c == '\r') {
+                /* the number ends: a digit after a space (`1 000`) is one
+                 * number to Bastion and another to a server that stops at
+                 * the space */
+                if (p->digit)
+                    p->state = P_NUMBER_END;
+            } else {
                 r->bad = 1;
                 p->state = P_SKIP;
             }
