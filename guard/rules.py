@@ -72,7 +72,8 @@ def check(ev: Event, rules: Rules, syscall_name: Callable[[int], str]) -> Findin
         case EventKind.API if ev.ret == -EACCES:
             rule = f"API call {api_request(ev)} stopped in the kernel: {ev.reason}"
         case EventKind.SYSCALL if ev.arg:  # seccomp's trap carries no syscall number
-            rule = "denied syscall attempted (trapped by seccomp: one this kernel lacks, or one through another ABI)"
+            rule = ("denied syscall attempted (trapped by seccomp: one this kernel lacks, one through another ABI, "
+                    "or a send of TCP urgent data)")
         case EventKind.SYSCALL if ev.ret in (-EPERM, -EAFNOSUPPORT, -EPROTONOSUPPORT):  # seccomp's refusals
             rule = f"denied syscall {syscall_name(ev.syscall)} attempted"
         case EventKind.EXEC if ev.ret == 0 and not _under(ev.path, rules.binaries):

@@ -20,6 +20,7 @@ CLONE_NEWUSER = 0x10000000
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
 NETLINK_ROUTE = 0
 IPPROTO_TCP, IPPROTO_UDP, TCP_FASTOPEN_CONNECT = 6, 17, 30
+MSG_OOB = 0x1
 AF_MAX = 46  # families this kernel knows are below it; the rest are refused too
 # The socket families a tool may create: everything else (vsock, packet,
 # bluetooth, can, alg, xdp, ...) reaches past the egress hooks, so seccomp
@@ -50,12 +51,12 @@ class _ArgCmp(ct.Structure):
     _fields_ = [("arg", ct.c_uint), ("op", ct.c_int), ("datum_a", ct.c_uint64), ("datum_b", ct.c_uint64)]
 
 
-# Denials that depend on arguments: (syscall, errno, argument comparisons).
+# Denials that depend on arguments: (syscall, errno or None to trap, argument comparisons).
 # clone3 passes its flags in memory a filter cannot read, so it answers
 # ENOSYS and libc falls back to clone, whose flags can be checked.
 # Arguments are compared as 64-bit values while the kernel reads an int, so
 # every family value with high bits set falls under the `>= AF_MAX` rule.
-ARG_RULES: tuple[tuple[str, int, tuple[tuple[int, int, int, int], ...]], ...] = (
+ARG_RULES: tuple[tuple[str, int | None, tuple[tuple[int, int, int, int], ...]], ...] = (
     ("clone3", errno.ENOSYS, ()),
     ("clone", errno.EPERM, ((0, SCMP_CMP_MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER),)),
     *(("socket", errno.EAFNOSUPPORT, ((0, SCMP_CMP_EQ, family, 0),))
@@ -74,6 +75,13 @@ ARG_RULES: tuple[tuple[str, int, tuple[tuple[int, int, int, int], ...]], ...] = 
     # before the socket joins the kernel's API checks (MSG_FASTOPEN sends are
     # refused by the egress connect hook, with an event).
     ("setsockopt", errno.ENOPROTOOPT, ((1, SCMP_CMP_EQ, IPPROTO_TCP, 0), (2, SCMP_CMP_EQ, TCP_FASTOPEN_CONNECT, 0))),
+    # TCP urgent data: the peer's TCP takes the urgent byte out of the stream,
+    # so a server reads fewer bytes than the API checks counted, and takes the
+    # start of what they judged as the next request for the end of a body
+    # (`GET /records/POST /patients/export`, judged a GET, reached the export).
+    # Trapped, so that the tool is killed and the sensor sees the attempt.
+    *((name, None, ((flags, SCMP_CMP_MASKED_EQ, MSG_OOB, MSG_OOB),))
+      for name, flags in (("sendto", 3), ("sendmsg", 2), ("sendmmsg", 3))),
 )
 # How a refused socket shows in the sensor's sys_exit_socket events.
 SOCKET_REFUSALS = (-errno.EPERM, -errno.EAFNOSUPPORT, -errno.EPROTONOSUPPORT)

@@ -254,6 +254,9 @@ HOSTILE_REQUESTS = {
     "double-encoded dots": b"GET /records/%252e%252e/allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     "percent-u dots": b"GET /records/%u002e%u002e/allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     "overlong UTF-8 dots": b"GET /records/%c0%ae%c0%AE/allergies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    # a second request line in the version's place, which a server that reads
+    # fewer bytes than were sent would take for the request
+    "request line behind the target": (b"GET /records/POST /patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
     "two Host headers": b"GET /records/17 HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n",
     "another host": b"GET /records/17 HTTP/1.1\r\nHost: evil.example\r\n\r\n",
     "HTTP/2": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
@@ -334,6 +337,35 @@ def test_a_get_carries_a_body_where_its_rule_asks_for_one(guarded: GuardedSandbo
     assert run.result.exit_status == 0 and "200 OK" in run.result.stdout, run.result.stderr
     assert records_api.received[before:] == [Received("GET", "/records/17", b"{}")]
     assert not run.alerts
+
+
+# TCP urgent data: the server's TCP takes each urgent byte out of the stream,
+# so the server's body of an allowed POST ends as many bytes into what the
+# kernel judged as the next request. argv: port.
+URGENT_BYTES = r"""
+import socket, sys, time
+carried = b"POST /patients/export HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+pad = b"GET /records/"  # a request's start to the kernel, a body's end to the server
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"POST /notes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % (20 + len(pad)) + b"x" * 20)
+for _ in pad:
+    time.sleep(0.05)  # the server reads past each urgent byte before the next comes
+    s.send(b"u", socket.MSG_OOB)
+s.sendall(pad + carried)
+print(s.recv(200))
+"""
+
+
+def test_urgent_data_cannot_take_bytes_out_of_what_the_checks_read(guarded: GuardedSandboxes, records_policy: Policy,
+                                                                  records_api: LocalApi) -> None:
+    before = len(records_api.received)
+    run = guarded.run(["/usr/bin/python3", "-c", URGENT_BYTES, str(records_api.port)], records_policy, labels=LABELS)
+    assert "/patients/export" not in records_api.paths[before:], records_api.paths[before:]
+    # seccomp's trap (SIGSYS), or the guard's kill on its alert, whichever comes first
+    assert run.result.signal in (9, 31) and run.verdict is Verdict.KILL, (run.result.exit_status, run.result.stderr)
+    alert = next(a for a in run.alerts if a.detector == "rule")
+    assert "urgent data" in alert.rule and alert.step == LABELS["step"], alert.rule
+    assert [b for b in audit.read(guarded.audit.path, "alert") if b["id"] == alert.id]
 
 
 TLS_OF_ITS_OWN = """

@@ -124,6 +124,10 @@ static __always_inline u8 method_of(u64 word, u32 len)
     return 0;
 }
 
+/* The versions read, their bytes first byte highest */
+#define HTTP_1_0 0x485454502f312e30ULL
+#define HTTP_1_1 0x485454502f312e31ULL
+
 /* Parser states */
 #define P_METHOD 0
 #define P_TARGET 1
@@ -194,6 +198,13 @@ static __always_inline void end_segment(volatile struct api_req *r, volatile str
     p->seglen = p->dots = p->digits = p->hexish = 0;
 }
 
+/* The target ends: the version follows, read into p->word. */
+static __always_inline void to_version(volatile struct parse_state *p)
+{
+    p->word = p->n = 0;
+    p->state = P_VERSION;
+}
+
 /* Parse the request line at the start of s->buf (len bytes read) into
  * s->req and the event's target; p->pos is where the headers start, 0 if
  * the line is not one Bastion reads. */
@@ -234,9 +245,16 @@ static __always_inline void parse_line(struct api_scratch *s, u32 len)
                 p->tlen = 1;
             }
         } else if (state == P_VERSION) {
+            /* HTTP/1.0 or HTTP/1.1, then the line's end: anything else behind
+             * the target (`GET /records/POST /patients/export HTTP/1.1`) is
+             * not read, and the request not with it */
             if (c == '\n') {
-                p->pos = i + 1;
+                u64 version = p->word;
+                p->pos = p->n == 8 && (version == HTTP_1_0 || version == HTTP_1_1) ? i + 1 : 0;
                 p->state = P_END;
+            } else if (c != '\r' || s->buf[i + 1] != '\n') {
+                p->word = (p->word << 8) | c;
+                p->n++;
             }
         } else {
             u32 t = p->tlen;
@@ -249,7 +267,7 @@ static __always_inline void parse_line(struct api_scratch *s, u32 len)
                 if (c == '?')
                     p->state = P_QUERY;
                 else if (c == ' ')
-                    p->state = P_VERSION;
+                    to_version(p);
             } else if (state == P_SEGMENT) {
                 /* encoded slashes, backslashes and encoded dots are not normal form;
                  * nor a control byte (URL parsers drop a tab or a newline, which
@@ -279,7 +297,7 @@ static __always_inline void parse_line(struct api_scratch *s, u32 len)
                 if ((c >= '0' && c <= '9') || (lower(c) >= 'a' && lower(c) <= 'f') || c == '-')
                     p->hexish++;
             } else if (c == ' ') {
-                p->state = P_VERSION;
+                to_version(p);
             }
         }
         p->prev2 = p->prev1;
