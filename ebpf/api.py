@@ -37,6 +37,9 @@ REASONS = {
          "(8 at a time in a process; or a forked child's copy)"),
     16: ("a body on a GET, HEAD, DELETE or OPTIONS request whose rule sets no max_body_bytes: a server may read "
          "none there, and take it for the next request"),
+    17: "a TLS ClientHello Bastion cannot read, or one whose server name is encrypted (ECH)",
+    18: "the TLS server name (SNI) names no API destination at this address and port",
+    19: "a TLS request whose Host names another destination than its connection's server name (SNI)",
 }
 API_ALLOW, API_STOP, API_HOLD = 1, 2, 3
 OVER_BUDGET = REASONS[9]
@@ -63,6 +66,8 @@ def describe_request(method: str, host: str, target: str, tls: bool, port: int) 
     """`POST records.example.org/export`, or what was sent where no request could be read."""
     if method:
         return f"{method} {host}{target}"
+    if host:  # a ClientHello's server name
+        return f"(TLS to {host} at port {port})"
     if not port:  # stopped before a socket was known: a TLS write, or a send waiting for its connection
         return "(a TLS write)" if tls else "(a send on a connection not yet made)"
     return f"({'TLS' if tls else 'plain'} bytes to port {port})"

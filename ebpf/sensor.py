@@ -222,7 +222,7 @@ class Sensor:
         from bcc import BPF, BPFAttachType, libbcc
 
         bpf = self._bpf
-        for i, name in enumerate(("api_http", "api_http_headers")):
+        for i, name in enumerate(("api_http", "api_http_headers", "api_hello")):
             bpf["api_progs"][ct.c_int(i)] = ct.c_int(bpf.load_func(name, BPF.SK_MSG).fd)
         for i, name in enumerate(("tls_headers", "tls_retry", "tls_write", "tls_failed")):
             bpf["tls_progs"][ct.c_int(i)] = ct.c_int(bpf.load_func(name, BPF.KPROBE).fd)

@@ -85,16 +85,21 @@ def test_allowed_calls_pass_with_their_replies(guarded: GuardedSandboxes, record
         assert [(b["method"], b["path"], b["allowed"]) for b in logged] == [(method, path, True)]
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-def test_two_api_hosts_on_one_address_and_port_each_keep_their_rules(
-        guarded: GuardedSandboxes, records_api: LocalApi, tls: bool) -> None:
-    """Virtual hosts behind one gateway: the Host header, not the address,
-    says whose rules a request answers to."""
+def _two_hosts(records_api: LocalApi) -> Policy:
+    """Virtual hosts behind one gateway: 127.0.0.1 serves records, localhost
+    the formulary."""
     policy = api_policy(records_api)
     assert isinstance(policy.network, Network)
     records = policy.network.allow[0].model_copy(update={"api": [ApiRule(methods=["GET"], path="/records/{id}")]})
     formulary = records.model_copy(update={"host": "localhost", "api": [ApiRule(methods=["GET"], path="/formulary")]})
-    policy = allowing(policy, [records, formulary])
+    return allowing(policy, [records, formulary])
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_two_api_hosts_on_one_address_and_port_each_keep_their_rules(
+        guarded: GuardedSandboxes, records_api: LocalApi, tls: bool) -> None:
+    """The Host header, not the address, says whose rules a request answers to."""
+    policy = _two_hosts(records_api)
     port = records_api.tls_port if tls else records_api.port
     scheme = "https" if tls else "http"
     before = len(records_api.received)
@@ -105,6 +110,34 @@ def test_two_api_hosts_on_one_address_and_port_each_keep_their_rules(
     before = len(records_api.received)
     crossed = request(guarded, policy, "GET", f"{scheme}://127.0.0.1:{port}/formulary")
     _assert_stopped(guarded, crossed, records_api, before, "GET 127.0.0.1/formulary stopped in the kernel: no API rule")
+
+
+# A TLS connection whose server name (SNI) is not its requests' Host: a
+# gateway that routes by the name sends the requests to that name's server.
+# argv: port, CA file, server name, Host, path.
+NAMED_OTHERWISE = r"""
+import socket, ssl, sys
+port, ca, name, host, path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+context = ssl.create_default_context(cafile=ca)
+context.check_hostname = False  # the name is the attack's, not the certificate's
+s = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=name)
+s.sendall(b"GET %s HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (path.encode(), host.encode(), port))
+print(s.recv(100))
+"""
+
+
+@pytest.mark.parametrize("name, host, path, why", [
+    ("exfil.example", "127.0.0.1", "/records/17",
+     "(TLS to exfil.example at port {port}) stopped in the kernel: the TLS server name (SNI) names no API destination"),
+    ("localhost", "127.0.0.1", "/records/17",
+     "stopped in the kernel: a TLS request whose Host names another destination than its connection's server name"),
+], ids=["a name without rules", "another API host's name"])
+def test_a_tls_connection_answers_to_its_server_name(guarded: GuardedSandboxes, records_api: LocalApi, name: str,
+                                                     host: str, path: str, why: str) -> None:
+    before = len(records_api.received)
+    run = guarded.run(["/usr/bin/python3", "-c", NAMED_OTHERWISE, str(records_api.tls_port), str(records_api.ca_file),
+                       name, host, path], _two_hosts(records_api), labels=LABELS)
+    _assert_stopped(guarded, run, records_api, before, why.format(port=records_api.tls_port))
 
 
 # A call with a bearer token: its headers take more than one of the kernel's
@@ -368,21 +401,49 @@ def test_urgent_data_cannot_take_bytes_out_of_what_the_checks_read(guarded: Guar
     assert [b for b in audit.read(guarded.audit.path, "alert") if b["id"] == alert.id]
 
 
-TLS_OF_ITS_OWN = """
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-# a client with TLS code of its own: a ClientHello-shaped record the TLS
-# libraries Bastion reads never wrote
-s.sendall(bytes([0x16, 0x03, 0x01, 0x00, 0x05]) + b"hello")
+# A client that sends TLS records of its own: a ClientHello libssl made into
+# memory, sent by the program outside any library call; the same with an
+# encrypted_client_hello extension, whose server name the kernel cannot
+# read; and a record that is no ClientHello. argv: port, which.
+TLS_OF_ITS_OWN = r"""
+import socket, ssl, struct, sys
+port, which = int(sys.argv[1]), sys.argv[2]
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+out = ssl.MemoryBIO()
+try:
+    context.wrap_bio(ssl.MemoryBIO(), out).do_handshake()
+except ssl.SSLWantReadError:
+    pass
+hello = bytearray(out.read())
+if which == "ech":
+    ext = struct.pack("!HHI", 0xfe0d, 4, 0)
+    at = 44 + hello[43]  # past the session id: the cipher suites, the compression methods
+    at += 2 + struct.unpack_from("!H", hello, at)[0]
+    at += 1 + hello[at]
+    for where, size in ((3, 2), (at, 2), (6, 3)):  # the record's, the extensions' and the handshake's lengths
+        value = int.from_bytes(hello[where:where + size], "big") + len(ext)
+        hello[where:where + size] = value.to_bytes(size, "big")
+    hello += ext
+elif which == "other":
+    hello = bytes([0x16, 0x03, 0x01, 0x00, 0x05]) + b"hello"
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(hello)
 print(s.recv(100))
 """
 
 
+@pytest.mark.parametrize("which, why", [
+    ("own", "TLS bytes that no readable, allowed request wrote"),
+    ("ech", "a TLS ClientHello Bastion cannot read, or one whose server name is encrypted (ECH)"),
+    ("other", "a TLS ClientHello Bastion cannot read"),
+], ids=["a ClientHello sent outside the library", "an encrypted server name", "no ClientHello"])
 def test_a_tls_client_bastion_cannot_read_is_stopped(guarded: GuardedSandboxes, records_policy: Policy,
-                                                     records_api: LocalApi) -> None:
+                                                     records_api: LocalApi, which: str, why: str) -> None:
     before = len(records_api.received)
-    run = guarded.run(["/usr/bin/python3", "-c", TLS_OF_ITS_OWN, str(records_api.tls_port)], records_policy, labels=LABELS)
-    _assert_stopped(guarded, run, records_api, before, "TLS bytes that no readable, allowed request wrote")
+    run = guarded.run(["/usr/bin/python3", "-c", TLS_OF_ITS_OWN, str(records_api.tls_port), which], records_policy,
+                      labels=LABELS)
+    _assert_stopped(guarded, run, records_api, before, why)
 
 
 # The records of a request the library encrypted into memory (its Host names

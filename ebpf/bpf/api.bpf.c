@@ -23,6 +23,11 @@
 #define FNV_PRIME 0x100000001b3ULL
 #define SIGSTOP_ 19
 #define TLS_HANDSHAKE 0x16
+#define TLS_CLIENT_HELLO 1
+#define EXT_SERVER_NAME 0
+#define EXT_ECH 0xfe0d         /* encrypted_client_hello: the name inside is encrypted */
+#define EXT_ESNI 0xffce        /* its draft, encrypted_server_name */
+#define HELLO_EXTS 64          /* extensions a ClientHello may have to be read */
 #define ID_SEGMENT 1           /* what an id segment adds to an endpoint hash */
 #define ID_MIN_HEX 8           /* shorter hex words are names ("cafe", "add") */
 
@@ -58,7 +63,8 @@ struct api_sock {
     u32 body_left;
     u8 mode;
     u8 requested;
-    u8 _pad[2];
+    u8 named;                  /* TLS: the destination its server name (SNI) names, 0: none */
+    u8 _pad;
     u32 pid;                   /* who connected it, for the same reason */
     u32 tid;
     char comm[TASK_COMM_LEN];
@@ -67,11 +73,12 @@ BPF_SK_STORAGE(api_sock_state, struct api_sock);
 /* Programs entered by tail call: each parser loop is verified on its own. */
 #define PROG_HTTP 0
 #define PROG_HTTP_HEADERS 1
+#define PROG_HELLO 2
 #define PROG_TLS_HEADERS 0
 #define PROG_TLS_RETRY 1
 #define PROG_TLS_WRITE 2
 #define PROG_TLS_FAILED 3
-BPF_PROG_ARRAY(api_progs, 2);  /* SK_MSG: api_http, api_http_headers */
+BPF_PROG_ARRAY(api_progs, 3);  /* SK_MSG: api_http, api_http_headers, api_hello */
 BPF_PROG_ARRAY(tls_progs, 4);  /* uprobes: tls_headers, tls_retry, tls_write, tls_failed */
 
 /* Per TLS connection (process, library object): body bytes still owed to
@@ -166,10 +173,18 @@ struct parse_state {
     u8 digit;                  /* a digit of the port or Content-Length read */
 };
 
+/* A ClientHello's extensions as they are read (map memory, as parse_state). */
+struct hello_state {
+    u32 off, end;              /* the next extension, and where they end */
+    u32 name_at, name_len;     /* the server_name extension's data */
+    u32 names, hidden;         /* server_name extensions; encrypted ones (ECH) */
+};
+
 struct api_scratch {
     u8 buf[API_SCAN + 8];      /* the bytes read, then NULs */
     struct api_req req;
     struct parse_state ps;
+    struct hello_state hs;
     struct ev_api ev;
 };
 BPF_PERCPU_ARRAY(api_scratch, struct api_scratch, 1);
@@ -495,23 +510,28 @@ static __always_inline struct api_scratch *scratch_for(u64 cg)
  * where they went (dest, port; 0 when not known) and why; in the name of
  * the process that connected st, where the caller may be another (a
  * handshake ends in softirq, on whatever task the CPU was running). */
-static __always_inline void emit_stop_by(u64 cg, u32 dest, u8 tls, u8 reason, u16 port, struct api_sock *st)
+static __always_inline void stop_event(struct api_scratch *s, u64 cg, u32 dest, u8 tls, u8 reason, u16 port)
 {
-    struct api_scratch *s = scratch_for(cg);
-    if (!s)
-        return;
     s->ev.dest = dest;
     s->ev.tls = tls;
     s->ev.verdict = API_STOP;
     s->ev.reason = reason;
     s->ev.rule = 0xff;
     s->ev.port = port;
+    emit(&s->ev, sizeof(s->ev), cg);
+}
+
+static __always_inline void emit_stop_by(u64 cg, u32 dest, u8 tls, u8 reason, u16 port, struct api_sock *st)
+{
+    struct api_scratch *s = scratch_for(cg);
+    if (!s)
+        return;
     if (st) {
         s->ev.h.pid = st->pid;
         s->ev.h.tid = st->tid;
         __builtin_memcpy(s->ev.h.comm, st->comm, TASK_COMM_LEN);
     }
-    emit(&s->ev, sizeof(s->ev), cg);
+    stop_event(s, cg, dest, tls, reason, port);
 }
 
 static __always_inline void emit_stop(u64 cg, u32 dest, u8 tls, u8 reason, u16 port)
@@ -680,7 +700,7 @@ int api_sockops(struct bpf_sock_ops *skops)
         bpf_get_current_comm(st->comm, sizeof(st->comm));
     } else if (st) {
         cg = st->cgroup_id;
-        st->dests = st->body_left = st->mode = st->requested = 0;
+        st->dests = st->body_left = st->mode = st->requested = st->named = 0;
     }
     if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && (!cg || sockops_dests(skops, cg))) {
         u64 cookie = bpf_get_socket_cookie(skops);
@@ -696,15 +716,31 @@ static __always_inline int reaches(struct api_sock *st, u32 dest)
     return dest && dest < 32 && (st->dests & (1u << dest));
 }
 
+/* The storage of the socket a send is on, made at its first send. */
+static __always_inline struct api_sock *msg_sock(struct sk_msg_md *msg)
+{
+    struct bpf_sock *sk = msg->sk;
+    return sk ? api_sock_state.sk_storage_get(sk, 0, 0) : NULL;
+}
+
+/* Copy the send's first bytes (up to API_SCAN) into s->buf: how many, 0
+ * where they cannot be read. */
+static __always_inline u32 read_send(struct sk_msg_md *msg, struct api_scratch *s)
+{
+    u32 len = scan_len(msg->size);
+    bpf_msg_pull_data(msg, 0, len, 0);
+    void *data = msg->data, *end = msg->data_end;
+    if (data + len > end || bpf_probe_read_kernel(s->buf, len, data))
+        return 0;
+    return len;
+}
+
 /* A send on a plain HTTP socket of an API destination: the body still
  * owed to the last allowed request, or a new request, whose line is parsed
  * here and whose headers in api_http_headers. */
 int api_http(struct sk_msg_md *msg)
 {
-    struct bpf_sock *sk = msg->sk;
-    if (!sk)
-        return SK_DROP;
-    struct api_sock *st = api_sock_state.sk_storage_get(sk, 0, 0);
+    struct api_sock *st = msg_sock(msg);
     if (!st)
         return SK_DROP;
     u64 cg;
@@ -719,14 +755,8 @@ int api_http(struct sk_msg_md *msg)
     struct api_scratch *s = scratch_for(cg);
     if (!s)
         return SK_DROP;
-    u32 len = scan_len(size);
-    bpf_msg_pull_data(msg, 0, len, 0);
-    void *data = msg->data, *end = msg->data_end;
-    if (data + len > end || bpf_probe_read_kernel(s->buf, len, data))
-        len = 0;
     /* bytes owed to a body, then a new request in the same send: not read */
-    if (st->body_left)
-        len = 0;
+    u32 len = st->body_left ? 0 : read_send(msg, s);
     parse_line(s, len);
     s->ps.size = size;
     api_progs.call(msg, PROG_HTTP_HEADERS);
@@ -743,10 +773,7 @@ int api_http_headers(struct sk_msg_md *msg)
         api_progs.call(msg, PROG_HTTP_HEADERS);  /* the next window */
         return SK_DROP;
     }
-    struct bpf_sock *sk = msg->sk;
-    if (!sk)
-        return SK_DROP;
-    struct api_sock *st = api_sock_state.sk_storage_get(sk, 0, 0);
+    struct api_sock *st = msg_sock(msg);
     if (!st)
         return SK_DROP;
     u64 cg;
@@ -772,19 +799,152 @@ BPF_HASH(tls_callbacks, u64, u8, WATCH_SLOTS);
 
 /* Whether a thread inside a watched TLS call may send on this API socket.
  * The library's own records (handshake, alerts) may go anywhere; a write's
- * only to its destination, and a body's only to a connection that carried
+ * only to its destination, and, on a connection that named its server
+ * (SNI), only to that one; a body's only to a connection that carried
  * a request: the library object that owes it may have been set up again
  * for a new connection since (SSL_clear), whose first write is a request. */
 static __always_inline int tls_may_send(struct tls_call *call, struct api_sock *st)
 {
     if (!call->writing)
         return 1;
-    if (!reaches(st, call->dest))
+    if (!reaches(st, call->dest) || (st->named && call->dest != st->named))
         return 0;
     if (call->body)
         return st->requested;
     st->requested = 1;
     return 1;
+}
+
+/* A send on a TLS socket of an API destination: it passes only inside a
+ * watched library call that may send there. */
+static __always_inline int tls_send(struct sk_msg_md *msg, struct api_sock *st, struct watch_info *w, u64 cg)
+{
+    /* an API socket of a sandbox no longer watched, or quarantined, sends nothing */
+    int quarantined = !w || (w->flags & WATCH_QUARANTINE);
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct tls_call *call = tls_calls.lookup(&tid);
+    u8 reason = quarantined ? API_QUARANTINED
+                : call && call->writing && call->body ? API_BODY_ELSEWHERE
+                : call && call->writing && st->named && call->dest != st->named ? API_NOT_NAMED
+                : API_NO_REQUEST;
+    if (!quarantined && call && call->depth && !call->held && tls_may_send(call, st)) {
+        if (!tls_callbacks.lookup(&cg))
+            return SK_PASS;
+        reason = API_CALLED_BACK;
+    }
+    emit_stop(cg, call ? call->dest : 0, 1, reason, peer_port(msg));
+    return SK_DROP;
+}
+
+/* Big-endian 16 bits at i of the bytes read (i < API_SCAN). */
+static __always_inline u32 be16_at(struct api_scratch *s, u32 i)
+{
+    u32 a = i, b = i + 1;
+    asm volatile("%0 &= %1" : "+r"(a) : "i"(API_SCAN - 1));  /* bounds the verifier sees */
+    asm volatile("%0 &= %1" : "+r"(b) : "i"(API_SCAN - 1));
+    return ((u32)s->buf[a] << 8) | s->buf[b];
+}
+
+/* Read the ClientHello in the first len bytes of s->buf up to its
+ * extensions, and walk them into s->hs. Returns 0 where it cannot be read:
+ * not a ClientHello, or its extensions do not end where it says. */
+static __always_inline int read_hello(struct api_scratch *s, u32 len)
+{
+    volatile struct hello_state *h = &s->hs;
+    __builtin_memset(&s->hs, 0, sizeof(s->hs));
+    /* record header (5), handshake header (4), version (2), random (32) */
+    if (len < 44 || s->buf[0] != TLS_HANDSHAKE || s->buf[5] != TLS_CLIENT_HELLO)
+        return 0;
+    u32 off = 44 + s->buf[43];       /* the session id */
+    if (off + 2 > len)
+        return 0;
+    off += 2 + be16_at(s, off);      /* the cipher suites */
+    if (off + 1 > len)
+        return 0;
+    u32 at = off;
+    asm volatile("%0 &= %1" : "+r"(at) : "i"(API_SCAN - 1));
+    off += 1 + s->buf[at];           /* the compression methods */
+    if (off + 2 > len)
+        return 0;
+    h->end = off + 2 + be16_at(s, off);
+    h->off = off + 2;
+    if (h->end > len)
+        return 0;
+    for (u32 i = 0; i < HELLO_EXTS; i++) {
+        u32 o = h->off;
+        if (o + 4 > h->end)
+            break;
+        u32 type = be16_at(s, o), n = be16_at(s, o + 2);
+        if (type == EXT_SERVER_NAME) {
+            h->names++;
+            h->name_at = o + 4;
+            h->name_len = n;
+        } else if (type == EXT_ECH || type == EXT_ESNI) {
+            h->hidden = 1;
+        }
+        h->off = o + 4 + n;
+        asm volatile("" ::: "memory");
+    }
+    return h->off == h->end;
+}
+
+/* The hash of the ClientHello's one host name (FNV-1a, lowercased, as a
+ * Host header's), copied into the event; 0 where the extension is not one
+ * host name. */
+static __always_inline u64 hello_name(struct api_scratch *s)
+{
+    u32 at = s->hs.name_at, n = s->hs.name_len;
+    /* list length (2), name type (1: 0 for a host name), name length (2) */
+    if (n < 6 || be16_at(s, at) != n - 2 || s->buf[(at + 2) & (API_SCAN - 1)] != 0 || be16_at(s, at + 3) != n - 5)
+        return 0;
+    u64 hash = FNV_OFFSET;
+    for (u32 i = 0; i < 255; i++) {
+        if (i >= n - 5)
+            break;
+        u32 k = at + 5 + i;
+        asm volatile("%0 &= %1" : "+r"(k) : "i"(API_SCAN - 1));
+        u8 c = lower(s->buf[k]);
+        hash = fnv(hash, c);
+        if (i < API_HOST_LEN - 1)
+            s->ev.host[i & (API_HOST_LEN - 1)] = c;
+    }
+    return n - 5 <= 255 ? hash : 0;
+}
+
+/* The first send on a TLS socket of an API destination: the ClientHello.
+ * A gateway may route the connection by its server name (SNI), whatever
+ * the Host headers inside say: so the name must be one of the API
+ * destinations at the socket's peer, and the connection's requests must
+ * then name it too; a ClientHello with no name (an address) leaves the
+ * Host headers to say. One that cannot be read, or whose name is
+ * encrypted (ECH), is stopped. */
+int api_hello(struct sk_msg_md *msg)
+{
+    struct api_sock *st = msg_sock(msg);
+    if (!st)
+        return SK_DROP;
+    u64 cg;
+    struct watch_info *w = watched_cgroup(&cg);
+    struct api_scratch *s = scratch_for(cg);
+    if (!s)
+        return SK_DROP;
+    u32 len = read_send(msg, s);
+    u16 port = peer_port(msg);
+    u8 reason = 0;
+    if (!read_hello(s, len) || s->hs.hidden || s->hs.names > 1) {
+        reason = API_NO_HELLO;
+    } else if (s->hs.names) {
+        u64 name = hello_name(s);
+        u32 dest = name ? host_dest(cg, name, port) : 0;
+        if (reaches(st, dest))
+            st->named = dest;
+        else
+            reason = name ? API_WRONG_NAME : API_NO_HELLO;
+    }
+    if (!reason)
+        return tls_send(msg, st, w, cg);
+    stop_event(s, cg, 0, 1, reason, port);
+    return SK_DROP;
 }
 
 int api_msg(struct sk_msg_md *msg)
@@ -810,23 +970,16 @@ int api_msg(struct sk_msg_md *msg)
         if (msg->data + 1 <= msg->data_end)
             first = *(u8 *)msg->data;
         st->mode = first == TLS_HANDSHAKE ? SOCK_TLS : SOCK_HTTP;
+        if (st->mode == SOCK_TLS) {
+            api_progs.call(msg, PROG_HELLO);
+            return SK_DROP;
+        }
     }
     if (st->mode == SOCK_HTTP) {
         api_progs.call(msg, PROG_HTTP);
         return SK_DROP;  /* the tail call failed: nothing unjudged leaves */
     }
-    /* an API socket of a sandbox no longer watched, or quarantined, sends nothing */
-    int quarantined = !w || (w->flags & WATCH_QUARANTINE);
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct tls_call *call = tls_calls.lookup(&tid);
-    u8 reason = quarantined ? API_QUARANTINED : call && call->writing && call->body ? API_BODY_ELSEWHERE : API_NO_REQUEST;
-    if (!quarantined && call && call->depth && !call->held && tls_may_send(call, st)) {
-        if (!tls_callbacks.lookup(&cg))
-            return SK_PASS;
-        reason = API_CALLED_BACK;
-    }
-    emit_stop(cg, call ? call->dest : 0, 1, reason, peer_port(msg));
-    return SK_DROP;
+    return tls_send(msg, st, w, cg);
 }
 
 static __always_inline void stop_caller(void)

@@ -260,6 +260,9 @@ struct unix_key {
 #define API_NOT_A_RETRY 14     /* TLS: a write after one that failed on its object, not that write again */
 #define API_NOT_KEPT 15        /* TLS: a failed write the kernel could not keep to check its retry */
 #define API_BODY_UNASKED 16    /* a body on a GET, HEAD, DELETE or OPTIONS whose rule sets no max_body_bytes */
+#define API_NO_HELLO 17        /* TLS: a ClientHello the kernel cannot read, or one whose name is encrypted */
+#define API_WRONG_NAME 18      /* TLS: the server name (SNI) names no API destination at the peer */
+#define API_NOT_NAMED 19       /* TLS: a request for another destination than its connection's server name */
 
 struct api_rule {
     u32 methods;
