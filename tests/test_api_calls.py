@@ -1112,8 +1112,9 @@ for data in (retry, rest):
     if data:
         select.select([], [tls], [], 10)
         tls.write(data)
-# a socket in the checks' sockhash may answer a blocking recv with EAGAIN when
-# the peer closes during the wait; with a timeout, Python polls and tries again
+# a socket in the checks' sockhash answers a blocking recv woken without data
+# (by the ACK of the FIN below) with EAGAIN; with a timeout, Python polls and
+# tries again
 tls.settimeout(10)
 tls.shutdown(socket.SHUT_WR)  # a close with the server's tickets unread would reset the connection
 while tls.recv(4096):  # until the server has read all and closed
