@@ -213,11 +213,32 @@ static __always_inline void end_segment(volatile struct api_req *r, volatile str
     p->seglen = p->dots = p->digits = p->hexish = 0;
 }
 
-/* The target ends: the version follows, read into p->word. */
-static __always_inline void to_version(volatile struct parse_state *p)
+/* The target ends at i: the version follows, from p->n on. */
+static __always_inline void to_version(volatile struct parse_state *p, u32 i)
 {
-    p->word = p->n = 0;
+    p->n = i + 1;
     p->state = P_VERSION;
+}
+
+/* Whether the version from start to the line's end at i is HTTP/1.0 or
+ * HTTP/1.1: anything else behind the target (`GET /records/POST
+ * /patients/export HTTP/1.1`) is not read, nor the request with it. */
+static __always_inline int version_read(struct api_scratch *s, u32 start, u32 end)
+{
+    u32 last = end - 1;
+    asm volatile("%0 &= %1" : "+r"(last) : "i"(API_SCAN - 1));
+    if (s->buf[last] == '\r')
+        end--;
+    if (end - start != 8)
+        return 0;
+    u64 version = 0;
+#pragma unroll
+    for (u32 k = 0; k < 8; k++) {
+        u32 at = start + k;
+        asm volatile("%0 &= %1" : "+r"(at) : "i"(API_SCAN - 1));
+        version = (version << 8) | s->buf[at];
+    }
+    return version == HTTP_1_0 || version == HTTP_1_1;
 }
 
 /* Parse the request line at the start of s->buf (len bytes read) into
@@ -260,16 +281,9 @@ static __always_inline void parse_line(struct api_scratch *s, u32 len)
                 p->tlen = 1;
             }
         } else if (state == P_VERSION) {
-            /* HTTP/1.0 or HTTP/1.1, then the line's end: anything else behind
-             * the target (`GET /records/POST /patients/export HTTP/1.1`) is
-             * not read, and the request not with it */
             if (c == '\n') {
-                u64 version = p->word;
-                p->pos = p->n == 8 && (version == HTTP_1_0 || version == HTTP_1_1) ? i + 1 : 0;
+                p->pos = version_read(s, p->n, i) ? i + 1 : 0;
                 p->state = P_END;
-            } else if (c != '\r' || s->buf[i + 1] != '\n') {
-                p->word = (p->word << 8) | c;
-                p->n++;
             }
         } else {
             u32 t = p->tlen;
@@ -282,7 +296,7 @@ static __always_inline void parse_line(struct api_scratch *s, u32 len)
                 if (c == '?')
                     p->state = P_QUERY;
                 else if (c == ' ')
-                    to_version(p);
+                    to_version(p, i);
             } else if (state == P_SEGMENT) {
                 /* encoded slashes, backslashes and encoded dots are not normal form;
                  * nor a control byte (URL parsers drop a tab or a newline, which
@@ -312,7 +326,7 @@ static __always_inline void parse_line(struct api_scratch *s, u32 len)
                 if ((c >= '0' && c <= '9') || (lower(c) >= 'a' && lower(c) <= 'f') || c == '-')
                     p->hexish++;
             } else if (c == ' ') {
-                to_version(p);
+                to_version(p, i);
             }
         }
         p->prev2 = p->prev1;
