@@ -47,7 +47,7 @@ class EventKind(enum.StrEnum):
 # enum ev_type in bastion.h
 _KIND_BY_TYPE = {i + 1: kind for i, kind in enumerate(EventKind)}
 DENY_HOOKS = {1: "connect4", 2: "connect6", 3: "sendmsg4", 4: "sendmsg6", 5: "unix_connect", 6: "unix_sendmsg",
-              7: "fastopen"}
+              7: "fastopen", 8: "UDP to an API destination"}
 
 
 class EvHdr(ct.Structure):

@@ -52,12 +52,12 @@ _TRACEPOINT_NAMES = {"umount2": "umount"}  # where the kernel's name differs
 
 @dataclass(frozen=True, slots=True)
 class EgressRule:
-    """One allowlist entry as the kernel holds it: a network, the ports
-    allowed there (empty: any) and the protocols (PROTO_TCP | PROTO_UDP)."""
+    """One network as the kernel holds it: the TCP ports and the UDP ports
+    allowed there (None: not that protocol; empty: any port)."""
 
     network: ipaddress.IPv4Network | ipaddress.IPv6Network
-    ports: tuple[int, ...]
-    protos: int
+    tcp: tuple[int, ...] | None
+    udp: tuple[int, ...] | None
 
 
 class SensorError(RuntimeError):
@@ -534,8 +534,6 @@ class Sensor:
         self.clear_egress(cgroup_id)
         table = self.bpf["egress_rules"]
         for rule in rules:
-            if len(rule.ports) > 8:
-                raise SensorError(f"egress rule {rule.network}: at most 8 ports, got {len(rule.ports)}")
             key = table.Key()
             net = rule.network
             addr = net.network_address
@@ -547,9 +545,14 @@ class Sensor:
             key.cgroup[:] = list(cgroup_id.to_bytes(8, "little"))
             key.addr[:] = list(addr.packed)
             leaf = table.Leaf()
-            leaf.ports[: len(rule.ports)] = list(rule.ports)
-            leaf.nports = len(rule.ports)
-            leaf.protos = rule.protos
+            for proto, ports, name in ((PROTO_TCP, rule.tcp, "tcp"), (PROTO_UDP, rule.udp, "udp")):
+                if ports is None:
+                    continue
+                if len(ports) > 8:
+                    raise SensorError(f"egress rule {rule.network}: at most 8 {name} ports, got {len(ports)}")
+                getattr(leaf, f"{name}_ports")[: len(ports)] = list(ports)
+                setattr(leaf, f"n{name}", len(ports))
+                leaf.protos |= proto
             table[key] = leaf
 
     def set_api(self, cgroup_id: int, dests: Iterable[KernelApiDest]) -> None:

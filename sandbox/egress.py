@@ -16,19 +16,27 @@ LIBC_PROBE_SOCKETS = ("/var/run/nscd/socket", "/run/nscd/socket")
 
 def compile_rules(network: Network) -> list[EgressRule]:
     """One rule per network, hostnames resolved now. The kernel's trie finds
-    only the longest matching prefix, so each rule also carries the ports and
-    protocols of every network that contains it."""
+    only the longest matching prefix, so each rule also carries the ports of
+    every network that contains it, each protocol's apart: DNS to a resolver
+    (port 53, TCP and UDP) beside a network allowed TCP 443 must not open
+    UDP 443 to the resolver."""
     entries = [(net, tuple(d.ports), _PROTOS[d.protocol]) for d in network.destinations() for net in d.networks()]
     rules: dict[object, EgressRule] = {}
     for net, _, _ in entries:
         covering = [(p, pr) for other, p, pr in entries if other.version == net.version and net.subnet_of(other)]
-        any_port = any(not p for p, _ in covering)
-        ports = () if any_port else tuple(sorted({port for p, _ in covering for port in p}))
-        protos = 0
-        for _, pr in covering:
-            protos |= pr
-        rules[net] = EgressRule(network=net, ports=ports, protos=protos)
+        tcp, udp = (_merged([p for p, pr in covering if pr & proto]) for proto in (PROTO_TCP, PROTO_UDP))
+        rules[net] = EgressRule(network=net, tcp=tcp, udp=udp)
     return list(rules.values())
+
+
+def _merged(port_lists: list[tuple[int, ...]]) -> tuple[int, ...] | None:
+    """One protocol's ports from the entries that allow it: None where none
+    does, empty (any port) where one names no ports."""
+    if not port_lists:
+        return None
+    if any(not ports for ports in port_lists):
+        return ()
+    return tuple(sorted({port for ports in port_lists for port in ports}))
 
 
 def tcp_ports(network: Network) -> list[int] | None:

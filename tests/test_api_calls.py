@@ -737,6 +737,37 @@ def test_sends_that_avoid_a_connected_socket_are_stopped(guarded: GuardedSandbox
     assert [b for b in audit.read(guarded.audit.path, "alert") if b["id"] == alert.id]
 
 
+UDP_TO = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    s.sendto(b"a QUIC Initial of an HTTP/3 request", ("127.0.0.1", int(sys.argv[1])))
+    print("sent")
+except OSError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_udp_to_an_api_destination_is_refused(guarded: GuardedSandboxes, records_policy: Policy,
+                                              records_api: LocalApi) -> None:
+    """HTTP/3 runs over UDP, which the API checks cannot read. Another entry
+    that allows UDP to the address (a network's, on any port) must not open
+    the API's port to it."""
+    assert isinstance(records_policy.network, Network)
+    udp_anywhere = Destination(host="127.0.0.0/8", protocol="udp")
+    policy = allowing(records_policy, [*records_policy.network.allow, udp_anywhere])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
+        listener.bind(("127.0.0.1", records_api.port))  # the API's port, on UDP
+        listener.settimeout(0.5)
+        run = guarded.run(["/usr/bin/python3", "-c", UDP_TO, str(records_api.port)], policy, labels=LABELS)
+        with pytest.raises(TimeoutError):
+            print("received", listener.recvfrom(100))
+    assert "refused:" in run.result.stdout, run.result.stdout
+    alert = next(a for a in run.alerts if a.detector == "rule")
+    assert alert.rule == f"egress to 127.0.0.1:{records_api.port} refused in the kernel (UDP to an API destination)"
+    assert [b for b in audit.read(guarded.audit.path, "alert") if b["id"] == alert.id]
+
+
 # A send begun before its connection is made: it waits in the kernel for the
 # handshake, and then goes on in the TCP code it began in, past SK_MSG.
 SEND_WHILE_CONNECTING = r"""

@@ -182,6 +182,25 @@ def test_quarantine_blocks_egress_from_that_instant(manager: SandboxManager) -> 
     assert result.verdict == "quarantine"
 
 
+def test_an_entry_for_one_protocol_opens_no_port_to_the_other(manager: SandboxManager) -> None:
+    """The kernel keeps one rule an address, with the ports of every entry
+    that covers it: DNS to a resolver (port 53, TCP and UDP) beside a network
+    allowed TCP on another port must not open UDP on that port."""
+    with socket.socket(type=socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        policy = parse_policy(f"network: {{allow: [{{host: 127.0.0.0/8, ports: [{port}]}}], "
+                              "dns_resolvers: [127.0.0.1]}\non_violation: deny")
+        script = ("import socket\n"
+                  "s = socket.socket(type=socket.SOCK_DGRAM)\n"
+                  f"try:\n    s.sendto(b'x', ('127.0.0.1', {port}))\n    print('sent')\n"
+                  "except OSError as e:\n    print(e.errno)\n")
+        result = manager.run(["/usr/bin/python3", "-c", script], policy)
+        assert _received(udp) == b""
+    assert result.stdout.split() == ["1"], (result.stdout, result.stderr)  # EPERM
+    assert "egress" in [d.kind for d in result.denials]
+
+
 def test_freeze_and_thaw(manager: SandboxManager) -> None:
     sb = manager.start(["/bin/sh", "-c", "i=0; while [ $i -lt 30 ]; do i=$((i+1)); sleep 0.05; done; echo done"],
                        parse_policy("on_violation: deny"))

@@ -35,10 +35,6 @@
 #define API_SOCKS 65535
 #endif
 BPF_SOCKHASH(api_socks, u64, API_SOCKS);
-/* Each peer's destinations, a bit per id (API_DESTS_MAX): several API hosts
- * may share an address and port (virtual hosts behind one gateway), and the
- * Host header tells them apart. */
-BPF_HASH(api_peers, struct api_peer_key, u32, 4096);
 BPF_HASH(api_hosts, struct api_host_key, u32, 4096);
 BPF_HASH(api_dests, struct api_dest_key, struct api_dest, 1024);
 /* Destinations whose calls the agent's profile learned, and the endpoints it

@@ -186,11 +186,15 @@ struct egress_key {
 #define PROTO_TCP 1
 #define PROTO_UDP 2
 
+/* A network's ports for each protocol in protos: a list per protocol,
+ * since an entry for one does not open its ports to the other. Host byte
+ * order; a count of 0 means any port. */
 struct egress_rule {
-    u16 ports[EGRESS_PORTS];  /* host byte order; nports == 0 means any port */
-    u8 nports;
+    u16 tcp_ports[EGRESS_PORTS];
+    u16 udp_ports[EGRESS_PORTS];
+    u8 ntcp, nudp;
     u8 protos;                /* PROTO_TCP | PROTO_UDP */
-    u8 _pad[6];
+    u8 _pad[5];
 };
 
 /* Deny hooks, in ev_net.arg of EV_DENY. */
@@ -201,6 +205,7 @@ struct egress_rule {
 #define DENY_UNIX_CONNECT 5
 #define DENY_UNIX_SENDMSG 6
 #define DENY_FASTOPEN 7        /* a TCP connect made by a send (TCP Fast Open) */
+#define DENY_API_UDP 8         /* UDP to an API peer's address and port: HTTP/3, which cannot be read */
 
 /* Unix sockets a sandbox may reach: (cgroup id, path as the thread passed
  * it, zero-padded). Values: UNIX_ALLOW, or UNIX_QUIET for libc's probes

@@ -13,13 +13,17 @@
 BPF_LPM_TRIE(egress_rules, struct egress_key, struct egress_rule, 16384);
 BPF_HASH(unix_allow, struct unix_key, u8, 4096);
 
-static __always_inline int port_allowed(struct egress_rule *r, u16 port)
+static __always_inline int port_allowed(struct egress_rule *r, u8 proto, u16 port)
 {
-    if (r->nports == 0)
+    if (!(r->protos & proto))
+        return 0;
+    int udp = proto == PROTO_UDP;
+    u8 n = udp ? r->nudp : r->ntcp;
+    if (n == 0)
         return 1;
 #pragma unroll
     for (int i = 0; i < EGRESS_PORTS; i++)
-        if (i < r->nports && r->ports[i] == port)
+        if (i < n && (udp ? r->udp_ports[i] : r->tcp_ports[i]) == port)
             return 1;
     return 0;
 }
@@ -35,6 +39,17 @@ static __always_inline int in_connect(void)
     return p && p->h.type == EV_CONNECT;
 }
 
+/* Whether the cgroup's API rules name this address and port. A policy may
+ * allow UDP there through another entry (a network's, or ports and
+ * protocols merged for the trie), and UDP to an API peer would carry
+ * HTTP/3, which the API checks cannot read. */
+static __always_inline int api_peer(u64 cg, struct egress_key *k, u16 port)
+{
+    struct api_peer_key pk = {.cgroup_id = cg, .port = port};
+    __builtin_memcpy(pk.addr, k->addr, sizeof(pk.addr));
+    return api_peers.lookup(&pk) != NULL;
+}
+
 static __always_inline int decide(struct bpf_sock_addr *ctx, struct egress_key *k, u16 port, u32 hook)
 {
     u64 cg;
@@ -48,7 +63,9 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct egress_key *
                  : ctx->protocol == IPPROTO_UDP_ ? PROTO_UDP : 0;
         if (proto == PROTO_TCP && !in_connect())
             hook = DENY_FASTOPEN;
-        else if (r && (r->protos & proto) && port_allowed(r, port))
+        else if (proto == PROTO_UDP && api_peer(cg, k, port))
+            hook = DENY_API_UDP;
+        else if (r && port_allowed(r, proto, port))
             return 1;
     }
     struct ev_net e = {};

@@ -99,6 +99,12 @@ struct tls_retries {
 };
 BPF_HASH(tls_retries, u32, struct tls_retries, 16384);
 
+/* Each API peer's destinations, a bit per id (API_DESTS_MAX): several API
+ * hosts may share an address and port (virtual hosts behind one gateway),
+ * and the Host header tells them apart (api.bpf.c). egress.bpf.c refuses
+ * UDP to these peers. */
+BPF_HASH(api_peers, struct api_peer_key, u32, 4096);
+
 /* Mark a process as in the watched cgroup w, or, with w NULL, as unwatched. */
 static __always_inline void mark_pid(u32 pid, struct watch_info *w)
 {
