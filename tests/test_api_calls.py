@@ -762,7 +762,8 @@ def test_udp_to_an_api_destination_is_refused(guarded: GuardedSandboxes, records
         run = guarded.run(["/usr/bin/python3", "-c", UDP_TO, str(records_api.port)], policy, labels=LABELS)
         with pytest.raises(TimeoutError):
             print("received", listener.recvfrom(100))
-    assert "refused:" in run.result.stdout, run.result.stdout
+    # refused, and then killed by the guard on its alert, which may come before the tool prints
+    assert "sent" not in run.result.stdout, run.result.stdout
     alert = next(a for a in run.alerts if a.detector == "rule")
     assert alert.rule == f"egress to 127.0.0.1:{records_api.port} refused in the kernel (UDP to an API destination)"
     assert [b for b in audit.read(guarded.audit.path, "alert") if b["id"] == alert.id]
