@@ -185,6 +185,13 @@ struct api_scratch {
 };
 BPF_PERCPU_ARRAY(api_scratch, struct api_scratch, 1);
 
+/* Byte i of the bytes read, at an index the verifier sees bounded. */
+static __always_inline u8 byte_at(struct api_scratch *s, u32 i)
+{
+    asm volatile("%0 &= %1" : "+r"(i) : "i"(API_SCAN - 1));
+    return s->buf[i];
+}
+
 /* Ends one path segment: checks its form, keeps its hash, and folds it
  * (or, for an id, the id marker) into the endpoint hash. */
 static __always_inline void end_segment(volatile struct api_req *r, volatile struct parse_state *p, u8 c)
@@ -221,19 +228,14 @@ static __always_inline void to_version(volatile struct parse_state *p, u32 i)
  * /patients/export HTTP/1.1`) is not read, nor the request with it. */
 static __always_inline int version_read(struct api_scratch *s, u32 start, u32 end)
 {
-    u32 last = end - 1;
-    asm volatile("%0 &= %1" : "+r"(last) : "i"(API_SCAN - 1));
-    if (s->buf[last] == '\r')
+    if (byte_at(s, end - 1) == '\r')
         end--;
     if (end - start != 8)
         return 0;
     u64 version = 0;
 #pragma unroll
-    for (u32 k = 0; k < 8; k++) {
-        u32 at = start + k;
-        asm volatile("%0 &= %1" : "+r"(at) : "i"(API_SCAN - 1));
-        version = (version << 8) | s->buf[at];
-    }
+    for (u32 k = 0; k < 8; k++)
+        version = (version << 8) | byte_at(s, start + k);
     return version == HTTP_1_0 || version == HTTP_1_1;
 }
 
@@ -463,6 +465,11 @@ static __always_inline int match(struct api_dest *d, struct api_req *r)
         return -API_NOT_NORMAL;
     if (r->host != d->host)
         return -API_WRONG_HOST;
+    /* GET, HEAD, DELETE and OPTIONS carry no body unless the rule asks
+     * for one: a server may read none there and take it for the next
+     * request, which the kernel read as body */
+    int unasked = r->body && (r->method == API_GET || r->method == API_HEAD || r->method == API_DELETE
+                              || r->method == API_OPTIONS);
     for (u32 i = 0; i < API_RULES; i++) {
         if (i >= d->nrules)
             break;
@@ -478,17 +485,11 @@ static __always_inline int match(struct api_dest *d, struct api_req *r)
                 same = 0;
         if (!same)
             continue;
-        /* GET, HEAD, DELETE and OPTIONS carry no body unless the rule asks
-         * for one: a server may read none there and take it for the next
-         * request, which the kernel read as body */
-        u32 max_body = rule->max_body;
-        int bodiless = r->method == API_GET || r->method == API_HEAD || r->method == API_DELETE
-                       || r->method == API_OPTIONS;
-        if (r->body && bodiless && max_body == API_NO_LIMIT) {
+        if (unasked && rule->max_body == API_NO_LIMIT) {
             reason = API_BODY_UNASKED;
             continue;
         }
-        if (r->body > max_body) {
+        if (r->body > rule->max_body) {
             reason = API_TOO_BIG;
             continue;
         }
@@ -726,11 +727,12 @@ static __always_inline int reaches(struct api_sock *st, u32 dest)
     return dest && dest < 32 && (st->dests & (1u << dest));
 }
 
-/* The storage of the socket a send is on, made at its first send. */
-static __always_inline struct api_sock *msg_sock(struct sk_msg_md *msg)
+/* The storage of the socket a send is on; flags: BPF_SK_STORAGE_GET_F_CREATE
+ * at its first send (api_msg), 0 after. */
+static __always_inline struct api_sock *msg_sock(struct sk_msg_md *msg, u64 flags)
 {
     struct bpf_sock *sk = msg->sk;
-    return sk ? api_sock_state.sk_storage_get(sk, 0, 0) : NULL;
+    return sk ? api_sock_state.sk_storage_get(sk, 0, flags) : NULL;
 }
 
 /* Copy the send's first bytes (up to API_SCAN) into s->buf: how many, 0
@@ -750,7 +752,7 @@ static __always_inline u32 read_send(struct sk_msg_md *msg, struct api_scratch *
  * here and whose headers in api_http_headers. */
 int api_http(struct sk_msg_md *msg)
 {
-    struct api_sock *st = msg_sock(msg);
+    struct api_sock *st = msg_sock(msg, 0);
     if (!st)
         return SK_DROP;
     u64 cg;
@@ -783,7 +785,7 @@ int api_http_headers(struct sk_msg_md *msg)
         api_progs.call(msg, PROG_HTTP_HEADERS);  /* the next window */
         return SK_DROP;
     }
-    struct api_sock *st = msg_sock(msg);
+    struct api_sock *st = msg_sock(msg, 0);
     if (!st)
         return SK_DROP;
     u64 cg;
@@ -807,6 +809,12 @@ int api_http_headers(struct sk_msg_md *msg)
  * a judged request's, so none of their TLS records leave on an API socket. */
 BPF_HASH(tls_callbacks, u64, u8, WATCH_SLOTS);
 
+/* Whether a write for dest goes on a connection that named another server. */
+static __always_inline int named_otherwise(struct api_sock *st, u32 dest)
+{
+    return st->named && dest != st->named;
+}
+
 /* Whether a thread inside a watched TLS call may send on this API socket.
  * The library's own records (handshake, alerts) may go anywhere; a write's
  * only to its destination, and, on a connection that named its server
@@ -817,7 +825,7 @@ static __always_inline int tls_may_send(struct tls_call *call, struct api_sock *
 {
     if (!call->writing)
         return 1;
-    if (!reaches(st, call->dest) || (st->named && call->dest != st->named))
+    if (!reaches(st, call->dest) || named_otherwise(st, call->dest))
         return 0;
     if (call->body)
         return st->requested;
@@ -835,7 +843,7 @@ static __always_inline int tls_send(struct sk_msg_md *msg, struct api_sock *st, 
     struct tls_call *call = tls_calls.lookup(&tid);
     u8 reason = quarantined ? API_QUARANTINED
                 : call && call->writing && call->body ? API_BODY_ELSEWHERE
-                : call && call->writing && st->named && call->dest != st->named ? API_NOT_NAMED
+                : call && call->writing && named_otherwise(st, call->dest) ? API_NOT_NAMED
                 : API_NO_REQUEST;
     if (!quarantined && call && call->depth && !call->held && tls_may_send(call, st)) {
         if (!tls_callbacks.lookup(&cg))
@@ -849,10 +857,7 @@ static __always_inline int tls_send(struct sk_msg_md *msg, struct api_sock *st, 
 /* Big-endian 16 bits at i of the bytes read (i < API_SCAN). */
 static __always_inline u32 be16_at(struct api_scratch *s, u32 i)
 {
-    u32 a = i, b = i + 1;
-    asm volatile("%0 &= %1" : "+r"(a) : "i"(API_SCAN - 1));  /* bounds the verifier sees */
-    asm volatile("%0 &= %1" : "+r"(b) : "i"(API_SCAN - 1));
-    return ((u32)s->buf[a] << 8) | s->buf[b];
+    return ((u32)byte_at(s, i) << 8) | byte_at(s, i + 1);
 }
 
 /* Read the ClientHello in the first len bytes of s->buf up to its
@@ -871,9 +876,7 @@ static __always_inline int read_hello(struct api_scratch *s, u32 len)
     off += 2 + be16_at(s, off);      /* the cipher suites */
     if (off + 1 > len)
         return 0;
-    u32 at = off;
-    asm volatile("%0 &= %1" : "+r"(at) : "i"(API_SCAN - 1));
-    off += 1 + s->buf[at];           /* the compression methods */
+    off += 1 + byte_at(s, off);      /* the compression methods */
     if (off + 2 > len)
         return 0;
     h->end = off + 2 + be16_at(s, off);
@@ -905,15 +908,13 @@ static __always_inline u64 hello_name(struct api_scratch *s)
 {
     u32 at = s->hs.name_at, n = s->hs.name_len;
     /* list length (2), name type (1: 0 for a host name), name length (2) */
-    if (n < 6 || be16_at(s, at) != n - 2 || s->buf[(at + 2) & (API_SCAN - 1)] != 0 || be16_at(s, at + 3) != n - 5)
+    if (n < 6 || be16_at(s, at) != n - 2 || byte_at(s, at + 2) != 0 || be16_at(s, at + 3) != n - 5)
         return 0;
     u64 hash = FNV_OFFSET;
     for (u32 i = 0; i < 255; i++) {
         if (i >= n - 5)
             break;
-        u32 k = at + 5 + i;
-        asm volatile("%0 &= %1" : "+r"(k) : "i"(API_SCAN - 1));
-        u8 c = lower(s->buf[k]);
+        u8 c = lower(byte_at(s, at + 5 + i));
         hash = fnv(hash, c);
         if (i < API_HOST_LEN - 1)
             s->ev.host[i & (API_HOST_LEN - 1)] = c;
@@ -930,7 +931,7 @@ static __always_inline u64 hello_name(struct api_scratch *s)
  * encrypted (ECH), is stopped. */
 int api_hello(struct sk_msg_md *msg)
 {
-    struct api_sock *st = msg_sock(msg);
+    struct api_sock *st = msg_sock(msg, 0);
     if (!st)
         return SK_DROP;
     u64 cg;
@@ -959,10 +960,7 @@ int api_hello(struct sk_msg_md *msg)
 
 int api_msg(struct sk_msg_md *msg)
 {
-    struct bpf_sock *sk = msg->sk;
-    if (!sk)
-        return SK_DROP;
-    struct api_sock *st = api_sock_state.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    struct api_sock *st = msg_sock(msg, BPF_SK_STORAGE_GET_F_CREATE);
     if (!st)
         return SK_DROP;
     if (st->mode == SOCK_FREE)
@@ -1029,9 +1027,7 @@ static __always_inline u64 hash_write(struct api_scratch *s, u64 buf, u32 n)
     for (u32 i = 0; i < API_SCAN; i++) {
         if (i >= n)
             break;
-        u32 k = i;
-        asm volatile("%0 &= %1" : "+r"(k) : "i"(API_SCAN - 1));  /* a bound the verifier sees */
-        h = fnv(h, s->buf[k]);
+        h = fnv(h, byte_at(s, i));
     }
     return h;
 }

@@ -40,9 +40,8 @@ static __always_inline int in_connect(void)
 }
 
 /* Whether the cgroup's API rules name this address and port. A policy may
- * allow UDP there through another entry (a network's, or ports and
- * protocols merged for the trie), and UDP to an API peer would carry
- * HTTP/3, which the API checks cannot read. */
+ * allow UDP there through another entry (a network's), and UDP to an API
+ * peer would carry HTTP/3, which the API checks cannot read. */
 static __always_inline int api_peer(u64 cg, struct egress_key *k, u16 port)
 {
     struct api_peer_key pk = {.cgroup_id = cg, .port = port};
