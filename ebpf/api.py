@@ -40,6 +40,9 @@ REASONS = {
     17: "a TLS ClientHello Bastion cannot read, or one whose server name is encrypted (ECH)",
     18: "the TLS server name (SNI) names no API destination at this address and port",
     19: "a TLS request whose Host names another destination than its connection's server name (SNI)",
+    20: ("a TLS request whose bytes changed in memory after the kernel judged them: the library would send "
+         "other bytes than those judged"),
+    21: "a TLS request the kernel could not keep to compare with what the library sends (2,048 threads at once)",
 }
 API_ALLOW, API_STOP, API_HOLD = 1, 2, 3
 OVER_BUDGET = REASONS[9]

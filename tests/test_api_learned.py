@@ -141,6 +141,69 @@ def test_an_unseen_endpoint_like_a_learned_one_is_released_with_an_alert(
             if b["sandbox"] == run.result.sandbox and b["held"]] == [(True, tls)]
 
 
+# A request rewritten in memory after the kernel judged it. A child makes the
+# TLS call from a page it shares with its parent: a GET of an endpoint the
+# profile never saw, which the kernel holds (SIGSTOP) for the guard, on a
+# connection whose handshake the library makes inside that write, after the
+# release. The parent waits for the hold (the child stopped, or continued:
+# a quick release can cancel the stop before it takes) and rewrites the page
+# to an export of the same length, which the library would then encrypt.
+# Prints whether the parent saw the hold. argv: port, CA file.
+REWRITTEN_WHILE_HELD = r"""
+import mmap, os, socket, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+host = b"127.0.0.1:%d" % port
+export = b"POST /patients/export HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n\r\n" % host
+head = b"GET /records/17/allergies HTTP/1.1\r\nHost: %s\r\n" % host
+judged = head + b"X-Pad: " + b"a" * (len(export) - len(head) - 11) + b"\r\n\r\n"
+page = mmap.mmap(-1, len(judged))  # shared with the child
+page[:] = judged
+child = os.fork()
+if child == 0:
+    page[0]  # maps the page into the child, where the kernel can read it
+    context = ssl.create_default_context(cafile=ca)
+    s = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), do_handshake_on_connect=False,
+                            server_hostname="127.0.0.1")
+    s.send(memoryview(page))
+    print(s.recv(15), flush=True)
+    os._exit(0)
+_, status = os.waitpid(child, os.WUNTRACED | os.WCONTINUED)
+if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):
+    page[:] = export
+    print("rewritten", flush=True)
+    os.waitpid(child, 0)
+"""
+
+
+def test_a_held_request_rewritten_before_the_library_sends_it_is_stopped(
+        learned: GuardedSandboxes, only_api_stops: Policy, records_api: LocalApi) -> None:
+    """The kernel judges the bytes its probe read; the library copies the
+    buffer later, after the hold and the handshake. Before the buffer was
+    compared at each send, the export reached the server, and the audit log
+    said the GET was released. Where the guard's release came before the
+    parent saw the hold, the GET goes out as judged: tried again."""
+    for _ in range(8):
+        before = len(records_api.received)
+        run = learned.run(["/usr/bin/python3", "-c", REWRITTEN_WHILE_HELD, str(records_api.tls_port),
+                           str(records_api.ca_file)], only_api_stops, labels=LABELS)
+        assert "/patients/export" not in [r.path for r in records_api.received[before:]]
+        if "rewritten" in run.result.stdout:
+            break
+    else:
+        pytest.fail("the parent never saw its child's call held")
+    assert records_api.received[before:] == [], run.result.stdout
+    alert = next(a for a in run.alerts if a.detector == "rule")
+    assert "stopped in the kernel: a TLS request whose bytes changed in memory after the kernel judged them" \
+        in alert.rule and alert.step == LABELS["step"], alert.rule
+    assert alert.action is Verdict.KILL and run.result.signal == 9
+    assert [b for b in audit.read(learned.audit.path, "alert") if b["id"] == alert.id]
+    # the GET held and released, then its rewritten bytes stopped
+    calls = [b for b in audit.read(learned.audit.path, "api_call", anchored=True) if b["sandbox"] == run.result.sandbox]
+    assert [(b["path"], b["held"], b["allowed"]) for b in calls] == [("/records/17/allergies", True, True),
+                                                                     ("", False, False)]
+    assert calls[1]["reason"].startswith("a TLS request whose bytes changed in memory")
+
+
 # Reads n records over one keep-alive connection. argv: the records URL, n.
 READ_MANY = r"""
 import http.client, ssl, sys, urllib.parse

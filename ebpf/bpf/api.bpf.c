@@ -833,8 +833,52 @@ static __always_inline int tls_may_send(struct tls_call *call, struct api_sock *
     return 1;
 }
 
+/* Keep the head (len bytes of s->buf) judged for the thread's write, to
+ * compare with its buffer later (maps.bpf.h tls_heads). 0 where it cannot. */
+static __always_inline int keep_head(struct api_scratch *s, u32 tid, u32 len)
+{
+    u32 zero = 0;
+    struct tls_head *blank = tls_head_blank.lookup(&zero);
+    struct tls_head *h = blank ? tls_heads.lookup_or_try_init(&tid, blank) : NULL;
+    if (!h || len > API_SCAN)
+        return 0;
+    h->len = len;
+    return !bpf_probe_read_kernel(h->bytes, len, s->buf);
+}
+
+/* Whether the buffer of the thread's write still holds the head judged
+ * for it, a word at a time. */
+static __always_inline int head_unchanged(u32 tid, struct tls_call *call)
+{
+    u32 zero = 0;
+    struct tls_head *h = tls_heads.lookup(&tid);
+    struct api_scratch *s = api_scratch.lookup(&zero);
+    if (!h || !s)
+        return 0;
+    u32 len = h->len;
+    if (len > API_SCAN || bpf_probe_read_user(s->buf, len, (const void *)call->buf))
+        return 0;
+    for (u32 i = 0; i < API_SCAN / 8; i++) {
+        u32 at = i * 8;
+        if (at >= len)
+            break;
+        u32 k = i & (API_SCAN / 8 - 1);
+        u64 diff = ((u64 *)s->buf)[k] ^ ((u64 *)h->bytes)[k];
+        if (len - at < 8)
+            diff &= (1ULL << ((len - at) * 8)) - 1;  /* the bytes past the head are neither's */
+        if (diff)
+            return 0;
+    }
+    return 1;
+}
+
 /* A send on a TLS socket of an API destination: it passes only inside a
- * watched library call that may send there. */
+ * watched library call that may send there, and, in a request's write,
+ * while its buffer still holds the head that was judged: the library
+ * copied it after the probe read it, so bytes rewritten in between (by
+ * another thread, or a process sharing the page) would go out judged for
+ * others. A rewrite and a restore around the library's copy is still a
+ * race, whose lost tries are stopped. */
 static __always_inline int tls_send(struct sk_msg_md *msg, struct api_sock *st, struct watch_info *w, u64 cg)
 {
     /* an API socket of a sandbox no longer watched, or quarantined, sends nothing */
@@ -846,9 +890,14 @@ static __always_inline int tls_send(struct sk_msg_md *msg, struct api_sock *st, 
                 : call && call->writing && named_otherwise(st, call->dest) ? API_NOT_NAMED
                 : API_NO_REQUEST;
     if (!quarantined && call && call->depth && !call->held && tls_may_send(call, st)) {
-        if (!tls_callbacks.lookup(&cg))
+        if (tls_callbacks.lookup(&cg)) {
+            reason = API_CALLED_BACK;
+        } else if (call->writing && call->head && !head_unchanged(tid, call)) {
+            reason = API_REWRITTEN;
+            call->head = 0;  /* stopped here: the write's failure is not stopped again */
+        } else {
             return SK_PASS;
-        reason = API_CALLED_BACK;
+        }
     }
     emit_stop(cg, call ? call->dest : 0, 1, reason, peer_port(msg));
     return SK_DROP;
@@ -1078,7 +1127,7 @@ static __always_inline void leave(struct tls_call *call)
         return;
     }
     if (call->writing == call->depth)
-        call->writing = 0;
+        call->writing = call->head = 0;
     call->depth--;
 }
 
@@ -1105,14 +1154,23 @@ int tls_failed(struct pt_regs *ctx)
     struct tls_call *call = tls_calls.lookup(&tid);
     if (!call || !call->depth)
         return 0;
-    write_failed(call);
+    if (call->head && !head_unchanged(tid, call)) {
+        /* the records it left were made from other bytes than those judged */
+        u64 cg;
+        if (watched_cgroup(&cg))
+            emit_stop(cg, call->dest, 1, API_REWRITTEN, 0);
+        stop_caller();
+    } else {
+        write_failed(call);
+    }
     leave(call);
     return 0;
 }
 
 /* The thread enters a write whose records may go to dest (0: only to a
  * socket without API rules): a request, or the body of one. */
-static __always_inline void enter_write(struct pt_regs *ctx, u32 tid, u32 dest, u16 held, u16 body, u32 size)
+static __always_inline void enter_write(struct pt_regs *ctx, u32 tid, u32 dest, u16 held, u16 body, u32 size,
+                                        u32 head)
 {
     struct tls_call *call = thread_call(tid);
     if (!call)
@@ -1123,6 +1181,7 @@ static __always_inline void enter_write(struct pt_regs *ctx, u32 tid, u32 dest, 
     call->dest = dest;
     call->held = held;
     call->body = body;
+    call->head = head;
     call->obj = PT_REGS_PARM1(ctx);
     call->buf = PT_REGS_PARM2(ctx);
     call->size = size;
@@ -1285,7 +1344,7 @@ int tls_write(struct pt_regs *ctx)
     if (owed && owed->left >= size) {
         /* the body of an allowed request */
         owed->left -= size;
-        enter_write(ctx, tid, owed->dest, 0, 1, size);
+        enter_write(ctx, tid, owed->dest, 0, 1, size, 0);
         return 0;
     }
     struct api_scratch *s = scratch_for(cg);
@@ -1341,6 +1400,11 @@ int tls_headers(struct pt_regs *ctx)
             stop_caller();
             return 0;
         }
+        if (!keep_head(s, tid, r->head_len)) {
+            emit_stop(cg, d->id, 1, API_HEAD_NOT_KEPT, port);
+            stop_caller();
+            return 0;
+        }
         if (verdict == API_HOLD) {
             /* stopped before the library runs; the guard releases or kills it */
             held = 1;
@@ -1354,7 +1418,7 @@ int tls_headers(struct pt_regs *ctx)
             tls_bodies.update(&ck, &left);
         dest = d->id;
     }
-    enter_write(ctx, tid, dest, held, 0, s->ps.size);
+    enter_write(ctx, tid, dest, held, 0, s->ps.size, dest != 0);
     return 0;
 }
 

@@ -268,6 +268,8 @@ struct unix_key {
 #define API_NO_HELLO 17        /* TLS: a ClientHello the kernel cannot read, or one whose name is encrypted */
 #define API_WRONG_NAME 18      /* TLS: the server name (SNI) names no API destination at the peer */
 #define API_NOT_NAMED 19       /* TLS: a request for another destination than its connection's server name */
+#define API_REWRITTEN 20       /* TLS: a request whose bytes changed in memory after they were judged */
+#define API_HEAD_NOT_KEPT 21   /* TLS: a request the kernel could not keep to compare with what is sent */
 
 struct api_rule {
     u32 methods;

@@ -79,9 +79,25 @@ struct tls_call {
     u64 obj;                   /* the write's library object, buffer and size, */
     u64 buf;                   /* kept in case it fails (ebpf/bpf/api.bpf.c tls_failed) */
     u32 size;
-    u32 _pad;
+    u32 head;                  /* the request's judged head is in tls_heads, to compare with buf */
 };
 BPF_TABLE("lru_hash", u32, struct tls_call, tls_calls, 16384);
+
+/* Per thread, the head (request line and headers) of its last TLS write
+ * that the kernel judged for an API destination, as the probe read it. The
+ * library copies the buffer after the probe: another thread, or a process
+ * sharing the memory, may rewrite it in between (while a held call is
+ * stopped, at leisure). So the buffer is compared with this at each send
+ * of the write and at its failure (ebpf/bpf/api.bpf.c head_unchanged).
+ * Goes at thread exit, like the thread's tls_call. */
+#define TLS_HEADS 2048
+struct tls_head {
+    u32 len;
+    u32 _pad;
+    u8 bytes[API_SCAN];
+};
+BPF_HASH(tls_heads, u32, struct tls_head, TLS_HEADS);
+BPF_ARRAY(tls_head_blank, struct tls_head, 1);  /* the zeroed value a new entry starts from */
 
 /* Per process with TLS writes that failed (ebpf/bpf/api.bpf.c tls_retry):
  * the library object of each, its size and a hash of its first bytes. A

@@ -98,6 +98,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     u32 tid = (u32)bpf_get_current_pid_tgid();
     /* whether or not its cgroup is still watched: a later thread of its id must not inherit its TLS call */
     tls_calls.delete(&tid);
+    tls_heads.delete(&tid);
     if (args->group_dead) {
         u32 pid = bpf_get_current_pid_tgid() >> 32;
         tls_retries.delete(&pid);
