@@ -42,7 +42,7 @@ REASONS = {
     19: "a TLS request whose Host names another destination than its connection's server name (SNI)",
     20: ("a TLS request whose bytes changed in memory after the kernel judged them: the library would send "
          "other bytes than those judged"),
-    21: "a TLS request the kernel could not keep to compare with what the library sends (2,048 threads at once)",
+    21: "a TLS request the kernel could not keep to compare with what the library sends (2,048 writes at once)",
 }
 API_ALLOW, API_STOP, API_HOLD = 1, 2, 3
 OVER_BUDGET = REASONS[9]

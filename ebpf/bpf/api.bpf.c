@@ -846,18 +846,18 @@ static __always_inline int keep_head(struct api_scratch *s, u32 tid, u32 len)
     return !bpf_probe_read_kernel(h->bytes, len, s->buf);
 }
 
-/* Whether the buffer of the thread's write still holds the head judged
- * for it, a word at a time. */
-static __always_inline int head_unchanged(u32 tid, struct tls_call *call)
+/* Why the buffer of the thread's write no longer holds the head judged
+ * for it, compared a word at a time; 0 where it does. */
+static __always_inline u8 head_changed(u32 tid, struct tls_call *call)
 {
     u32 zero = 0;
     struct tls_head *h = tls_heads.lookup(&tid);
     struct api_scratch *s = api_scratch.lookup(&zero);
     if (!h || !s)
-        return 0;
+        return API_HEAD_NOT_KEPT;  /* pushed out by 2,048 later writes */
     u32 len = h->len;
     if (len > API_SCAN || bpf_probe_read_user(s->buf, len, (const void *)call->buf))
-        return 0;
+        return API_REWRITTEN;  /* unmapped since */
     for (u32 i = 0; i < API_SCAN / 8; i++) {
         u32 at = i * 8;
         if (at >= len)
@@ -867,9 +867,9 @@ static __always_inline int head_unchanged(u32 tid, struct tls_call *call)
         if (len - at < 8)
             diff &= (1ULL << ((len - at) * 8)) - 1;  /* the bytes past the head are neither's */
         if (diff)
-            return 0;
+            return API_REWRITTEN;
     }
-    return 1;
+    return 0;
 }
 
 /* A send on a TLS socket of an API destination: it passes only inside a
@@ -890,10 +890,11 @@ static __always_inline int tls_send(struct sk_msg_md *msg, struct api_sock *st, 
                 : call && call->writing && named_otherwise(st, call->dest) ? API_NOT_NAMED
                 : API_NO_REQUEST;
     if (!quarantined && call && call->depth && !call->held && tls_may_send(call, st)) {
+        u8 changed;
         if (tls_callbacks.lookup(&cg)) {
             reason = API_CALLED_BACK;
-        } else if (call->writing && call->head && !head_unchanged(tid, call)) {
-            reason = API_REWRITTEN;
+        } else if (call->writing && call->head && (changed = head_changed(tid, call))) {
+            reason = changed;
             call->head = 0;  /* stopped here: the write's failure is not stopped again */
         } else {
             return SK_PASS;
@@ -1154,11 +1155,12 @@ int tls_failed(struct pt_regs *ctx)
     struct tls_call *call = tls_calls.lookup(&tid);
     if (!call || !call->depth)
         return 0;
-    if (call->head && !head_unchanged(tid, call)) {
-        /* the records it left were made from other bytes than those judged */
+    u8 changed = call->head ? head_changed(tid, call) : 0;
+    if (changed) {
+        /* the records it left may be made from other bytes than those judged */
         u64 cg;
         if (watched_cgroup(&cg))
-            emit_stop(cg, call->dest, 1, API_REWRITTEN, 0);
+            emit_stop(cg, call->dest, 1, changed, 0);
         stop_caller();
     } else {
         write_failed(call);

@@ -88,15 +88,16 @@ BPF_TABLE("lru_hash", u32, struct tls_call, tls_calls, 16384);
  * library copies the buffer after the probe: another thread, or a process
  * sharing the memory, may rewrite it in between (while a held call is
  * stopped, at leisure). So the buffer is compared with this at each send
- * of the write and at its failure (ebpf/bpf/api.bpf.c head_unchanged).
- * Goes at thread exit, like the thread's tls_call. */
+ * of the write and at its failure (ebpf/bpf/api.bpf.c head_changed). An
+ * LRU: a thread keeps its entry between writes, and only a write in
+ * progress needs one; goes at thread exit, like the thread's tls_call. */
 #define TLS_HEADS 2048
 struct tls_head {
     u32 len;
     u32 _pad;
     u8 bytes[API_SCAN];
 };
-BPF_HASH(tls_heads, u32, struct tls_head, TLS_HEADS);
+BPF_TABLE("lru_hash", u32, struct tls_head, tls_heads, TLS_HEADS);
 BPF_ARRAY(tls_head_blank, struct tls_head, 1);  /* the zeroed value a new entry starts from */
 
 /* Per process with TLS writes that failed (ebpf/bpf/api.bpf.c tls_retry):
