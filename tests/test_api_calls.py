@@ -446,6 +446,50 @@ def test_a_tls_client_bastion_cannot_read_is_stopped(guarded: GuardedSandboxes, 
     _assert_stopped(guarded, run, records_api, before, why)
 
 
+# A second thread rewrites an allowed request after the kernel judged it:
+# Python lets go of its lock around the library's write, and on a connection
+# whose handshake the library makes inside that write, it copies the request
+# only after the server's answer, a round trip later. The export is padded to
+# the GET's length. Pure Python. argv: port, CA file.
+REWRITTEN_BY_A_THREAD = r"""
+import socket, ssl, sys, threading, time
+port, ca = int(sys.argv[1]), sys.argv[2]
+host = b"127.0.0.1:%d" % port
+export = b"POST /patients/export HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n\r\n" % host
+head = b"GET /records/17 HTTP/1.1\r\nHost: %s\r\n" % host
+request = bytearray(head + b"X-Pad: " + b"a" * (len(export) - len(head) - 11) + b"\r\n\r\n")
+writing = threading.Event()
+def rewrite():
+    writing.wait()
+    time.sleep(0.0003)
+    request[:] = export
+threading.Thread(target=rewrite).start()
+context = ssl.create_default_context(cafile=ca)
+s = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), do_handshake_on_connect=False,
+                        server_hostname="127.0.0.1")
+writing.set()
+s.send(request)
+print(s.recv(15))
+"""
+
+
+def test_a_tls_request_rewritten_after_it_was_judged_is_stopped(guarded: GuardedSandboxes, records_policy: Policy,
+                                                               records_api: LocalApi) -> None:
+    """Before the buffer was compared at each send, the export reached the
+    server in every try, and the audit log said GET /records/17 allowed."""
+    for _ in range(5):  # a rewrite before the probe's read, or after the send, shows nothing: again
+        before = len(records_api.received)
+        run = guarded.run(["/usr/bin/python3", "-c", REWRITTEN_BY_A_THREAD, str(records_api.tls_port),
+                           str(records_api.ca_file)], records_policy, labels=LABELS)
+        assert "/patients/export" not in [r.path for r in records_api.received[before:]]
+        if any("changed in memory" in c.reason for c in run.result.api_calls):
+            break
+    else:
+        pytest.fail("the rewrite never fell between the kernel's read and the send")
+    _assert_stopped(guarded, run, records_api, before,
+                    "stopped in the kernel: a TLS request whose bytes changed in memory after the kernel judged them")
+
+
 # The records of a request the library encrypted into memory (its Host names
 # no API destination, so its write is let be), sent from a callback that the
 # library runs inside a handshake of another connection of its own: bytes
