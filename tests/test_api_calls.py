@@ -450,10 +450,10 @@ def test_a_tls_client_bastion_cannot_read_is_stopped(guarded: GuardedSandboxes, 
 # Python lets go of its lock around the library's write, and on a connection
 # whose handshake the library makes inside that write, it copies the request
 # only after the server's answer, a round trip later. The export is padded to
-# the GET's length. Pure Python. argv: port, CA file.
+# the GET's length. Pure Python. argv: port, CA file, whether to rewrite.
 REWRITTEN_BY_A_THREAD = r"""
 import socket, ssl, sys, threading, time
-port, ca = int(sys.argv[1]), sys.argv[2]
+port, ca, rewriting = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
 host = b"127.0.0.1:%d" % port
 export = b"POST /patients/export HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n\r\n" % host
 head = b"GET /records/17 HTTP/1.1\r\nHost: %s\r\n" % host
@@ -463,7 +463,8 @@ def rewrite():
     writing.wait()
     time.sleep(0.0003)
     request[:] = export
-threading.Thread(target=rewrite).start()
+if rewriting:
+    threading.Thread(target=rewrite).start()
 context = ssl.create_default_context(cafile=ca)
 s = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), do_handshake_on_connect=False,
                         server_hostname="127.0.0.1")
@@ -480,7 +481,7 @@ def test_a_tls_request_rewritten_after_it_was_judged_is_stopped(guarded: Guarded
     for _ in range(5):  # a rewrite before the probe's read, or after the send, shows nothing: again
         before = len(records_api.received)
         run = guarded.run(["/usr/bin/python3", "-c", REWRITTEN_BY_A_THREAD, str(records_api.tls_port),
-                           str(records_api.ca_file)], records_policy, labels=LABELS)
+                           str(records_api.ca_file), "1"], records_policy, labels=LABELS)
         assert "/patients/export" not in [r.path for r in records_api.received[before:]]
         if any("changed in memory" in c.reason for c in run.result.api_calls):
             break
@@ -488,6 +489,18 @@ def test_a_tls_request_rewritten_after_it_was_judged_is_stopped(guarded: Guarded
         pytest.fail("the rewrite never fell between the kernel's read and the send")
     _assert_stopped(guarded, run, records_api, before,
                     "stopped in the kernel: a TLS request whose bytes changed in memory after the kernel judged them")
+
+
+def test_a_tls_request_whose_handshake_runs_inside_its_write_is_served(
+        guarded: GuardedSandboxes, records_policy: Policy, records_api: LocalApi) -> None:
+    """The same client, nothing rewritten: the handshake's records go out
+    inside the judged write, each send compared, and the request after them."""
+    before = len(records_api.received)
+    run = guarded.run(["/usr/bin/python3", "-c", REWRITTEN_BY_A_THREAD, str(records_api.tls_port),
+                       str(records_api.ca_file), "0"], records_policy, labels=LABELS)
+    assert run.result.exit_status == 0 and "200 OK" in run.result.stdout, run.result.stderr
+    assert [(r.method, r.path) for r in records_api.received[before:]] == [("GET", "/records/17")]
+    assert not run.alerts
 
 
 # The records of a request the library encrypted into memory (its Host names

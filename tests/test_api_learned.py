@@ -181,7 +181,8 @@ def test_a_held_request_rewritten_before_the_library_sends_it_is_stopped(
     buffer later, after the hold and the handshake. Before the buffer was
     compared at each send, the export reached the server, and the audit log
     said the GET was released. Where the guard's release came before the
-    parent saw the hold, the GET goes out as judged: tried again."""
+    stop took effect (a SIGCONT cancels a pending SIGSTOP), the parent sees
+    no hold and the GET goes out as judged: tried again."""
     for _ in range(8):
         before = len(records_api.received)
         run = learned.run(["/usr/bin/python3", "-c", REWRITTEN_WHILE_HELD, str(records_api.tls_port),
