@@ -182,17 +182,18 @@ def test_a_held_request_rewritten_before_the_library_sends_it_is_stopped(
     compared at each send, the export reached the server, and the audit log
     said the GET was released. Where the guard's release came before the
     stop took effect (a SIGCONT cancels a pending SIGSTOP), the parent sees
-    no hold and the GET goes out as judged: tried again."""
+    no hold and the GET goes out as judged, as it does where the parent is
+    kept off a CPU past the send: tried again."""
     for _ in range(8):
         before = len(records_api.received)
         run = learned.run(["/usr/bin/python3", "-c", REWRITTEN_WHILE_HELD, str(records_api.tls_port),
                            str(records_api.ca_file)], only_api_stops, labels=LABELS)
         assert "/patients/export" not in [r.path for r in records_api.received[before:]]
-        if "rewritten" in run.result.stdout:
+        if any("changed in memory" in c.reason for c in run.result.api_calls):
             break
     else:
-        pytest.fail("the parent never saw its child's call held")
-    assert records_api.received[before:] == [], run.result.stdout
+        pytest.fail("the rewrite never fell between the kernel's read and the send")
+    assert "rewritten" in run.result.stdout and records_api.received[before:] == [], run.result.stdout
     alert = next(a for a in run.alerts if a.detector == "rule")
     assert "stopped in the kernel: a TLS request whose bytes changed in memory after the kernel judged them" \
         in alert.rule and alert.step == LABELS["step"], alert.rule
